@@ -1,0 +1,1 @@
+"""denseflow's ML library: plain Python, no Prefect and no MLflow (see DESIGN.md)."""

