@@ -1,0 +1,189 @@
+"""Negative mining: for each judged (query, positive) pair, pick documents to contrast it with.
+
+One interface for every strategy: a *scorer* gives a score to every corpus document for a query (BM25,
+or the inner product of dense embeddings); ``random`` has no scorer. Scored candidates pass three
+false-negative guards, and each guard counts what it removed:
+
+- ``judged_positive``: a document judged relevant to the query is never a negative;
+- ``rank_window``: only ranks ``rank_start < rank <= rank_end`` are eligible (the very top ranks of a good
+  ranker are often relevant documents nobody judged);
+- ``relative_margin``: a candidate scoring above ``margin × score(positive)`` is dropped, for the same reason.
+
+Why not ``sentence_transformers.util.mine_hard_negatives``: it needs an embedding model (no BM25), it
+matches positives by text rather than by judged id, and it reports neither each negative's rank nor how
+many candidates each guard removed, which is what this project logs to explain its results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.data import Dataset
+
+Scorer = Callable[[str], np.ndarray]
+"""``scorer(query_id)`` → the score of every corpus document, in corpus order."""
+
+
+@dataclass(frozen=True)
+class Negative:
+    doc_id: str
+    rank: int | None  # 1-based rank in the miner's ranking; None for random negatives
+    score: float | None
+    source: str  # "random", "bm25", "dense", "skip_above", "random_fill"
+
+
+@dataclass
+class TrainExample:
+    query_id: str
+    positive_id: str
+    negatives: list[Negative]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, row: dict) -> TrainExample:
+        return cls(row["query_id"], row["positive_id"], [Negative(**neg) for neg in row["negatives"]])
+
+
+@dataclass
+class MiningReport:
+    """What mining did: examples written and candidates each guard removed."""
+
+    examples: int = 0
+    guards: Counter = field(default_factory=Counter)
+
+    def as_metrics(self) -> dict[str, int]:
+        return {"examples": self.examples, **{f"removed_{name}": count for name, count in self.guards.items()}}
+
+
+def training_pairs(dataset: Dataset, split: str) -> Iterator[tuple[str, str]]:
+    """Every judged-relevant (query, document) pair of ``split``, in qrels order."""
+    for query_id, judged in dataset.qrels[split].items():
+        for doc_id, relevance in judged.items():
+            if relevance > 0:
+                yield query_id, doc_id
+
+
+def mine_negatives(
+    dataset: Dataset,
+    split: str,
+    num_negatives: int,
+    seed: int,
+    scorer: Scorer | None = None,
+    source: str = "random",
+    rank_start: int = 0,
+    rank_end: int = 50,
+    relative_margin: float | None = None,
+) -> tuple[list[TrainExample], MiningReport]:
+    """Examples for every pair of ``split``: ``num_negatives`` negatives each, reproducible from ``seed``.
+
+    With no ``scorer`` negatives are uniform over the corpus (never a judged positive). With a scorer they
+    are drawn uniformly from the guarded rank window; when the window holds too few, the rest are random
+    and marked ``random_fill`` (counted as ``short_window``).
+    """
+    rng = np.random.default_rng(seed)
+    doc_ids = list(dataset.corpus)
+    position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+    report = MiningReport()
+    examples: list[TrainExample] = []
+    scores_by_query: dict[str, np.ndarray] = {}
+    for query_id, positive_id in training_pairs(dataset, split):
+        judged = {doc_id for doc_id, rel in dataset.qrels[split][query_id].items() if rel > 0}
+        if scorer is None:
+            negatives = _random_negatives(rng, doc_ids, judged, num_negatives, "random")
+        else:
+            if query_id not in scores_by_query:
+                scores_by_query[query_id] = scorer(query_id)
+            scores = scores_by_query[query_id]
+            eligible = _guarded_candidates(
+                scores, doc_ids, judged, scores[position[positive_id]], rank_start, rank_end, relative_margin, report
+            )
+            picked = sorted(rng.choice(len(eligible), size=min(num_negatives, len(eligible)), replace=False))
+            negatives = [Negative(eligible[i][0], eligible[i][1], eligible[i][2], source) for i in picked]
+            if len(negatives) < num_negatives:
+                report.guards["short_window"] += 1
+                taken = judged | {neg.doc_id for neg in negatives}
+                negatives += _random_negatives(rng, doc_ids, taken, num_negatives - len(negatives), "random_fill")
+        examples.append(TrainExample(query_id, positive_id, negatives))
+    report.examples = len(examples)
+    return examples, report
+
+
+def _random_negatives(
+    rng: np.random.Generator, doc_ids: list[str], excluded: set[str], count: int, source: str
+) -> list[Negative]:
+    picked: list[Negative] = []
+    while len(picked) < count:
+        doc_id = doc_ids[int(rng.integers(len(doc_ids)))]
+        if doc_id not in excluded:
+            excluded = excluded | {doc_id}
+            picked.append(Negative(doc_id, None, None, source))
+    return picked
+
+
+def _guarded_candidates(
+    scores: np.ndarray,
+    doc_ids: list[str],
+    judged: set[str],
+    positive_score: float,
+    rank_start: int,
+    rank_end: int,
+    relative_margin: float | None,
+    report: MiningReport,
+) -> list[tuple[str, int, float]]:
+    """``(doc_id, rank, score)`` of the candidates in the rank window that pass every guard."""
+    depth = min(rank_end, len(scores))
+    top = np.argpartition(-scores, depth - 1)[:depth]
+    top = top[np.lexsort((top, -scores[top]))]
+    # The margin only means something when the positive itself scores above zero.
+    ceiling = relative_margin * positive_score if relative_margin is not None and positive_score > 0 else None
+    eligible = []
+    for rank, index in enumerate(top, start=1):
+        doc_id, score = doc_ids[index], float(scores[index])
+        if doc_id in judged:
+            report.guards["judged_positive"] += 1
+        elif rank <= rank_start:
+            report.guards["rank_window"] += 1
+        elif ceiling is not None and score > ceiling:
+            report.guards["relative_margin"] += 1
+        else:
+            eligible.append((doc_id, rank, score))
+    return eligible
+
+
+def dense_scorer(query_ids: list[str], query_embeddings: np.ndarray, doc_embeddings: np.ndarray) -> Scorer:
+    """Inner-product scorer over L2-normalised embeddings (cosine similarity)."""
+    row = {query_id: i for i, query_id in enumerate(query_ids)}
+    return lambda query_id: doc_embeddings @ query_embeddings[row[query_id]]
+
+
+def write_examples(examples: list[TrainExample], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for example in examples:
+            out.write(example.to_json() + "\n")
+    return path
+
+
+def read_examples(path: Path) -> list[TrainExample]:
+    with path.open(encoding="utf-8") as lines:
+        return [TrainExample.from_dict(json.loads(line)) for line in lines if line.strip()]
+
+
+def mining_summary(examples: list[TrainExample]) -> Mapping[str, float]:
+    """Mean rank and score of mined negatives, and how many came from each source."""
+    negatives = [neg for example in examples for neg in example.negatives]
+    ranks = [neg.rank for neg in negatives if neg.rank is not None]
+    scores = [neg.score for neg in negatives if neg.score is not None]
+    summary: dict[str, float] = {f"negatives_{src}": n for src, n in Counter(n.source for n in negatives).items()}
+    if ranks:
+        summary["negative_rank_mean"] = float(np.mean(ranks))
+        summary["negative_score_mean"] = float(np.mean(scores))
+    return summary

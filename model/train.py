@@ -1,0 +1,152 @@
+"""Contrastive training of a bi-encoder, top to bottom.
+
+The loss is ``MultipleNegativesRankingLoss``: for a batch of (query, positive, negative_1..n) rows, each
+query is scored against every positive and every mined negative in the batch, and cross-entropy pulls it
+toward its own positive. Batch 32 with one mined negative gives each query 31 in-batch positives of other
+queries plus 32 mined negatives to push away. The no-duplicates batch sampler keeps a query's two positives
+out of one batch, where one would count as the other's negative. ``CachedMultipleNegativesRankingLoss``
+(GradCache) gives the same gradient for large batches in the memory of a small one.
+
+Training runs in ``output_dir/checkpoints``; a re-run with the same ``output_dir`` resumes from the last
+checkpoint, and the finished model is saved to ``output_dir/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MultipleNegativesRankingLoss,
+)
+from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from model.config import TrainConfig
+from model.data import Dataset
+from model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
+from model.negatives import TrainExample
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    seconds: float
+    resumed_from: str | None
+    precision: str
+    step_seconds: list[float] = field(default_factory=list)
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def median_step_seconds(self) -> float:
+        times = sorted(self.step_seconds)
+        return times[len(times) // 2] if times else 0.0
+
+    def to_json(self) -> str:
+        data = asdict(self) | {"model_dir": str(self.model_dir), "median_step_seconds": self.median_step_seconds}
+        return json.dumps(data, indent=2)
+
+
+def to_hf_dataset(examples: list[TrainExample], data: Dataset) -> datasets.Dataset:
+    """Columns ``anchor, positive, negative_1..n``: the layout MultipleNegativesRankingLoss reads."""
+    num_negatives = min(len(example.negatives) for example in examples)
+    columns: dict[str, list[str]] = {"anchor": [], "positive": []}
+    columns |= {f"negative_{i + 1}": [] for i in range(num_negatives)}
+    for example in examples:
+        columns["anchor"].append(data.queries[example.query_id])
+        columns["positive"].append(data.corpus[example.positive_id].full_text)
+        for i, negative in enumerate(example.negatives[:num_negatives]):
+            columns[f"negative_{i + 1}"].append(data.corpus[negative.doc_id].full_text)
+    return datasets.Dataset.from_dict(columns)
+
+
+def build_model(settings: TrainConfig) -> SentenceTransformer:
+    model = load_encoder(resolve_base_model(settings.base_model), settings.max_seq_length)
+    return make_asymmetric(model) if settings.towers == "asymmetric" else model
+
+
+def build_loss(model: SentenceTransformer, settings: TrainConfig) -> MultipleNegativesRankingLoss:
+    if settings.loss == "cached_mnrl":
+        return CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size)
+    return MultipleNegativesRankingLoss(model)
+
+
+class _StepClock(TrainerCallback):
+    """Wall time of each optimizer step and the logged losses, for the run's record."""
+
+    def __init__(self) -> None:
+        self.step_seconds: list[float] = []
+        self.losses: list[tuple[int, float]] = []
+        self._started = 0.0
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - transformers' callback API
+        self._started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        self.step_seconds.append(time.perf_counter() - self._started)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, float(logs["loss"])))
+
+
+def train_bi_encoder(
+    examples: list[TrainExample], data: Dataset, settings: TrainConfig, output_dir: Path, progress: bool = True
+) -> TrainResult:
+    output_dir = Path(output_dir)
+    checkpoints = output_dir / "checkpoints"
+    train_dataset = to_hf_dataset(examples, data)
+    model = build_model(settings)
+    precision = resolve_precision(settings.precision)
+    columns = train_dataset.column_names
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers v5)
+        bf16=precision == "bf16",
+        use_cpu=True,
+        batch_sampler=BatchSamplers.NO_DUPLICATES,
+        # Asymmetric models route each column to its tower; siamese models ignore the mapping.
+        router_mapping={column: "query" if column == "anchor" else "document" for column in columns},
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        logging_steps=max(1, min(10, settings.save_steps)),
+        report_to="none",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+    clock = _StepClock()
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        loss=build_loss(model, settings),
+        callbacks=[clock],
+    )
+    resume_from = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    model_dir = output_dir / "model"
+    model.save(str(model_dir))
+    return TrainResult(
+        model_dir=model_dir,
+        steps=trainer.state.global_step,
+        seconds=time.perf_counter() - started,
+        resumed_from=resume_from,
+        precision=precision,
+        step_seconds=clock.step_seconds,
+        loss_history=clock.losses,
+    )
