@@ -84,6 +84,62 @@ class RetrainConfig(Section):
         return cls.model_validate(load_yaml(path))
 
 
+class EncodeConfig(Section):
+    batch_size: int = Field(64, ge=1)
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto",
+        description="auto = bf16 only on CPUs with native bf16; bf16 is kept only if it matches fp32 on a sample.",
+    )
+    bf16_min_cosine: float = Field(
+        0.99, gt=0, le=1, description="Least bf16-vs-fp32 cosine on the sample to keep bf16."
+    )
+    max_seq_length: int | None = Field(None, ge=8, description="None = the model's own setting.")
+    shard_size: int = Field(512, ge=1, description="Documents per encoding task (the unit mapped over workers).")
+
+
+class IndexConfig(Section):
+    name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    type: Literal["flat", "hnsw", "ivf"] = "flat"
+    factory: str | None = Field(None, description="A faiss.index_factory string overriding type (expert use).")
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(200, ge=8)
+    hnsw_ef_search: int = Field(128, ge=1)
+    ivf_nlist: int | None = Field(None, ge=1, description="None = about 4·sqrt(n) lists.")
+    ivf_nprobe: int = Field(32, ge=1)
+    recall_floor: float = Field(0.99, ge=0, le=1, description="Least recall@10 vs exact for approximate indexes.")
+    verify_queries: int = Field(200, ge=1)
+    keep_versions: int = Field(3, ge=1)
+
+    def spec(self):  # noqa: ANN201 - model.index.IndexSpec, imported lazily so configs load without faiss
+        from model.index import IndexSpec
+
+        fields = self.model_dump(include={"type", "factory", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"})
+        return IndexSpec(**fields, ivf_nlist=self.ivf_nlist, ivf_nprobe=self.ivf_nprobe)
+
+
+class RunnerConfig(Section):
+    kind: Literal["local", "dask"] = Field("local", description="local = Prefect's default runner.")
+    dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster; None = start one.")
+    dask_workers: int = Field(2, ge=1)
+    dask_threads_per_worker: int = Field(1, ge=1)
+
+
+class PublishConfig(Section):
+    workspace: Path | None = Field(None, description="None = DENSEFLOW_HOME or ./.denseflow")
+    model: str = Field(
+        "retriever@production", description="Registered model with @alias or /version, or a model folder."
+    )
+    data: DataConfig = DataConfig()
+    encode: EncodeConfig = EncodeConfig()
+    index: IndexConfig = IndexConfig()
+    runner: RunnerConfig = RunnerConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> PublishConfig:
+        return cls.model_validate(load_yaml(path))
+
+
 def load_yaml(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():

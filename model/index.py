@@ -1,0 +1,584 @@
+"""FAISS indexes over L2-normalised embeddings, and their publication as versioned folders.
+
+Layout of one published index (``root`` is usually ``<workspace>/indexes``)::
+
+    root/<name>/
+        current            one line: the served version (moved with os.replace, never edited in place)
+        history.jsonl      every pointer move: publish and rollback, with time and versions
+        .lock              flock'd while publishing, rolling back or pruning
+        v0007/
+            index.faiss    the FAISS index; row i is the document doc_ids[i]
+            doc_ids.json   original document ids in row order
+            model/         the exact model folder that encoded the corpus (queries must use it too)
+            manifest.json  model name/version/run id, corpus fingerprint, dimension, metric, count,
+                           index type and parameters, recall check, build time, sha256 of every file
+
+A version is written to ``.staging-*``, fsync'd, re-read and checked, then renamed into place; only
+then does ``current`` move, by ``os.replace`` of a temporary file. A crash anywhere before that rename
+leaves the previous ``current`` pointing at a complete, checksummed folder.
+
+Document ids are strings in general (BEIR), so the index keeps row positions and ``doc_ids.json``
+maps them back; both are covered by the manifest's checksums so they cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+IndexType = Literal["flat", "hnsw", "ivf"]
+MANIFEST = "manifest.json"
+INDEX_FILE = "index.faiss"
+DOC_IDS_FILE = "doc_ids.json"
+MODEL_FOLDER = "model"
+POINTER = "current"
+FORMAT_VERSION = 1
+_VERSION_RE = re.compile(r"^v(\d{4,})$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class PublishedIndexError(RuntimeError):
+    """Base of the errors below."""
+
+
+class ChecksumError(PublishedIndexError):
+    """A published file does not match the sha256 recorded in its manifest."""
+
+
+class ModelMismatchError(PublishedIndexError):
+    """The manifest names a different model than the one loaded to encode queries."""
+
+
+class RecallTooLowError(PublishedIndexError):
+    """An approximate index missed the recall floor against exact search; nothing was published."""
+
+    def __init__(self, recall: float, floor: float, factory: str) -> None:
+        super().__init__(
+            f"recall@10 of the {factory!r} index against exact search is {recall:.4f}, "
+            f"below the floor {floor:.4f}: not published (raise efSearch/nprobe or lower index.recall_floor)"
+        )
+        self.recall = recall
+        self.floor = floor
+
+
+class NoPublishedIndexError(PublishedIndexError):
+    """No ``current`` pointer (nothing published yet) or it names a missing version."""
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which FAISS index to build and how to search it. ``factory`` overrides the type-derived string."""
+
+    type: IndexType = "flat"
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 128
+    ivf_nlist: int | None = None
+    ivf_nprobe: int = 32
+    factory: str | None = None
+
+    def nlist(self, count: int) -> int:
+        """``ivf_nlist`` or about 4·√n lists, never more than a 39th of the points (FAISS's training floor)."""
+        wanted = self.ivf_nlist or int(4 * math.sqrt(max(count, 1)))
+        return max(1, min(wanted, count // 39 or 1))
+
+    def factory_string(self, count: int, dimension: int) -> str:
+        if self.factory:
+            return self.factory
+        if self.type == "flat":
+            return "Flat"
+        if self.type == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat"
+        return f"IVF{self.nlist(count)},Flat"
+
+    def search_params(self) -> dict[str, int]:
+        """Parameters FAISS's ParameterSpace sets at load time; stored in the manifest."""
+        if self.type == "hnsw":
+            return {"efSearch": self.hnsw_ef_search}
+        if self.type == "ivf":
+            return {"nprobe": self.ivf_nprobe}
+        return {}
+
+
+def check_embeddings(embeddings: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
+    """The embeddings as a C-contiguous float32 matrix; refuses NaNs and rows that are not unit length."""
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (n, dim) matrix, got shape {embeddings.shape}")
+    matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        raise ValueError("embeddings contain NaN or infinite values")
+    norms = np.linalg.norm(matrix, axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > tolerance)
+    if bad.size:
+        raise ValueError(f"{bad.size} embeddings are not L2-normalised (row {bad[0]} has norm {norms[bad[0]]:.4f})")
+    return matrix
+
+
+def build_index(embeddings: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
+    """An inner-product index over ``embeddings`` (cosine similarity, since rows are unit length)."""
+    matrix = check_embeddings(embeddings)
+    count, dimension = matrix.shape
+    index = faiss.index_factory(dimension, spec.factory_string(count, dimension), faiss.METRIC_INNER_PRODUCT)
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efConstruction = spec.hnsw_ef_construction
+    if not index.is_trained:
+        # k-means on a sample is as good as on everything past ~256 points per list, and much faster.
+        rng = np.random.default_rng(seed)
+        limit = 256 * max(spec.nlist(count), 1)
+        sample = matrix if count <= limit else matrix[np.sort(rng.choice(count, limit, replace=False))]
+        index.train(sample)
+    index.add(matrix)
+    apply_search_params(index, spec.search_params())
+    return index
+
+
+def apply_search_params(index: faiss.Index, params: Mapping[str, int]) -> None:
+    space = faiss.ParameterSpace()
+    for key, value in params.items():
+        space.set_index_parameter(index, key, value)
+
+
+def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, rows)`` each ``(n_queries, k)``; rows are -1 where the index has fewer than k hits."""
+    matrix = np.ascontiguousarray(queries, dtype=np.float32)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]
+    return index.search(matrix, k)
+
+
+def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the exact inner-product top-k (the ground truth the approximate index is held to)."""
+    flat = faiss.IndexFlatIP(embeddings.shape[1])
+    flat.add(np.ascontiguousarray(embeddings, dtype=np.float32))
+    _, rows = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return rows
+
+
+def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
+    """Mean share of the exact top-k that the approximate top-k found (rows of -1 count as misses)."""
+    k = exact_rows.shape[1]
+    hits = [
+        len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist())) for a, e in zip(approx_rows, exact_rows, strict=True)
+    ]
+    return float(np.mean(hits) / k) if hits else 1.0
+
+
+def sample_rows(count: int, size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(count, min(size, count), replace=False))
+
+
+def verify_recall(
+    index: faiss.Index,
+    embeddings: np.ndarray,
+    queries: np.ndarray | None = None,
+    k: int = 10,
+    sample: int = 200,
+    seed: int = 0,
+) -> float:
+    """recall@k of ``index`` against exact search, on ``queries`` or, lacking them, sampled documents.
+
+    Real queries are the better probe: documents used as queries find themselves first, which flatters
+    graph indexes. Callers with a query set should pass up to ``sample`` of its embeddings.
+    """
+    k = min(k, index.ntotal)
+    if queries is None or len(queries) == 0:
+        queries = embeddings[sample_rows(len(embeddings), sample, seed)]
+    elif len(queries) > sample:
+        queries = queries[sample_rows(len(queries), sample, seed)]
+    _, approx = search(index, queries, k)
+    return recall_at_k(approx, exact_top_k(queries, embeddings, k))
+
+
+def check_recall(
+    index: faiss.Index,
+    embeddings: np.ndarray,
+    spec: IndexSpec,
+    floor: float,
+    queries: np.ndarray | None = None,
+    sample: int = 200,
+    seed: int = 0,
+) -> float:
+    """recall@10 against exact search; raises :class:`RecallTooLowError` when an approximate index is short."""
+    recall = verify_recall(index, embeddings, queries, k=10, sample=sample, seed=seed)
+    if spec.type != "flat" and recall < floor:
+        raise RecallTooLowError(recall, floor, spec.factory_string(len(embeddings), embeddings.shape[1]))
+    return recall
+
+
+def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[str, float]:
+    """How close two encodings of the same texts are: mean and min cosine, and self-retrieval recall@k."""
+    cosines = np.sum(reference * candidate, axis=1)
+    k = min(k, len(reference))
+    rows_ref = exact_top_k(reference, reference, k)
+    rows_cand = exact_top_k(candidate, candidate, k)
+    return {
+        "mean_cosine": float(cosines.mean()),
+        "min_cosine": float(cosines.min()),
+        f"neighbour_recall@{k}": recall_at_k(rows_cand, rows_ref),
+    }
+
+
+# --------------------------------------------------------------------------------------------- checksums
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def folder_checksums(folder: Path, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+    """``{relative posix path: sha256}`` of every file under ``folder`` (the manifest itself excluded)."""
+    return {
+        path.relative_to(folder).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).as_posix() not in skip
+    }
+
+
+def model_checksum(files: Mapping[str, str], prefix: str = f"{MODEL_FOLDER}/") -> str:
+    """One sha256 over a model folder's files (paths and contents), from a ``folder_checksums`` map."""
+    digest = hashlib.sha256()
+    for rel, sha in sorted(files.items()):
+        if rel.startswith(prefix):
+            digest.update(f"{rel[len(prefix) :]}\t{sha}\n".encode())
+    return digest.hexdigest()
+
+
+def model_folder_checksum(model_dir: Path) -> str:
+    """The checksum a manifest records for ``model_dir`` (same files as the published ``model/`` copy)."""
+    return model_checksum(folder_checksums(Path(model_dir), skip=()), prefix="")
+
+
+def verify_checksums(version_dir: Path, manifest: Mapping[str, Any]) -> None:
+    """Raise :class:`ChecksumError` naming every file missing, extra or differing from the manifest."""
+    recorded: Mapping[str, str] = manifest.get("files", {})
+    actual = folder_checksums(version_dir)
+    problems = [f"{rel}: missing" for rel in recorded if rel not in actual]
+    problems += [f"{rel}: not in the manifest" for rel in actual if rel not in recorded]
+    problems += [f"{rel}: sha256 differs" for rel in recorded if rel in actual and actual[rel] != recorded[rel]]
+    if not recorded:
+        problems.append("manifest records no checksums")
+    if problems:
+        raise ChecksumError(f"{version_dir}: refusing to load, {'; '.join(sorted(problems)[:5])}")
+
+
+# --------------------------------------------------------------------------------------------- versions
+
+
+@dataclass
+class LoadedIndex:
+    """One published version read back: index (search parameters applied), ids and manifest."""
+
+    path: Path
+    index: faiss.Index
+    doc_ids: list[str]
+    manifest: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_FOLDER
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    path: Path
+    current: bool
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        model = self.manifest.get("model", {})
+        return {
+            "version": self.version,
+            "current": self.current,
+            "created_at": self.manifest.get("created_at"),
+            "model": f"{model.get('name')}@{model.get('version')}" if model else None,
+            "index_type": self.manifest.get("index", {}).get("type"),
+            "count": self.manifest.get("count"),
+            "recall_at_10": self.manifest.get("verification", {}).get("recall_at_10"),
+        }
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise ValueError(f"index name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+    return name
+
+
+def index_home(root: Path, name: str) -> Path:
+    return Path(root) / check_name(name)
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    path = Path(version_dir) / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as err:
+        raise NoPublishedIndexError(f"{path}: manifest missing") from err
+    except json.JSONDecodeError as err:
+        raise ChecksumError(f"{path}: manifest is not valid JSON ({err})") from err
+
+
+def read_pointer(root: Path, name: str) -> str | None:
+    """The version ``current`` names, or None when nothing was published."""
+    try:
+        version = (index_home(root, name) / POINTER).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    if not _VERSION_RE.match(version):
+        raise NoPublishedIndexError(f"{index_home(root, name) / POINTER}: unexpected content {version!r}")
+    return version
+
+
+def list_versions(root: Path, name: str) -> list[VersionInfo]:
+    """Complete versions (those with a manifest), oldest first; staging folders are not versions."""
+    home = index_home(root, name)
+    current = read_pointer(root, name) if home.is_dir() else None
+    found = []
+    for path in sorted(home.iterdir() if home.is_dir() else [], key=lambda p: _version_number(p.name)):
+        if path.is_dir() and _VERSION_RE.match(path.name) and (path / MANIFEST).is_file():
+            with contextlib.suppress(PublishedIndexError):
+                found.append(VersionInfo(path.name, path, path.name == current, read_manifest(path)))
+    return found
+
+
+def load_version(version_dir: Path, verify: bool = True) -> LoadedIndex:
+    """Read a version folder; with ``verify`` every file's sha256 is checked against the manifest first."""
+    version_dir = Path(version_dir)
+    manifest = read_manifest(version_dir)
+    if verify:
+        verify_checksums(version_dir, manifest)
+    index = faiss.read_index(str(version_dir / INDEX_FILE))
+    doc_ids = json.loads((version_dir / DOC_IDS_FILE).read_text(encoding="utf-8"))
+    if index.ntotal != len(doc_ids) or index.ntotal != manifest["count"] or index.d != manifest["dimension"]:
+        raise ChecksumError(
+            f"{version_dir}: index has {index.ntotal}×{index.d}, doc_ids {len(doc_ids)}, "
+            f"manifest says {manifest['count']}×{manifest['dimension']}"
+        )
+    apply_search_params(index, manifest.get("index", {}).get("search_params", {}))
+    return LoadedIndex(version_dir, index, doc_ids, manifest)
+
+
+def load_current(root: Path, name: str, verify: bool = True) -> LoadedIndex:
+    version = read_pointer(root, name)
+    if version is None:
+        raise NoPublishedIndexError(f"{index_home(root, name)}: nothing published yet (no '{POINTER}' pointer)")
+    return load_version(index_home(root, name) / version, verify=verify)
+
+
+@contextlib.contextmanager
+def _locked(home: Path) -> Iterator[None]:
+    """One writer per index name at a time (publishers, rollbacks); readers never take the lock."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, text: str) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as stream:
+                os.fsync(stream.fileno())
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        _fsync_dir(path)
+
+
+def _version_number(name: str) -> int:
+    match = _VERSION_RE.match(name)
+    return int(match.group(1)) if match else -1
+
+
+def _next_version(home: Path) -> str:
+    # Counting orphans too (folders renamed in but never pointed at) so a version name is never reused.
+    numbers = [_version_number(p.name) for p in home.iterdir()] if home.is_dir() else []
+    return f"v{max([0, *numbers]) + 1:04d}"
+
+
+def _move_pointer(home: Path, version: str) -> None:
+    """Point ``current`` at ``version``: readers see the old name or the new one, never a partial file."""
+    tmp = home / f".{POINTER}.{uuid.uuid4().hex}.tmp"
+    _write_durably(tmp, version + "\n")
+    os.replace(tmp, home / POINTER)
+    _fsync_dir(home)
+
+
+def _log_history(home: Path, action: str, previous: str | None, version: str) -> None:
+    entry = {"time": datetime.now(UTC).isoformat(), "action": action, "from": previous, "to": version}
+    with (home / "history.jsonl").open("a", encoding="utf-8") as out:
+        out.write(json.dumps(entry) + "\n")
+
+
+def publish(
+    root: Path,
+    name: str,
+    index: faiss.Index,
+    doc_ids: list[str],
+    model_dir: Path,
+    manifest: Mapping[str, Any],
+    keep: int = 3,
+) -> VersionInfo:
+    """Write a new version, verify it by reading it back, rename it into place, then move ``current``.
+
+    ``manifest`` carries what the caller knows (model identity, corpus fingerprint, build and
+    verification figures); this adds version, count, dimension, metric, creation time and checksums.
+    """
+    if index.ntotal != len(doc_ids):
+        raise ValueError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids were given")
+    if len(set(doc_ids)) != len(doc_ids):
+        raise ValueError("doc ids are not unique")
+    home = index_home(root, name)
+    with _locked(home):
+        for stale in home.glob(".staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        version = _next_version(home)
+        staging = home / f".staging-{version}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        try:
+            faiss.write_index(index, str(staging / INDEX_FILE))
+            (staging / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
+            shutil.copytree(model_dir, staging / MODEL_FOLDER, ignore=shutil.ignore_patterns("checkpoint-*"))
+            files = folder_checksums(staging)
+            full = {
+                **manifest,
+                "format_version": FORMAT_VERSION,
+                "name": name,
+                "version": version,
+                "created_at": datetime.now(UTC).isoformat(),
+                "count": int(index.ntotal),
+                "dimension": int(index.d),
+                "metric": "inner_product",
+                "normalized": True,
+                "files": files,
+            }
+            full["model"] = {**full.get("model", {}), "checksum": model_checksum(files)}
+            _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
+            _fsync_tree(staging)
+            load_version(staging, verify=True)
+            final = home / version
+            os.rename(staging, final)
+            _fsync_dir(home)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        previous = read_pointer(root, name)
+        _move_pointer(home, version)
+        _log_history(home, "publish", previous, version)
+        prune(root, name, keep, _have_lock=True)
+        return VersionInfo(version, final, True, full)
+
+
+def prune(root: Path, name: str, keep: int, _have_lock: bool = False) -> list[str]:
+    """Delete all but the newest ``keep`` versions; ``current`` is never deleted. Returns removed names."""
+    if keep < 1:
+        raise ValueError("keep must be at least 1")
+    home = index_home(root, name)
+    with contextlib.nullcontext() if _have_lock else _locked(home):
+        current = read_pointer(root, name)
+        versions = sorted(
+            (p.name for p in home.iterdir() if p.is_dir() and _VERSION_RE.match(p.name)), key=_version_number
+        )
+        doomed = [v for v in versions[: max(len(versions) - keep, 0)] if v != current]
+        for version in doomed:
+            # Rename first so a reader never sees a half-deleted folder under a version name.
+            trash = home / f".staging-deleting-{version}-{uuid.uuid4().hex[:8]}"
+            os.rename(home / version, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        return doomed
+
+
+def rollback(root: Path, name: str, to: str | None = None) -> VersionInfo:
+    """Move ``current`` to ``to`` or, by default, the newest version older than it (verified first)."""
+    home = index_home(root, name)
+    with _locked(home):
+        current = read_pointer(root, name)
+        versions = [v.version for v in list_versions(root, name)]
+        if to is None:
+            older = [v for v in versions if current is None or _version_number(v) < _version_number(current)]
+            if not older:
+                raise NoPublishedIndexError(f"{home}: no version older than {current} to roll back to")
+            to = older[-1]
+        elif to not in versions:
+            raise NoPublishedIndexError(f"{home}: version {to!r} not found (have {', '.join(versions) or 'none'})")
+        loaded = load_version(home / to, verify=True)
+        _move_pointer(home, to)
+        _log_history(home, "rollback", current, to)
+        return VersionInfo(to, loaded.path, True, loaded.manifest)
+
+
+def build_manifest(
+    spec: IndexSpec,
+    count: int,
+    dimension: int,
+    model: Mapping[str, Any],
+    corpus_fingerprint: str,
+    build_seconds: float,
+    recall: float | None,
+    verify_queries: int,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The caller-side part of a manifest (see :func:`publish` for the rest)."""
+    return {
+        "model": dict(model),
+        "corpus_fingerprint": corpus_fingerprint,
+        "index": {
+            "type": spec.type,
+            "factory": spec.factory_string(count, dimension),
+            "search_params": spec.search_params(),
+            "build_params": {"hnsw_ef_construction": spec.hnsw_ef_construction} if spec.type == "hnsw" else {},
+        },
+        "build_seconds": round(build_seconds, 3),
+        "verification": {"recall_at_10": recall, "queries": verify_queries},
+        **(extra or {}),
+    }
+
+
+def timed_build(embeddings: np.ndarray, spec: IndexSpec) -> tuple[faiss.Index, float]:
+    start = time.perf_counter()
+    index = build_index(embeddings, spec)
+    return index, time.perf_counter() - start
