@@ -17,11 +17,72 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+class ClickConfig(Section):
+    """How click-log rows become positives and skip-above negatives (``data.source: clicks``)."""
+
+    rule: Literal["dwell", "ctr"] = Field("dwell", description="dwell: a long click; ctr: click-through rate.")
+    dwell_threshold: float = Field(30.0, ge=0, description="Seconds; a click this long is a satisfied click.")
+    min_satisfied_clicks: int = Field(1, ge=1, description="dwell rule: satisfied clicks needed for a positive.")
+    ctr_threshold: float = Field(0.3, gt=0, description="ctr rule: (debiased) click-through rate needed.")
+    min_impressions: int = Field(5, ge=1, description="ctr rule: fewer impressions than this decide nothing.")
+    propensity: Literal["none", "power", "table"] = Field(
+        "none", description="ctr rule position-bias correction: weight each click by 1 / P(examined | position)."
+    )
+    propensity_power: float = Field(1.0, gt=0, description="power: P(examined | k) = (1/k)^power.")
+    propensity_table: list[float] | None = Field(None, description="table: P(examined | k) for k = 1, 2, ...")
+    propensity_floor: float = Field(0.05, gt=0, le=1, description="Clip propensities here (caps weights at 20).")
+    skip_above: bool = Field(True, description="Documents shown above a click and skipped become hard negatives.")
+    min_skips: int = Field(1, ge=1, description="Times a document must be skipped to count as a negative.")
+    max_skip_above_per_query: int = Field(10, ge=1)
+    skip_above_per_example: int = Field(1, ge=0, description="Skip-above negatives per example, before mined ones.")
+    impression_buffer: int = Field(100_000, ge=1, description="Open impressions kept while streaming (memory bound).")
+
+    @model_validator(mode="after")
+    def _table(self) -> ClickConfig:
+        if self.propensity == "table" and not self.propensity_table:
+            raise ValueError("propensity 'table' needs propensity_table")
+        if self.propensity_table and not all(0 < p <= 1 for p in self.propensity_table):
+            raise ValueError("propensity_table values must lie in (0, 1]")
+        return self
+
+
 class DataConfig(Section):
     source: Literal["beir", "clicks", "qa"] = "beir"
-    path: Path | None = Field(None, description="BEIR folder or source file; None = the bundled SciFact.")
+    path: Path | None = Field(
+        None, description="BEIR folder, or a click / QA file or folder of files; None = the bundled SciFact."
+    )
     train_split: str = "train"
     eval_split: str = "test"
+    corpus: Path | None = Field(
+        None,
+        description="clicks: BEIR folder or corpus.jsonl the doc ids refer to (None = bundled SciFact); "
+        "qa: a corpus the passages join (None = the passages alone).",
+    )
+    judged_eval: bool = Field(
+        False, description="clicks/qa: evaluate on the corpus folder's judged eval_split instead of a hash split."
+    )
+    splits: dict[str, float] = Field(
+        {"train": 0.8, "dev": 0.1, "test": 0.1}, description="clicks/qa: share of queries per split, by query hash."
+    )
+    split_salt: str = Field("denseflow", description="Changing it reshuffles every query's split.")
+    fields: dict[str, str] = Field({}, description="clicks/qa: our field name -> the file's column name.")
+    min_usable_share: float = Field(0.8, ge=0, le=1, description="Fail when fewer source rows than this are usable.")
+    max_line_bytes: int = Field(1_048_576, ge=64, description="Longer lines are rejected without being parsed.")
+    clicks: ClickConfig = ClickConfig()
+
+    @model_validator(mode="after")
+    def _splits(self) -> DataConfig:
+        if self.source == "beir":
+            return self
+        if any(share < 0 for share in self.splits.values()) or sum(self.splits.values()) <= 0:
+            raise ValueError("data.splits: shares must be >= 0 and sum to more than 0")
+        if self.splits.get(self.train_split, 0) <= 0:
+            raise ValueError(f"data.splits: train split {self.train_split!r} needs a share > 0")
+        if self.judged_eval and self.splits.get(self.eval_split, 0) > 0:
+            raise ValueError(f"data.judged_eval: split {self.eval_split!r} comes from the judgments; drop its share")
+        if not self.judged_eval and self.splits.get(self.eval_split, 0) <= 0:
+            raise ValueError(f"data.splits: eval split {self.eval_split!r} needs a share > 0 (or judged_eval)")
+        return self
 
 
 class MiningConfig(Section):
@@ -51,8 +112,10 @@ class TrainConfig(Section):
     batch_size: int = Field(32, ge=2)
     learning_rate: float = Field(2e-5, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    max_seq_length: int = Field(256, ge=8)
-    precision: Literal["auto", "bf16", "fp32"] = "fp32"
+    max_seq_length: int = Field(
+        128, ge=8, description="Tokens per text for training and encoding (SciFact abstracts average ~330)."
+    )
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a re-run resumes from the last.")
     seed: int = 42
 
@@ -60,7 +123,7 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     ks: list[int] = [1, 5, 10, 20, 100]
     batch_size: int = 64
-    precision: Literal["auto", "bf16", "fp32"] = "fp32"
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     baselines: bool = Field(True, description="Also evaluate the zero-shot base model and BM25.")
 
 

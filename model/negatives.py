@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,12 +81,20 @@ def mine_negatives(
     rank_start: int = 0,
     rank_end: int = 50,
     relative_margin: float | None = None,
+    extra_negatives: Mapping[str, Sequence[str]] | None = None,
+    extra_source: str = "skip_above",
+    max_extra: int | None = None,
 ) -> tuple[list[TrainExample], MiningReport]:
     """Examples for every pair of ``split``: ``num_negatives`` negatives each, reproducible from ``seed``.
 
     With no ``scorer`` negatives are uniform over the corpus (never a judged positive). With a scorer they
     are drawn uniformly from the guarded rank window; when the window holds too few, the rest are random
     and marked ``random_fill`` (counted as ``short_window``).
+
+    ``extra_negatives`` (``{query_id: [doc_id, ...]}``, best first; e.g. click-log skip-above documents) come
+    first, at most ``max_extra`` (default ``num_negatives``) per example, marked ``extra_source``; mining fills
+    the rest. They pass the ``judged_positive`` guard too, and a document outside the corpus is counted as
+    ``extra_unknown`` and skipped.
     """
     rng = np.random.default_rng(seed)
     doc_ids = list(dataset.corpus)
@@ -96,8 +104,15 @@ def mine_negatives(
     scores_by_query: dict[str, np.ndarray] = {}
     for query_id, positive_id in training_pairs(dataset, split):
         judged = {doc_id for doc_id, rel in dataset.qrels[split][query_id].items() if rel > 0}
-        if scorer is None:
-            negatives = _random_negatives(rng, doc_ids, judged, num_negatives, "random")
+        extras = _extra_negatives(
+            extra_negatives, query_id, judged, position, max_extra, num_negatives, extra_source, report
+        )
+        wanted = num_negatives - len(extras)
+        judged_or_taken = judged | {neg.doc_id for neg in extras}
+        if wanted == 0:
+            negatives = []
+        elif scorer is None:
+            negatives = _random_negatives(rng, doc_ids, judged_or_taken, wanted, "random")
         else:
             if query_id not in scores_by_query:
                 scores_by_query[query_id] = scorer(query_id)
@@ -105,15 +120,43 @@ def mine_negatives(
             eligible = _guarded_candidates(
                 scores, doc_ids, judged, scores[position[positive_id]], rank_start, rank_end, relative_margin, report
             )
-            picked = sorted(rng.choice(len(eligible), size=min(num_negatives, len(eligible)), replace=False))
+            if extras:
+                eligible = [candidate for candidate in eligible if candidate[0] not in judged_or_taken]
+            picked = sorted(rng.choice(len(eligible), size=min(wanted, len(eligible)), replace=False))
             negatives = [Negative(eligible[i][0], eligible[i][1], eligible[i][2], source) for i in picked]
-            if len(negatives) < num_negatives:
+            if len(negatives) < wanted:
                 report.guards["short_window"] += 1
-                taken = judged | {neg.doc_id for neg in negatives}
-                negatives += _random_negatives(rng, doc_ids, taken, num_negatives - len(negatives), "random_fill")
-        examples.append(TrainExample(query_id, positive_id, negatives))
+                taken = judged_or_taken | {neg.doc_id for neg in negatives}
+                negatives += _random_negatives(rng, doc_ids, taken, wanted - len(negatives), "random_fill")
+        examples.append(TrainExample(query_id, positive_id, extras + negatives))
     report.examples = len(examples)
     return examples, report
+
+
+def _extra_negatives(
+    extra_negatives: Mapping[str, Sequence[str]] | None,
+    query_id: str,
+    judged: set[str],
+    position: Mapping[str, int],
+    max_extra: int | None,
+    num_negatives: int,
+    source: str,
+    report: MiningReport,
+) -> list[Negative]:
+    if not extra_negatives or query_id not in extra_negatives:
+        return []
+    limit = num_negatives if max_extra is None else min(max_extra, num_negatives)
+    picked: list[Negative] = []
+    for doc_id in extra_negatives[query_id]:
+        if len(picked) == limit:
+            break
+        if doc_id in judged:
+            report.guards["judged_positive"] += 1
+        elif doc_id not in position:
+            report.guards["extra_unknown"] += 1
+        elif all(neg.doc_id != doc_id for neg in picked):
+            picked.append(Negative(doc_id, None, None, source))
+    return picked
 
 
 def _random_negatives(
@@ -187,3 +230,32 @@ def mining_summary(examples: list[TrainExample]) -> Mapping[str, float]:
         summary["negative_rank_mean"] = float(np.mean(ranks))
         summary["negative_score_mean"] = float(np.mean(scores))
     return summary
+
+
+def make_scorer(
+    strategy: str,
+    dataset: Dataset,
+    split: str,
+    model_dir: str | Path | None = None,
+    cache_dir: Path | None = None,
+    max_seq_length: int | None = None,
+) -> Scorer | None:
+    """The scorer of a strategy: None for ``random``, BM25 over title + text, or a dense model's cosine."""
+    if strategy == "random":
+        return None
+    if strategy == "bm25":
+        from model.bm25 import BM25Index
+
+        index = BM25Index(dataset.corpus)
+        return lambda query_id: index.scores(dataset.queries[query_id])
+    if strategy == "dense":
+        from model.encoder import cached_corpus_embeddings, encode, load_encoder
+
+        if model_dir is None or cache_dir is None:
+            raise ValueError("dense mining needs a model folder and a cache folder")
+        _, doc_embeddings = cached_corpus_embeddings(model_dir, dataset.corpus, cache_dir, max_seq_length)
+        query_ids = list(dataset.qrels[split])
+        model = load_encoder(model_dir, max_seq_length)
+        query_embeddings = encode(model, [dataset.queries[q] for q in query_ids], "query")
+        return dense_scorer(query_ids, query_embeddings, doc_embeddings)
+    raise ValueError(f"unknown mining strategy {strategy!r}")

@@ -1,0 +1,63 @@
+"""Retrieval for evaluation: exact search over the whole corpus for every query of a split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.bm25 import BM25Index
+from model.data import Dataset
+from model.encoder import Precision, cached_corpus_embeddings, encode, load_encoder
+from model.metrics import exact_search, mean_metrics, per_query_metrics, recall_curve, run_from_search
+
+CURVE_DEPTH = 100
+
+
+@dataclass
+class Evaluation:
+    label: str
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    run: dict[str, dict[str, float]]
+    recall_curve: list[float] = field(default_factory=list)
+
+
+def score_run(label: str, run: dict[str, dict[str, float]], qrels: dict, ks: list[int]) -> Evaluation:
+    per_query = per_query_metrics(run, qrels, ks)
+    curve = recall_curve(run, qrels, CURVE_DEPTH)
+    return Evaluation(label, mean_metrics(per_query), per_query, run, [float(x) for x in curve])
+
+
+def dense_run(
+    model_dir: str | Path,
+    dataset: Dataset,
+    split: str,
+    cache_dir: Path,
+    max_seq_length: int | None = None,
+    batch_size: int = 64,
+    precision: Precision = "fp32",
+    depth: int = CURVE_DEPTH,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Top-``depth`` documents per query by exact inner product over the whole corpus."""
+    doc_ids, doc_embeddings = cached_corpus_embeddings(
+        model_dir, dataset.corpus, cache_dir, max_seq_length, batch_size, precision, progress
+    )
+    queries = dataset.split_queries(split)
+    model = load_encoder(model_dir, max_seq_length)
+    query_embeddings = encode(model, list(queries.values()), "query", batch_size, precision)
+    indices, scores = exact_search(query_embeddings, doc_embeddings, depth)
+    return run_from_search(list(queries), doc_ids, indices, scores)
+
+
+def bm25_run(
+    dataset: Dataset, split: str, depth: int = CURVE_DEPTH, progress: bool = True
+) -> dict[str, dict[str, float]]:
+    return BM25Index(dataset.corpus).search_many(dataset.split_queries(split), depth, progress)
+
+
+def paired_gain(candidate: Evaluation, baseline: Evaluation, metric: str) -> float:
+    values = candidate.per_query[metric]
+    return float(np.mean([values[q] - baseline.per_query[metric][q] for q in values]))

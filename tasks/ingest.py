@@ -1,0 +1,62 @@
+"""Ingest: read and validate the configured source, guard the evaluation split, write the BEIR folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from prefect import task
+
+from model.config import DataConfig
+from model.data import (
+    Dataset,
+    RejectLog,
+    bundled_scifact_dir,
+    fingerprint,
+    load_beir,
+    remove_evaluation_leaks,
+    write_beir,
+)
+from tasks.tracking import log_artifact, log_metrics
+
+
+def load_source(data: DataConfig, rejects: RejectLog) -> Dataset:
+    """The configured source, normalised to a Dataset; every bad row lands in ``rejects``."""
+    if data.source == "beir":
+        return load_beir(data.path or bundled_scifact_dir(), [data.train_split, data.eval_split], rejects)
+    raise ValueError(f"data.source {data.source!r} is not supported by this version")
+
+
+@task(name="ingest")
+def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
+    """Write ``run_dir/data`` (BEIR layout) and ``run_dir/rejects.jsonl``; returns paths and counts."""
+    rejects = RejectLog()
+    dataset = load_source(data, rejects)
+    leaks = remove_evaluation_leaks(dataset, data.train_split, [data.eval_split], rejects)
+    dataset_dir = write_beir(dataset, Path(run_dir) / "data")
+    rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
+    digest = fingerprint(dataset)
+    counts = {
+        "documents": len(dataset.corpus),
+        "queries": len(dataset.queries),
+        "train_queries": len(dataset.qrels[data.train_split]),
+        "eval_queries": len(dataset.qrels[data.eval_split]),
+        "rejected_rows": len(rejects),
+        "leaked_queries_removed": leaks,
+    }
+    log_metrics(run_id, counts, prefix="ingest.")
+    log_artifact(run_id, rejects_path)
+    source = str(data.path or bundled_scifact_dir())
+    with mlflow.start_run(run_id=run_id):
+        mlflow.set_tag("dataset_fingerprint", digest)
+        meta = MetaDataset(resolve_dataset_source(source), name=Path(source).name, digest=digest)
+        mlflow.log_input(meta, context="training")
+    return {
+        "dataset_dir": str(dataset_dir),
+        "rejects_path": str(rejects_path),
+        "fingerprint": digest,
+        "reject_reasons": rejects.counts(),
+        **counts,
+    }

@@ -1,0 +1,77 @@
+"""MLflow wiring shared by every task: where the store is, which experiment, and run lifecycle."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from model.config import TrackingConfig, flatten
+from model.workspace import workspace_dir
+
+
+def tracking_uri(config: TrackingConfig, workspace: Path) -> str:
+    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else SQLite in the workspace."""
+    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace / 'mlflow.db'}"
+
+
+def configure_tracking(config: TrackingConfig, workspace: Path | None = None) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns the tracking URI."""
+    workspace = workspace_dir(workspace)
+    uri = tracking_uri(config, workspace)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient(uri)
+    if client.get_experiment_by_name(config.experiment) is None:
+        # A local store keeps artifacts in the workspace; a server decides for itself.
+        location = (workspace / "mlartifacts").as_uri() if uri.startswith(("sqlite:", "file:", "/")) else None
+        client.create_experiment(config.experiment, artifact_location=location)
+    mlflow.set_experiment(config.experiment)
+    return uri
+
+
+def start_tracking_run(
+    config, flow_run_id: str | None, run_name: str | None = None, parent_run_id: str | None = None
+) -> str:  # noqa: ANN001 - any flow config with .tracking
+    """Create the flow's MLflow run, log the whole configuration as params, and return its id."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    tags = {"prefect.flow_run_id": flow_run_id or "none"}
+    if parent_run_id:
+        tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags)
+    params = flatten(config)
+    items = list(params.items())
+    for start in range(0, len(items), 100):
+        batch = [mlflow.entities.Param(key, value[:6000]) for key, value in items[start : start + 100]]
+        client.log_batch(run.info.run_id, params=batch)
+    return run.info.run_id
+
+
+def end_tracking_run(run_id: str, status: str = "FINISHED") -> None:
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def metric_key(name: str, prefix: str = "") -> str:
+    """MLflow metric names cannot hold ``@``: ``ndcg@10`` is logged as ``ndcg_at_10``."""
+    return f"{prefix}{name.replace('@', '_at_')}"
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
+    client = MlflowClient()
+    batch = [
+        mlflow.entities.Metric(metric_key(name, prefix), float(value), int(time.time() * 1000), step)
+        for name, value in metrics.items()
+    ]
+    client.log_batch(run_id, metrics=batch)
+
+
+def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    client = MlflowClient()
+    if Path(path).is_dir():
+        client.log_artifacts(run_id, str(path), artifact_path)
+    else:
+        client.log_artifact(run_id, str(path), artifact_path)
