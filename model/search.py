@@ -1,0 +1,260 @@
+"""Query-time search over the published index: encode one query with the index's own model, search.
+
+The :class:`Searcher` serves whatever ``current`` points at. It loads the model stored with that
+version (the exact weights that encoded the corpus), so an index is never queried through another
+model's embedding space. When ``current`` moves it loads the new version beside the old one and
+swaps both together; a version that fails its checks is refused and the old one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+
+from model.encoder import encode, load_encoder, native_bf16, tower_type
+from model.index import (
+    LoadedIndex,
+    ModelMismatchError,
+    index_home,
+    load_version,
+    model_checksum,
+    model_folder_checksum,
+    read_pointer,
+    search,
+)
+from model.index import NoPublishedIndexError as NoPublishedIndexError
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 2000
+MAX_K = 1000
+
+
+class QueryError(ValueError):
+    """The query or k cannot be served; the message says why (a 4xx for the HTTP service)."""
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    doc_id: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    query: str
+    k: int
+    hits: list[Hit]
+    index_version: str
+    model: str
+    encode_ms: float
+    search_ms: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "query": self.query,
+            "k": self.k,
+            "index_version": self.index_version,
+            "model": self.model,
+            "encode_ms": round(self.encode_ms, 3),
+            "search_ms": round(self.search_ms, 3),
+            "hits": [{"rank": h.rank, "doc_id": h.doc_id, "score": h.score} for h in self.hits],
+        }
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model together with the identity the manifest must name: name, version and file checksum."""
+
+    model: SentenceTransformer
+    checksum: str
+    name: str | None = None
+    version: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class _State:
+    index: LoadedIndex
+    model: LoadedModel
+    precision: str
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def model_label(self) -> str:
+        return f"{self.model.name}@{self.model.version}"
+
+
+def check_model(manifest: dict[str, Any], loaded: LoadedModel, dimension: int) -> None:
+    """Refuse a manifest whose model is not ``loaded``: checksum, name/version and dimension must agree."""
+    named = manifest.get("model", {})
+    where = f"index {manifest.get('name')}/{manifest.get('version')}"
+    if named.get("checksum") != loaded.checksum:
+        raise ModelMismatchError(
+            f"{where} was built with model {named.get('name')}@{named.get('version')} "
+            f"(checksum {str(named.get('checksum'))[:12]}), but the loaded model {loaded.source} "
+            f"has checksum {loaded.checksum[:12]}: refusing to pair them"
+        )
+    if loaded.name is not None and (named.get("name"), str(named.get("version"))) != (loaded.name, str(loaded.version)):
+        raise ModelMismatchError(
+            f"{where} names model {named.get('name')}@{named.get('version')}, "
+            f"but {loaded.name}@{loaded.version} is loaded: refusing to pair them"
+        )
+    model_dim = loaded.model.get_embedding_dimension()
+    if model_dim != dimension:
+        raise ModelMismatchError(f"{where} has dimension {dimension}, the model produces {model_dim}")
+
+
+def validate_query(query: Any, k: Any, max_k: int = MAX_K, max_chars: int = MAX_QUERY_CHARS) -> tuple[str, int]:
+    if not isinstance(query, str):
+        raise QueryError("query must be a string")
+    text = query.strip()
+    if not text:
+        raise QueryError("query is empty")
+    if len(text) > max_chars:
+        raise QueryError(f"query is {len(text)} characters long; the limit is {max_chars}")
+    if isinstance(k, bool) or not isinstance(k, int):
+        raise QueryError("k must be an integer")
+    if not 1 <= k <= max_k:
+        raise QueryError(f"k must be between 1 and {max_k}, got {k}")
+    return text, k
+
+
+class Searcher:
+    """Searches the index ``current`` names under ``root/name``, reloading when the pointer moves.
+
+    ``model_dir`` pins an external model folder instead of the copy stored with each version; versions
+    built with any other model are then refused. ``reload_interval_s`` bounds how often the pointer
+    file is read (0 = before every query). ``threads`` caps torch's intra-op threads: one thread gives
+    steadier single-query latency on a small shared CPU than two that wait on each other.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        name: str,
+        model_dir: Path | None = None,
+        reload_interval_s: float = 1.0,
+        threads: int | None = None,
+        max_k: int = MAX_K,
+        max_query_chars: int = MAX_QUERY_CHARS,
+    ) -> None:
+        self.root = Path(root)
+        self.name = name
+        self.reload_interval_s = reload_interval_s
+        self.max_k = max_k
+        self.max_query_chars = max_query_chars
+        self.last_error: str | None = None
+        if threads:
+            torch.set_num_threads(threads)
+        self._pinned = self._load_model(Path(model_dir), None) if model_dir else None
+        self._lock = threading.Lock()
+        self._checked_at = 0.0
+        self._refused: str | None = None
+        version = read_pointer(self.root, name)
+        if version is None:
+            raise NoPublishedIndexError(f"{index_home(self.root, name)}: nothing published yet")
+        self._state = self._load(version, previous=None)
+
+    # ------------------------------------------------------------------ loading
+    @staticmethod
+    def _load_model(model_dir: Path, manifest: dict[str, Any] | None) -> LoadedModel:
+        named = (manifest or {}).get("model", {})
+        model = load_encoder(model_dir, named.get("max_seq_length"))
+        checksum = model_folder_checksum(model_dir)
+        return LoadedModel(model, checksum, named.get("name"), named.get("version"), str(model_dir))
+
+    def _load(self, version: str, previous: _State | None) -> _State:
+        loaded = load_version(index_home(self.root, self.name) / version, verify=True)
+        manifest = loaded.manifest
+        if model_checksum(manifest["files"]) != manifest.get("model", {}).get("checksum"):
+            raise ModelMismatchError(f"{loaded.path}: manifest's model checksum does not match its model/ files")
+        named = manifest["model"]
+        if self._pinned is not None:
+            model = self._pinned
+        elif previous is not None and previous.model.checksum == named["checksum"]:
+            # Same weights: keep the warm model, but take the identity the new manifest gives it.
+            model = LoadedModel(previous.model.model, previous.model.checksum, named.get("name"), named.get("version"))
+        else:
+            model = self._load_model(loaded.model_dir, manifest)
+        check_model(manifest, model if self._pinned is None else _unnamed(model), loaded.index.d)
+        expected_towers = named.get("tower_type")
+        if expected_towers and expected_towers != tower_type(model.model):
+            raise ModelMismatchError(f"{loaded.path}: manifest says {expected_towers} towers, model is not")
+        precision = "bf16" if manifest.get("encode", {}).get("precision") == "bf16" and native_bf16() else "fp32"
+        log.info("serving index %s/%s with model %s", self.name, version, model.source or named.get("name"))
+        return _State(loaded, model, precision)
+
+    def maybe_reload(self, force: bool = False) -> bool:
+        """Follow ``current`` if it moved; returns True when a new version was swapped in."""
+        now = time.monotonic()
+        if not force and now - self._checked_at < self.reload_interval_s:
+            return False
+        with self._lock:
+            self._checked_at = now
+            version = read_pointer(self.root, self.name)
+            if version is None or version == self._state.index.version or version == self._refused:
+                return False
+            try:
+                state = self._load(version, previous=self._state)
+            except Exception as err:  # a bad version must not take the service down
+                self._refused = version
+                self.last_error = f"refused {self.name}/{version}: {err}"
+                log.error(self.last_error)
+                return False
+            self._state, self._refused, self.last_error = state, None, None
+            return True
+
+    # ------------------------------------------------------------------ querying
+    def encode_query(self, query: str) -> np.ndarray:
+        state = self._state
+        return encode(state.model.model, [query], role="query", batch_size=1, precision=state.precision)
+
+    def search(self, query: Any, k: Any = 10) -> SearchResult:
+        text, k = validate_query(query, k, self.max_k, self.max_query_chars)
+        self.maybe_reload()
+        state = self._state  # one read: model and index always come from the same version
+        start = time.perf_counter()
+        vector = encode(state.model.model, [text], role="query", batch_size=1, precision=state.precision)
+        encoded = time.perf_counter()
+        scores, rows = search(state.index.index, vector, min(k, state.index.index.ntotal))
+        done = time.perf_counter()
+        hits = [
+            Hit(rank, state.index.doc_ids[row], float(score))
+            for rank, (row, score) in enumerate(zip(rows[0], scores[0], strict=True), start=1)
+            if row >= 0
+        ]
+        return SearchResult(
+            text, k, hits, state.index.version, state.model_label, (encoded - start) * 1e3, (done - encoded) * 1e3
+        )
+
+    def health(self) -> dict[str, Any]:
+        state = self._state
+        manifest = state.index.manifest
+        named = manifest.get("model", {})
+        return {
+            "status": "ok" if self.last_error is None else "degraded",
+            "index": self.name,
+            "index_version": state.index.version,
+            "documents": int(state.index.index.ntotal),
+            "index_type": manifest.get("index", {}).get("type"),
+            "model": named.get("name"),
+            "model_version": named.get("version"),
+            "model_run_id": named.get("run_id"),
+            "pointer": read_pointer(self.root, self.name),
+            "last_error": self.last_error,
+        }
+
+
+def _unnamed(model: LoadedModel) -> LoadedModel:
+    """A pinned model folder carries no registry identity of its own: only its checksum is compared."""
+    return LoadedModel(model.model, model.checksum, None, None, model.source)

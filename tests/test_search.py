@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.data import RejectLog, find_file, read_corpus, read_queries
+from model.encoder import encode, load_encoder, make_asymmetric
+from model.index import IndexSpec, build_index, build_manifest, publish, read_pointer
+from model.metrics import exact_search
+from model.search import ModelMismatchError, QueryError, Searcher, validate_query
+
+
+def publish_corpus(root: Path, model_dir: Path, beir_dir: Path, name: str = "tiny") -> tuple[list[str], np.ndarray]:
+    """Encode the tiny corpus as documents and publish a Flat index of it with ``model_dir``."""
+    model = load_encoder(model_dir)
+    corpus = read_corpus(find_file(beir_dir, "corpus.jsonl"), RejectLog())
+    doc_ids = list(corpus)
+    embeddings = encode(model, [corpus[d].full_text for d in doc_ids], "document")
+    spec = IndexSpec()
+    identity = {"name": "retriever", "version": model_dir.name, "run_id": None, "tower_type": None}
+    manifest = build_manifest(spec, len(doc_ids), embeddings.shape[1], identity, "fp", 0.0, 1.0, 0)
+    publish(root, name, build_index(embeddings, spec), doc_ids, model_dir, manifest)
+    return doc_ids, embeddings
+
+
+@pytest.fixture(scope="module")
+def asymmetric_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("asym") / "asymmetric"
+    model = make_asymmetric(load_encoder(tiny_model_dir))
+    # Different query-tower weights, so a query encoded by the document tower would rank differently.
+    query_tower = model[0].sub_modules["query"][0]
+    generator = torch.Generator().manual_seed(0)
+    for parameter in query_tower.parameters():
+        parameter.data.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    model.save(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("towers", ["siamese", "asymmetric"])
+def test_search_equals_exact_numpy_search(
+    towers: str, tiny_model_dir: Path, asymmetric_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = tiny_model_dir if towers == "siamese" else asymmetric_model_dir
+    doc_ids, embeddings = publish_corpus(tmp_path, model_dir, tiny_beir_dir)
+    searcher = Searcher(tmp_path, "tiny", reload_interval_s=0)
+    queries = read_queries(find_file(tiny_beir_dir, "queries.jsonl"), RejectLog())
+    model = load_encoder(model_dir)
+    for query in list(queries.values())[:6]:
+        result = searcher.search(query, k=7)
+        expected_rows, expected_scores = exact_search(encode(model, [query], "query"), embeddings, 7)
+        assert [hit.doc_id for hit in result.hits] == [doc_ids[i] for i in expected_rows[0]]
+        np.testing.assert_allclose([hit.score for hit in result.hits], expected_scores[0], rtol=1e-5, atol=1e-6)
+        assert [hit.rank for hit in result.hits] == list(range(1, 8))
+    assert result.index_version == "v0001" and result.model == f"retriever@{model_dir.name}"
+    if towers == "asymmetric":
+        as_document = encode(model, [query], "document")
+        assert not np.allclose(as_document, encode(model, [query], "query"))
+
+
+def test_k_larger_than_corpus_returns_every_document(tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path) -> None:
+    doc_ids, _ = publish_corpus(tmp_path, tiny_model_dir, tiny_beir_dir)
+    result = Searcher(tmp_path, "tiny").search("heart", k=500)
+    assert sorted(hit.doc_id for hit in result.hits) == sorted(doc_ids)
+
+
+def test_reloads_when_current_moves_and_pairs_the_new_model(
+    tiny_model_dir: Path, asymmetric_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+) -> None:
+    publish_corpus(tmp_path, tiny_model_dir, tiny_beir_dir)
+    searcher = Searcher(tmp_path, "tiny", reload_interval_s=0)
+    assert searcher.health()["index_version"] == "v0001"
+    _, embeddings = publish_corpus(tmp_path, asymmetric_model_dir, tiny_beir_dir)
+    result = searcher.search("brain neuron", k=3)
+    assert result.index_version == "v0002" and result.model == "retriever@asymmetric"
+    query = encode(load_encoder(asymmetric_model_dir), ["brain neuron"], "query")
+    np.testing.assert_allclose(result.hits[0].score, float((embeddings @ query[0]).max()), rtol=1e-5)
+    health = searcher.health()
+    assert health["documents"] == 36 and health["model_version"] == "asymmetric" and health["status"] == "ok"
+
+
+def test_refuses_a_bad_new_version_and_keeps_serving(tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path) -> None:
+    publish_corpus(tmp_path, tiny_model_dir, tiny_beir_dir)
+    searcher = Searcher(tmp_path, "tiny", reload_interval_s=0)
+    publish_corpus(tmp_path, tiny_model_dir, tiny_beir_dir)
+    (tmp_path / "tiny" / "v0002" / "index.faiss").write_bytes(b"corrupt")
+    result = searcher.search("virus", k=2)
+    assert result.index_version == "v0001"
+    health = searcher.health()
+    assert health["status"] == "degraded" and "sha256 differs" in health["last_error"]
+    assert read_pointer(tmp_path, "tiny") == "v0002"
+    with pytest.raises(Exception, match="sha256 differs"):
+        Searcher(tmp_path, "tiny")
+
+
+def test_manifest_naming_another_model_is_refused(
+    tiny_model_dir: Path, asymmetric_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+) -> None:
+    publish_corpus(tmp_path, tiny_model_dir, tiny_beir_dir)
+    # A pinned model folder that is not the one the index was built with.
+    with pytest.raises(ModelMismatchError, match="refusing to pair them"):
+        Searcher(tmp_path, "tiny", model_dir=asymmetric_model_dir)
+    assert Searcher(tmp_path, "tiny", model_dir=tiny_model_dir).search("bone", k=1).hits
+
+    # A manifest edited to claim different model weights than the files stored with it.
+    manifest_path = tmp_path / "tiny" / "v0001" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"]["checksum"] = "0" * 64
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ModelMismatchError, match="does not match its model/ files"):
+        Searcher(tmp_path, "tiny")
+
+
+@pytest.mark.parametrize(
+    ("query", "k", "message"),
+    [
+        ("", 10, "query is empty"),
+        ("   ", 10, "query is empty"),
+        ("x" * 2001, 10, "2001 characters"),
+        (None, 10, "must be a string"),
+        ("ok", 0, "between 1 and 1000"),
+        ("ok", 1001, "between 1 and 1000"),
+        ("ok", True, "must be an integer"),
+        ("ok", "5", "must be an integer"),
+    ],
+)
+def test_validate_query(query: object, k: object, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        validate_query(query, k)
+    assert validate_query("  fine  ", 3) == ("fine", 3)
