@@ -31,6 +31,53 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from model.config import DataConfig, RetrainConfig
+    from model.data import DataError
+    from model.sources import ingest
+
+    data = RetrainConfig.from_yaml(args.config).data.model_dump(exclude_unset=True) if args.config else {}
+    data |= {"source": args.source, "path": args.path}
+    for name in ("corpus", "min_usable_share", "max_line_bytes"):
+        if getattr(args, name) is not None:
+            data[name] = getattr(args, name)
+    if args.splits:
+        data["splits"] = {name: float(share) for name, share in (item.split("=") for item in args.splits.split(","))}
+    if args.judged_eval:
+        data["judged_eval"] = True
+        data.setdefault("splits", {"train": 0.9, "dev": 0.1})  # the judged split replaces the hashed test share
+    clicks = data.get("clicks", {})
+    for name in ("rule", "dwell_threshold", "ctr_threshold", "min_impressions", "propensity"):
+        if getattr(args, name) is not None:
+            clicks[name] = getattr(args, name)
+    data["clicks"] = clicks
+    try:
+        result = ingest(DataConfig.model_validate(data), args.out)
+    except DataError as err:
+        print(f"denseflow ingest: {err} (rejected rows: {args.out / 'rejects.jsonl'})", file=sys.stderr)
+        return 2
+    print(
+        json.dumps({"folder": str(result.folder), "fingerprint": result.fingerprint, **vars(result.report)}, indent=2)
+    )
+    return 0
+
+
+def cmd_simulate_clicks(args: argparse.Namespace) -> int:
+    from model.data import RejectLog, bundled_scifact_dir, load_beir
+    from model.simulate import ClickModel, simulate_clicks
+
+    dataset = load_beir(args.dataset or bundled_scifact_dir(), [args.split], RejectLog())
+    model = ClickModel(
+        impressions_per_query=args.impressions_per_query,
+        eta=args.eta,
+        click_nonrelevant=args.noise,
+        seed=args.seed,
+    )
+    report = simulate_clicks(dataset, args.split, args.out, model, max_queries=args.queries, progress=True)
+    print(json.dumps(vars(report) | {"shown_share": report.shown_share}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="denseflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +85,34 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser("retrain", help="ingest → mine → train → evaluate → register (the default run)")
     retrain.add_argument("--config", type=Path, help="YAML configuration (defaults: bundled SciFact + MiniLM)")
     retrain.set_defaults(handler=cmd_retrain)
+
+    ingest = commands.add_parser("ingest", help="normalise a BEIR folder, click log or QA pairs to a BEIR folder")
+    ingest.add_argument("--source", choices=["beir", "clicks", "qa"], required=True)
+    ingest.add_argument("--path", type=Path, help="BEIR folder, or click-log / QA file or folder")
+    ingest.add_argument("--out", type=Path, required=True, help="output folder (BEIR layout + rejects.jsonl)")
+    ingest.add_argument("--config", type=Path, help="YAML whose data: section gives the defaults")
+    ingest.add_argument("--corpus", type=Path, help="corpus the doc ids refer to / passages join")
+    ingest.add_argument("--judged-eval", action="store_true", help="evaluation split from the corpus's judgments")
+    ingest.add_argument("--splits", help="shares by query hash, e.g. train=0.8,dev=0.1,test=0.1")
+    ingest.add_argument("--rule", choices=["dwell", "ctr"])
+    ingest.add_argument("--dwell-threshold", type=float)
+    ingest.add_argument("--ctr-threshold", type=float)
+    ingest.add_argument("--min-impressions", type=int)
+    ingest.add_argument("--propensity", choices=["none", "power", "table"])
+    ingest.add_argument("--min-usable-share", type=float)
+    ingest.add_argument("--max-line-bytes", type=int)
+    ingest.set_defaults(handler=cmd_ingest)
+
+    simulate = commands.add_parser("simulate-clicks", help="write a SYNTHETIC position-biased click log")
+    simulate.add_argument("--out", type=Path, required=True, help="log file (.jsonl or .jsonl.gz)")
+    simulate.add_argument("--dataset", type=Path, help="BEIR folder (default: bundled SciFact)")
+    simulate.add_argument("--split", default="train", help="judged split whose queries users search")
+    simulate.add_argument("--queries", type=int, help="sample this many queries (default: all)")
+    simulate.add_argument("--impressions-per-query", type=float, default=20.0)
+    simulate.add_argument("--eta", type=float, default=1.0, help="examination (1/position)^eta")
+    simulate.add_argument("--noise", type=float, default=0.1, help="click probability of an examined non-relevant")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.set_defaults(handler=cmd_simulate_clicks)
 
     return parser
 

@@ -34,7 +34,6 @@ class ClickConfig(Section):
     skip_above: bool = Field(True, description="Documents shown above a click and skipped become hard negatives.")
     min_skips: int = Field(1, ge=1, description="Times a document must be skipped to count as a negative.")
     max_skip_above_per_query: int = Field(10, ge=1)
-    skip_above_per_example: int = Field(1, ge=0, description="Skip-above negatives per example, before mined ones.")
     impression_buffer: int = Field(100_000, ge=1, description="Open impressions kept while streaming (memory bound).")
 
     @model_validator(mode="after")
@@ -92,6 +91,9 @@ class MiningConfig(Section):
     rank_end: int = Field(50, ge=1, description="Draw negatives from ranks [rank_start, rank_end).")
     relative_margin: float | None = Field(
         0.95, gt=0, le=1, description="Drop candidates scoring above this share of the positive's score."
+    )
+    skip_above_per_example: int = Field(
+        1, ge=0, description="Click-log skip-above negatives per example, taken before mined ones (0 = none)."
     )
     seed: int = 42
 

@@ -85,7 +85,6 @@ NOT_UTF8 = "not valid UTF-8"
 LINE_TOO_LONG = "line over the size limit"
 MALFORMED = "malformed row"
 MISSING_FIELD = "missing field"
-EMPTY_QUERY = "empty query"
 UNKNOWN_DOC = "unknown document id"
 BAD_POSITION = "position is not a positive integer"
 BAD_CLICKED = "clicked is not a boolean"
@@ -100,7 +99,6 @@ REASONS = (
     LINE_TOO_LONG,
     MALFORMED,
     MISSING_FIELD,
-    EMPTY_QUERY,
     UNKNOWN_DOC,
     BAD_POSITION,
     BAD_CLICKED,
@@ -508,8 +506,6 @@ class ClickAggregator:
         index = self._raw_query_index.get(raw)
         if index is None:
             key = query_key(raw)
-            if not key:
-                raise _RowError("query", EMPTY_QUERY)
             index = self._query_index.get(key)
             if index is None:
                 index = self._query_index[key] = len(self.query_keys)
@@ -670,8 +666,6 @@ def load_qa(config: DataConfig, rejects: RejectLog) -> SourceResult:
                 question = _required_str(row, names["question"], "question")
                 answer = _required_str(row, names["answer"], "answer")
                 key = query_key(question)
-                if not key:
-                    raise _RowError("question", EMPTY_QUERY)
                 doc_id = _place_passage(row, names, answer, corpus, by_hash, report)
             except _RowError as err:
                 rejects.add(path, number, err.field_name, err.reason, row)

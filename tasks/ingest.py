@@ -9,35 +9,35 @@ from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from prefect import task
 
+from model import sources
 from model.config import DataConfig
-from model.data import (
-    Dataset,
-    RejectLog,
-    bundled_scifact_dir,
-    fingerprint,
-    load_beir,
-    remove_evaluation_leaks,
-    write_beir,
-)
+from model.data import RejectLog, bundled_scifact_dir, load_beir, remove_evaluation_leaks
+from model.sources import SourceReport, SourceResult
 from tasks.tracking import log_artifact, log_metrics
 
 
-def load_source(data: DataConfig, rejects: RejectLog) -> Dataset:
+def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
     """The configured source, normalised to a Dataset; every bad row lands in ``rejects``."""
     if data.source == "beir":
-        return load_beir(data.path or bundled_scifact_dir(), [data.train_split, data.eval_split], rejects)
-    raise ValueError(f"data.source {data.source!r} is not supported by this version")
+        dataset = load_beir(data.path or bundled_scifact_dir(), [data.train_split, data.eval_split], rejects)
+        return SourceResult(dataset, {}, SourceReport(source="beir"))
+    return sources.load_source(data, rejects)  # clicks / qa: see model/sources.py
 
 
 @task(name="ingest")
 def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     """Write ``run_dir/data`` (BEIR layout) and ``run_dir/rejects.jsonl``; returns paths and counts."""
     rejects = RejectLog()
-    dataset = load_source(data, rejects)
+    try:
+        loaded = load_source(data, rejects)
+    finally:  # a source below its usable-share floor fails here; its rejects say why
+        rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
+    dataset = loaded.dataset
     leaks = remove_evaluation_leaks(dataset, data.train_split, [data.eval_split], rejects)
-    dataset_dir = write_beir(dataset, Path(run_dir) / "data")
+    loaded.skip_above = {qid: docs for qid, docs in loaded.skip_above.items() if qid in dataset.queries}
+    dataset_dir = sources.write_source(loaded, Path(run_dir) / "data")
     rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
-    digest = fingerprint(dataset)
+    digest = loaded.fingerprint
     counts = {
         "documents": len(dataset.corpus),
         "queries": len(dataset.queries),
@@ -48,6 +48,9 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     }
     log_metrics(run_id, counts, prefix="ingest.")
     log_artifact(run_id, rejects_path)
+    if data.source != "beir":
+        log_metrics(run_id, loaded.report.as_metrics(), prefix=f"ingest.{data.source}.")
+        counts["skip_above_queries"] = len(loaded.skip_above)
     source = str(data.path or bundled_scifact_dir())
     with mlflow.start_run(run_id=run_id):
         mlflow.set_tag("dataset_fingerprint", digest)

@@ -9,6 +9,7 @@ from prefect import task
 from model.config import MiningConfig
 from model.data import RejectLog, assert_no_leak, load_beir
 from model.negatives import make_scorer, mine_negatives, mining_summary, write_examples
+from model.sources import read_skip_above
 from tasks.tracking import log_artifact, log_metrics
 
 
@@ -39,6 +40,8 @@ def mine(
         rank_start=mining.rank_start,
         rank_end=mining.rank_end,
         relative_margin=mining.relative_margin,
+        extra_negatives=read_skip_above(Path(dataset_dir)) if mining.skip_above_per_example else None,
+        max_extra=mining.skip_above_per_example,
     )
     path = write_examples(examples, Path(run_dir) / "train_examples.jsonl")
     log_metrics(run_id, report.as_metrics() | mining_summary(examples), prefix=metric_prefix)
