@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from flows.index_cli import add_index_commands
 from model.workspace import workspace_dir
 
 Handler = Callable[[argparse.Namespace], int]
@@ -113,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--noise", type=float, default=0.1, help="click probability of an examined non-relevant")
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(handler=cmd_simulate_clicks)
+
+    add_index_commands(commands)  # publish, index list|rollback, search, serve
 
     return parser
 

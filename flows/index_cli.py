@@ -1,0 +1,157 @@
+"""``denseflow publish | index list | index rollback | search | serve``: sub-commands of the published index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from model.workspace import workspace_dir
+
+# Same as model.service's defaults; repeated so parsing does not import torch and FastAPI.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+def _index_root(args: argparse.Namespace) -> Path:
+    return workspace_dir(args.workspace) / "indexes"
+
+
+def _publish_config(args: argparse.Namespace):  # noqa: ANN202 - model.config.PublishConfig
+    from model.config import PublishConfig
+
+    raw: dict[str, Any] = {}
+    if args.config:
+        from model.config import load_yaml
+
+        raw = load_yaml(args.config)
+    overrides = {
+        ("model",): args.model,
+        ("workspace",): str(args.workspace) if args.workspace else None,
+        ("data", "path"): str(args.data) if args.data else None,
+        ("index", "name"): args.name,
+        ("index", "type"): args.index_type,
+        ("encode", "shard_size"): args.shard_size,
+        ("encode", "max_seq_length"): args.max_seq_length,
+        ("encode", "precision"): args.precision,
+        ("runner", "kind"): args.runner,
+        ("runner", "dask_address"): args.dask_address,
+    }
+    for keys, value in overrides.items():
+        if value is not None:
+            section = raw
+            for key in keys[:-1]:
+                section = section.setdefault(key, {})
+            section[keys[-1]] = value
+    return PublishConfig.model_validate(raw)
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from flows.publish_index import run_publish
+
+    result = run_publish(_publish_config(args))
+    print(json.dumps({k: v for k, v in result.items() if k != "embeddings"}, indent=2, default=str))
+    return 0
+
+
+def cmd_index_list(args: argparse.Namespace) -> int:
+    from model.index import list_versions
+
+    versions = [version.summary() for version in list_versions(_index_root(args), args.name)]
+    if args.json:
+        print(json.dumps(versions, indent=2))
+        return 0
+    if not versions:
+        print(f"no versions of index {args.name!r} under {_index_root(args)}")
+        return 0
+    header = ["", "version", "created_at", "model", "type", "count", "recall@10"]
+    rows = [
+        ["*" if v["current"] else "", v["version"], str(v["created_at"])[:19], str(v["model"]), str(v["index_type"]),
+         str(v["count"]), "" if v["recall_at_10"] is None else f"{v['recall_at_10']:.4f}"]
+        for v in versions
+    ]  # fmt: skip
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def cmd_index_rollback(args: argparse.Namespace) -> int:
+    from model.index import read_pointer, rollback
+
+    before = read_pointer(_index_root(args), args.name)
+    info = rollback(_index_root(args), args.name, args.to)
+    print(f"index {args.name}: current {before} -> {info.version} ({info.summary()['model']})")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from model.search import Searcher
+
+    result = Searcher(_index_root(args), args.name, threads=args.threads).search(args.query, args.k)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    print(f"index {args.name}/{result.index_version}, model {result.model}, "
+          f"encode {result.encode_ms:.1f} ms, search {result.search_ms:.2f} ms")  # fmt: skip
+    for hit in result.hits:
+        print(f"{hit.rank:>4}  {hit.score:.4f}  {hit.doc_id}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from model.search import Searcher
+    from model.service import serve
+
+    serve(Searcher(_index_root(args), args.name, threads=args.threads), host=args.host, port=args.port)
+    return 0
+
+
+def add_index_commands(commands: argparse._SubParsersAction) -> None:
+    """Register the sub-commands on ``denseflow``'s sub-parser (no heavy imports: parsing stays instant)."""
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--workspace", type=Path, help="workspace folder (default: $DENSEFLOW_HOME or ./.denseflow)"
+        )
+        parser.add_argument("--name", default="default", help="index name (default: %(default)s)")
+
+    publish = commands.add_parser("publish", help="re-encode the corpus with a registered model and publish its index")
+    publish.add_argument("--model", help="retriever@production (default), retriever/3, or a model folder")
+    publish.add_argument("--config", type=Path, help="YAML PublishConfig; flags below override it")
+    publish.add_argument("--data", type=Path, help="BEIR folder whose corpus is indexed (default: bundled SciFact)")
+    publish.add_argument("--index-type", choices=["flat", "hnsw", "ivf"])
+    publish.add_argument("--shard-size", type=int, help="documents per encoding task")
+    publish.add_argument("--max-seq-length", type=int)
+    publish.add_argument("--precision", choices=["auto", "bf16", "fp32"])
+    publish.add_argument("--runner", choices=["local", "dask"], help="task runner for the shard mapping")
+    publish.add_argument("--dask-address", help="scheduler of an existing Dask cluster")
+    common(publish)
+    publish.set_defaults(handler=cmd_publish, name=None)
+
+    index = commands.add_parser("index", help="published index versions")
+    actions = index.add_subparsers(dest="index_command", required=True)
+    listing = actions.add_parser("list", help="versions, newest last; * marks current")
+    listing.add_argument("--json", action="store_true")
+    common(listing)
+    listing.set_defaults(handler=cmd_index_list)
+    back = actions.add_parser("rollback", help="point current at the previous version (or --to VERSION)")
+    back.add_argument("--to", help="version to serve, e.g. v0003 (default: the one before current)")
+    common(back)
+    back.set_defaults(handler=cmd_index_rollback)
+
+    search = commands.add_parser("search", help="search the published index with one query")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--json", action="store_true")
+    search.add_argument("--threads", type=int, default=1, help="torch threads for query encoding")
+    common(search)
+    search.set_defaults(handler=cmd_search)
+
+    serve = commands.add_parser("serve", help="HTTP search service (/search, /health) on loopback by default")
+    serve.add_argument("--host", default=DEFAULT_HOST, help="bind address (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--threads", type=int, default=1, help="torch threads for query encoding")
+    common(serve)
+    serve.set_defaults(handler=cmd_serve)

@@ -1,0 +1,93 @@
+"""``publish_index``: re-encode the corpus with a registered model and publish its FAISS index.
+
+resolve model → plan shards → (bf16 check) → encode shards (mapped) → build + verify → publish → log.
+
+The shard mapping runs on whatever task runner the flow is given: Prefect's default thread pool
+locally, or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing scheduler)
+when ``runner.kind`` is ``dask``. The flow itself does not change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, unmapped
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner
+from tqdm.auto import tqdm
+
+from model.config import PublishConfig, RunnerConfig
+from model.workspace import workspace_dir
+from tasks.publish import (
+    build_and_verify,
+    choose_precision,
+    encode_shard,
+    log_index_artifact,
+    plan_shards,
+    publish_version,
+    resolve_model_version,
+)
+
+
+def make_task_runner(runner: RunnerConfig) -> TaskRunner | None:
+    """None keeps Prefect's default runner; ``dask`` starts a local cluster of worker processes or joins one."""
+    if runner.kind != "dask":
+        return None
+    from prefect_dask import DaskTaskRunner
+
+    if runner.dask_address:
+        return DaskTaskRunner(address=runner.dask_address)
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": runner.dask_workers,
+            "threads_per_worker": runner.dask_threads_per_worker,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
+
+
+@flow(name="publish_index")
+def publish_index(config: PublishConfig) -> dict[str, Any]:
+    workspace = workspace_dir(config.workspace)
+    config = config.model_copy(update={"workspace": workspace})
+    model = resolve_model_version(config)
+    plan = plan_shards(config, model, str(workspace / "encode"))
+    choice = choose_precision(model["model_dir"], plan, config.encode)
+    encode_info = {**choice, "max_seq_length": config.encode.max_seq_length, "batch_size": config.encode.batch_size}
+
+    futures = encode_shard.map(
+        plan["shards"],
+        model_dir=unmapped(model["model_dir"]),
+        precision=unmapped(choice["precision"]),
+        batch_size=unmapped(config.encode.batch_size),
+        max_seq_length=unmapped(config.encode.max_seq_length),
+    )
+    counts = {future.task_run_id: shard["count"] for future, shard in zip(futures, plan["shards"], strict=True)}
+    with tqdm(total=plan["documents"], desc="encoding corpus", unit="doc") as bar:
+        for future in as_completed(futures):
+            future.result()  # a failed shard stops the flow here, with its error
+            bar.update(counts[future.task_run_id])
+    outputs = [future.result() for future in futures]
+
+    built = build_and_verify(plan, outputs, model, config.index, encode_info)
+    published = publish_version(built, model, str(workspace / "indexes"), config.index)
+    artifact = log_index_artifact(published, model, config)
+    return {
+        **published,
+        "model": model,
+        "documents": plan["documents"],
+        "shards": len(outputs),
+        "embeddings": outputs,
+        "precision": choice["precision"],
+        "recall_at_10": built["recall_at_10"],
+        "build_seconds": built["build_seconds"],
+        "mlflow_artifact": artifact,
+    }
+
+
+def run_publish(config: PublishConfig) -> dict[str, Any]:
+    """Run ``publish_index`` on the task runner ``config.runner`` asks for."""
+    runner = make_task_runner(config.runner)
+    flow_ = publish_index.with_options(task_runner=runner) if runner is not None else publish_index
+    return flow_(config)

@@ -1,0 +1,287 @@
+"""Publish tasks: resolve the model, encode the corpus in shards, build and verify the index, publish, log.
+
+Tasks hand each other paths and small dicts, never models or indexes, so Prefect can hash inputs and
+a Dask worker on another machine can run any shard given a shared filesystem. Shard outputs are
+keyed by model checksum, corpus fingerprint and encoding settings: a retried or re-run publication
+encodes only the shards that are missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+from prefect.logging import get_run_logger
+from sentence_transformers import SentenceTransformer
+
+from model.config import EncodeConfig, IndexConfig, PublishConfig
+from model.data import RejectLog, bundled_scifact_dir, corpus_fingerprint, find_file, read_corpus, read_queries
+from model.encoder import encode, load_encoder, model_fingerprint, resolve_precision, tower_type
+from model.index import (
+    DOC_IDS_FILE,
+    INDEX_FILE,
+    build_manifest,
+    check_recall,
+    embedding_agreement,
+    publish,
+    timed_build,
+)
+
+BF16_SAMPLE_DOCS = 64
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except Exception:  # called outside a flow or task run (plain Python use)
+        return logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_encoder(model_dir: str, max_seq_length: int | None) -> SentenceTransformer:
+    """One model per worker process and folder: shards after the first skip the load."""
+    return load_encoder(model_dir, max_seq_length)
+
+
+def _atomic_write_bytes(path: Path, save: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    save(tmp)
+    os.replace(tmp, path)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with path.open("wb") as out:  # a file object: np.save would append ".npy" to a temporary name
+        np.save(out, array)
+
+
+# ------------------------------------------------------------------------------------------ model
+
+
+@task(name="resolve-model", retries=2, retry_delay_seconds=5)
+def resolve_model_version(config: PublishConfig) -> dict[str, Any]:
+    """``{name, version, run_id, model_dir}`` of the model ``config.model`` names *now*.
+
+    A registry reference (``retriever@production``, ``retriever/3``) is looked up in MLflow and
+    downloaded; an existing folder is used as is (no registry identity, so no run to log to).
+    """
+    folder = Path(config.model).expanduser()
+    if folder.is_dir():
+        return {"name": folder.name, "version": None, "run_id": None, "model_dir": str(folder.resolve())}
+    from tasks.registry import resolve_model
+    from tasks.tracking import configure_tracking
+
+    configure_tracking(config.tracking, config.workspace)
+    resolved = resolve_model(config.model, config.workspace, default_name=config.tracking.registered_model)
+    _logger().info("model %s resolved to %s (run %s)", config.model, resolved.uri, resolved.run_id)
+    return {
+        "name": resolved.name,
+        "version": resolved.version,
+        "run_id": resolved.run_id,
+        "model_dir": str(resolved.local_dir),
+    }
+
+
+# ------------------------------------------------------------------------------------------ corpus
+
+
+@task(name="plan-shards")
+def plan_shards(config: PublishConfig, model: dict[str, Any], work_root: str) -> dict[str, Any]:
+    """Read the corpus once and write one input file per shard (ids and texts) plus sample queries."""
+    folder = Path(config.data.path or bundled_scifact_dir())
+    rejects = RejectLog()
+    corpus = read_corpus(find_file(folder, "corpus.jsonl"), rejects)
+    if rejects:
+        _logger().warning("corpus %s: %d rows rejected %s", folder, len(rejects), rejects.counts())
+    try:
+        queries = list(read_queries(find_file(folder, "queries.jsonl"), RejectLog()).values())
+    except ValueError:
+        queries = []  # a bare corpus: recall is checked with sampled documents instead
+    rng = np.random.default_rng(0)
+    if len(queries) > config.index.verify_queries:
+        queries = [queries[i] for i in sorted(rng.choice(len(queries), config.index.verify_queries, replace=False))]
+
+    fingerprint = corpus_fingerprint(corpus)
+    settings = config.encode.model_dump(include={"max_seq_length", "shard_size", "batch_size"})
+    key_text = json.dumps([model_fingerprint(model["model_dir"]), fingerprint, settings], sort_keys=True)
+    work = Path(work_root) / hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    work.mkdir(parents=True, exist_ok=True)
+    doc_ids = list(corpus)
+    shards = []
+    for number, start in enumerate(range(0, len(doc_ids), config.encode.shard_size)):
+        ids = doc_ids[start : start + config.encode.shard_size]
+        path = work / f"shard-{number:05d}.json"
+        if not path.is_file():
+            rows = {"ids": ids, "texts": [corpus[doc_id].full_text for doc_id in ids]}
+            _atomic_write_bytes(path, lambda tmp, rows=rows: tmp.write_text(json.dumps(rows), encoding="utf-8"))
+        shards.append({"number": number, "input": str(path), "count": len(ids)})
+    queries_path = work / "verify_queries.json"
+    queries_path.write_text(json.dumps(queries), encoding="utf-8")
+    return {
+        "corpus_dir": str(folder),
+        "corpus_fingerprint": fingerprint,
+        "documents": len(doc_ids),
+        "rejected_rows": len(rejects),
+        "work_dir": str(work),
+        "shards": shards,
+        "queries": str(queries_path),
+    }
+
+
+@task(name="choose-precision")
+def choose_precision(model_dir: str, plan: dict[str, Any], encode_config: EncodeConfig) -> dict[str, Any]:
+    """bf16 only where it keeps quality: compared with fp32 on a sample, else fall back to fp32."""
+    wanted = resolve_precision(encode_config.precision)
+    if wanted == "fp32":
+        return {"precision": "fp32", "requested": encode_config.precision, "agreement": None}
+    texts = json.loads(Path(plan["shards"][0]["input"]).read_text(encoding="utf-8"))["texts"][:BF16_SAMPLE_DOCS]
+    model = _cached_encoder(model_dir, encode_config.max_seq_length)
+    reference = encode(model, texts, "document", encode_config.batch_size, "fp32")
+    candidate = encode(model, texts, "document", encode_config.batch_size, "bf16")
+    agreement = embedding_agreement(reference, candidate)
+    keep = agreement["min_cosine"] >= encode_config.bf16_min_cosine
+    if not keep:
+        _logger().warning("bf16 embeddings drift from fp32 (%s): encoding in fp32", agreement)
+    return {"precision": "bf16" if keep else "fp32", "requested": encode_config.precision, "agreement": agreement}
+
+
+@task(name="encode-shard", retries=1, retry_delay_seconds=2, task_run_name="encode-shard-{shard[number]}")
+def encode_shard(
+    shard: dict[str, Any], model_dir: str, precision: str, batch_size: int, max_seq_length: int | None
+) -> str:
+    """Encode one shard's documents (role ``document``) to ``shard-N.<precision>.npy``; reused if present."""
+    source = Path(shard["input"])
+    output = source.with_name(f"{source.stem}.{precision}.npy")
+    if output.is_file():
+        return str(output)
+    texts = json.loads(source.read_text(encoding="utf-8"))["texts"]
+    model = _cached_encoder(model_dir, max_seq_length)
+    start = time.perf_counter()
+    embeddings = encode(model, texts, "document", batch_size, precision)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    _atomic_write_bytes(output, functools.partial(_save_npy, array=embeddings))
+    _logger().info(
+        "shard %d: %d docs in %.1fs (%.1f docs/s)", shard["number"], len(texts), seconds, len(texts) / seconds
+    )
+    return str(output)
+
+
+def load_shards(plan: dict[str, Any], outputs: list[str]) -> tuple[list[str], np.ndarray]:
+    """Doc ids and embeddings in corpus order, checking every shard is there with the right row count."""
+    doc_ids: list[str] = []
+    parts = []
+    for shard, output in zip(plan["shards"], outputs, strict=True):
+        ids = json.loads(Path(shard["input"]).read_text(encoding="utf-8"))["ids"]
+        matrix = np.load(output)
+        if matrix.shape[0] != len(ids):
+            raise ValueError(f"{output}: {matrix.shape[0]} rows for {len(ids)} documents")
+        doc_ids.extend(ids)
+        parts.append(matrix)
+    return doc_ids, np.concatenate(parts)
+
+
+# ------------------------------------------------------------------------------------------ index
+
+
+@task(name="build-index")
+def build_and_verify(
+    plan: dict[str, Any], outputs: list[str], model: dict[str, Any], index_config: IndexConfig, encode_info: dict
+) -> dict[str, Any]:
+    """Build the configured index and hold it to recall@10 against exact search before anything is published."""
+    doc_ids, embeddings = load_shards(plan, outputs)
+    if len(doc_ids) != plan["documents"]:
+        raise ValueError(f"{len(doc_ids)} embeddings for {plan['documents']} documents")
+    spec = index_config.spec()
+    index, build_seconds = timed_build(embeddings, spec)
+    queries = json.loads(Path(plan["queries"]).read_text(encoding="utf-8"))
+    query_embeddings = None
+    if queries:
+        encoder = _cached_encoder(model["model_dir"], encode_info["max_seq_length"])
+        query_embeddings = encode(encoder, queries, "query", 64, encode_info["precision"])
+    recall = check_recall(
+        index, embeddings, spec, index_config.recall_floor, query_embeddings, index_config.verify_queries
+    )
+    _logger().info("index %s built in %.2fs; recall@10 vs exact %.4f", spec.type, build_seconds, recall)
+
+    build_dir = Path(plan["work_dir"]) / f"build-{uuid.uuid4().hex[:8]}"
+    build_dir.mkdir()
+    import faiss
+
+    faiss.write_index(index, str(build_dir / INDEX_FILE))
+    (build_dir / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
+    encoder_model = _cached_encoder(model["model_dir"], encode_info["max_seq_length"])
+    model_info = {
+        "name": model["name"],
+        "version": model["version"],
+        "run_id": model["run_id"],
+        "tower_type": tower_type(encoder_model),
+        "max_seq_length": encode_info["max_seq_length"] or encoder_model.max_seq_length,
+    }
+    manifest = build_manifest(
+        spec,
+        len(doc_ids),
+        embeddings.shape[1],
+        model_info,
+        plan["corpus_fingerprint"],
+        build_seconds,
+        recall,
+        len(queries) if queries else min(index_config.verify_queries, len(doc_ids)),
+        extra={
+            "encode": {k: v for k, v in encode_info.items() if k != "max_seq_length"},
+            "corpus": {"path": plan["corpus_dir"], "rejected_rows": plan["rejected_rows"]},
+        },
+    )
+    (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return {"build_dir": str(build_dir), "recall_at_10": recall, "build_seconds": build_seconds}
+
+
+@task(name="publish-index")
+def publish_version(built: dict[str, Any], model: dict[str, Any], index_root: str, index_config: IndexConfig) -> dict:
+    """Stage, verify and atomically publish the built index with its model; prune old versions."""
+    import faiss
+
+    build_dir = Path(built["build_dir"])
+    index = faiss.read_index(str(build_dir / INDEX_FILE))
+    doc_ids = json.loads((build_dir / DOC_IDS_FILE).read_text(encoding="utf-8"))
+    manifest = json.loads((build_dir / "manifest.partial.json").read_text(encoding="utf-8"))
+    info = publish(
+        Path(index_root),
+        index_config.name,
+        index,
+        doc_ids,
+        Path(model["model_dir"]),
+        manifest,
+        index_config.keep_versions,
+    )
+    _logger().info(
+        "published %s/%s (%d documents)", index_config.name, info.version, manifest.get("count", len(doc_ids))
+    )
+    return {"name": index_config.name, "version": info.version, "path": str(info.path), "count": len(doc_ids)}
+
+
+@task(name="log-index-artifact", retries=2, retry_delay_seconds=5)
+def log_index_artifact(published: dict[str, Any], model: dict[str, Any], config: PublishConfig) -> str | None:
+    """Attach index, ids and manifest to the model version's MLflow run (the model itself is already there)."""
+    if not model["run_id"]:
+        _logger().info("model %s has no MLflow run: index not logged", model["name"])
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from tasks.tracking import configure_tracking
+
+    configure_tracking(config.tracking, config.workspace)
+    client = MlflowClient()
+    folder = Path(published["path"])
+    artifact_path = f"indexes/{published['name']}/{published['version']}"
+    for name in (INDEX_FILE, DOC_IDS_FILE, "manifest.json"):
+        client.log_artifact(model["run_id"], str(folder / name), artifact_path)
+    client.set_model_version_tag(model["name"], model["version"], f"index.{published['name']}", published["version"])
+    return artifact_path

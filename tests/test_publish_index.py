@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, RunnerConfig
+from model.index import list_versions, load_current
+from model.search import Searcher
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_config(workspace: Path, model_dir: Path, beir_dir: Path, **overrides) -> PublishConfig:
+    return PublishConfig(
+        workspace=workspace,
+        model=str(model_dir),
+        data=DataConfig(path=beir_dir),
+        encode=EncodeConfig(shard_size=10, batch_size=8),
+        index=IndexConfig(name="tiny", **overrides.pop("index", {})),
+        **overrides,
+    )
+
+
+def embeddings_of(result: dict) -> np.ndarray:
+    return np.concatenate([np.load(path) for path in result["embeddings"]])
+
+
+@pytest.fixture(scope="module")
+def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+    """One publication under Prefect's default runner; the tests below compare against it or build on it."""
+    from flows.publish_index import run_publish
+    from tests.conftest import write_tiny_beir
+
+    root = tmp_path_factory.mktemp("publish")
+    beir_dir = write_tiny_beir(root / "beir")
+    return root / "local", beir_dir, run_publish(make_config(root / "local", tiny_model_dir, beir_dir))
+
+
+def test_local_run_publishes_a_searchable_index(local_run: tuple[Path, Path, dict]) -> None:
+    workspace, _, result = local_run
+    assert result["documents"] == 36 and result["shards"] == 4 and result["version"] == "v0001"
+    assert result["precision"] == "fp32" and result["recall_at_10"] == 1.0
+    published = load_current(workspace / "indexes", "tiny")
+    manifest = published.manifest
+    assert manifest["count"] == 36 and manifest["model"]["run_id"] is None and manifest["index"]["type"] == "flat"
+    assert manifest["encode"]["precision"] == "fp32" and manifest["corpus"]["rejected_rows"] == 0
+    assert published.doc_ids[:2] == ["heart-d0", "heart-d1"]
+    assert len(Searcher(workspace / "indexes", "tiny").search("what about brain neuron", k=3).hits) == 3
+
+
+def test_dask_run_with_two_worker_processes_equals_local_run(
+    local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from flows.publish_index import run_publish
+
+    local_workspace, beir_dir, local = local_run
+    runner = RunnerConfig(kind="dask", dask_workers=2)
+    dask = run_publish(make_config(tmp_path / "dask", tiny_model_dir, beir_dir, runner=runner))
+    # A separate workspace: the Dask run cannot reuse the local run's shard files.
+    assert all(str(tmp_path / "dask") in path for path in dask["embeddings"])
+    np.testing.assert_allclose(embeddings_of(dask), embeddings_of(local), rtol=0, atol=1e-6)
+    dask_ids = load_current(tmp_path / "dask" / "indexes", "tiny").doc_ids
+    assert dask_ids == load_current(local_workspace / "indexes", "tiny").doc_ids
+
+
+def test_recall_floor_stops_publication_and_republish_reuses_shards(
+    local_run: tuple[Path, Path, dict], tiny_model_dir: Path
+) -> None:
+    from flows.publish_index import run_publish
+
+    workspace, beir_dir, local = local_run
+    stamps = [Path(p).stat().st_mtime_ns for p in local["embeddings"]]
+    poor = {"type": "ivf", "factory": "IVF6,Flat", "ivf_nprobe": 1, "recall_floor": 0.99}
+    with pytest.raises(Exception, match="below the floor 0.9900: not published"):
+        run_publish(make_config(workspace, tiny_model_dir, beir_dir, index=poor))
+    assert [v.version for v in list_versions(workspace / "indexes", "tiny")] == ["v0001"]
+    assert load_current(workspace / "indexes", "tiny").manifest["index"]["type"] == "flat"
+
+    hnsw = run_publish(make_config(workspace, tiny_model_dir, beir_dir, index={"type": "hnsw"}))
+    assert hnsw["version"] == "v0002" and hnsw["recall_at_10"] >= 0.99
+    assert [Path(p).stat().st_mtime_ns for p in hnsw["embeddings"]] == stamps
+    assert load_current(workspace / "indexes", "tiny").manifest["index"]["search_params"] == {"efSearch": 128}
+
+
+def test_registered_model_is_resolved_and_index_logged_to_its_run(
+    tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from flows.publish_index import run_publish
+    from model.config import TrackingConfig
+    from tasks.registry import register
+    from tasks.tracking import configure_tracking
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking = TrackingConfig()
+    configure_tracking(tracking, tmp_path)
+    with mlflow.start_run() as run:
+        pass
+    version = register.fn(str(tiny_model_dir), run.info.run_id, "retriever", {"recall@10": 0.5}, "fp")
+    MlflowClient().set_registered_model_alias("retriever", "production", version)
+
+    config = make_config(tmp_path, tiny_model_dir, tiny_beir_dir).model_copy(
+        update={"model": "retriever@production", "tracking": tracking}
+    )
+    result = run_publish(config)
+    assert result["model"]["version"] == version and result["model"]["run_id"] == run.info.run_id
+    manifest = load_current(tmp_path / "indexes", "tiny").manifest
+    assert (manifest["model"]["name"], manifest["model"]["version"]) == ("retriever", version)
+    artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "indexes/tiny/v0001")}
+    assert artifacts == {f"indexes/tiny/v0001/{name}" for name in ("index.faiss", "doc_ids.json", "manifest.json")}
+    logged = json.loads(
+        Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, artifact_path="indexes/tiny/v0001/manifest.json", dst_path=str(tmp_path / "dl")
+            )
+        ).read_text()
+    )
+    assert logged["files"] == manifest["files"]
+    assert MlflowClient().get_model_version("retriever", version).tags["index.tiny"] == "v0001"
