@@ -140,6 +140,7 @@ class SourceReport:
     split_queries: dict[str, int] = field(default_factory=dict)
     clicks: int = 0
     impressions: int = 0
+    distinct_pairs: int = 0
     skip_above_pairs: int = 0
     skip_above_dropped_as_positive: int = 0
     passages_added: int = 0
@@ -496,7 +497,9 @@ class ClickAggregator:
         # [impressions, clicks, satisfied clicks, inverse-propensity-weighted clicks]
         self.pairs: dict[tuple[int, str], list[float]] = {}
         self.skips: dict[tuple[int, str], int] = {}
-        self.pages: dict[tuple, list[tuple[int, str, bool]]] = {}
+        self.pages: dict[tuple, dict[str, tuple[int, bool]]] = {}
+        self._last_raw_timestamp: Any = None
+        self._last_timestamp: float | None = None
         self.impressions = 0
         self.clicks = 0
         self.first_timestamp: float | None = None
@@ -516,41 +519,62 @@ class ClickAggregator:
         return index
 
     def add(self, row: dict[str, Any], names: Mapping[str, str]) -> None:
-        """Validate one row and count it; raises ``_RowError`` (nothing counted) when it is unusable."""
-        query = _required_str(row, names["query"], "query")
-        doc_id = _required_str(row, names["doc_id"], "doc_id")
-        position_value = row.get(names["position"])
-        if position_value is None:
-            raise _RowError("position", MISSING_FIELD)
-        position = _parse_position(position_value)
-        clicked_value = row.get(names["clicked"])
-        if clicked_value is None:
-            raise _RowError("clicked", MISSING_FIELD)
-        clicked = _parse_clicked(clicked_value)
-        dwell = _parse_dwell(row.get(names["dwell"]))
-        timestamp = parse_timestamp(row.get(names["timestamp"]))
-        session = _optional_str(row, names["session_id"])
-        impression = _optional_str(row, names["impression_id"])
+        """Validate one row and count it; raises ``_RowError`` (nothing counted) when it is unusable.
+
+        The common cases (str, int, bool values) are tested inline first: this runs once per row of logs
+        with millions of rows, and the general parsers are several times slower.
+        """
+        query = row.get(names["query"])
+        if type(query) is not str or not query or query[0].isspace() or query[-1].isspace():
+            query = _required_str(row, names["query"], "query")
+        doc_id = row.get(names["doc_id"])
+        if type(doc_id) is not str or not doc_id:
+            doc_id = _required_str(row, names["doc_id"], "doc_id")
+        position = row.get(names["position"])
+        if type(position) is not int or position < 1:
+            if position is None:
+                raise _RowError("position", MISSING_FIELD)
+            position = _parse_position(position)
+        clicked = row.get(names["clicked"])
+        if type(clicked) is not bool:
+            if clicked is None:
+                raise _RowError("clicked", MISSING_FIELD)
+            clicked = _parse_clicked(clicked)
+        dwell = row.get(names["dwell"])
+        if dwell is not None and (type(dwell) is not float or not 0.0 <= dwell < math.inf):
+            dwell = _parse_dwell(dwell)
+        raw_timestamp = row.get(names["timestamp"])
+        if raw_timestamp is None:
+            timestamp = None
+        elif type(raw_timestamp) is str and raw_timestamp == self._last_raw_timestamp:  # a page's rows share it
+            timestamp = self._last_timestamp
+        else:
+            timestamp = parse_timestamp(raw_timestamp)
+            self._last_raw_timestamp, self._last_timestamp = raw_timestamp, timestamp
+        session = row.get(names["session_id"])
+        impression = row.get(names["impression_id"])
         if doc_id not in self.corpus:
-            raise _RowError("doc_id", UNKNOWN_DOC)
+            doc_id = _required_str(row, names["doc_id"], "doc_id")
+            if doc_id not in self.corpus:
+                raise _RowError("doc_id", UNKNOWN_DOC)
         qidx = self._query(query)
 
         # The query is part of every page key, so a page always knows its query when it closes.
         page_key: tuple | None = None
-        if impression is not None:
-            page_key = (impression, qidx)
-        elif session is not None and timestamp is not None:
-            page_key = (session, timestamp, qidx)
+        if impression is not None and impression != "":
+            page_key = (str(impression), qidx)
+        elif session is not None and session != "" and timestamp is not None:
+            page_key = (str(session), timestamp, qidx)
         if page_key is not None:
             page = self.pages.get(page_key)
             if page is None:
-                page = self.pages[page_key] = []
+                page = self.pages[page_key] = {}
                 self.impressions += 1
                 if len(self.pages) > self.config.impression_buffer:
                     self._close(next(iter(self.pages)))
-            elif any(shown == doc_id for _, shown, _ in page):
+            elif doc_id in page:
                 raise _RowError("doc_id", DUPLICATE_IMPRESSION_ROW)
-            page.append((position, doc_id, clicked))
+            page[doc_id] = (position, clicked)
 
         stats = self.pairs.get((qidx, doc_id))
         if stats is None:
@@ -572,9 +596,9 @@ class ClickAggregator:
         page = self.pages.pop(page_key)
         if not self.config.skip_above:
             return
-        lowest_click = max((position for position, _, clicked in page if clicked), default=0)
+        lowest_click = max((position for position, clicked in page.values() if clicked), default=0)
         qidx = page_key[-1]
-        for position, doc_id, clicked in page:
+        for doc_id, (position, clicked) in page.items():
             if not clicked and position < lowest_click:
                 self.skips[(qidx, doc_id)] = self.skips.get((qidx, doc_id), 0) + 1
 
@@ -616,6 +640,7 @@ def load_clicks(config: DataConfig, rejects: RejectLog) -> SourceResult:
     _check_usable(report, rejects, files, config.min_usable_share)
 
     report.clicks, report.impressions = aggregator.clicks, aggregator.impressions
+    report.distinct_pairs = len(aggregator.pairs)
     report.first_timestamp, report.last_timestamp = _iso(aggregator.first_timestamp), _iso(aggregator.last_timestamp)
     positives: dict[int, dict[str, int]] = {}
     for (qidx, doc_id), stats in aggregator.pairs.items():
