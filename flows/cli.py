@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flows.index_cli import add_index_commands
+from flows.models_cli import add_model_commands
 from model.workspace import workspace_dir
 
 Handler = Callable[[argparse.Namespace], int]
@@ -19,6 +20,8 @@ def _prepare_environment() -> None:
     """Prefect's local state goes in the workspace unless the user points Prefect elsewhere."""
     os.environ.setdefault("PREFECT_HOME", str(workspace_dir() / "prefect"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # No network here, and a failed telemetry write races the ephemeral server's SQLite at start-up.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -75,7 +78,8 @@ def cmd_simulate_clicks(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     report = simulate_clicks(dataset, args.split, args.out, model, max_queries=args.queries, progress=True)
-    print(json.dumps(vars(report) | {"shown_share": report.shown_share}, indent=2))
+    summary = {key: value for key, value in vars(report).items() if key != "query_ids"}
+    print(json.dumps(summary | {"shown_share": report.shown_share}, indent=2))
     return 0
 
 
@@ -116,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.set_defaults(handler=cmd_simulate_clicks)
 
     add_index_commands(commands)  # publish, index list|rollback, search, serve
+    add_model_commands(commands)  # models list, promote, rollback, ui
 
     return parser
 

@@ -68,6 +68,7 @@ class SimulationReport:
     judged_pairs: int = 0
     judged_pairs_shown: int = 0
     model: dict = field(default_factory=dict)
+    query_ids: list[str] = field(default_factory=list)
 
     @property
     def shown_share(self) -> float:
@@ -90,7 +91,7 @@ def simulate_clicks(
         query_ids = sorted(rng.choice(query_ids, size=min(max_queries, len(query_ids)), replace=False).tolist())
     index = BM25Index(dataset.corpus)
     rankings: dict[str, list[str]] = {}
-    report = SimulationReport(path=str(out), queries=len(query_ids), model=asdict(model))
+    report = SimulationReport(path=str(out), queries=len(query_ids), model=asdict(model), query_ids=list(query_ids))
     for n, qid in enumerate(query_ids, start=1):
         rankings[qid] = [doc_id for doc_id, _ in index.search(dataset.queries[qid], model.top_k)]
         judged = {doc_id for doc_id, rel in dataset.qrels[split][qid].items() if rel > 0}
