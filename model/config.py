@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -34,7 +34,9 @@ class ClickConfig(Section):
     skip_above: bool = Field(True, description="Documents shown above a click and skipped become hard negatives.")
     min_skips: int = Field(1, ge=1, description="Times a document must be skipped to count as a negative.")
     max_skip_above_per_query: int = Field(10, ge=1)
-    impression_buffer: int = Field(100_000, ge=1, description="Open impressions kept while streaming (memory bound).")
+    impression_buffer: int = Field(
+        10_000, ge=1, description="Result pages kept open while streaming; the oldest closes first (memory bound)."
+    )
 
     @model_validator(mode="after")
     def _table(self) -> ClickConfig:
@@ -135,6 +137,19 @@ class TrackingConfig(Section):
     registered_model: str = "retriever"
 
 
+class PromotionConfig(Section):
+    """The gate at the end of ``retrain``: ``production`` moves only to a version that beats it."""
+
+    enabled: bool = Field(True, description="False = register the candidate and leave production alone.")
+    metric: str = Field(
+        "ndcg@10", pattern=r"^(ndcg@10|mrr@10|recall@\d+)$", description="Higher-is-better metric on data.eval_split."
+    )
+    margin: float = Field(
+        0.005, ge=0, description="The candidate must beat production by more than this (absolute, same data)."
+    )
+    publish_on_promotion: bool = Field(True, description="Run publish_index for the version the gate promotes.")
+
+
 class RetrainConfig(Section):
     workspace: Path | None = Field(None, description="None = DENSEFLOW_HOME or ./.denseflow")
     run_name: str | None = None
@@ -143,6 +158,7 @@ class RetrainConfig(Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promotion: PromotionConfig = PromotionConfig()
 
     @classmethod
     def from_yaml(cls, path: Path) -> RetrainConfig:
@@ -202,6 +218,77 @@ class PublishConfig(Section):
 
     @classmethod
     def from_yaml(cls, path: Path) -> PublishConfig:
+        return cls.model_validate(load_yaml(path))
+
+
+CompareArm = Literal["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard", "mix-hard"]
+# What makes the default study fit ~75 minutes on a 2-core CPU (see model/study.py for the estimate).
+STUDY_TRAIN_DEFAULTS = {"max_seq_length": 64, "max_steps": 40}
+
+
+class EstimateConfig(Section):
+    """Measured rates the study's time estimate scales from (MiniLM-L6, fp32, 2-core EPYC, unloaded)."""
+
+    docs_per_second_at_128: float = Field(20.0, gt=0, description="Corpus encoding at 128 tokens; ∝ 1/length.")
+    step_seconds_at_128: float = Field(14.0, gt=0, description="One step, batch 32, one negative, 128 tokens.")
+    bm25_query_seconds: float = Field(0.03, ge=0, description="BM25 scores of one query over the corpus.")
+    run_overhead_seconds: float = Field(15.0, ge=0, description="Per child run: model loads, MLflow, Prefect.")
+    budget_minutes: float = Field(90.0, gt=0, description="Warn when the estimate exceeds this.")
+
+
+class CompareConfig(Section):
+    """The ``compare_negatives`` study: every arm on the same data, base model, steps, batch, lr and seeds.
+
+    ``mining`` gives the guards (window, margin, negatives per pair); its ``strategy`` and ``seed`` are set
+    per arm. ``train`` gives the shared training settings; its ``seed``, ``towers`` and (in the sweep)
+    ``batch_size``/``loss`` are set per run. Dense arms split ``train.max_steps`` over their rounds, so every
+    trained arm takes the same number of optimizer steps.
+    """
+
+    workspace: Path | None = Field(None, description="None = DENSEFLOW_HOME or ./.denseflow")
+    run_name: str | None = "compare-negatives"
+    arms: list[CompareArm] = Field(
+        ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard"], min_length=1, description="Arms to run."
+    )
+    towers: list[Literal["siamese", "asymmetric"]] = Field(["siamese"], min_length=1)
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="Each trained arm runs once per seed.")
+    dense_rounds: int = Field(2, ge=1, description="dense-hard / mix-hard: mine, train, re-mine, train ...")
+    mix_dense_share: float = Field(0.5, gt=0, lt=1, description="mix-hard: share of negatives mined densely.")
+    batch_sizes: list[int] = Field(
+        [],
+        description="In-batch negatives sweep, e.g. [16, 32, 64, 128]: every trained arm at each size with "
+        "cached_mnrl (GradCache, mini-batch train.mini_batch_size). Empty = train.batch_size and train.loss.",
+    )
+    permutations: int = Field(10_000, ge=100, description="Resamples of the paired randomisation test.")
+    data: DataConfig = DataConfig()
+    mining: MiningConfig = MiningConfig()
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(**STUDY_TRAIN_DEFAULTS))
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    estimate: EstimateConfig = EstimateConfig()
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _study_train_defaults(cls, value: object) -> object:
+        # A YAML ``train:`` section overrides single keys; the study's shorter defaults stay for the rest.
+        return STUDY_TRAIN_DEFAULTS | value if isinstance(value, dict) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompareConfig:
+        for name in ("arms", "towers", "seeds", "batch_sizes"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name}: duplicate entries {values}")
+        if any(size < 2 for size in self.batch_sizes):
+            raise ValueError("batch_sizes: every size must be at least 2")
+        if self.train.max_steps <= 0:
+            raise ValueError("train.max_steps must be > 0: every arm trains the same number of steps")
+        if {"dense-hard", "mix-hard"} & set(self.arms) and self.train.max_steps < self.dense_rounds:
+            raise ValueError(f"train.max_steps ({self.train.max_steps}) < dense_rounds ({self.dense_rounds})")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> CompareConfig:
         return cls.model_validate(load_yaml(path))
 
 

@@ -169,6 +169,9 @@ def test_skip_above_documents_become_marked_hard_negatives(tmp_path, tiny_beir_d
     path = write_examples(examples, tmp_path / "train_examples.jsonl")
     assert read_examples(path)[0].negatives[0].source == "skip_above"
 
+    one_open_page = load_clicks(click_config(log, tiny_beir_dir, impression_buffer=1), RejectLog())
+    assert one_open_page.skip_above == result.skip_above  # a page's rows are contiguous: closing early loses nothing
+
     fewer = load_clicks(click_config(log, tiny_beir_dir, min_skips=2), RejectLog())
     assert fewer.skip_above[qid] == ["virus-d1"]
     none = load_clicks(click_config(log, tiny_beir_dir, skip_above=False), RejectLog())
