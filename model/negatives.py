@@ -244,10 +244,7 @@ def make_scorer(
     if strategy == "random":
         return None
     if strategy == "bm25":
-        from model.bm25 import BM25Index
-
-        index = BM25Index(dataset.corpus)
-        return lambda query_id: index.scores(dataset.queries[query_id])
+        return _bm25_scorer(dataset)
     if strategy == "dense":
         from model.encoder import cached_corpus_embeddings, encode, load_encoder
 
@@ -259,3 +256,69 @@ def make_scorer(
         query_embeddings = encode(model, [dataset.queries[q] for q in query_ids], "query")
         return dense_scorer(query_ids, query_embeddings, doc_embeddings)
     raise ValueError(f"unknown mining strategy {strategy!r}")
+
+
+# One corpus at a time: a study mines BM25 negatives once per seed (and per round of mix-hard), and the
+# scores do not depend on the seed. SciFact's 809 train queries × 5,183 documents keep ~17 MB here.
+_BM25_CACHE: dict[str, tuple[object, dict[str, np.ndarray]]] = {}
+
+
+def _bm25_scorer(dataset: Dataset) -> Scorer:
+    """BM25 over title + text; the index and each query's scores are kept for the process's next call."""
+    from model.bm25 import BM25Index
+    from model.data import corpus_fingerprint
+
+    key = corpus_fingerprint(dict(dataset.corpus))
+    if key not in _BM25_CACHE:
+        _BM25_CACHE.clear()
+        _BM25_CACHE[key] = (BM25Index(dataset.corpus), {})
+    index, memo = _BM25_CACHE[key]
+
+    def scorer(query_id: str) -> np.ndarray:
+        text = dataset.queries[query_id]
+        if text not in memo:
+            scores = index.scores(text)  # type: ignore[attr-defined]
+            scores.setflags(write=False)  # shared between calls: nobody may edit it in place
+            memo[text] = scores
+        return memo[text]
+
+    return scorer
+
+
+def mix_examples(
+    first: list[TrainExample], second: list[TrainExample], second_share: float, seed: int
+) -> tuple[list[TrainExample], Counter]:
+    """Per example and negative slot, ``second``'s negative with probability ``second_share``, else ``first``'s.
+
+    Both lists must come from :func:`mine_negatives` over the same split (same pairs, same order), so each
+    slot holds a guarded negative of one miner; a document both miners picked is taken once, and the slot
+    falls back to the other miner's pick (then to any other negative of either). Returns the examples and how
+    many negatives came from each list.
+    """
+    if len(first) != len(second):
+        raise ValueError(f"cannot mix {len(first)} examples with {len(second)}: mine the same split")
+    rng = np.random.default_rng(seed)
+    taken_from: Counter = Counter()
+    mixed: list[TrainExample] = []
+    for a, b in zip(first, second, strict=True):
+        if (a.query_id, a.positive_id) != (b.query_id, b.positive_id):
+            raise ValueError(f"examples out of step: {(a.query_id, a.positive_id)} vs {(b.query_id, b.positive_id)}")
+        slots = min(len(a.negatives), len(b.negatives))
+        negatives: list[Negative] = []
+        for slot in range(slots):
+            pick_second = bool(rng.random() < second_share)
+            order = [(b, "second"), (a, "first")] if pick_second else [(a, "first"), (b, "second")]
+            for example, name in order:
+                candidate = example.negatives[slot]
+                if all(candidate.doc_id != neg.doc_id for neg in negatives):
+                    negatives.append(candidate)
+                    taken_from[name] += 1
+                    break
+            else:  # both miners picked documents already taken: any other negative of theirs keeps the count
+                spare = [(n, name) for ex, name in ((a, "first"), (b, "second")) for n in ex.negatives]
+                fill = next(((n, name) for n, name in spare if all(n.doc_id != x.doc_id for x in negatives)), None)
+                if fill is not None:
+                    negatives.append(fill[0])
+                    taken_from[fill[1]] += 1
+        mixed.append(TrainExample(a.query_id, a.positive_id, negatives))
+    return mixed, taken_from

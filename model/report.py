@@ -1,0 +1,246 @@
+"""The negatives study's report: runs grouped by variant, mean ± std over seeds, paired tests, table and plot.
+
+One row per *variant* (arm × tower type × batch size); its seeds are averaged. Every trained variant, and
+the untrained ones, are tested against the random-negatives variant of the same tower type and batch size
+(untrained arms against the first random variant) on each test query; see model/stats.py for the tests.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model.plots import plot_recall_curves
+from model.stats import PairedTest, average_over_seeds, holm, mean_std, paired_test
+from model.study import ArmSpec
+
+BASELINE_ARM = "random"
+TABLE_METRICS = ("recall@1", "recall@10", "recall@100", "ndcg@10", "mrr@10")
+TEST_METRICS = ("recall@10", "ndcg@10")
+GUARD_COLUMNS = (
+    "examples",
+    "removed_judged_positive",
+    "removed_rank_window",
+    "removed_relative_margin",
+    "removed_short_window",
+    "negative_rank_mean",
+    "negative_score_mean",
+)
+
+
+@dataclass
+class RunResult:
+    """One child run: its spec, metrics, per-query values and what mining and training logged."""
+
+    spec: ArmSpec
+    run_id: str
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
+    recall_curve: list[float]
+    seconds: float
+    train_seconds: float = 0.0
+    mining: dict[str, float] = field(default_factory=dict)  # mine.* metrics, the "mine." prefix removed
+
+
+@dataclass
+class VariantSummary:
+    variant: str
+    arm: str
+    towers: str | None
+    batch_size: int | None
+    seeds: list[int | None]
+    run_ids: list[str]
+    metrics: dict[str, tuple[float, float]]  # mean, sample std over seeds
+    per_query: dict[str, dict[str, float]]  # averaged over seeds
+    recall_curve: list[float]  # mean over seeds
+    seconds: float  # mean wall time of one run
+    train_seconds: float
+    mining: dict[str, float]  # mean over seeds
+    baseline: str | None = None
+    tests: dict[str, PairedTest] = field(default_factory=dict)
+    p_holm: dict[str, float] = field(default_factory=dict)
+
+
+def summarise_runs(
+    results: Sequence[RunResult], permutations: int = 10_000, seed: int = 0, test_metrics: Sequence[str] = TEST_METRICS
+) -> list[VariantSummary]:
+    """Group runs by variant (plan order kept), average seeds, and test each variant against random negatives."""
+    groups: dict[str, list[RunResult]] = {}
+    for result in results:
+        groups.setdefault(result.spec.variant, []).append(result)
+    summaries = [_summarise_group(runs) for runs in groups.values()]
+    randoms = [summary for summary in summaries if summary.arm == BASELINE_ARM]
+    for summary in summaries:
+        baseline = _baseline_for(summary, randoms)
+        if baseline is None:
+            continue
+        summary.baseline = baseline.variant
+        for metric in test_metrics:
+            summary.tests[metric] = paired_test(
+                summary.per_query[metric], baseline.per_query[metric], metric, permutations, seed
+            )
+    for metric in test_metrics:
+        tested = [summary for summary in summaries if metric in summary.tests]
+        for summary, adjusted in zip(tested, holm([s.tests[metric].p_value for s in tested]), strict=True):
+            summary.p_holm[metric] = adjusted
+    return summaries
+
+
+def _summarise_group(runs: list[RunResult]) -> VariantSummary:
+    spec = runs[0].spec
+    names = list(runs[0].metrics)
+    mining_keys = sorted({key for run in runs for key in run.mining})
+    return VariantSummary(
+        variant=spec.variant,
+        arm=spec.arm,
+        towers=spec.towers,
+        batch_size=spec.batch_size,
+        seeds=[run.spec.seed for run in runs],
+        run_ids=[run.run_id for run in runs],
+        metrics={name: mean_std([run.metrics[name] for run in runs]) for name in names},
+        per_query={name: average_over_seeds([run.per_query[name] for run in runs]) for name in runs[0].per_query},
+        recall_curve=[float(x) for x in np.mean([run.recall_curve for run in runs], axis=0)],
+        seconds=float(np.mean([run.seconds for run in runs])),
+        train_seconds=float(np.mean([run.train_seconds for run in runs])),
+        mining={key: float(np.mean([run.mining.get(key, 0.0) for run in runs])) for key in mining_keys},
+    )
+
+
+def _baseline_for(summary: VariantSummary, randoms: list[VariantSummary]) -> VariantSummary | None:
+    if summary.arm == BASELINE_ARM or not randoms:
+        return None
+    if summary.towers is None:
+        return randoms[0]
+    return next(
+        (r for r in randoms if (r.towers, r.batch_size) == (summary.towers, summary.batch_size)),
+        None,
+    )
+
+
+def _mean_std(value: tuple[float, float], runs: int) -> str:
+    mean, std = value
+    return f"{mean:.4f} ± {std:.4f}" if runs > 1 else f"{mean:.4f}"
+
+
+def _difference(summary: VariantSummary, metric: str) -> str:
+    test = summary.tests.get(metric)
+    if test is None:
+        return "baseline" if summary.arm == BASELINE_ARM else "–"
+    star = "*" if summary.p_holm.get(metric, 1.0) < 0.05 else ""
+    return f"{test.mean_difference:+.4f} (p={test.p_value:.3g}){star}"
+
+
+def table_rows(summaries: Sequence[VariantSummary]) -> list[dict[str, str]]:
+    """The comparison as rows of strings: the markdown table and the Prefect table artifact."""
+    rows = []
+    for summary in summaries:
+        runs = len(summary.seeds)
+        row = {"arm": summary.variant, "seeds": str(runs)}
+        row |= {name: _mean_std(summary.metrics[name], runs) for name in TABLE_METRICS if name in summary.metrics}
+        row |= {f"Δ {name} vs random": _difference(summary, name) for name in TEST_METRICS}
+        row["train min"] = f"{summary.train_seconds / 60:.1f}" if summary.train_seconds else "–"
+        row["run min"] = f"{summary.seconds / 60:.1f}"
+        rows.append(row)
+    return rows
+
+
+def markdown_table(rows: Sequence[dict[str, str]]) -> str:
+    if not rows:
+        return ""
+    header = list(rows[0])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row.get(name, "") for name in header) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def guard_rows(summaries: Sequence[VariantSummary]) -> list[dict[str, str]]:
+    """What the miners did, per variant and mining stage (``round1``, ``round2.bm25`` ...), mean over seeds."""
+    rows = []
+    for summary in summaries:
+        stages: dict[str, dict[str, float]] = {}
+        for key, value in summary.mining.items():
+            stage, _, name = key.rpartition(".")
+            stages.setdefault(stage, {})[name] = value
+        for stage, values in stages.items():
+            row = {"arm": summary.variant, "stage": stage or "–"}
+            row |= {name: f"{values[name]:.1f}" if name in values else "–" for name in GUARD_COLUMNS}
+            rows.append(row)
+    return rows
+
+
+def comparison_markdown(summaries: Sequence[VariantSummary], title: str, notes: Sequence[str] = ()) -> str:
+    tested = next((s for s in summaries if s.tests), None)
+    queries = next(iter(tested.tests.values())).queries if tested else 0
+    lines = [
+        f"# {title}",
+        "",
+        markdown_table(table_rows(summaries)),
+        "",
+        "Mean ± sample standard deviation over seeds. Δ: mean per-query difference against the random-negatives "
+        "arm of the same tower type and batch size (untrained arms: against the first), per-query values "
+        f"averaged over seeds first; p: paired two-sided randomisation test over {queries} test queries; "
+        "* = significant at 0.05 after Holm's correction over the arms tested.",
+    ]
+    guards = guard_rows(summaries)
+    if guards:
+        lines += [
+            "",
+            "## What the negative miners did (mean per seed)",
+            "",
+            markdown_table(guards),
+            "",
+            "removed_*: candidates in the rank window each false-negative guard dropped (judged positive, "
+            "above rank_start, above the margin × the positive's score); removed_short_window: examples whose "
+            "window held too few candidates and were filled with random negatives.",
+        ]
+    lines += [f"\n{note}" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(summaries: Sequence[VariantSummary], path: Path) -> Path:
+    """Every number, one row per variant: metric means and stds, tests, times and mining counts."""
+    metric_names = sorted({name for s in summaries for name in s.metrics})
+    mining_names = sorted({name for s in summaries for name in s.mining})
+    header = ["variant", "arm", "towers", "batch_size", "seeds", "runs", "baseline"]
+    header += [f"{name}_{part}" for name in metric_names for part in ("mean", "std")]
+    for metric in TEST_METRICS:
+        header += [
+            f"{metric}_{part}" for part in ("difference", "p_randomisation", "p_holm", "p_ttest", "wins", "losses")
+        ]
+    header += ["train_seconds", "run_seconds", *[f"mine.{name}" for name in mining_names]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out)
+        writer.writerow(header)
+        for s in summaries:
+            row: list = [
+                s.variant,
+                s.arm,
+                s.towers or "",
+                s.batch_size or "",
+                " ".join(map(str, s.seeds)),
+                len(s.seeds),
+            ]
+            row.append(s.baseline or "")
+            for name in metric_names:
+                row += [f"{value:.6f}" for value in s.metrics.get(name, (float("nan"), float("nan")))]
+            for metric in TEST_METRICS:
+                test = s.tests.get(metric)
+                if test is None:
+                    row += [""] * 6
+                else:
+                    row += [f"{test.mean_difference:.6f}", f"{test.p_value:.6g}", f"{s.p_holm[metric]:.6g}"]
+                    row += [f"{test.p_ttest:.6g}", test.wins, test.losses]
+            row += [f"{s.train_seconds:.1f}", f"{s.seconds:.1f}"]
+            row += [f"{s.mining[name]:.4f}" if name in s.mining else "" for name in mining_names]
+            writer.writerow(row)
+    return path
+
+
+def plot_study(summaries: Sequence[VariantSummary], path: Path, title: str) -> Path:
+    """recall@k for k = 1..100, one line per arm (mean over its seeds)."""
+    return plot_recall_curves({s.variant: s.recall_curve for s in summaries}, path, title)
