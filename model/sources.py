@@ -49,14 +49,16 @@ of distinct (query, document) pairs and open result pages, not by the number of 
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
+import io
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from model.config import ClickConfig, DataConfig
 from model.data import (
@@ -69,7 +71,6 @@ from model.data import (
     fingerprint,
     load_beir,
     normalise_text,
-    open_binary,
     read_corpus,
     read_qrels,
     read_queries,
@@ -254,13 +255,20 @@ def _file_format(path: Path) -> str:
     return fmt
 
 
+def _open_stream(path: Path) -> BinaryIO:
+    """Plain or gzipped bytes with a 1 MiB buffer: gzip's default 8 KiB one costs ~1 s per million rows."""
+    if path.suffix == ".gz":
+        return io.BufferedReader(gzip.GzipFile(path, "rb"), buffer_size=1 << 20)  # type: ignore[arg-type]
+    return path.open("rb", buffering=1 << 20)
+
+
 def iter_text_lines(path: Path, rejects: RejectLog, max_line_bytes: int) -> Iterator[tuple[int, str]]:
     """``(line_number, text)`` of each non-blank line; over-long and non-UTF-8 lines are rejected.
 
     An over-long line is skipped in bounded reads, never held whole, so one runaway line cannot exhaust memory.
     """
     limit = max_line_bytes + 2  # room for "\r\n"
-    with open_binary(path) as stream:
+    with _open_stream(path) as stream:
         number = 0
         while True:
             raw = stream.readline(limit)
