@@ -115,7 +115,8 @@ CLICK_FIELDS = ("query", "doc_id", "position", "clicked", "dwell", "timestamp", 
 QA_FIELDS = ("question", "answer", "id", "title")
 _TRUE = frozenset({"1", "true", "t", "yes", "y"})
 _FALSE = frozenset({"0", "false", "f", "no", "n"})
-_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
+# Not ".json": the simulator's "<log>.meta.json" sits next to its log, and a folder of logs must skip it.
+_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv"}
 
 
 class _RowError(Exception):

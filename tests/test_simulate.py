@@ -80,7 +80,8 @@ def test_same_seed_same_log(tmp_path, tiny_beir_dir):
 def test_click_rules_recover_judged_positives(tmp_path, tiny_beir_dir):
     dataset, report, log = simulate(tmp_path, tiny_beir_dir, "clicks.jsonl.gz")
     config = DataConfig(source="clicks", path=log, corpus=tiny_beir_dir, judged_eval=True, splits={"train": 1.0})
-    result = load_clicks(config, RejectLog())
+    result = load_clicks(config.model_copy(update={"path": tmp_path}), RejectLog())  # the folder: log + .meta.json
+    assert result.report.files == [str(log)]
     assert result.report.rows == report.rows and result.report.rejected_rows == 0
     quality = label_quality(result.dataset.queries, result.dataset.qrels["train"], dataset, "train")
     assert quality["unmatched_queries"] == 0
