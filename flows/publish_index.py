@@ -9,6 +9,7 @@ when ``runner.kind`` is ``dask``. The flow itself does not change.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, unmapped
@@ -16,7 +17,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner
 from tqdm.auto import tqdm
 
-from model.config import PublishConfig, RunnerConfig
+from model.config import DataConfig, EncodeConfig, PublishConfig, RunnerConfig, TrackingConfig
 from model.workspace import workspace_dir
 from tasks.publish import (
     build_and_verify,
@@ -84,6 +85,19 @@ def publish_index(config: PublishConfig) -> dict[str, Any]:
         "build_seconds": built["build_seconds"],
         "mlflow_artifact": artifact,
     }
+
+
+def publish_config_for(
+    workspace: Path, dataset_dir: Path, model: str, tracking: TrackingConfig, max_seq_length: int | None = None
+) -> PublishConfig:
+    """The configuration ``retrain`` publishes with after a promotion: its own workspace, ingested corpus and store."""
+    return PublishConfig(
+        workspace=workspace,
+        model=model,
+        data=DataConfig(path=dataset_dir),
+        encode=EncodeConfig(max_seq_length=max_seq_length),
+        tracking=tracking,
+    )
 
 
 def run_publish(config: PublishConfig) -> dict[str, Any]:

@@ -167,16 +167,18 @@ class Searcher:
 
     # ------------------------------------------------------------------ loading
     @staticmethod
-    def _load_model(model_dir: Path, manifest: dict[str, Any] | None) -> LoadedModel:
+    def _load_model(model_dir: Path, manifest: dict[str, Any] | None, checksum: str | None = None) -> LoadedModel:
+        """``checksum`` of files already verified against a manifest; otherwise the folder is hashed here."""
         named = (manifest or {}).get("model", {})
         model = load_encoder(model_dir, named.get("max_seq_length"))
-        checksum = model_folder_checksum(model_dir)
+        checksum = checksum or model_folder_checksum(model_dir)
         return LoadedModel(model, checksum, named.get("name"), named.get("version"), str(model_dir))
 
     def _load(self, version: str, previous: _State | None) -> _State:
         loaded = load_version(index_home(self.root, self.name) / version, verify=True)
         manifest = loaded.manifest
-        if model_checksum(manifest["files"]) != manifest.get("model", {}).get("checksum"):
+        stored_checksum = model_checksum(manifest["files"])  # the files were just verified against this map
+        if stored_checksum != manifest.get("model", {}).get("checksum"):
             raise ModelMismatchError(f"{loaded.path}: manifest's model checksum does not match its model/ files")
         named = manifest["model"]
         if self._pinned is not None:
@@ -185,7 +187,7 @@ class Searcher:
             # Same weights: keep the warm model, but take the identity the new manifest gives it.
             model = LoadedModel(previous.model.model, previous.model.checksum, named.get("name"), named.get("version"))
         else:
-            model = self._load_model(loaded.model_dir, manifest)
+            model = self._load_model(loaded.model_dir, manifest, stored_checksum)
         check_model(manifest, model if self._pinned is None else _unnamed(model), loaded.index.d)
         expected_towers = named.get("tower_type")
         if expected_towers and expected_towers != tower_type(model.model):

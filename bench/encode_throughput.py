@@ -1,0 +1,166 @@
+"""Corpus encoding throughput (docs/s), fp32 versus bf16, against this CPU's measured matmul limit.
+
+The limit is measured, not looked up: torch matmuls of the shapes a BERT layer runs on a batch
+(tokens × hidden by hidden × hidden / intermediate), in fp32 and in bf16, give GFLOPS; the FLOPs
+one document costs come from the model's shape and the documents' real token counts (with the
+padding that length-sorted batching leaves). limit docs/s = matmul GFLOPS / GFLOPs per doc.
+
+SciFact documents are sampled (seeded), not all 5,183: a full pass takes minutes on 2 cores and bf16
+is emulated on CPUs without AVX512-BF16/AMX (about 50× slower), so the bf16 sample is smaller.
+
+    nice -n 10 .venv/bin/python bench/encode_throughput.py --docs 256 --bf16-docs 16 --max-seq-length 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+import torch
+
+from model.data import RejectLog, bundled_scifact_dir, find_file, read_corpus
+from model.encoder import autocast, bundled_model_path, encode, load_encoder, native_bf16
+from model.index import embedding_agreement
+
+
+def matmul_gflops(precision: str, kernel: str, tokens: int, hidden: int, intermediate: int, seconds: float) -> float:
+    """Sustained GFLOPS over a BERT layer's projection shapes (QKV/O and both FFN matmuls).
+
+    ``kernel``: ``matmul`` multiplies tensors already in ``precision``; ``linear`` runs ``F.linear``
+    on fp32 tensors inside the encoder's own precision context (autocast for bf16), as the model does.
+    """
+    torch.manual_seed(0)
+    shapes = [(tokens, hidden, hidden), (tokens, hidden, intermediate), (tokens, intermediate, hidden)]
+    dtype = torch.bfloat16 if precision == "bf16" and kernel == "matmul" else torch.float32
+    pairs = [(torch.randn(m, k, dtype=dtype), torch.randn(n, k, dtype=dtype)) for m, k, n in shapes]
+    flops_per_round = sum(2 * m * k * n for m, k, n in shapes)
+
+    def one_round() -> None:
+        for a, w in pairs:
+            if kernel == "matmul":
+                a @ w.T
+            else:
+                torch.nn.functional.linear(a, w)
+
+    with torch.inference_mode(), autocast(precision if kernel == "linear" else "fp32"):
+        one_round()  # warm-up: first calls pick kernels and allocate
+        rounds, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or rounds < 2:
+            one_round()
+            rounds += 1
+        elapsed = time.perf_counter() - start
+    return flops_per_round * rounds / elapsed / 1e9
+
+
+def transformer_config(model) -> tuple[int, int, int]:  # noqa: ANN001 - a SentenceTransformer
+    config = next(m.config for m in model.modules() if hasattr(m, "config") and hasattr(m.config, "hidden_size"))
+    return config.num_hidden_layers, config.hidden_size, config.intermediate_size
+
+
+def flops_per_doc(lengths: np.ndarray, layers: int, hidden: int, intermediate: int) -> np.ndarray:
+    """Forward FLOPs (2 per multiply-add) of each sequence length: projections, FFN and attention."""
+    per_token = 8 * hidden * hidden + 4 * hidden * intermediate
+    return layers * (lengths * per_token + 4 * lengths.astype(np.int64) ** 2 * hidden)
+
+
+def padded_lengths(lengths: np.ndarray, batch_size: int) -> np.ndarray:
+    """Lengths as executed: sentence-transformers sorts by length, each batch pads to its longest."""
+    ordered = np.sort(lengths)[::-1]
+    padded = ordered.copy()
+    for start in range(0, len(ordered), batch_size):
+        padded[start : start + batch_size] = ordered[start : start + batch_size].max()
+    return padded
+
+
+def timed_encode(model, texts: list[str], precision: str, batch_size: int) -> tuple[np.ndarray, float]:  # noqa: ANN001
+    encode(model, texts[: min(8, len(texts))], "document", batch_size, precision)  # warm-up
+    start = time.perf_counter()
+    embeddings = encode(model, texts, "document", batch_size, precision)
+    return embeddings, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--docs", type=int, default=256, help="SciFact documents encoded in fp32")
+    parser.add_argument("--bf16-docs", type=int, default=16, help="of those, encoded in bf16 too (0 = skip)")
+    parser.add_argument("--max-seq-length", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  load {os.getloadavg()}  torch threads {torch.get_num_threads()}")
+    print(f"cpu {platform.processor() or platform.machine()}  native bf16: {native_bf16()}")
+    model = load_encoder(args.model or bundled_model_path(), args.max_seq_length)
+    layers, hidden, intermediate = transformer_config(model)
+
+    corpus = read_corpus(find_file(bundled_scifact_dir(), "corpus.jsonl"), RejectLog())
+    ids = list(corpus)
+    rng = np.random.default_rng(args.seed)
+    picked = [ids[i] for i in sorted(rng.choice(len(ids), min(args.docs, len(ids)), replace=False))]
+    texts = [corpus[doc_id].full_text for doc_id in picked]
+    tokenizer = model.tokenizer
+    lengths = np.array(
+        [min(len(tokenizer(text, truncation=False)["input_ids"]), args.max_seq_length) for text in texts]
+    )
+    useful = flops_per_doc(lengths, layers, hidden, intermediate)
+    executed = flops_per_doc(padded_lengths(lengths, args.batch_size), layers, hidden, intermediate)
+    print(
+        f"sample: {len(texts)} SciFact docs, max_seq_length {args.max_seq_length}, mean tokens {lengths.mean():.0f} "
+        f"({(lengths == args.max_seq_length).mean():.0%} truncated)"
+    )
+    print(
+        f"FLOPs per doc: {useful.mean() / 1e9:.3f} GFLOP useful, {executed.mean() / 1e9:.3f} GFLOP executed "
+        f"(padding to batch max, batch {args.batch_size}); layers {layers}, hidden {hidden}, ffn {intermediate}"
+    )
+
+    tokens = args.batch_size * int(lengths.mean())
+    limits = {}
+    for precision in ("fp32", "bf16"):
+        measured = {
+            kernel: matmul_gflops(precision, kernel, tokens, hidden, intermediate, 2.0 if precision == "fp32" else 3.0)
+            for kernel in ("matmul", "linear")
+        }
+        limits[precision] = max(measured.values())
+        print(
+            f"matmul limit {precision}: {limits[precision]:.1f} GFLOPS (best of "
+            + ", ".join(f"{kernel} {value:.1f}" for kernel, value in measured.items())
+            + f"; shapes {tokens}×{hidden} by {hidden}×{hidden}, {hidden}×{intermediate}, {intermediate}×{hidden})"
+        )
+    results = {}
+    fp32_embeddings, seconds = timed_encode(model, texts, "fp32", args.batch_size)
+    results["fp32"] = (len(texts), seconds, executed.mean())
+    if args.bf16_docs:
+        subset = texts[: args.bf16_docs]
+        bf16_executed = flops_per_doc(
+            padded_lengths(lengths[: len(subset)], args.batch_size), layers, hidden, intermediate
+        )
+        bf16_embeddings, seconds = timed_encode(model, subset, "bf16", args.batch_size)
+        results["bf16"] = (len(subset), seconds, bf16_executed.mean())
+        agreement = embedding_agreement(fp32_embeddings[: len(subset)], bf16_embeddings)
+    print()
+    print(f"{'precision':<10}{'docs':>6}{'seconds':>10}{'docs/s':>10}{'GFLOPS':>9}{'limit docs/s':>14}{'of limit':>10}")
+    for name, (count, seconds, flops) in results.items():
+        rate = count / seconds
+        limit_rate = limits[name] * 1e9 / flops
+        print(
+            f"{name:<10}{count:>6}{seconds:>10.2f}{rate:>10.2f}{rate * flops / 1e9:>9.1f}"
+            f"{limit_rate:>14.2f}{rate / limit_rate:>10.0%}"
+        )
+    if args.bf16_docs:
+        print(
+            f"\nbf16 vs fp32 embeddings on {len(subset)} docs: "
+            + ", ".join(f"{k} {v:.5f}" for k, v in agreement.items())
+        )
+        print(
+            f"bf16/fp32 matmul speed ratio: {limits['bf16'] / limits['fp32']:.3f} "
+            f"({'native' if native_bf16() else 'emulated: no AVX512-BF16/AMX'})"
+        )
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

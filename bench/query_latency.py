@@ -1,0 +1,93 @@
+"""Single-query latency, encode + search, through the real Searcher, at SciFact size (Flat and HNSW).
+
+Publishes the SciFact corpus (5,183 documents, embedded with the model) as Flat and HNSW indexes
+in a scratch folder, then sends SciFact test queries one at a time through ``Searcher.search``:
+query validation, pointer check, query encoding (``role="query"``), FAISS search and id mapping.
+Corpus embeddings come from the shared cache (``<workspace>/cache/embeddings``); the first run on a
+machine encodes the corpus once (minutes at max_seq_length 256 on 2 cores).
+
+    nice -n 10 .venv/bin/python bench/query_latency.py --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model.data import RejectLog, bundled_scifact_dir, load_beir
+from model.encoder import bundled_model_path, cached_corpus_embeddings
+from model.index import IndexSpec, build_index, build_manifest, exact_top_k, publish, recall_at_k
+from model.search import Searcher
+from model.workspace import workspace_dir
+
+
+def percentiles(values: list[float]) -> str:
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return f"p50 {p50:6.2f}  p90 {p90:6.2f}  p99 {p99:6.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--max-seq-length", type=int, default=256, help="of the corpus embeddings")
+    parser.add_argument("--queries", type=int, default=300, help="SciFact test queries sent, one at a time")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to try")
+    parser.add_argument("--hnsw-m", type=int, default=32)
+    parser.add_argument("--ef-search", type=int, default=64)
+    args = parser.parse_args()
+
+    model_dir = Path(args.model or bundled_model_path())
+    dataset = load_beir(bundled_scifact_dir(), ["test"], RejectLog())
+    cache = workspace_dir() / "cache" / "embeddings"
+    print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  load {os.getloadavg()}")
+    start = time.perf_counter()
+    doc_ids, embeddings = cached_corpus_embeddings(model_dir, dataset.corpus, cache, args.max_seq_length)
+    print(f"corpus embeddings {embeddings.shape} (max_seq_length {args.max_seq_length}) in {time.perf_counter() - start:.1f}s")
+    queries = list(dataset.split_queries("test").values())[: args.queries]
+
+    root = Path(tempfile.mkdtemp(prefix="denseflow-latency-"))
+    specs = {"flat": IndexSpec("flat"), "hnsw": IndexSpec("hnsw", hnsw_m=args.hnsw_m, hnsw_ef_search=args.ef_search)}
+    identity = {"name": "bench", "version": model_dir.name, "run_id": None, "max_seq_length": args.max_seq_length}
+    for name, spec in specs.items():
+        started = time.perf_counter()
+        index = build_index(embeddings, spec)
+        manifest = build_manifest(spec, len(doc_ids), embeddings.shape[1], identity, "scifact", 0.0, None, 0)
+        publish(root, name, index, doc_ids, model_dir, manifest)
+        print(f"{name}: built and published in {time.perf_counter() - started:.1f}s ({spec.factory_string(0, 0)})")
+
+    print(f"\n{len(queries)} SciFact test queries, one at a time, k=10; milliseconds")
+    retrieved: dict[str, list[list[int]]] = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name in specs:
+            searcher = Searcher(root, name, reload_interval_s=1.0, threads=threads)
+            row_of = {doc_id: row for row, doc_id in enumerate(searcher._state.index.doc_ids)}
+            for query in queries[:10]:
+                searcher.search(query, 10)  # warm-up
+            total, encode_ms, search_ms, rows = [], [], [], []
+            for query in queries:
+                started = time.perf_counter()
+                result = searcher.search(query, 10)
+                total.append((time.perf_counter() - started) * 1e3)
+                encode_ms.append(result.encode_ms)
+                search_ms.append(result.search_ms)
+                rows.append([row_of[hit.doc_id] for hit in result.hits])
+            retrieved[name] = rows
+            print(f"threads {threads}  {name:<5} total  {percentiles(total)}")
+            print(f"threads {threads}  {name:<5} encode {percentiles(encode_ms)}")
+            print(f"threads {threads}  {name:<5} search {percentiles(search_ms)}")
+    query_vectors = np.concatenate([searcher.encode_query(q) for q in queries])
+    exact = exact_top_k(query_vectors, embeddings, 10)
+    for name, rows in retrieved.items():
+        print(f"recall@10 vs exact, {name}: {recall_at_k(np.array(rows), exact):.4f}")
+    print(f"load after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
