@@ -820,7 +820,9 @@ def _assemble(
         if needed not in qrels:
             raise DataError(
                 f"{source_file}: split {needed!r} has no queries with a positive; "
-                f"{len(positives)} queries had positives (rule {config.clicks.rule!r} for clicks): "
+                f"{len(positives)} queries had positives"
+                + (f" (click rule {config.clicks.rule!r})" if config.source == "clicks" else "")
+                + ": "
                 "add data, loosen the rule or change data.splits"
             )
     report.queries = len(positives) - report.eval_queries_dropped
