@@ -86,3 +86,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def tiny_beir_dir(tmp_path: Path) -> Path:
     return write_tiny_beir(tmp_path / "tiny-beir")
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole suite; a loaded 2-core machine can take a minute to start it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

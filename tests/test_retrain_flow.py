@@ -7,16 +7,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from flows.retrain import retrain
 from model.config import RetrainConfig
-
-
-@pytest.fixture(scope="module")
-def prefect_harness():
-    with prefect_test_harness():
-        yield
 
 
 def tiny_config(tmp_path: Path, beir_dir: Path, model_dir: Path) -> RetrainConfig:
