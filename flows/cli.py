@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from flows.compare_cli import add_compare_commands
 from flows.index_cli import add_index_commands
 from flows.models_cli import add_model_commands
 from model.workspace import workspace_dir
@@ -22,6 +23,8 @@ def _prepare_environment() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # No network here, and a failed telemetry write races the ephemeral server's SQLite at start-up.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral API server needs more than Prefect's 20 s default to start on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -83,6 +86,19 @@ def cmd_simulate_clicks(args: argparse.Namespace) -> int:
     return 0
 
 
+CONFIGS = {"retrain": "RetrainConfig", "publish": "PublishConfig", "compare-negatives": "CompareConfig"}
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Every setting of a flow's configuration with its default and meaning, as a markdown table."""
+    from model import config
+
+    print("| key | default | meaning |\n|---|---|---|")
+    for key, default, description in config.describe(getattr(config, CONFIGS[args.flow])):
+        print(f"| `{key}` | `{default}` | {description} |")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="denseflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -119,8 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(handler=cmd_simulate_clicks)
 
+    reference = commands.add_parser("config", help="print every setting of a flow's configuration, with defaults")
+    reference.add_argument("flow", choices=list(CONFIGS), nargs="?", default="retrain")
+    reference.set_defaults(handler=cmd_config)
+
     add_index_commands(commands)  # publish, index list|rollback, search, serve
     add_model_commands(commands)  # models list, promote, rollback, ui
+    add_compare_commands(commands)  # compare-negatives: the negatives study
 
     return parser
 

@@ -6,6 +6,7 @@ no server. Unknown keys are errors, so a typo in a YAML file fails loudly instea
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +34,7 @@ class ClickConfig(Section):
     propensity_floor: float = Field(0.05, gt=0, le=1, description="Clip propensities here (caps weights at 20).")
     skip_above: bool = Field(True, description="Documents shown above a click and skipped become hard negatives.")
     min_skips: int = Field(1, ge=1, description="Times a document must be skipped to count as a negative.")
-    max_skip_above_per_query: int = Field(10, ge=1)
+    max_skip_above_per_query: int = Field(10, ge=1, description="At most this many skip-above negatives per query.")
     impression_buffer: int = Field(
         10_000, ge=1, description="Result pages kept open while streaming; the oldest closes first (memory bound)."
     )
@@ -48,12 +49,12 @@ class ClickConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["beir", "clicks", "qa"] = "beir"
+    source: Literal["beir", "clicks", "qa"] = Field("beir", description="Format of data.path (see docs/sources.md).")
     path: Path | None = Field(
         None, description="BEIR folder, or a click / QA file or folder of files; None = the bundled SciFact."
     )
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: str = Field("train", description="Qrels split mined and trained on.")
+    eval_split: str = Field("test", description="Qrels split evaluated; its queries never reach training.")
     corpus: Path | None = Field(
         None,
         description="clicks: BEIR folder or corpus.jsonl the doc ids refer to (None = bundled SciFact); "
@@ -87,7 +88,9 @@ class DataConfig(Section):
 
 
 class MiningConfig(Section):
-    strategy: Literal["random", "bm25", "dense"] = "bm25"
+    strategy: Literal["random", "bm25", "dense"] = Field(
+        "bm25", description="random: uniform; bm25: BM25 near misses; dense: the base model's own near misses."
+    )
     num_negatives: int = Field(1, ge=1, le=3, description="Mined negatives per (query, positive) pair.")
     rank_start: int = Field(3, ge=0, description="Skip the top ranks: likely unjudged positives.")
     rank_end: int = Field(50, ge=1, description="Draw negatives from ranks [rank_start, rank_end).")
@@ -97,7 +100,7 @@ class MiningConfig(Section):
     skip_above_per_example: int = Field(
         1, ge=0, description="Click-log skip-above negatives per example, taken before mined ones (0 = none)."
     )
-    seed: int = 42
+    seed: int = Field(42, description="Seed of negative sampling.")
 
     @model_validator(mode="after")
     def _window(self) -> MiningConfig:
@@ -108,33 +111,41 @@ class MiningConfig(Section):
 
 class TrainConfig(Section):
     base_model: str | None = Field(None, description="Model folder or name; None = bundled all-MiniLM-L6-v2.")
-    towers: Literal["siamese", "asymmetric"] = "siamese"
-    loss: Literal["mnrl", "cached_mnrl"] = "mnrl"
+    towers: Literal["siamese", "asymmetric"] = Field(
+        "siamese", description="siamese: shared weights; asymmetric: separate query and document towers (Router)."
+    )
+    loss: Literal["mnrl", "cached_mnrl"] = Field(
+        "mnrl", description="MultipleNegativesRankingLoss, or its GradCache version for batches beyond memory."
+    )
     mini_batch_size: int = Field(16, ge=1, description="GradCache mini-batch of cached_mnrl.")
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training examples.")
     max_steps: int = Field(-1, description="Stop after this many steps (overrides epochs when > 0).")
-    batch_size: int = Field(32, ge=2)
-    learning_rate: float = Field(2e-5, gt=0)
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    batch_size: int = Field(
+        32, ge=2, description="Examples per step; each query gets batch_size - 1 in-batch negatives."
+    )
+    learning_rate: float = Field(2e-5, gt=0, description="Peak AdamW learning rate (linear decay).")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
     max_seq_length: int = Field(
         128, ge=8, description="Tokens per text for training and encoding (SciFact abstracts average ~330)."
     )
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="auto = bf16 autocast only where the CPU has bf16 instructions, else fp32."
+    )
     save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a re-run resumes from the last.")
-    seed: int = 42
+    seed: int = Field(42, description="Seed of model init, data order and dropout.")
 
 
 class EvalConfig(Section):
-    ks: list[int] = [1, 5, 10, 20, 100]
-    batch_size: int = 64
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    ks: list[int] = Field([1, 5, 10, 20, 100], description="Cut-offs of recall@k (nDCG and MRR are @10).")
+    batch_size: int = Field(64, ge=1, description="Texts per encoding batch.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="As train.precision, for encoding.")
     baselines: bool = Field(True, description="Also evaluate the zero-shot base model and BM25.")
 
 
 class TrackingConfig(Section):
     tracking_uri: str | None = Field(None, description="None = MLFLOW_TRACKING_URI or sqlite in the workspace.")
-    experiment: str = "denseflow"
-    registered_model: str = "retriever"
+    experiment: str = Field("denseflow", description="MLflow experiment of the runs.")
+    registered_model: str = Field("retriever", description="Registered model name; aliases candidate/production.")
 
 
 class PromotionConfig(Section):
@@ -152,7 +163,7 @@ class PromotionConfig(Section):
 
 class RetrainConfig(Section):
     workspace: Path | None = Field(None, description="None = DENSEFLOW_HOME or ./.denseflow")
-    run_name: str | None = None
+    run_name: str | None = Field(None, description="MLflow run name; None = MLflow picks one.")
     data: DataConfig = DataConfig()
     mining: MiningConfig = MiningConfig()
     train: TrainConfig = TrainConfig()
@@ -315,3 +326,17 @@ def _flatten_dict(value: dict, prefix: str) -> list[tuple[str, str]]:
         else:
             items.append((f"{prefix}{key}", str(sub)))
     return items
+
+
+def describe(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(key, default, description)`` of every setting, nested sections flattened: the reference docs."""
+    rows: list[tuple[str, str, str]] = []
+    for name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe(annotation, f"{prefix}{name}."))
+            continue
+        default = info.get_default(call_default_factory=True)
+        shown = default.model_dump(mode="json") if isinstance(default, BaseModel) else default
+        rows.append((f"{prefix}{name}", json.dumps(shown, default=str), info.description or ""))
+    return rows
