@@ -1,0 +1,174 @@
+"""The ``compare_negatives`` flow: the study of negatives, one parent MLflow run and a child run per arm and seed.
+
+Order only: ingest once; the plan (model/study.py) lists the runs; each run is a subflow that mines, trains
+and evaluates with the retrain tasks under its own child run; the report task compares them. Caches make the
+arms cheap to share work: BM25 scores and base-model corpus embeddings are computed once, and a re-run of
+the study reuses every finished training (tasks/train.py keys models by examples and settings).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from model.config import CompareConfig
+from model.encoder import resolve_base_model
+from model.study import ArmSpec, estimate_study, plan_study, rounds_of, run_config, split_steps
+from model.workspace import workspace_dir
+from tasks.compare import mix, report, start_arm_run
+from tasks.evaluate import BM25, evaluate
+from tasks.ingest import ingest
+from tasks.mine import mine
+from tasks.tracking import configure_tracking, end_tracking_run, log_metrics, start_tracking_run
+from tasks.train import train
+
+
+@flow(name="compare_negatives")
+def compare_negatives(config: CompareConfig | None = None) -> dict:
+    config = config or CompareConfig()
+    logger = get_run_logger()
+    workspace = workspace_dir(config.workspace)
+    configure_tracking(config.tracking, workspace)
+    parent_id = start_tracking_run(config, flow_run.id, config.run_name)
+    run_dir = workspace / "runs" / parent_id
+    specs = plan_study(config)
+    started = time.perf_counter()
+    try:
+        data = ingest(config.data, run_dir, parent_id)
+        estimate = estimate_study(config, data["documents"], data["train_queries"], data["eval_queries"], specs)
+        logger.info(
+            "study plan (%d runs), estimated on this machine's measured rates:\n%s", len(specs), estimate.describe()
+        )
+        if estimate.total_seconds > config.estimate.budget_minutes * 60:
+            logger.warning(
+                "estimate %.0f min exceeds the %.0f min budget",
+                estimate.total_seconds / 60,
+                config.estimate.budget_minutes,
+            )
+        log_metrics(parent_id, {"estimated_minutes": estimate.total_seconds / 60, "runs": len(specs)}, prefix="study.")
+        runs = []
+        for done, spec in enumerate(specs, start=1):
+            runs.append(
+                compare_arm.with_options(flow_run_name=spec.slug)(
+                    spec, config, data["dataset_dir"], str(run_dir), parent_id, workspace
+                )
+            )
+            elapsed = time.perf_counter() - started
+            logger.info(
+                "[%d/%d] %s: recall@10 %.4f, ndcg@10 %.4f in %.1f min; elapsed %.1f min, about %.1f min left",
+                done,
+                len(specs),
+                spec.slug,
+                runs[-1]["metrics"]["recall@10"],
+                runs[-1]["metrics"]["ndcg@10"],
+                runs[-1]["seconds"] / 60,
+                elapsed / 60,
+                estimate.remaining_seconds(done, elapsed) / 60,
+            )
+        notes = [
+            f"Data: {data['train_queries']} train / {data['eval_queries']} {config.data.eval_split} queries, "
+            f"{data['documents']} documents (fingerprint `{data['fingerprint']}`). Every trained arm: "
+            f"{config.train.max_steps} steps at batch {config.train.batch_size}, lr {config.train.learning_rate}, "
+            f"max_seq_length {config.train.max_seq_length}; dense arms split the steps over {config.dense_rounds} "
+            f"rounds, re-mining with the previous round's model. Seeds {config.seeds}. MLflow parent run "
+            f"`{parent_id}`; wall time {(time.perf_counter() - started) / 60:.1f} min.",
+        ]
+        split = config.data.eval_split
+        summary = report(
+            runs, run_dir / "report", parent_id, f"negatives study: recall@k on {split}", config.permutations, notes
+        )
+        log_metrics(parent_id, {"wall_minutes": (time.perf_counter() - started) / 60}, prefix="study.")
+    except BaseException:
+        end_tracking_run(parent_id, "FAILED")
+        raise
+    end_tracking_run(parent_id)
+    logger.info("negatives study done (MLflow run %s): %s", parent_id, summary["markdown"])
+    return {"mlflow_run_id": parent_id, "estimated_minutes": estimate.total_seconds / 60, **summary}
+
+
+@flow(name="compare_negatives_arm")
+def compare_arm(
+    spec: ArmSpec, config: CompareConfig, dataset_dir: str, run_dir: str, parent_id: str, workspace: Path
+) -> dict:
+    """One child run: (mine → train) × rounds → evaluate, for one arm, tower type, batch size and seed."""
+    run_id = start_arm_run(run_config(config, spec), spec, flow_run.id, parent_id)
+    arm_dir = Path(run_dir) / "arms" / spec.slug
+    cache_dir = Path(workspace) / "cache" / "embeddings"
+    started = time.perf_counter()
+    base_model = resolve_base_model(config.train.base_model)
+    split, seq = config.data.eval_split, config.train.max_seq_length
+    out = arm_dir / "evaluation"
+    try:
+        if spec.arm == "zero-shot":
+            target = base_model
+        elif spec.arm == "bm25-alone":
+            target = BM25
+        else:
+            target = base_model
+            rounds = rounds_of(config, spec)
+            for number, steps in enumerate(split_steps(config.train.max_steps, rounds), start=1):
+                stage = f"round{number}." if rounds > 1 else ""
+                examples = mine_round(
+                    spec, config, dataset_dir, arm_dir / f"round{number}", run_id, cache_dir, target, stage
+                )
+                settings = spec.train_settings(config.train).model_copy(
+                    update={"base_model": target, "max_steps": steps}
+                )
+                target = train(
+                    dataset_dir, examples, settings, config.data.train_split, workspace, run_id, f"train.{stage}"
+                )
+                if number < rounds:  # cheap: re-mining already encoded the corpus with this model
+                    label = f"{spec.slug}_round{number}"
+                    evaluate(target, label, dataset_dir, split, config.eval, seq, out, cache_dir, run_id, stage)
+        result = evaluate(target, spec.slug, dataset_dir, split, config.eval, seq, out, cache_dir, run_id)
+        seconds = time.perf_counter() - started
+        log_metrics(run_id, {"seconds": seconds}, prefix="study.")
+    except BaseException:
+        end_tracking_run(run_id, "FAILED")
+        raise
+    end_tracking_run(run_id)
+    return {
+        "spec": asdict(spec),
+        "run_id": run_id,
+        "metrics": result["metrics"],
+        "recall_curve": result["recall_curve"],
+        "per_query_path": str(out / f"per_query_{spec.slug}.json"),  # written by tasks/evaluate.py
+        "seconds": seconds,
+    }
+
+
+def mine_round(
+    spec: ArmSpec,
+    config: CompareConfig,
+    dataset_dir: str,
+    round_dir: Path,
+    run_id: str,
+    cache_dir: Path,
+    model_dir: str,
+    stage: str,
+) -> str:
+    """``train_examples.jsonl`` of one round; dense mining uses ``model_dir``, the model of the round before."""
+    mining = run_config(config, spec).mining
+    splits = (config.data.train_split, config.data.eval_split)
+    seq = config.train.max_seq_length
+    if spec.arm != "mix-hard":
+        return mine(dataset_dir, mining, *splits, round_dir, run_id, cache_dir, model_dir, seq, f"mine.{stage}")
+    bm25 = mine(
+        dataset_dir,
+        mining.model_copy(update={"strategy": "bm25"}),
+        *splits,
+        round_dir / "bm25",
+        run_id,
+        cache_dir,
+        model_dir,
+        seq,
+        f"mine.{stage}bm25.",
+    )
+    dense = mine(
+        dataset_dir, mining, *splits, round_dir / "dense", run_id, cache_dir, model_dir, seq, f"mine.{stage}dense."
+    )
+    return mix(bm25, dense, config.mix_dense_share, spec.seed, round_dir, run_id, f"mine.{stage}")

@@ -1,0 +1,120 @@
+"""Tasks of the negatives study that the retrain stages do not cover: child runs, mixing, and the report.
+
+Mining, training and evaluation are the retrain tasks themselves (tasks/mine.py, train.py, evaluate.py),
+called per arm with the child run's id and a metric prefix per round.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
+from model.negatives import mining_summary, mix_examples, read_examples, write_examples
+from model.report import RunResult, comparison_markdown, plot_study, summarise_runs, table_rows, write_csv
+from model.study import ArmRunConfig, ArmSpec
+from tasks.tracking import log_artifact, log_metrics, start_tracking_run
+
+
+def start_arm_run(config: ArmRunConfig, spec: ArmSpec, flow_run_id: str | None, parent_run_id: str) -> str:
+    """A child run of the study's parent run, with the arm's settings as params and its identity as tags."""
+    run_id = start_tracking_run(config, flow_run_id, spec.slug, parent_run_id=parent_run_id)
+    tags = {
+        "study.arm": spec.arm,
+        "study.variant": spec.variant,
+        "study.seed": "none" if spec.seed is None else str(spec.seed),
+        "towers": spec.towers or "none",
+        "study.batch_size": "none" if spec.batch_size is None else str(spec.batch_size),
+    }
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    return run_id
+
+
+@task(name="mix-negatives")
+def mix(
+    first_path: Path,
+    second_path: Path,
+    second_share: float,
+    seed: int,
+    out_dir: Path,
+    run_id: str,
+    metric_prefix: str = "mine.",
+) -> str:
+    """``train_examples.jsonl`` taking each negative from the second file with probability ``second_share``."""
+    mixed, taken = mix_examples(read_examples(Path(first_path)), read_examples(Path(second_path)), second_share, seed)
+    path = write_examples(mixed, Path(out_dir) / "train_examples.jsonl")
+    counts = {"examples": len(mixed), "taken_first": taken["first"], "taken_second": taken["second"]}
+    log_metrics(run_id, counts | dict(mining_summary(mixed)), prefix=metric_prefix)
+    log_artifact(run_id, path)
+    return str(path)
+
+
+def _run_result(item: dict, client: MlflowClient) -> RunResult:
+    """A flow's per-run record, completed with what mining and training logged to its MLflow run."""
+    logged = client.get_run(item["run_id"]).data.metrics
+    # train.seconds, or train.round1.seconds + train.round2.seconds ... for the rounds of a dense arm
+    train_seconds = sum(v for k, v in logged.items() if k.startswith("train.") and k.endswith(".seconds"))
+    mining = {key.removeprefix("mine."): value for key, value in logged.items() if key.startswith("mine.")}
+    per_query = json.loads(Path(item["per_query_path"]).read_text(encoding="utf-8"))
+    return RunResult(
+        spec=ArmSpec(**item["spec"]),
+        run_id=item["run_id"],
+        metrics=item["metrics"],
+        per_query=per_query,
+        recall_curve=item["recall_curve"],
+        seconds=item["seconds"],
+        train_seconds=train_seconds,
+        mining=mining,
+    )
+
+
+@task(name="compare-report")
+def report(
+    runs: list[dict], out_dir: Path, parent_run_id: str, title: str, permutations: int, notes: list[str]
+) -> dict:
+    """Table (markdown, CSV), recall@k plot and per-variant metrics on the parent run; a Prefect table."""
+    client = MlflowClient()
+    summaries = summarise_runs([_run_result(item, client) for item in runs], permutations)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = comparison_markdown(summaries, title, notes)
+    (out_dir / "comparison.md").write_text(markdown, encoding="utf-8")
+    write_csv(summaries, out_dir / "comparison.csv")
+    plot_study(summaries, out_dir / "recall_at_k.png", title)
+    details = [
+        {
+            "variant": s.variant,
+            "baseline": s.baseline,
+            "seeds": s.seeds,
+            "run_ids": s.run_ids,
+            "metrics": {name: {"mean": m, "std": sd} for name, (m, sd) in s.metrics.items()},
+            "tests": {name: test.as_dict() | {"p_holm": s.p_holm[name]} for name, test in s.tests.items()},
+            "train_seconds": s.train_seconds,
+            "run_seconds": s.seconds,
+            "mining": s.mining,
+        }
+        for s in summaries
+    ]
+    (out_dir / "comparison.json").write_text(json.dumps(details, indent=2), encoding="utf-8")
+    log_artifact(parent_run_id, out_dir, "report")
+    for s in summaries:
+        slug = s.variant.replace("/", "_")
+        values = {f"{name}.mean": mean for name, (mean, _) in s.metrics.items()}
+        values |= {f"{name}.std": std for name, (_, std) in s.metrics.items()}
+        values |= {f"{name}.diff_vs_random": test.mean_difference for name, test in s.tests.items()}
+        values |= {f"{name}.p_vs_random": test.p_value for name, test in s.tests.items()}
+        log_metrics(parent_run_id, values, prefix=f"{slug}.")
+    rows = table_rows(summaries)
+    create_table_artifact(table=rows, key="compare-negatives", description=f"{title} (MLflow run {parent_run_id})")
+    return {
+        "markdown": str(out_dir / "comparison.md"),
+        "csv": str(out_dir / "comparison.csv"),
+        "plot": str(out_dir / "recall_at_k.png"),
+        "rows": rows,
+        "variants": details,
+    }

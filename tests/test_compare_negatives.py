@@ -1,0 +1,133 @@
+"""The negatives study end to end on the tiny model and data (two arms, one seed), its config, plan and CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from pydantic import ValidationError
+
+from model.config import CompareConfig
+from model.study import ArmSpec, estimate_study, plan_study, split_steps
+
+
+def tiny_study(tmp_path: Path, beir_dir: Path, model_dir: Path) -> dict:
+    return {
+        "workspace": str(tmp_path / "ws"),
+        "arms": ["random", "dense-hard"],
+        "towers": ["asymmetric"],
+        "seeds": [0],
+        "dense_rounds": 2,
+        "permutations": 200,
+        "data": {"path": str(beir_dir)},
+        "mining": {"rank_start": 1, "rank_end": 10},
+        # A high rate and no warm-up so two steps visibly move the random tiny model between rounds.
+        "train": {
+            "base_model": str(model_dir),
+            "batch_size": 8,
+            "max_steps": 4,
+            "max_seq_length": 32,
+            "learning_rate": 1e-3,
+            "warmup_ratio": 0.0,
+        },  # fmt: skip
+        "eval": {"batch_size": 16},
+        "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "study"},
+    }
+
+
+def test_study_records_parent_children_table_and_plot(prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir):
+    from flows.compare_negatives import compare_negatives
+
+    summary = compare_negatives(CompareConfig.model_validate(tiny_study(tmp_path, tiny_beir_dir, tiny_model_dir)))
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = client.get_run(summary["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["arms"] == "['random', 'dense-hard']"
+    experiment = parent.info.experiment_id
+    children = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    by_arm = {run.data.tags["study.arm"]: run for run in children}
+    assert set(by_arm) == {"random", "dense-hard"}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["towers"] == "asymmetric" and run.data.tags["study.seed"] == "0"
+        assert run.data.params["train.seed"] == "0" and run.data.params["train.towers"] == "asymmetric"
+    random_run, dense_run = by_arm["random"].data, by_arm["dense-hard"].data
+    assert random_run.params["mining.strategy"] == "random" and dense_run.params["mining.strategy"] == "dense"
+    assert random_run.metrics["train.steps"] == 4
+    # Dense: two rounds of two steps each (the same four steps as random), mined with the previous model.
+    assert dense_run.metrics["train.round1.steps"] == dense_run.metrics["train.round2.steps"] == 2
+    for stage in ("round1", "round2"):
+        assert dense_run.metrics[f"mine.{stage}.examples"] == 24
+        assert dense_run.metrics[f"mine.{stage}.removed_judged_positive"] > 0  # the guard saw positives in the window
+        assert dense_run.metrics[f"mine.{stage}.removed_rank_window"] > 0
+    assert {"round1.recall_at_10", "recall_at_10", "ndcg_at_10"} <= set(dense_run.metrics)
+    round_dirs = sorted((tmp_path / "ws" / "runs" / parent.info.run_id / "arms").glob("dense-hard*/round*"))
+    first, second = ((d / "train_examples.jsonl").read_text() for d in round_dirs)
+    assert first != second  # re-mined with the round-1 model
+
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{name}" for name in ("comparison.md", "comparison.csv", "recall_at_k.png")} <= artifacts
+    rows = {row["variant"]: row for row in csv.DictReader(Path(summary["csv"]).open())}
+    assert set(rows) == {"random/asymmetric", "dense-hard/asymmetric"}
+    dense_row = rows["dense-hard/asymmetric"]
+    assert dense_row["baseline"] == "random/asymmetric" and rows["random/asymmetric"]["baseline"] == ""
+    assert 0 <= float(dense_row["recall@10_p_randomisation"]) <= 1
+    assert float(dense_row["recall@10_mean"]) == pytest.approx(dense_run.metrics["recall_at_10"], abs=1e-6)
+    assert float(dense_row["mine.round2.removed_rank_window"]) == dense_run.metrics["mine.round2.removed_rank_window"]
+    markdown = Path(summary["markdown"]).read_text()
+    assert "| dense-hard/asymmetric | 1 |" in markdown and "What the negative miners did" in markdown
+    assert parent.data.metrics["study.runs"] == 2
+    assert client.get_run(parent.info.run_id).data.metrics["dense-hard_asymmetric.recall_at_10.mean"] == pytest.approx(
+        dense_run.metrics["recall_at_10"]
+    )
+    assert [row["arm"] for row in summary["rows"]] == ["random/asymmetric", "dense-hard/asymmetric"]
+
+    from prefect.artifacts import Artifact
+
+    artifact = Artifact.get("compare-negatives")
+    assert artifact is not None and artifact.type == "table" and "dense-hard/asymmetric" in str(artifact.data)
+
+
+def test_config_defaults_fit_the_budget_and_yaml_overrides_keys(tmp_path):
+    config = CompareConfig()
+    assert (config.train.max_seq_length, config.train.max_steps, config.seeds) == (64, 40, [0, 1, 2])
+    specs = plan_study(config)
+    assert [spec.slug for spec in specs[:3]] == ["zero-shot", "bm25-alone", "random_siamese_seed0"]
+    assert len(specs) == 2 + 3 * 3
+    # SciFact: 5,183 documents, 809 train and 300 test queries.
+    assert estimate_study(config, 5183, 809, 300).total_seconds / 60 < config.estimate.budget_minutes
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"train": {"batch_size": 16}, "towers": ["siamese", "asymmetric"]}))
+    loaded = CompareConfig.from_yaml(path)
+    assert (loaded.train.batch_size, loaded.train.max_seq_length, loaded.train.max_steps) == (16, 64, 40)
+    assert len(plan_study(loaded)) == 2 + 3 * 3 * 2
+    for bad in ({"arms": ["bm25"]}, {"seeds": [1, 1]}, {"train": {"max_steps": -1}}, {"typo": 1}):
+        with pytest.raises(ValidationError):
+            CompareConfig.model_validate(bad)
+
+
+def test_batch_sweep_uses_gradcache_and_labels_each_size():
+    config = CompareConfig(arms=["random", "bm25-hard"], seeds=[0], batch_sizes=[16, 128])
+    specs = plan_study(config)
+    assert [spec.variant for spec in specs] == [
+        "random/siamese/b16", "bm25-hard/siamese/b16", "random/siamese/b128", "bm25-hard/siamese/b128",
+    ]  # fmt: skip
+    settings = specs[-1].train_settings(config.train)
+    assert (settings.batch_size, settings.loss, settings.seed) == (128, "cached_mnrl", 0)
+    assert ArmSpec("random", "siamese", 32, 1).train_settings(config.train).loss == "mnrl"
+    assert split_steps(40, 2) == [20, 20] and split_steps(40, 3) == [13, 13, 14]
+
+
+def test_cli_plan_prints_the_estimate(tmp_path, tiny_beir_dir, tiny_model_dir, capsys):
+    from flows.cli import main
+
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(tiny_study(tmp_path, tiny_beir_dir, tiny_model_dir)))
+    assert main(["compare-negatives", "--config", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs" in out and "dense-hard_asymmetric_seed0" in out and "total" in out
