@@ -257,11 +257,13 @@ class CompareConfig(Section):
     """
 
     workspace: Path | None = Field(None, description="None = DENSEFLOW_HOME or ./.denseflow")
-    run_name: str | None = "compare-negatives"
+    run_name: str | None = Field("compare-negatives", description="Name of the parent MLflow run.")
     arms: list[CompareArm] = Field(
         ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard"], min_length=1, description="Arms to run."
     )
-    towers: list[Literal["siamese", "asymmetric"]] = Field(["siamese"], min_length=1)
+    towers: list[Literal["siamese", "asymmetric"]] = Field(
+        ["siamese"], min_length=1, description="Tower types crossed with every trained arm."
+    )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Each trained arm runs once per seed.")
     dense_rounds: int = Field(2, ge=1, description="dense-hard / mix-hard: mine, train, re-mine, train ...")
     mix_dense_share: float = Field(0.5, gt=0, lt=1, description="mix-hard: share of negatives mined densely.")
