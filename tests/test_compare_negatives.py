@@ -8,10 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
-from pydantic import ValidationError
 
 from model.config import CompareConfig
-from model.study import ArmSpec, estimate_study, plan_study, split_steps
 
 
 def tiny_study(tmp_path: Path, beir_dir: Path, model_dir: Path) -> dict:
@@ -90,37 +88,6 @@ def test_study_records_parent_children_table_and_plot(prefect_harness, tmp_path,
 
     artifact = Artifact.get("compare-negatives")
     assert artifact is not None and artifact.type == "table" and "dense-hard/asymmetric" in str(artifact.data)
-
-
-def test_config_defaults_fit_the_budget_and_yaml_overrides_keys(tmp_path):
-    config = CompareConfig()
-    assert (config.train.max_seq_length, config.train.max_steps, config.seeds) == (64, 40, [0, 1, 2])
-    specs = plan_study(config)
-    assert [spec.slug for spec in specs[:3]] == ["zero-shot", "bm25-alone", "random_siamese_seed0"]
-    assert len(specs) == 2 + 3 * 3
-    # SciFact: 5,183 documents, 809 train and 300 test queries.
-    assert estimate_study(config, 5183, 809, 300).total_seconds / 60 < config.estimate.budget_minutes
-
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump({"train": {"batch_size": 16}, "towers": ["siamese", "asymmetric"]}))
-    loaded = CompareConfig.from_yaml(path)
-    assert (loaded.train.batch_size, loaded.train.max_seq_length, loaded.train.max_steps) == (16, 64, 40)
-    assert len(plan_study(loaded)) == 2 + 3 * 3 * 2
-    for bad in ({"arms": ["bm25"]}, {"seeds": [1, 1]}, {"train": {"max_steps": -1}}, {"typo": 1}):
-        with pytest.raises(ValidationError):
-            CompareConfig.model_validate(bad)
-
-
-def test_batch_sweep_uses_gradcache_and_labels_each_size():
-    config = CompareConfig(arms=["random", "bm25-hard"], seeds=[0], batch_sizes=[16, 128])
-    specs = plan_study(config)
-    assert [spec.variant for spec in specs] == [
-        "random/siamese/b16", "bm25-hard/siamese/b16", "random/siamese/b128", "bm25-hard/siamese/b128",
-    ]  # fmt: skip
-    settings = specs[-1].train_settings(config.train)
-    assert (settings.batch_size, settings.loss, settings.seed) == (128, "cached_mnrl", 0)
-    assert ArmSpec("random", "siamese", 32, 1).train_settings(config.train).loss == "mnrl"
-    assert split_steps(40, 2) == [20, 20] and split_steps(40, 3) == [13, 13, 14]
 
 
 def test_cli_plan_prints_the_estimate(tmp_path, tiny_beir_dir, tiny_model_dir, capsys):

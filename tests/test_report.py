@@ -1,0 +1,75 @@
+"""The study report: variants averaged over seeds, tests against random negatives, markdown, CSV and plot."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from model.report import RunResult, comparison_markdown, guard_rows, plot_study, summarise_runs, table_rows, write_csv
+from model.study import ArmSpec
+
+QUERIES = [f"q{i}" for i in range(60)]
+
+
+def run(arm: str, seed: int | None, hit_rate: float, towers: str | None = "siamese", mining=None) -> RunResult:
+    rng = np.random.default_rng(seed if seed is not None else 99)
+    recall = {q: float(rng.random() < hit_rate) for q in QUERIES}
+    ndcg = {q: value * 0.7 for q, value in recall.items()}
+    per_query = {"recall@10": recall, "ndcg@10": ndcg, "recall@1": ndcg, "recall@100": recall, "mrr@10": ndcg}
+    metrics = {name: float(np.mean(list(values.values()))) for name, values in per_query.items()}
+    spec = ArmSpec(arm, towers, 32 if towers else None, seed)
+    curve = list(np.linspace(metrics["recall@1"], metrics["recall@100"], 100))
+    return RunResult(spec, f"id-{spec.slug}", metrics, per_query, curve, 60.0, 30.0, mining or {})
+
+
+@pytest.fixture()
+def summaries():
+    guards = {"examples": 919, "removed_judged_positive": 10, "removed_rank_window": 2757}
+    rounds = {"round1.removed_rank_window": 2000, "round2.removed_rank_window": 2500, "round2.examples": 919}
+    results = [
+        run("zero-shot", None, 0.5, towers=None),
+        run("random", 0, 0.5),
+        run("bm25-hard", 0, 0.95, mining=guards),
+        run("dense-hard", 0, 0.5, mining=rounds),
+        run("random", 1, 0.5),
+        run("bm25-hard", 1, 0.95, mining=guards | {"removed_rank_window": 2759}),
+        run("dense-hard", 1, 0.5, mining=rounds),
+    ]
+    return summarise_runs(results, permutations=500)
+
+
+def test_variants_average_seeds_and_test_against_random(summaries):
+    by_variant = {s.variant: s for s in summaries}
+    assert list(by_variant) == ["zero-shot", "random/siamese", "bm25-hard/siamese", "dense-hard/siamese"]
+    bm25 = by_variant["bm25-hard/siamese"]
+    assert bm25.seeds == [0, 1] and bm25.baseline == "random/siamese"
+    assert by_variant["zero-shot"].baseline == "random/siamese" and by_variant["random/siamese"].baseline is None
+    assert not by_variant["random/siamese"].tests
+    mean, std = bm25.metrics["recall@10"]
+    assert mean == pytest.approx(np.mean([r for r in bm25.per_query["recall@10"].values()]))
+    assert std > 0
+    assert bm25.tests["recall@10"].p_value < 0.01 and bm25.tests["recall@10"].mean_difference > 0.3
+    assert bm25.p_holm["recall@10"] >= bm25.tests["recall@10"].p_value
+    assert bm25.mining["removed_rank_window"] == 2758
+
+
+def test_table_markdown_csv_and_plot(summaries, tmp_path):
+    rows = table_rows(summaries)
+    assert rows[2]["arm"] == "bm25-hard/siamese" and rows[2]["seeds"] == "2"
+    assert "±" in rows[2]["recall@10"] and "±" not in rows[0]["recall@10"]  # one deterministic run: no spread
+    assert rows[1]["Δ recall@10 vs random"] == "baseline"
+    assert rows[2]["Δ recall@10 vs random"].startswith("+") and rows[2]["Δ recall@10 vs random"].endswith("*")
+    markdown = comparison_markdown(summaries, "study", ["note one"])
+    assert "| bm25-hard/siamese | 2 |" in markdown and "over 60 test queries" in markdown and "note one" in markdown
+    stages = {(row["arm"], row["stage"]): row for row in guard_rows(summaries)}
+    assert stages[("bm25-hard/siamese", "–")]["removed_rank_window"] == "2758.0"
+    assert stages[("dense-hard/siamese", "round2")]["examples"] == "919.0"
+    path = write_csv(summaries, tmp_path / "comparison.csv")
+    table = {row["variant"]: row for row in csv.DictReader(path.open())}
+    assert float(table["bm25-hard/siamese"]["recall@10_p_randomisation"]) < 0.01
+    assert table["random/siamese"]["recall@10_difference"] == ""
+    assert float(table["dense-hard/siamese"]["mine.round1.removed_rank_window"]) == 2000
+    png = plot_study(summaries, tmp_path / "recall.png", "study")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
