@@ -1,17 +1,24 @@
-"""The ``retrain`` flow: ingest → mine → train → evaluate → register. Only the order of the stages lives here."""
+"""The ``retrain`` flow: ingest → mine → train → evaluate → register → promotion gate → publish (when promoted).
+
+Only the order of the stages lives here.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from model.config import RetrainConfig
+from flows.publish_index import run_publish
+from model.config import DataConfig, PublishConfig, RetrainConfig
 from model.encoder import resolve_base_model
 from model.workspace import workspace_dir
 from tasks.evaluate import BM25, evaluate, plot_recall
 from tasks.ingest import ingest
 from tasks.mine import mine
+from tasks.promotion import promotion_gate
 from tasks.registry import register
 from tasks.tracking import configure_tracking, end_tracking_run, log_metrics, metric_key, start_tracking_run
 from tasks.train import train
@@ -70,6 +77,23 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         plot_recall(evaluations, out, run_id, f"recall@k on {split}")
         trained_metrics = evaluations[0]["metrics"]
         version = register(model_dir, run_id, config.tracking.registered_model, trained_metrics, data["fingerprint"])
+        promotion = {"decision": "skipped", "promote": False, "reason": "promotion.enabled is false"}
+        if config.promotion.enabled:
+            promotion = promotion_gate(
+                version,
+                config.tracking.registered_model,
+                config.promotion,
+                trained_metrics,
+                data["fingerprint"],
+                data["dataset_dir"],
+                split,
+                config.eval,
+                seq,
+                out,
+                cache_dir,
+                run_id,
+                workspace,
+            )
     except BaseException:
         end_tracking_run(run_id, "FAILED")
         raise
@@ -80,7 +104,10 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         "version": version,
         "dataset_fingerprint": data["fingerprint"],
         "metrics": {item["label"]: item["metrics"] for item in evaluations},
+        "promotion": promotion,
     }
+    if promotion["promote"] and config.promotion.publish_on_promotion:
+        summary["published"] = publish_promoted(config, version, data["dataset_dir"], workspace)
     create_markdown_artifact(markdown=summary_markdown(summary, split), key="retrain-summary", description="retrain")
     get_run_logger().info("registered %s version %s (MLflow run %s)", summary["registered_model"], version, run_id)
     return summary
@@ -103,5 +130,44 @@ def summary_markdown(summary: dict, split: str) -> str:
             header,
             rule,
             *rows,
+            "",
+            *promotion_markdown(summary["promotion"], summary.get("published")),
         ]
     )
+
+
+def promotion_markdown(promotion: dict, published: dict | None) -> list[str]:
+    lines = [f"## promotion gate: **{promotion['decision']}**", "", promotion["reason"]]
+    figures = [("candidate", promotion.get("candidate")), ("production", promotion.get("production_figure"))]
+    rows = [
+        f"| {role} | {item['version']} | {item['value']:.4f} | `{item['dataset_fingerprint']}` | "
+        f"{'yes' if item['reevaluated'] else 'no'} |"
+        for role, item in figures
+        if item
+    ]
+    if rows:
+        lines += [
+            "",
+            f"| role | version | {promotion['metric']} | dataset | re-evaluated here |",
+            "|---|---|---|---|---|",
+        ]
+        lines += rows
+        if promotion.get("delta") is not None:
+            lines += ["", f"delta {promotion['delta']:+.4f}, margin {promotion['margin']:g}."]
+    if promotion.get("production") is not None:
+        lines += ["", f"`production` → version {promotion['production']}."]
+    if published:
+        lines += ["", f"Published index `{published['name']}` version `{published['version']}`."]
+    return lines
+
+
+def publish_promoted(config: RetrainConfig, version: str, dataset_dir: str, workspace: Path) -> dict:
+    """Re-encode this run's corpus with the promoted version and publish its index (the publish_index flow)."""
+    publish_config = PublishConfig(
+        workspace=workspace,
+        model=f"{config.tracking.registered_model}/{version}",
+        data=DataConfig(path=dataset_dir),
+        tracking=config.tracking,
+    )
+    result = run_publish(publish_config)
+    return {key: result[key] for key in ("name", "version", "path", "documents")}

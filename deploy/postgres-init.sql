@@ -1,0 +1,2 @@
+-- The postgres image creates POSTGRES_DB (mlflow) itself; Prefect gets its own database beside it.
+CREATE DATABASE prefect;

@@ -1,0 +1,138 @@
+"""deploy/: prefect.yaml and serve.py describe the same deployment; every compose key is one something reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from model.config import RetrainConfig
+
+REPO = Path(__file__).resolve().parents[1]
+DEPLOY = REPO / "deploy"
+
+
+def load_serve():
+    spec = importlib.util.spec_from_file_location("deploy_serve", DEPLOY / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prefect_yaml_is_valid_for_prefect_and_weekly_with_one_run_at_a_time():
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    raw = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    model = PrefectYamlModel.model_validate(raw)
+    (deployment,) = [item for item in model.deployments if item.name == "retrain"]
+    assert deployment.entrypoint == "flows/retrain.py:retrain"
+    assert (REPO / deployment.entrypoint.split(":")[0]).is_file()
+    (schedule,) = deployment.schedules
+    assert schedule.cron == "0 3 * * 1" and schedule.timezone == "UTC"  # weekly
+    assert deployment.concurrency_limit.limit == 1 and deployment.concurrency_limit.collision_strategy == "ENQUEUE"
+    config = RetrainConfig.model_validate(deployment.parameters["config"])
+    assert config.promotion.metric == "ndcg@10" and config.promotion.enabled
+
+
+def test_serve_uses_the_same_schedule_limit_and_parameters(tmp_path):
+    serve = load_serve()
+    spec = serve.deployment_spec("retrain")
+    options = serve.serve_options(spec)
+    assert options["name"] == "retrain"
+    (schedule,) = options["schedules"]
+    assert (schedule.cron, schedule.timezone) == (spec["schedules"][0]["cron"], spec["schedules"][0]["timezone"])
+    assert options["global_limit"].limit == 1 and options["global_limit"].collision_strategy.value == "ENQUEUE"
+    assert options["limit"] == 1
+    assert options["parameters"] == spec["parameters"]
+
+    override = {"data": {"path": str(tmp_path)}, "promotion": {"margin": 0.01}}
+    merged = serve.serve_options(spec, override)["parameters"]["config"]
+    config = RetrainConfig.model_validate(merged)
+    assert config.data.path == tmp_path and config.data.eval_split == "test"  # merged, not replaced
+    assert config.promotion.margin == 0.01 and config.promotion.publish_on_promotion
+    with pytest.raises(SystemExit, match="no deployment named"):
+        serve.deployment_spec("nightly")
+
+
+# Keys that third-party images read (not Python code we can inspect), and the services allowed to set them.
+IMAGE_KEYS = {
+    "POSTGRES_USER": {"postgres"},
+    "POSTGRES_PASSWORD": {"postgres"},
+    "POSTGRES_DB": {"postgres"},
+    "MINIO_ROOT_USER": {"minio", "minio-init"},
+    "MINIO_ROOT_PASSWORD": {"minio", "minio-init"},
+    "MLFLOW_BUCKET": {"minio-init"},  # read by its entrypoint script
+    "AWS_ACCESS_KEY_ID": {"mlflow"},  # boto3 inside the MLflow image
+    "AWS_SECRET_ACCESS_KEY": {"mlflow"},
+}
+
+
+def read_by_python(key: str) -> str | None:
+    """Who reads ``key``: denseflow's own code, Prefect's settings, MLflow's or Hugging Face's environment."""
+    own = [REPO / "model", REPO / "tasks", REPO / "flows", DEPLOY / "serve.py"]
+    for root in own:
+        for path in [root] if root.is_file() else root.rglob("*.py"):
+            if re.search(rf"\b{key}\b", path.read_text()):
+                return f"denseflow ({path.relative_to(REPO)})"
+    if key.startswith("PREFECT_"):
+        import prefect.settings
+
+        return "prefect.settings" if hasattr(prefect.settings, key) else None
+    if key.startswith("MLFLOW_"):
+        import mlflow.environment_variables
+
+        return "mlflow" if hasattr(mlflow.environment_variables, key) else None
+    if key.startswith("HF_"):
+        import huggingface_hub.constants
+
+        return "huggingface_hub" if key in Path(huggingface_hub.constants.__file__).read_text() else None
+    return None
+
+
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def test_every_compose_key_is_read_by_someone():
+    services = compose()["services"]
+    assert {"postgres", "minio", "mlflow", "prefect", "worker"} <= set(services)
+    unread = []
+    for name, service in services.items():
+        for key in service.get("environment") or {}:
+            if key in IMAGE_KEYS:
+                assert name in IMAGE_KEYS[key], f"{key} set on {name}, but only {IMAGE_KEYS[key]} read it"
+            elif read_by_python(key) is None:
+                unread.append(f"{name}: {key}")
+    assert not unread, f"keys nobody reads: {unread}"
+    assert read_by_python("NOT_A_REAL_KEY_ANYWHERE") is None and read_by_python("PREFECT_NOT_A_SETTING") is None
+
+
+def test_env_example_matches_the_compose_file():
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    substituted = set(re.findall(r"(?<!\$)\$\{(\w+)\}", text))
+    example = {
+        line.split("=", 1)[0]
+        for line in (DEPLOY / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    assert substituted <= example, f"compose needs keys missing from .env.example: {substituted - example}"
+    client_keys = example - substituted
+    assert {"PREFECT_API_URL", "MLFLOW_TRACKING_URI", "DENSEFLOW_HOME"} <= client_keys
+    for key in client_keys:
+        assert read_by_python(key), f".env.example sets {key}, which nothing reads"
+
+
+def test_worker_and_mlflow_server_agree_on_the_stores():
+    services = compose()["services"]
+    worker = services["worker"]["environment"]
+    assert (
+        worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and worker["PREFECT_API_URL"] == "http://prefect:4200/api"
+    )
+    mlflow_command = services["mlflow"]["command"]
+    assert "postgresql://" in mlflow_command and "--artifacts-destination s3://" in mlflow_command
+    assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+    assert "postgresql+asyncpg://" in services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
+    assert "deploy/prefect.yaml" in services["worker"]["command"]
