@@ -17,6 +17,7 @@ from prefect.runtime import flow_run
 
 from model.config import CompareConfig
 from model.encoder import resolve_base_model
+from model.report import study_note
 from model.study import ArmSpec, estimate_study, plan_study, rounds_of, run_config, split_steps
 from model.workspace import workspace_dir
 from tasks.compare import mix, report, start_arm_run
@@ -69,14 +70,8 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
                 elapsed / 60,
                 estimate.remaining_seconds(done, elapsed) / 60,
             )
-        notes = [
-            f"Data: {data['train_queries']} train / {data['eval_queries']} {config.data.eval_split} queries, "
-            f"{data['documents']} documents (fingerprint `{data['fingerprint']}`). Every trained arm: "
-            f"{config.train.max_steps} steps at batch {config.train.batch_size}, lr {config.train.learning_rate}, "
-            f"max_seq_length {config.train.max_seq_length}; dense arms split the steps over {config.dense_rounds} "
-            f"rounds, re-mining with the previous round's model. Seeds {config.seeds}. MLflow parent run "
-            f"`{parent_id}`; wall time {(time.perf_counter() - started) / 60:.1f} min.",
-        ]
+        minutes = (time.perf_counter() - started) / 60
+        notes = [study_note(config, data, parent_id, minutes)]
         split = config.data.eval_split
         summary = report(
             runs, run_dir / "report", parent_id, f"negatives study: recall@k on {split}", config.permutations, notes

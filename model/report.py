@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.config import CompareConfig
 from model.plots import plot_recall_curves
 from model.stats import PairedTest, average_over_seeds, holm, mean_std, paired_test
 from model.study import ArmSpec
@@ -244,3 +245,16 @@ def write_csv(summaries: Sequence[VariantSummary], path: Path) -> Path:
 def plot_study(summaries: Sequence[VariantSummary], path: Path, title: str) -> Path:
     """recall@k for k = 1..100, one line per arm (mean over its seeds)."""
     return plot_recall_curves({s.variant: s.recall_curve for s in summaries}, path, title)
+
+
+def study_note(config: CompareConfig, data: dict, parent_run_id: str, minutes: float) -> str:
+    """What every arm shared, under the table: data, steps, batch, rate, length, rounds, seeds, wall time."""
+    train = config.train
+    return (
+        f"Data: {data['train_queries']} train / {data['eval_queries']} {config.data.eval_split} queries, "
+        f"{data['documents']} documents (fingerprint `{data['fingerprint']}`). Every trained arm: "
+        f"{train.max_steps} steps at batch {train.batch_size}, lr {train.learning_rate}, max_seq_length "
+        f"{train.max_seq_length}; dense arms split the steps over {config.dense_rounds} rounds, re-mining with the "
+        f"previous round's model. Seeds {config.seeds}. MLflow parent run `{parent_run_id}`; wall time "
+        f"{minutes:.1f} min."
+    )
