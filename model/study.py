@@ -154,10 +154,13 @@ class StudyEstimate:
         return self.shared_seconds + sum(seconds for _, seconds in self.runs)
 
     def remaining_seconds(self, done: int, elapsed: float) -> float:
-        """The rest of the plan, scaled by how the finished runs compared with their estimate."""
+        """The rest of the plan, scaled by how much slower than estimated the finished runs were.
+
+        Never scaled down: a resumed study finds its first runs cached, which says nothing about the rest.
+        """
         planned_done = self.shared_seconds + sum(seconds for _, seconds in self.runs[:done])
         rest = sum(seconds for _, seconds in self.runs[done:])
-        return rest * (elapsed / planned_done if planned_done > 0 and done else 1.0)
+        return rest * max(1.0, elapsed / planned_done if planned_done > 0 and done else 1.0)
 
     def describe(self) -> str:
         lines = [f"{slug:<40} {seconds / 60:6.1f} min" for slug, seconds in self.runs]

@@ -63,6 +63,7 @@ def test_estimate_counts_encodings_and_steps():
     assert dense_run - random_run == pytest.approx(corpus + 15 + 2 * 809 / 80, rel=1e-6)  # re-mining round
     assert estimate.shared_seconds == corpus  # base embeddings for dense round 1
     assert estimate.remaining_seconds(1, elapsed=2 * (corpus + random_run)) == pytest.approx(2 * dense_run)
+    assert estimate.remaining_seconds(1, elapsed=1.0) == pytest.approx(dense_run)  # cached runs: no speed-up
 
 
 def test_shipped_study_config_is_the_default():
