@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,10 @@ def ui_command(uri: str, workspace: Path, host: str, port: int) -> list[str]:
         uri,
         "--default-artifact-root",
         artifacts,
+        # One process: a local dashboard needs no more, and uvicorn's multi-worker supervisor kills workers
+        # that are slow to answer its health check, which on a loaded 2-core machine is all of them.
+        "--workers",
+        "1",
         "--host",
         host,
         "--port",
@@ -139,8 +144,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
         print(f"MLflow tracking server (already running): {uri}")
         return 0
     print(f"MLflow UI on {uri}: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    # MLflow 3 otherwise starts ~8 background job processes (GenAI evaluation jobs) that a dashboard never uses.
+    env = os.environ | {
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    }
     try:
-        return subprocess.call(ui_command(uri, workspace, args.host, args.port))
+        return subprocess.call(ui_command(uri, workspace, args.host, args.port), env=env)
     except KeyboardInterrupt:
         return 0
 

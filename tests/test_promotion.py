@@ -423,7 +423,7 @@ def test_ui_command_points_mlflow_at_the_workspace_store(tmp_path):
     assert command[1:4] == ["-m", "mlflow", "ui"]
     assert command[command.index("--backend-store-uri") + 1] == "sqlite:///x/mlflow.db"
     assert command[command.index("--default-artifact-root") + 1] == (tmp_path / "mlartifacts").as_uri()
-    assert command[-4:] == ["--host", "127.0.0.1", "--port", "5123"]
+    assert command[-6:] == ["--workers", "1", "--host", "127.0.0.1", "--port", "5123"]
 
 
 def test_prefect_summary_shows_the_decision_and_figures():
