@@ -63,6 +63,11 @@ def cached(path: Path, make, save, load):  # noqa: ANN001, ANN201 - tiny helper 
     return value, seconds
 
 
+def save_npy(value: np.ndarray, path: Path) -> None:
+    with path.open("wb") as out:  # a file object: np.save would append ".npy" to the temporary name
+        np.save(out, value)
+
+
 def save_truth(value: tuple[np.ndarray, np.ndarray], path: Path) -> None:
     with path.open("wb") as out:  # a file object: np.savez would append ".npz" to the temporary name
         np.savez(out, scores=value[0], rows=value[1])
@@ -101,11 +106,16 @@ def main() -> None:
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  load {os.getloadavg()}  cpus {os.cpu_count()}")
     cache = workspace_dir() / "cache" / "bench"
     cache.mkdir(parents=True, exist_ok=True)
+    print(f"cache {cache} (set DENSEFLOW_HOME to keep it somewhere private)")
     tag = f"{args.n}x{args.dim}-t{args.topics}x{args.subtopics}-s{args.spread}-n{args.noise}"
-    start = time.perf_counter()
-    data = mixture(args.n, args.dim, args.topics, args.subtopics, args.spread, args.noise, seed=1)
+    data, seconds = cached(
+        cache / f"data-{tag}.npy",
+        lambda: mixture(args.n, args.dim, args.topics, args.subtopics, args.spread, args.noise, seed=1),
+        save_npy,
+        lambda path: np.load(path),
+    )
     queries = mixture(args.queries, args.dim, args.topics, args.subtopics, args.spread, args.noise, seed=2)
-    print(f"SYNTHETIC data {data.shape} ({tag}) generated in {time.perf_counter() - start:.1f}s")
+    print(f"SYNTHETIC data {data.shape} ({tag}) {f'generated in {seconds:.1f}s' if seconds else 'from cache'}")
 
     faiss.omp_set_num_threads(args.build_threads)
     (scores, truth), seconds = cached(
@@ -117,7 +127,7 @@ def main() -> None:
     pairs = min(1000, len(queries))
     random_pairs = np.sum(queries[:pairs] * data[:pairs], axis=1)
     print(
-        f"exact ground truth ({args.queries} queries) {'computed in %.1fs' % seconds if seconds else 'from cache'}; "
+        f"exact ground truth ({args.queries} queries) {f'computed in {seconds:.1f}s' if seconds else 'from cache'}; "
         f"cosine profile: top-1 {scores[:, 0].mean():.3f}, top-10 {scores[:, 9].mean():.3f}, "
         f"random pair {random_pairs.mean():.3f} ± {random_pairs.std():.3f}"
     )
@@ -148,7 +158,10 @@ def main() -> None:
             knobs, values = "nprobe", args.nprobe
         faiss.omp_set_num_threads(args.build_threads)
         index, seconds = cached(
-            cache / name, make, lambda value, path: faiss.write_index(value, str(path)), lambda p: faiss.read_index(str(p))
+            cache / name,
+            make,
+            lambda value, path: faiss.write_index(value, str(path)),
+            lambda p: faiss.read_index(str(p)),
         )
         built = f"built in {seconds:.0f}s on {args.build_threads} threads" if seconds else "loaded from cache"
         print(f"\n{factory} over {index.ntotal:,} vectors: {built}")
