@@ -184,7 +184,8 @@ def comparison_markdown(summaries: Sequence[VariantSummary], title: str, notes: 
         "Mean ± sample standard deviation over seeds. Δ: mean per-query difference against the random-negatives "
         "arm of the same tower type and batch size (untrained arms: against the first), per-query values "
         f"averaged over seeds first; p: paired two-sided randomisation test over {queries} test queries; "
-        "* = significant at 0.05 after Holm's correction over the arms tested.",
+        "* = significant at 0.05 after Holm's correction over the arms tested. train min: the training time "
+        "recorded with the model (also when a re-run reused it); run min: this run's wall time.",
     ]
     guards = guard_rows(summaries)
     if guards:
