@@ -110,6 +110,7 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
     client = MlflowClient()
     client.create_registered_model("retriever")
     version = client.create_model_version("retriever", f"runs:/{run.info.run_id}/model", run.info.run_id).version
+    version = str(version)  # the SQLite store returns an int; the registry API speaks strings
     client.set_registered_model_alias("retriever", "production", version)
 
     config = make_config(tmp_path, tiny_model_dir, tiny_beir_dir).model_copy(
