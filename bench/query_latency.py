@@ -12,6 +12,7 @@ encodes the corpus once (about 9 minutes at max_seq_length 256 on 2 idle cores) 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import time
@@ -65,7 +66,8 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: bundled all-MiniLM-L6-v2)")
     parser.add_argument("--max-seq-length", type=int, default=256, help="of the corpus embeddings")
     parser.add_argument("--queries", type=int, default=300, help="SciFact test queries sent, one at a time")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads to try")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op threads to try")
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-search", type=int, default=64)
     args = parser.parse_args()
@@ -92,25 +94,25 @@ def main() -> None:
 
     print(f"\n{len(queries)} SciFact test queries, one at a time, k=10; milliseconds")
     retrieved: dict[str, list[list[int]]] = {}
-    for threads in args.threads:
+    for backend, threads, name in itertools.product(args.backends, args.threads, specs):
         torch.set_num_threads(threads)
-        for name in specs:
-            searcher = Searcher(root, name, reload_interval_s=1.0, threads=threads)
-            row_of = {doc_id: row for row, doc_id in enumerate(searcher._state.index.doc_ids)}
-            for query in queries[:10]:
-                searcher.search(query, 10)  # warm-up
-            total, encode_ms, search_ms, rows = [], [], [], []
-            for query in queries:
-                started = time.perf_counter()
-                result = searcher.search(query, 10)
-                total.append((time.perf_counter() - started) * 1e3)
-                encode_ms.append(result.encode_ms)
-                search_ms.append(result.search_ms)
-                rows.append([row_of[hit.doc_id] for hit in result.hits])
-            retrieved[name] = rows
-            print(f"threads {threads}  {name:<5} total  {percentiles(total)}")
-            print(f"threads {threads}  {name:<5} encode {percentiles(encode_ms)}")
-            print(f"threads {threads}  {name:<5} search {percentiles(search_ms)}")
+        searcher = Searcher(root, name, reload_interval_s=1.0, threads=threads, backend=backend)
+        row_of = {doc_id: row for row, doc_id in enumerate(searcher._state.index.doc_ids)}
+        for query in queries[:10]:
+            searcher.search(query, 10)  # warm-up
+        total, encode_ms, search_ms, rows = [], [], [], []
+        for query in queries:
+            started = time.perf_counter()
+            result = searcher.search(query, 10)
+            total.append((time.perf_counter() - started) * 1e3)
+            encode_ms.append(result.encode_ms)
+            search_ms.append(result.search_ms)
+            rows.append([row_of[hit.doc_id] for hit in result.hits])
+        retrieved[f"{name} ({backend})"] = rows
+        label = f"{backend:<5} threads {threads}  {name:<5}"
+        print(f"{label} total  {percentiles(total)}")
+        print(f"{label} encode {percentiles(encode_ms)}")
+        print(f"{label} search {percentiles(search_ms)}")
     query_vectors = np.concatenate([searcher.encode_query(q) for q in queries])
     exact = exact_top_k(query_vectors, embeddings, 10)
     for name, rows in retrieved.items():

@@ -89,7 +89,9 @@ def cmd_index_rollback(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from model.search import Searcher
 
-    result = Searcher(_index_root(args), args.name, threads=args.threads).search(args.query, args.k)
+    result = Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend).search(
+        args.query, args.k
+    )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -104,7 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from model.search import Searcher
     from model.service import serve
 
-    serve(Searcher(_index_root(args), args.name, threads=args.threads), host=args.host, port=args.port)
+    serve(
+        Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend),
+        host=args.host,
+        port=args.port,
+    )
     return 0
 
 
@@ -145,13 +151,15 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     search.add_argument("query")
     search.add_argument("-k", type=int, default=10)
     search.add_argument("--json", action="store_true")
-    search.add_argument("--threads", type=int, default=1, help="torch threads for query encoding")
+    search.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
+    search.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="query tower runtime")
     common(search)
     search.set_defaults(handler=cmd_search)
 
     serve = commands.add_parser("serve", help="HTTP search service (/search, /health) on loopback by default")
     serve.add_argument("--host", default=DEFAULT_HOST, help="bind address (default: %(default)s)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--threads", type=int, default=1, help="torch threads for query encoding")
+    serve.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
+    serve.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="query tower runtime")
     common(serve)
     serve.set_defaults(handler=cmd_serve)

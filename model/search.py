@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from model.index import (
     search,
 )
 from model.index import NoPublishedIndexError as NoPublishedIndexError
+from model.onnx_backend import use_onnx_for_queries
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class LoadedModel:
     name: str | None = None
     version: str | None = None
     source: str = ""
+    backend: str = "torch"
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,9 @@ class Searcher:
 
     ``model_dir`` pins an external model folder instead of the copy stored with each version; versions
     built with any other model are then refused. ``reload_interval_s`` bounds how often the pointer
-    file is read (0 = before every query). ``threads`` caps torch's intra-op threads: one thread gives
-    steadier single-query latency on a small shared CPU than two that wait on each other.
+    file is read (0 = before every query). ``threads`` caps intra-op threads for query encoding.
+    ``backend``: ``auto`` runs the query tower on ONNX Runtime when it exports and matches PyTorch
+    (see :mod:`model.onnx_backend`), ``onnx`` insists on it, ``torch`` never tries.
     """
 
     def __init__(
@@ -147,8 +150,11 @@ class Searcher:
         threads: int | None = None,
         max_k: int = MAX_K,
         max_query_chars: int = MAX_QUERY_CHARS,
+        backend: Literal["auto", "torch", "onnx"] = "auto",
     ) -> None:
         self.root = Path(root)
+        self.backend = backend
+        self.threads = threads
         self.name = name
         self.reload_interval_s = reload_interval_s
         self.max_k = max_k
@@ -166,13 +172,18 @@ class Searcher:
         self._state = self._load(version, previous=None)
 
     # ------------------------------------------------------------------ loading
-    @staticmethod
-    def _load_model(model_dir: Path, manifest: dict[str, Any] | None, checksum: str | None = None) -> LoadedModel:
+    def _load_model(self, model_dir: Path, manifest: dict[str, Any] | None, checksum: str | None = None) -> LoadedModel:
         """``checksum`` of files already verified against a manifest; otherwise the folder is hashed here."""
         named = (manifest or {}).get("model", {})
         model = load_encoder(model_dir, named.get("max_seq_length"))
         checksum = checksum or model_folder_checksum(model_dir)
-        return LoadedModel(model, checksum, named.get("name"), named.get("version"), str(model_dir))
+        backend = "torch"
+        if self.backend != "torch":
+            if use_onnx_for_queries(model, self.threads):
+                backend = "onnxruntime"
+            elif self.backend == "onnx":
+                raise RuntimeError(f"{model_dir}: the query tower could not run on ONNX Runtime (see the log)")
+        return LoadedModel(model, checksum, named.get("name"), named.get("version"), str(model_dir), backend)
 
     def _load(self, version: str, previous: _State | None) -> _State:
         loaded = load_version(index_home(self.root, self.name) / version, verify=True)
@@ -185,7 +196,15 @@ class Searcher:
             model = self._pinned
         elif previous is not None and previous.model.checksum == named["checksum"]:
             # Same weights: keep the warm model, but take the identity the new manifest gives it.
-            model = LoadedModel(previous.model.model, previous.model.checksum, named.get("name"), named.get("version"))
+            previous_model = previous.model
+            model = LoadedModel(
+                previous_model.model,
+                previous_model.checksum,
+                named.get("name"),
+                named.get("version"),
+                previous_model.source,
+                previous_model.backend,
+            )
         else:
             model = self._load_model(loaded.model_dir, manifest, stored_checksum)
         check_model(manifest, model if self._pinned is None else _unnamed(model), loaded.index.d)
@@ -252,6 +271,7 @@ class Searcher:
             "model": named.get("name"),
             "model_version": named.get("version"),
             "model_run_id": named.get("run_id"),
+            "query_backend": state.model.backend,
             "pointer": read_pointer(self.root, self.name),
             "last_error": self.last_error,
         }
@@ -259,4 +279,4 @@ class Searcher:
 
 def _unnamed(model: LoadedModel) -> LoadedModel:
     """A pinned model folder carries no registry identity of its own: only its checksum is compared."""
-    return LoadedModel(model.model, model.checksum, None, None, model.source)
+    return LoadedModel(model.model, model.checksum, None, None, model.source, model.backend)

@@ -40,13 +40,15 @@ def asymmetric_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPath
     return folder
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
 @pytest.mark.parametrize("towers", ["siamese", "asymmetric"])
 def test_search_equals_exact_numpy_search(
-    towers: str, tiny_model_dir: Path, asymmetric_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+    towers: str, backend: str, tiny_model_dir: Path, asymmetric_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
 ) -> None:
     model_dir = tiny_model_dir if towers == "siamese" else asymmetric_model_dir
     doc_ids, embeddings = publish_corpus(tmp_path, model_dir, tiny_beir_dir)
-    searcher = Searcher(tmp_path, "tiny", reload_interval_s=0)
+    searcher = Searcher(tmp_path, "tiny", reload_interval_s=0, backend=backend)
+    assert searcher.health()["query_backend"] == {"torch": "torch", "onnx": "onnxruntime"}[backend]
     queries = read_queries(find_file(tiny_beir_dir, "queries.jsonl"), RejectLog())
     model = load_encoder(model_dir)
     for query in list(queries.values())[:6]:
@@ -131,3 +133,25 @@ def test_validate_query(query: object, k: object, message: str) -> None:
     with pytest.raises(QueryError, match=message):
         validate_query(query, k)
     assert validate_query("  fine  ", 3) == ("fine", 3)
+
+
+def test_onnx_query_tower_matches_torch_and_leaves_documents_alone(asymmetric_model_dir: Path) -> None:
+    from model.onnx_backend import OnnxTransformer, query_transformer, use_onnx_for_queries
+
+    model = load_encoder(asymmetric_model_dir)
+    texts = ["heart failure", "a much longer query about the immune response to a viral infection"]
+    queries, documents = encode(model, texts, "query"), encode(model, texts, "document")
+    assert use_onnx_for_queries(model, threads=1)
+    assert isinstance(query_transformer(model).model, OnnxTransformer)
+    np.testing.assert_allclose(encode(model, texts, "query"), queries, atol=1e-5)
+    np.testing.assert_array_equal(encode(model, texts, "document"), documents)
+
+
+def test_onnx_swap_is_undone_when_it_does_not_match(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from model import onnx_backend
+
+    model = load_encoder(tiny_model_dir)
+    original = onnx_backend.query_transformer(model).model
+    monkeypatch.setattr(onnx_backend, "PROBES", ["x", "y y"])
+    assert not onnx_backend.use_onnx_for_queries(model, tolerance=-1.0)  # nothing can be within a negative bound
+    assert onnx_backend.query_transformer(model).model is original
