@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,23 @@ from model.workspace import workspace_dir
 # Same as model.service's defaults; repeated so parsing does not import torch and FastAPI.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+
+
+def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Bad input and unusable indexes end with one line on stderr and exit status 2, not a traceback."""
+
+    @functools.wraps(handler)
+    def wrapped(args: argparse.Namespace) -> int:
+        from model.index import PublishedIndexError
+        from model.search import QueryError
+
+        try:
+            return handler(args)
+        except (QueryError, PublishedIndexError, ValueError) as err:
+            print(f"denseflow {args.command}: error: {err}", file=sys.stderr)
+            return 2
+
+    return wrapped
 
 
 def _index_root(args: argparse.Namespace) -> Path:
@@ -55,6 +75,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
 def cmd_index_list(args: argparse.Namespace) -> int:
     from model.index import list_versions
 
@@ -77,6 +98,7 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
 def cmd_index_rollback(args: argparse.Namespace) -> int:
     from model.index import read_pointer, rollback
 
@@ -86,6 +108,7 @@ def cmd_index_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
 def cmd_search(args: argparse.Namespace) -> int:
     from model.search import Searcher
 
@@ -102,6 +125,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
 def cmd_serve(args: argparse.Namespace) -> int:
     from model.search import Searcher
     from model.service import serve

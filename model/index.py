@@ -319,11 +319,18 @@ class VersionInfo:
             "version": self.version,
             "current": self.current,
             "created_at": self.manifest.get("created_at"),
-            "model": f"{model.get('name')}@{model.get('version')}" if model else None,
+            "model": model_label(model),
             "index_type": self.manifest.get("index", {}).get("type"),
             "count": self.manifest.get("count"),
             "recall_at_10": self.manifest.get("verification", {}).get("recall_at_10"),
         }
+
+
+def model_label(model: Mapping[str, Any]) -> str | None:
+    """``name@version`` of a manifest's model; a model published from a folder has no version."""
+    if not model:
+        return None
+    return f"{model.get('name')}@{model['version']}" if model.get("version") is not None else str(model.get("name"))
 
 
 def check_name(name: str) -> str:

@@ -27,6 +27,7 @@ from model.index import (
     load_version,
     model_checksum,
     model_folder_checksum,
+    model_label,
     read_pointer,
     search,
 )
@@ -93,7 +94,7 @@ class _State:
 
     @property
     def model_label(self) -> str:
-        return f"{self.model.name}@{self.model.version}"
+        return str(model_label({"name": self.model.name, "version": self.model.version}))
 
 
 def check_model(manifest: dict[str, Any], loaded: LoadedModel, dimension: int) -> None:
