@@ -115,6 +115,13 @@ def main() -> None:
         print(f"{label} search {percentiles(search_ms)}")
     query_vectors = np.concatenate([searcher.encode_query(q) for q in queries])
     exact = exact_top_k(query_vectors, embeddings, 10)
+    # The same profile bench/ann_1m.py prints for its synthetic vectors, so the two can be compared.
+    scores = np.sort(query_vectors @ embeddings.T, axis=1)[:, ::-1]
+    random_pairs = np.sum(query_vectors * embeddings[np.random.default_rng(0).choice(len(embeddings), len(queries))], 1)
+    print(
+        f"cosine profile (SciFact queries vs corpus): top-1 {scores[:, 0].mean():.3f}, top-10 {scores[:, 9].mean():.3f}, "
+        f"random pair {random_pairs.mean():.3f} ± {random_pairs.std():.3f}"
+    )
     for name, rows in retrieved.items():
         print(f"recall@10 vs exact, {name}: {recall_at_k(np.array(rows), exact):.4f}")
     print(f"load after: {os.getloadavg()}")

@@ -1,9 +1,9 @@
 """``publish_index``: re-encode the corpus with a registered model and publish its FAISS index.
 
-resolve model → plan shards → (bf16 check) → encode shards (mapped) → build + verify → publish → log.
+resolve model → plan shards → (bf16 check) → reuse cached embeddings → encode missing shards (mapped) → build + verify → publish → log.
 
 The shard mapping runs on whatever task runner the flow is given: Prefect's default thread pool
-locally, or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing scheduler)
+locally (one shard at a time by default), or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing scheduler)
 when ``runner.kind`` is ``dask``. The flow itself does not change.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from prefect import flow, unmapped
 from prefect.futures import as_completed
-from prefect.task_runners import TaskRunner
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from model.config import DataConfig, EncodeConfig, PublishConfig, RunnerConfig, TrackingConfig
@@ -27,13 +27,18 @@ from tasks.publish import (
     plan_shards,
     publish_version,
     resolve_model_version,
+    reuse_cached_embeddings,
 )
 
 
-def make_task_runner(runner: RunnerConfig) -> TaskRunner | None:
-    """None keeps Prefect's default runner; ``dask`` starts a local cluster of worker processes or joins one."""
+def make_task_runner(runner: RunnerConfig) -> TaskRunner:
+    """Prefect's thread pool capped at ``local_workers``, or ``dask``: a local cluster of worker processes or one joined.
+
+    The cap matters: Prefect's default pool would start every shard at once, and concurrent torch
+    encodes on the same cores run slower together than one after another.
+    """
     if runner.kind != "dask":
-        return None
+        return ThreadPoolTaskRunner(max_workers=runner.local_workers)
     from prefect_dask import DaskTaskRunner
 
     if runner.dask_address:
@@ -56,6 +61,13 @@ def publish_index(config: PublishConfig) -> dict[str, Any]:
     plan = plan_shards(config, model, str(workspace / "encode"))
     choice = choose_precision(model["model_dir"], plan, config.encode)
     encode_info = {**choice, "max_seq_length": config.encode.max_seq_length, "batch_size": config.encode.batch_size}
+    reused = reuse_cached_embeddings(
+        plan,
+        model["model_dir"],
+        choice["precision"],
+        config.encode.max_seq_length,
+        str(workspace / "cache" / "embeddings"),
+    )
 
     futures = encode_shard.map(
         plan["shards"],
@@ -79,6 +91,7 @@ def publish_index(config: PublishConfig) -> dict[str, Any]:
         "model": model,
         "documents": plan["documents"],
         "shards": len(outputs),
+        "shards_reused": reused,
         "embeddings": outputs,
         "precision": choice["precision"],
         "recall_at_10": built["recall_at_10"],
@@ -102,6 +115,4 @@ def publish_config_for(
 
 def run_publish(config: PublishConfig) -> dict[str, Any]:
     """Run ``publish_index`` on the task runner ``config.runner`` asks for."""
-    runner = make_task_runner(config.runner)
-    flow_ = publish_index.with_options(task_runner=runner) if runner is not None else publish_index
-    return flow_(config)
+    return publish_index.with_options(task_runner=make_task_runner(config.runner))(config)

@@ -210,7 +210,10 @@ class IndexConfig(Section):
 
 
 class RunnerConfig(Section):
-    kind: Literal["local", "dask"] = Field("local", description="local = Prefect's default runner.")
+    kind: Literal["local", "dask"] = Field("local", description="local = Prefect's thread-pool runner.")
+    local_workers: int = Field(
+        1, ge=1, description="Shards encoded at once by the local runner; torch already uses every core per shard."
+    )
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster; None = start one.")
     dask_workers: int = Field(2, ge=1)
     dask_threads_per_worker: int = Field(1, ge=1)
@@ -330,15 +333,20 @@ def _flatten_dict(value: dict, prefix: str) -> list[tuple[str, str]]:
     return items
 
 
-def describe(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """``(key, default, description)`` of every setting, nested sections flattened: the reference docs."""
+def describe(model: type[BaseModel], prefix: str = "", defaults: BaseModel | None = None) -> list[tuple[str, str, str]]:
+    """``(key, default, description)`` of every setting, nested sections flattened: the reference docs.
+
+    A section's defaults come from the enclosing default where it sets its own (the study's ``train``
+    is a TrainConfig with shorter sequences and fewer steps), else from the section's class.
+    """
     rows: list[tuple[str, str, str]] = []
     for name, info in model.model_fields.items():
         annotation = info.annotation
+        default = getattr(defaults, name) if defaults is not None else info.get_default(call_default_factory=True)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe(annotation, f"{prefix}{name}."))
+            section_defaults = default if isinstance(default, BaseModel) else None
+            rows.extend(describe(annotation, f"{prefix}{name}.", section_defaults))
             continue
-        default = info.get_default(call_default_factory=True)
         shown = default.model_dump(mode="json") if isinstance(default, BaseModel) else default
         rows.append((f"{prefix}{name}", json.dumps(shown, default=str), info.description or ""))
     return rows

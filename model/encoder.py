@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -138,6 +139,25 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def embedding_cache_path(
+    cache_dir: Path, model_key: str, corpus_key: str, max_seq_length: int | None, precision: Precision
+) -> Path:
+    """Where whole-corpus embeddings of one (model, corpus, length, precision) are kept; ids beside them."""
+    return Path(cache_dir) / f"{model_key}-{corpus_key}-{max_seq_length}-{resolve_precision(precision)}.npy"
+
+
+def read_cached_embeddings(path: Path) -> tuple[list[str], np.ndarray] | None:
+    """``(doc_ids, embeddings)`` from the cache, or None where it is missing or its ids file is.
+
+    The corpus fingerprint does not depend on document order, so the rows are only usable with the
+    ids they were written in; a cache file without its ids is ignored rather than guessed at.
+    """
+    ids_path = path.with_suffix(".ids.json")
+    if not (path.is_file() and ids_path.is_file()):
+        return None
+    return json.loads(ids_path.read_text(encoding="utf-8")), np.load(path)
+
+
 def cached_corpus_embeddings(
     model_dir: str | Path,
     corpus: Mapping[str, Document],
@@ -147,16 +167,23 @@ def cached_corpus_embeddings(
     precision: Precision = "fp32",
     progress: bool = True,
 ) -> tuple[list[str], np.ndarray]:
-    """Corpus embeddings of a saved model, computed once per (model, corpus, length, precision)."""
-    key = f"{model_fingerprint(model_dir)}-{corpus_fingerprint(dict(corpus))}-{max_seq_length}-{resolve_precision(precision)}"
-    path = Path(cache_dir) / f"{key}.npy"
+    """Corpus embeddings of a saved model in corpus order, computed once per (model, corpus, length, precision)."""
+    path = embedding_cache_path(
+        cache_dir, model_fingerprint(model_dir), corpus_fingerprint(dict(corpus)), max_seq_length, precision
+    )
     doc_ids = list(corpus)
-    if path.is_file():
-        return doc_ids, np.load(path)
+    cached = read_cached_embeddings(path)
+    if cached is not None:
+        cached_ids, embeddings = cached
+        if cached_ids != doc_ids:
+            row = {doc_id: i for i, doc_id in enumerate(cached_ids)}
+            embeddings = embeddings[[row[doc_id] for doc_id in doc_ids]]
+        return doc_ids, embeddings
     model = load_encoder(model_dir, max_seq_length)
     _, embeddings = encode_corpus(model, corpus, batch_size, precision, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, embeddings)
-    tmp.replace(path)
+    path.with_suffix(".ids.json").write_text(json.dumps(doc_ids), encoding="utf-8")
+    tmp.replace(path)  # last: a matrix is never visible without its ids
     return doc_ids, embeddings

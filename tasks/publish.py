@@ -25,7 +25,15 @@ from sentence_transformers import SentenceTransformer
 
 from model.config import EncodeConfig, IndexConfig, PublishConfig
 from model.data import RejectLog, bundled_scifact_dir, corpus_fingerprint, find_file, read_corpus, read_queries
-from model.encoder import encode, load_encoder, model_fingerprint, resolve_precision, tower_type
+from model.encoder import (
+    embedding_cache_path,
+    encode,
+    load_encoder,
+    model_fingerprint,
+    read_cached_embeddings,
+    resolve_precision,
+    tower_type,
+)
 from model.index import (
     DOC_IDS_FILE,
     INDEX_FILE,
@@ -151,6 +159,37 @@ def choose_precision(model_dir: str, plan: dict[str, Any], encode_config: Encode
     if not keep:
         _logger().warning("bf16 embeddings drift from fp32 (%s): encoding in fp32", agreement)
     return {"precision": "bf16" if keep else "fp32", "requested": encode_config.precision, "agreement": agreement}
+
+
+@task(name="reuse-embeddings")
+def reuse_cached_embeddings(
+    plan: dict[str, Any], model_dir: str, precision: str, max_seq_length: int | None, cache_dir: str
+) -> int:
+    """Cut shard outputs from whole-corpus embeddings that evaluation already computed; returns shards reused.
+
+    ``retrain`` evaluates the new model on the same corpus, length and precision it then publishes
+    with, so encoding the corpus again would spend minutes recomputing the same matrix.
+    """
+    path = embedding_cache_path(
+        Path(cache_dir), model_fingerprint(model_dir), plan["corpus_fingerprint"], max_seq_length, precision
+    )
+    cached = read_cached_embeddings(path)
+    if cached is None:
+        return 0
+    cached_ids, embeddings = cached
+    row = {doc_id: i for i, doc_id in enumerate(cached_ids)}
+    reused = 0
+    for shard in plan["shards"]:
+        source = Path(shard["input"])
+        output = source.with_name(f"{source.stem}.{precision}.npy")
+        if output.is_file():
+            continue
+        ids = json.loads(source.read_text(encoding="utf-8"))["ids"]
+        rows = embeddings[[row[doc_id] for doc_id in ids]]
+        _atomic_write_bytes(output, functools.partial(_save_npy, array=rows))
+        reused += 1
+    _logger().info("%d of %d shards taken from %s", reused, len(plan["shards"]), path.name)
+    return reused
 
 
 @task(name="encode-shard", retries=1, retry_delay_seconds=2, task_run_name="encode-shard-{shard[number]}")

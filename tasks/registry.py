@@ -52,6 +52,9 @@ def register(
             model,
             name="model",
             registered_model_name=registered_model,
+            # The flavour's own pinned list: inferring requirements re-imports the model in a
+            # subprocess and takes tens of seconds per registration on 2 cores.
+            pip_requirements=mlflow.sentence_transformers.get_default_pip_requirements(),
             metadata={"towers": towers, "dataset_fingerprint": dataset_fingerprint},
         )
         mlflow.set_tag("towers", towers)

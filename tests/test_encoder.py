@@ -107,3 +107,16 @@ def test_asymmetric_training_moves_both_towers_apart(tiny_model_dir, tiny_beir_d
     assert not np.allclose(query, encode(base, TEXTS, "query"), atol=1e-4)
     assert not np.allclose(document, encode(base, TEXTS, "document"), atol=1e-4)
     assert not np.allclose(query, document, atol=1e-4)
+
+
+def test_cached_corpus_embeddings_follow_the_callers_document_order(tiny_model_dir, tiny_beir_dir, tmp_path):
+    from model.data import RejectLog, load_beir
+    from model.encoder import cached_corpus_embeddings
+
+    corpus = load_beir(tiny_beir_dir, ["test"], RejectLog()).corpus
+    ids, first = cached_corpus_embeddings(tiny_model_dir, corpus, tmp_path, progress=False)
+    reordered = dict(reversed(list(corpus.items())))
+    # Same fingerprint (order-independent), so this call is served from the cache written above.
+    reordered_ids, second = cached_corpus_embeddings(tiny_model_dir, reordered, tmp_path, progress=False)
+    assert reordered_ids == ids[::-1] and len(list(tmp_path.glob("*.npy"))) == 1
+    np.testing.assert_array_equal(second, first[::-1])

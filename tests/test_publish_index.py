@@ -131,3 +131,22 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
     )
     assert logged["files"] == manifest["files"]
     assert MlflowClient().get_model_version("retriever", version).tags["index.tiny"] == "v0001"
+
+
+def test_publication_reuses_the_corpus_embeddings_evaluation_cached(
+    local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from flows.publish_index import run_publish
+    from model.data import RejectLog, load_beir
+    from model.encoder import cached_corpus_embeddings
+
+    _, beir_dir, local = local_run
+    corpus = load_beir(beir_dir, ["test"], RejectLog()).corpus
+    # Cached in another document order: the rows must still land on the right ids.
+    reordered = dict(reversed(list(corpus.items())))
+    cached_corpus_embeddings(tiny_model_dir, reordered, tmp_path / "cache" / "embeddings", precision="fp32")
+
+    reused = run_publish(make_config(tmp_path, tiny_model_dir, beir_dir))
+    assert reused["shards_reused"] == reused["shards"] == 4
+    np.testing.assert_allclose(embeddings_of(reused), embeddings_of(local), rtol=0, atol=1e-5)
+    assert load_current(tmp_path / "indexes", "tiny").doc_ids == load_current(local_run[0] / "indexes", "tiny").doc_ids
