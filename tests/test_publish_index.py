@@ -10,13 +10,7 @@ from model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, R
 from model.index import list_versions, load_current
 from model.search import Searcher
 
-
-@pytest.fixture(scope="module", autouse=True)
-def prefect_harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+pytestmark = pytest.mark.usefixtures("prefect_harness")  # the suite's one temporary Prefect server
 
 
 def make_config(workspace: Path, model_dir: Path, beir_dir: Path, **overrides) -> PublishConfig:

@@ -264,6 +264,8 @@ def test_prefect_yaml_deploys_to_the_server(servers):
 
 def test_retrain_against_mlflow_server_reads_back_over_rest(servers, tmp_path, tiny_beir_dir, tiny_model_dir):
     """A tiny retrain in this process, with Prefect on the server above and MLflow on its tracking server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.retrain import retrain
@@ -275,6 +277,10 @@ def test_retrain_against_mlflow_server_reads_back_over_rest(servers, tmp_path, t
     try:
         with temporary_settings({PREFECT_API_URL: servers.api}):
             summary = retrain(RetrainConfig.model_validate(config))
+            # Send this run's logs and events while the server is up: left queued, they would be
+            # retried against the stopped server when the suite's harness drains them (70 s).
+            APILogWorker.drain_all()
+            EventsWorker.drain_all()
     finally:
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
