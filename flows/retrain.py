@@ -11,8 +11,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
-from flows.publish_index import run_publish
-from model.config import DataConfig, PublishConfig, RetrainConfig
+from flows.publish_index import publish_config_for, run_publish
+from model.config import RetrainConfig
 from model.encoder import resolve_base_model
 from model.workspace import workspace_dir
 from tasks.evaluate import BM25, evaluate, plot_recall
@@ -162,12 +162,13 @@ def promotion_markdown(promotion: dict, published: dict | None) -> list[str]:
 
 
 def publish_promoted(config: RetrainConfig, version: str, dataset_dir: str, workspace: Path) -> dict:
-    """Re-encode this run's corpus with the promoted version and publish its index (the publish_index flow)."""
-    publish_config = PublishConfig(
-        workspace=workspace,
-        model=f"{config.tracking.registered_model}/{version}",
-        data=DataConfig(path=dataset_dir),
-        tracking=config.tracking,
+    """Publish this run's corpus encoded by the promoted version (the publish_index flow).
+
+    Same sequence length as evaluation, so publication reuses the corpus embeddings evaluation cached.
+    """
+    model = f"{config.tracking.registered_model}/{version}"
+    publish_config = publish_config_for(
+        workspace, Path(dataset_dir), model, config.tracking, config.train.max_seq_length
     )
     result = run_publish(publish_config)
-    return {key: result[key] for key in ("name", "version", "path", "documents")}
+    return {key: result[key] for key in ("name", "version", "path", "documents", "shards", "shards_reused")}
