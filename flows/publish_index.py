@@ -1,10 +1,11 @@
-"""``publish_index``: re-encode the corpus with a registered model and publish its FAISS index.
+"""``publish_index``: encode the corpus with a registered model and publish its FAISS index.
 
-resolve model → plan shards → (bf16 check) → reuse cached embeddings → encode missing shards (mapped) → build + verify → publish → log.
+resolve model → plan shards → (bf16 check) → reuse cached embeddings → encode the missing shards (mapped)
+→ build + verify → publish → log.
 
-The shard mapping runs on whatever task runner the flow is given: Prefect's default thread pool
-locally (one shard at a time by default), or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing scheduler)
-when ``runner.kind`` is ``dask``. The flow itself does not change.
+The shard mapping runs on whatever task runner the flow is given: Prefect's thread pool locally (one
+shard at a time by default), or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing
+scheduler) when ``runner.kind`` is ``dask``. The flow itself does not change.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tasks.publish import (
 
 
 def make_task_runner(runner: RunnerConfig) -> TaskRunner:
-    """Prefect's thread pool capped at ``local_workers``, or ``dask``: a local cluster of worker processes or one joined.
+    """Prefect's thread pool capped at ``local_workers``; for ``dask``, a local cluster of processes or one joined.
 
     The cap matters: Prefect's default pool would start every shard at once, and concurrent torch
     encodes on the same cores run slower together than one after another.
