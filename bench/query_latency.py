@@ -3,8 +3,8 @@
 Publishes the SciFact corpus (5,183 documents, embedded with the model) as Flat and HNSW indexes
 in a scratch folder, then sends SciFact test queries one at a time through ``Searcher.search``:
 query validation, pointer check, query encoding (``role="query"``), FAISS search and id mapping.
-Corpus embeddings are cached in chunks under ``<workspace>/cache/bench``; the first run on a machine
-encodes the corpus once (about 9 minutes at max_seq_length 256 on 2 idle cores) and resumes if cut off.
+Corpus embeddings come from the shared cache (``<workspace>/cache/embeddings``); the first run on a
+machine encodes the corpus once (about 9 minutes at max_seq_length 256 on 2 idle cores).
 
     nice -n 10 .venv/bin/python bench/query_latency.py --threads 1 2
 """
@@ -21,39 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.data import RejectLog, bundled_scifact_dir, corpus_fingerprint, load_beir
-from model.encoder import bundled_model_path, encode, load_encoder, model_fingerprint
+from model.data import RejectLog, bundled_scifact_dir, load_beir
+from model.encoder import bundled_model_path, cached_corpus_embeddings
 from model.index import IndexSpec, build_index, build_manifest, exact_top_k, publish, recall_at_k
 from model.search import Searcher
 from model.workspace import workspace_dir
-
-CHUNK = 256
-
-
-def corpus_embeddings(model_dir: Path, corpus: dict, max_seq_length: int) -> tuple[list[str], np.ndarray]:
-    """Corpus embeddings (role ``document``), cached in chunks so an interrupted first run resumes."""
-    folder = (
-        workspace_dir()
-        / "cache"
-        / "bench"
-        / f"{model_fingerprint(model_dir)}-{corpus_fingerprint(corpus)}-{max_seq_length}"
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    doc_ids = list(corpus)
-    model = None
-    parts = []
-    for number, start in enumerate(range(0, len(doc_ids), CHUNK)):
-        path = folder / f"chunk-{number:04d}.npy"
-        if not path.is_file():
-            model = model or load_encoder(model_dir, max_seq_length)
-            texts = [corpus[doc_id].full_text for doc_id in doc_ids[start : start + CHUNK]]
-            tmp = path.with_name(f".{path.name}.tmp")
-            with tmp.open("wb") as out:
-                np.save(out, encode(model, texts, "document", batch_size=32))
-            os.replace(tmp, path)
-            print(f"  encoded docs {start}..{start + len(texts)} ({time.strftime('%H:%M:%S')})", flush=True)
-        parts.append(np.load(path))
-    return doc_ids, np.concatenate(parts)
 
 
 def percentiles(values: list[float]) -> str:
@@ -76,7 +48,8 @@ def main() -> None:
     dataset = load_beir(bundled_scifact_dir(), ["test"], RejectLog())
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  load {os.getloadavg()}")
     start = time.perf_counter()
-    doc_ids, embeddings = corpus_embeddings(model_dir, dataset.corpus, args.max_seq_length)
+    cache = workspace_dir() / "cache" / "embeddings"  # shared with evaluation: the same model encodes once
+    doc_ids, embeddings = cached_corpus_embeddings(model_dir, dataset.corpus, cache, args.max_seq_length)
     print(
         f"corpus embeddings {embeddings.shape} (max_seq_length {args.max_seq_length}) in {time.perf_counter() - start:.1f}s"
     )

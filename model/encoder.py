@@ -146,16 +146,19 @@ def embedding_cache_path(
     return Path(cache_dir) / f"{model_key}-{corpus_key}-{max_seq_length}-{resolve_precision(precision)}.npy"
 
 
-def read_cached_embeddings(path: Path) -> tuple[list[str], np.ndarray] | None:
-    """``(doc_ids, embeddings)`` from the cache, or None where it is missing or its ids file is.
+def read_cached_embeddings(path: Path, doc_ids: Sequence[str]) -> np.ndarray | None:
+    """Cached rows for ``doc_ids``, in that order; None where the cache, its ids file or a document is missing.
 
-    The corpus fingerprint does not depend on document order, so the rows are only usable with the
-    ids they were written in; a cache file without its ids is ignored rather than guessed at.
+    The corpus fingerprint does not depend on document order, so rows are looked up by the ids they
+    were written with; a cache file without its ids is ignored rather than guessed at.
     """
     ids_path = path.with_suffix(".ids.json")
     if not (path.is_file() and ids_path.is_file()):
         return None
-    return json.loads(ids_path.read_text(encoding="utf-8")), np.load(path)
+    row = {doc_id: i for i, doc_id in enumerate(json.loads(ids_path.read_text(encoding="utf-8")))}
+    if not all(doc_id in row for doc_id in doc_ids):
+        return None
+    return np.load(path)[[row[doc_id] for doc_id in doc_ids]]
 
 
 def cached_corpus_embeddings(
@@ -172,13 +175,9 @@ def cached_corpus_embeddings(
         cache_dir, model_fingerprint(model_dir), corpus_fingerprint(dict(corpus)), max_seq_length, precision
     )
     doc_ids = list(corpus)
-    cached = read_cached_embeddings(path)
+    cached = read_cached_embeddings(path, doc_ids)
     if cached is not None:
-        cached_ids, embeddings = cached
-        if cached_ids != doc_ids:
-            row = {doc_id: i for i, doc_id in enumerate(cached_ids)}
-            embeddings = embeddings[[row[doc_id] for doc_id in doc_ids]]
-        return doc_ids, embeddings
+        return doc_ids, cached
     model = load_encoder(model_dir, max_seq_length)
     _, embeddings = encode_corpus(model, corpus, batch_size, precision, progress)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,10 @@ on this CPU. Only the transformer of the query tower is swapped; tokenisation, p
 normalisation and the Router that picks the tower stay sentence-transformers', so queries still go
 through :func:`model.encoder.encode` with ``role="query"`` for siamese and asymmetric models alike.
 
+Why not sentence-transformers' own ``backend="onnx"``: it exports through ``optimum-onnx``, whose
+releases pin ``transformers<4.58`` (sentence-transformers 6 needs 5.x), and it swaps the whole model,
+where an asymmetric model needs only its query tower on ONNX.
+
 The swap is checked before it is kept: probe queries of several lengths, alone and batched, must
 encode to the same vectors as PyTorch (max abs difference ``tolerance``), else PyTorch stays.
 """

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -197,15 +197,7 @@ class Searcher:
             model = self._pinned
         elif previous is not None and previous.model.checksum == named["checksum"]:
             # Same weights: keep the warm model, but take the identity the new manifest gives it.
-            previous_model = previous.model
-            model = LoadedModel(
-                previous_model.model,
-                previous_model.checksum,
-                named.get("name"),
-                named.get("version"),
-                previous_model.source,
-                previous_model.backend,
-            )
+            model = replace(previous.model, name=named.get("name"), version=named.get("version"))
         else:
             model = self._load_model(loaded.model_dir, manifest, stored_checksum)
         check_model(manifest, model if self._pinned is None else _unnamed(model), loaded.index.d)
@@ -280,4 +272,4 @@ class Searcher:
 
 def _unnamed(model: LoadedModel) -> LoadedModel:
     """A pinned model folder carries no registry identity of its own: only its checksum is compared."""
-    return LoadedModel(model.model, model.checksum, None, None, model.source, model.backend)
+    return replace(model, name=None, version=None)

@@ -66,6 +66,12 @@ def _atomic_write_bytes(path: Path, save: Any) -> None:
     os.replace(tmp, path)
 
 
+def shard_output(shard: dict[str, Any], precision: str) -> Path:
+    """A shard's embeddings file, beside its input: ``shard-N.<precision>.npy``."""
+    source = Path(shard["input"])
+    return source.with_name(f"{source.stem}.{precision}.npy")
+
+
 def _save_npy(path: Path, array: np.ndarray) -> None:
     with path.open("wb") as out:  # a file object: np.save would append ".npy" to a temporary name
         np.save(out, array)
@@ -170,26 +176,23 @@ def reuse_cached_embeddings(
     ``retrain`` evaluates the new model on the same corpus, length and precision it then publishes
     with, so encoding the corpus again would spend minutes recomputing the same matrix.
     """
+    missing = [shard for shard in plan["shards"] if not shard_output(shard, precision).is_file()]
+    if not missing:
+        return 0
     path = embedding_cache_path(
         Path(cache_dir), model_fingerprint(model_dir), plan["corpus_fingerprint"], max_seq_length, precision
     )
-    cached = read_cached_embeddings(path)
+    ids = [json.loads(Path(shard["input"]).read_text(encoding="utf-8"))["ids"] for shard in missing]
+    cached = read_cached_embeddings(path, [doc_id for shard_ids in ids for doc_id in shard_ids])
     if cached is None:
         return 0
-    cached_ids, embeddings = cached
-    row = {doc_id: i for i, doc_id in enumerate(cached_ids)}
-    reused = 0
-    for shard in plan["shards"]:
-        source = Path(shard["input"])
-        output = source.with_name(f"{source.stem}.{precision}.npy")
-        if output.is_file():
-            continue
-        ids = json.loads(source.read_text(encoding="utf-8"))["ids"]
-        rows = embeddings[[row[doc_id] for doc_id in ids]]
-        _atomic_write_bytes(output, functools.partial(_save_npy, array=rows))
-        reused += 1
-    _logger().info("%d of %d shards taken from %s", reused, len(plan["shards"]), path.name)
-    return reused
+    start = 0
+    for shard, shard_ids in zip(missing, ids, strict=True):
+        rows = cached[start : start + len(shard_ids)]
+        _atomic_write_bytes(shard_output(shard, precision), functools.partial(_save_npy, array=rows))
+        start += len(shard_ids)
+    _logger().info("%d of %d shards taken from %s", len(missing), len(plan["shards"]), path.name)
+    return len(missing)
 
 
 @task(name="encode-shard", retries=1, retry_delay_seconds=2, task_run_name="encode-shard-{shard[number]}")
@@ -197,11 +200,10 @@ def encode_shard(
     shard: dict[str, Any], model_dir: str, precision: str, batch_size: int, max_seq_length: int | None
 ) -> str:
     """Encode one shard's documents (role ``document``) to ``shard-N.<precision>.npy``; reused if present."""
-    source = Path(shard["input"])
-    output = source.with_name(f"{source.stem}.{precision}.npy")
+    output = shard_output(shard, precision)
     if output.is_file():
         return str(output)
-    texts = json.loads(source.read_text(encoding="utf-8"))["texts"]
+    texts = json.loads(Path(shard["input"]).read_text(encoding="utf-8"))["texts"]
     model = _cached_encoder(model_dir, max_seq_length)
     start = time.perf_counter()
     embeddings = encode(model, texts, "document", batch_size, precision)  # type: ignore[arg-type]
