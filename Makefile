@@ -23,8 +23,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows tasks model tests bench deploy
-	$(BIN)/ruff format --check flows tasks model tests bench deploy
+	$(BIN)/ruff check cli flows tasks registry model tests bench deploy
+	$(BIN)/ruff format --check cli flows tasks registry model tests bench deploy
 
 clean:
 	rm -rf $(VENV) .denseflow

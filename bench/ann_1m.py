@@ -25,9 +25,8 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-
-from model.index import recall_at_k
-from model.workspace import workspace_dir
+from denseflow.model.index.store import recall_at_k
+from denseflow.model.workspace import workspace_dir
 
 
 def normalise(x: np.ndarray) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Benchmark: ingest a 1,000,000-row click log (target: <= 60 s on the 2-core machine, memory bounded).
 
 Writes a synthetic click log over the bundled SciFact corpus (Zipf-distributed queries, 10 results a page,
-position-biased clicks, about 0.1 % bad rows), then runs ``model.sources.ingest`` on it in a fresh child process
+position-biased clicks, about 0.1 % bad rows), then runs ``denseflow.model.data.sources.ingest`` on it in a fresh child process
 and prints rows/s and the child's peak RSS. Run at two sizes (the default) to see memory follow the number of
 distinct (query, document) pairs, not the number of rows.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def generate(path: Path, rows: int, queries: int, seed: int) -> int:
     """Write ``rows`` click rows (pages of 10) and return the number of deliberately bad rows among them."""
-    from model.data import RejectLog, bundled_scifact_dir, find_file, read_corpus
+    from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus
 
     doc_ids = list(read_corpus(find_file(bundled_scifact_dir(), "corpus.jsonl"), RejectLog()))
     rng = random.Random(seed)
@@ -74,8 +74,8 @@ def generate(path: Path, rows: int, queries: int, seed: int) -> int:
 
 def ingest_child(log: Path, out: Path) -> None:
     """Runs in a fresh process so its peak RSS is the ingest's alone."""
-    from model.config import DataConfig
-    from model.sources import ingest
+    from denseflow.model.config import DataConfig
+    from denseflow.model.data.sources import ingest
 
     config = DataConfig(source="clicks", path=log, judged_eval=True, splits={"train": 0.9, "dev": 0.1})
     start = time.perf_counter()

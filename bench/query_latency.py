@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from model.data import RejectLog, bundled_scifact_dir, load_beir
-from model.encoder import bundled_model_path, cached_corpus_embeddings
-from model.index import IndexSpec, build_index, build_manifest, exact_top_k, publish, recall_at_k
-from model.search import Searcher
-from model.workspace import workspace_dir
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
+from denseflow.model.encoder import bundled_model_path, cached_corpus_embeddings
+from denseflow.model.index.store import IndexSpec, build_index, build_manifest, exact_top_k, publish, recall_at_k
+from denseflow.model.serving.search import Searcher
+from denseflow.model.workspace import workspace_dir
 
 
 def percentiles(values: list[float]) -> str:

@@ -15,12 +15,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from model.bm25 import BM25Index  # noqa: E402
-from model.config import TrainConfig  # noqa: E402
-from model.data import RejectLog, bundled_scifact_dir, load_beir  # noqa: E402
-from model.encoder import native_bf16  # noqa: E402
-from model.negatives import mine_negatives  # noqa: E402
-from model.train import train_bi_encoder  # noqa: E402
+from denseflow.model.config import TrainConfig  # noqa: E402
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir  # noqa: E402
+from denseflow.model.encoder import native_bf16  # noqa: E402
+from denseflow.model.index.bm25 import BM25Index  # noqa: E402
+from denseflow.model.mining.negatives import mine_negatives  # noqa: E402
+from denseflow.model.training.trainer import train_bi_encoder  # noqa: E402
 
 
 def main() -> None:

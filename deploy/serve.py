@@ -87,14 +87,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     override = None
     if args.config:
-        from model.config import RetrainConfig, load_yaml
+        from denseflow.model.config import RetrainConfig, load_yaml
 
         override = RetrainConfig.model_validate(load_yaml(args.config)).model_dump(mode="json", exclude_unset=True)
     options = serve_options(deployment_spec(args.name), override)
 
     # Runs start in this process's working directory: the repository, like a worker after `prefect deploy`.
     os.chdir(REPO)
-    from flows.retrain import retrain
+    from denseflow.flows.retrain import retrain
 
     retrain.serve(**options)
     return 0

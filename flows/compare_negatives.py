@@ -12,20 +12,19 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from denseflow.model.config import CompareConfig
+from denseflow.model.encoder import resolve_base_model
+from denseflow.model.evaluation.report import study_note
+from denseflow.model.evaluation.study import ArmSpec, estimate_study, plan_study, rounds_of, run_config, split_steps
+from denseflow.model.workspace import workspace_dir
+from denseflow.tasks.compare import mix, report, start_arm_run
+from denseflow.tasks.evaluate import BM25, evaluate
+from denseflow.tasks.ingest import ingest
+from denseflow.tasks.mine import mine
+from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, start_tracking_run
+from denseflow.tasks.train import train
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-
-from model.config import CompareConfig
-from model.encoder import resolve_base_model
-from model.report import study_note
-from model.study import ArmSpec, estimate_study, plan_study, rounds_of, run_config, split_steps
-from model.workspace import workspace_dir
-from tasks.compare import mix, report, start_arm_run
-from tasks.evaluate import BM25, evaluate
-from tasks.ingest import ingest
-from tasks.mine import mine
-from tasks.tracking import configure_tracking, end_tracking_run, log_metrics, start_tracking_run
-from tasks.train import train
 
 
 @flow(name="compare_negatives")

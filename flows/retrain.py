@@ -7,21 +7,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from denseflow.flows.publish_index import publish_config_for, run_publish
+from denseflow.model.config import RetrainConfig
+from denseflow.model.encoder import resolve_base_model
+from denseflow.model.workspace import workspace_dir
+from denseflow.tasks.evaluate import BM25, evaluate, plot_recall
+from denseflow.tasks.ingest import ingest
+from denseflow.tasks.mine import mine
+from denseflow.tasks.promotion import promotion_gate
+from denseflow.tasks.registry import register
+from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, metric_key, start_tracking_run
+from denseflow.tasks.train import train
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
-
-from flows.publish_index import publish_config_for, run_publish
-from model.config import RetrainConfig
-from model.encoder import resolve_base_model
-from model.workspace import workspace_dir
-from tasks.evaluate import BM25, evaluate, plot_recall
-from tasks.ingest import ingest
-from tasks.mine import mine
-from tasks.promotion import promotion_gate
-from tasks.registry import register
-from tasks.tracking import configure_tracking, end_tracking_run, log_metrics, metric_key, start_tracking_run
-from tasks.train import train
 
 SUMMARY_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")
 

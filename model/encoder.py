@@ -18,10 +18,9 @@ from typing import Literal
 
 import numpy as np
 import torch
+from denseflow.model.data.beir import Document, corpus_fingerprint
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Router
-
-from model.data import Document, corpus_fingerprint
 
 Role = Literal["query", "document"]
 Precision = Literal["auto", "bf16", "fp32"]

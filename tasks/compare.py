@@ -9,14 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from denseflow.model.evaluation.report import (
+    RunResult,
+    comparison_markdown,
+    plot_study,
+    summarise_runs,
+    table_rows,
+    write_csv,
+)
+from denseflow.model.evaluation.study import ArmRunConfig, ArmSpec
+from denseflow.model.mining.negatives import mining_summary, mix_examples, read_examples, write_examples
+from denseflow.tasks.tracking import log_artifact, log_metrics, start_tracking_run
 from mlflow.tracking import MlflowClient
 from prefect import task
 from prefect.artifacts import create_table_artifact
-
-from model.negatives import mining_summary, mix_examples, read_examples, write_examples
-from model.report import RunResult, comparison_markdown, plot_study, summarise_runs, table_rows, write_csv
-from model.study import ArmRunConfig, ArmSpec
-from tasks.tracking import log_artifact, log_metrics, start_tracking_run
 
 
 def start_arm_run(config: ArmRunConfig, spec: ArmSpec, flow_run_id: str | None, parent_run_id: str) -> str:

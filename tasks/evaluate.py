@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from denseflow.model.config import EvalConfig
+from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.evaluation.metrics import write_trec_run
+from denseflow.model.evaluation.plots import plot_recall_curves
+from denseflow.model.evaluation.runs import Evaluation, bm25_run, dense_run, score_run
+from denseflow.tasks.tracking import log_artifact, log_metrics
 from prefect import task
-
-from model.config import EvalConfig
-from model.data import RejectLog, load_beir
-from model.evaluation import Evaluation, bm25_run, dense_run, score_run
-from model.metrics import write_trec_run
-from model.plots import plot_recall_curves
-from tasks.tracking import log_artifact, log_metrics
 
 BM25 = "bm25"
 

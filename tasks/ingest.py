@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+from denseflow.model.config import DataConfig
+from denseflow.model.data import sources
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir, remove_evaluation_leaks
+from denseflow.model.data.sources import SourceReport, SourceResult
+from denseflow.tasks.tracking import log_artifact, log_metrics
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from prefect import task
-
-from model import sources
-from model.config import DataConfig
-from model.data import RejectLog, bundled_scifact_dir, load_beir, remove_evaluation_leaks
-from model.sources import SourceReport, SourceResult
-from tasks.tracking import log_artifact, log_metrics
 
 
 def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:

@@ -19,13 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.logging import get_run_logger
-from sentence_transformers import SentenceTransformer
-
-from model.config import EncodeConfig, IndexConfig, PublishConfig
-from model.data import RejectLog, bundled_scifact_dir, corpus_fingerprint, find_file, read_corpus, read_queries
-from model.encoder import (
+from denseflow.model.config import EncodeConfig, IndexConfig, PublishConfig
+from denseflow.model.data.beir import (
+    RejectLog,
+    bundled_scifact_dir,
+    corpus_fingerprint,
+    find_file,
+    read_corpus,
+    read_queries,
+)
+from denseflow.model.encoder import (
     embedding_cache_path,
     encode,
     load_encoder,
@@ -34,7 +37,7 @@ from model.encoder import (
     resolve_precision,
     tower_type,
 )
-from model.index import (
+from denseflow.model.index.store import (
     DOC_IDS_FILE,
     INDEX_FILE,
     build_manifest,
@@ -43,6 +46,9 @@ from model.index import (
     publish,
     timed_build,
 )
+from prefect import task
+from prefect.logging import get_run_logger
+from sentence_transformers import SentenceTransformer
 
 BF16_SAMPLE_DOCS = 64
 
@@ -90,8 +96,8 @@ def resolve_model_version(config: PublishConfig) -> dict[str, Any]:
     folder = Path(config.model).expanduser()
     if folder.is_dir():
         return {"name": folder.name, "version": None, "run_id": None, "model_dir": str(folder.resolve())}
-    from tasks.registry import resolve_model
-    from tasks.tracking import configure_tracking
+    from denseflow.registry.resolve import resolve_model
+    from denseflow.tasks.tracking import configure_tracking
 
     configure_tracking(config.tracking, config.workspace)
     resolved = resolve_model(config.model, config.workspace, default_name=config.tracking.registered_model)
@@ -314,9 +320,8 @@ def log_index_artifact(published: dict[str, Any], model: dict[str, Any], config:
     if not model["run_id"]:
         _logger().info("model %s has no MLflow run: index not logged", model["name"])
         return None
+    from denseflow.tasks.tracking import configure_tracking
     from mlflow.tracking import MlflowClient
-
-    from tasks.tracking import configure_tracking
 
     configure_tracking(config.tracking, config.workspace)
     client = MlflowClient()

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import mlflow
+from denseflow.model.config import TrackingConfig, flatten
+from denseflow.model.workspace import workspace_dir
+from denseflow.registry.keys import metric_key
 from mlflow.tracking import MlflowClient
-
-from model.config import TrackingConfig, flatten
-from model.workspace import workspace_dir
 
 
 def tracking_uri(config: TrackingConfig, workspace: Path) -> str:
@@ -53,11 +53,6 @@ def start_tracking_run(
 
 def end_tracking_run(run_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(run_id, status=status)
-
-
-def metric_key(name: str, prefix: str = "") -> str:
-    """MLflow metric names cannot hold ``@``: ``ndcg@10`` is logged as ``ndcg_at_10``."""
-    return f"{prefix}{name.replace('@', '_at_')}"
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:

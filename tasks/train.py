@@ -6,14 +6,13 @@ import hashlib
 import json
 from pathlib import Path
 
+from denseflow.model.config import TrainConfig
+from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.mining.negatives import read_examples
+from denseflow.model.training.trainer import train_bi_encoder
+from denseflow.tasks.tracking import log_artifact, log_metrics
 from mlflow.tracking import MlflowClient
 from prefect import task
-
-from model.config import TrainConfig
-from model.data import RejectLog, load_beir
-from model.negatives import read_examples
-from model.train import train_bi_encoder
-from tasks.tracking import log_artifact, log_metrics
 
 
 def training_key(examples_path: Path, settings: TrainConfig) -> str:

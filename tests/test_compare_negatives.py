@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from denseflow.model.config import CompareConfig
 from mlflow.tracking import MlflowClient
-
-from model.config import CompareConfig
 
 
 def tiny_study(tmp_path: Path, beir_dir: Path, model_dir: Path) -> dict:
@@ -41,7 +40,7 @@ def tiny_study(tmp_path: Path, beir_dir: Path, model_dir: Path) -> dict:
 
 
 def test_study_records_parent_children_table_and_plot(prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir):
-    from flows.compare_negatives import compare_negatives
+    from denseflow.flows.compare_negatives import compare_negatives
 
     summary = compare_negatives(CompareConfig.model_validate(tiny_study(tmp_path, tiny_beir_dir, tiny_model_dir)))
 
@@ -100,7 +99,7 @@ def test_study_records_parent_children_table_and_plot(prefect_harness, tmp_path,
 
 
 def test_cli_plan_prints_the_estimate(tmp_path, tiny_beir_dir, tiny_model_dir, capsys):
-    from flows.cli import main
+    from denseflow.cli.main import main
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(tiny_study(tmp_path, tiny_beir_dir, tiny_model_dir)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from model.config import CompareConfig, RetrainConfig, describe
+from denseflow.model.config import CompareConfig, RetrainConfig, describe
 
 
 def defaults_of(model: type) -> dict[str, str]:

@@ -8,8 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from model.data import (
+from denseflow.model.data.beir import (
     DataError,
     RejectLog,
     assert_no_leak,

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from model.config import RetrainConfig
+from denseflow.model.config import RetrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from denseflow.model.config import TrackingConfig
+from denseflow.model.encoder import encode, is_asymmetric, load_encoder, make_asymmetric, tower_type
 from mlflow.tracking import MlflowClient
-
-from model.config import TrackingConfig
-from model.encoder import encode, is_asymmetric, load_encoder, make_asymmetric, tower_type
 
 TEXTS = ["heart failure and blood pressure", "tumor metastasis after chemotherapy"]
 
@@ -46,9 +45,9 @@ def test_asymmetric_towers_start_equal_and_route_by_role(tiny_model_dir):
 
 def test_asymmetric_model_round_trips_through_mlflow(tiny_model_dir, tmp_path, monkeypatch):
     import mlflow.sentence_transformers
-
-    from tasks.registry import register, resolve_model
-    from tasks.tracking import configure_tracking
+    from denseflow.registry.resolve import resolve_model
+    from denseflow.tasks.registry import register
+    from denseflow.tasks.tracking import configure_tracking
 
     # MLflow infers pip requirements by loading the model again in a subprocess (~20 s here); the flavour's
     # default requirements are what it falls back to anyway, and the weights' round trip is what is tested.
@@ -87,10 +86,10 @@ def test_asymmetric_model_round_trips_through_mlflow(tiny_model_dir, tmp_path, m
 
 def test_asymmetric_training_moves_both_towers_apart(tiny_model_dir, tiny_beir_dir, tmp_path):
     """GradCache's loss with a Router (plain MNRL with asymmetric towers runs in tests/test_compare_negatives.py)."""
-    from model.config import TrainConfig
-    from model.data import RejectLog, load_beir
-    from model.negatives import mine_negatives
-    from model.train import train_bi_encoder
+    from denseflow.model.config import TrainConfig
+    from denseflow.model.data.beir import RejectLog, load_beir
+    from denseflow.model.mining.negatives import mine_negatives
+    from denseflow.model.training.trainer import train_bi_encoder
 
     dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
     examples, _ = mine_negatives(dataset, "train", 1, 0)
@@ -110,8 +109,8 @@ def test_asymmetric_training_moves_both_towers_apart(tiny_model_dir, tiny_beir_d
 
 
 def test_cached_corpus_embeddings_follow_the_callers_document_order(tiny_model_dir, tiny_beir_dir, tmp_path):
-    from model.data import RejectLog, load_beir
-    from model.encoder import cached_corpus_embeddings
+    from denseflow.model.data.beir import RejectLog, load_beir
+    from denseflow.model.encoder import cached_corpus_embeddings
 
     corpus = load_beir(tiny_beir_dir, ["test"], RejectLog()).corpus
     ids, first = cached_corpus_embeddings(tiny_model_dir, corpus, tmp_path, progress=False)

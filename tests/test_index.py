@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model import index as idx
-from model.index import (
+from denseflow.model.index import store as idx
+from denseflow.model.index.store import (
     ChecksumError,
     IndexSpec,
     NoPublishedIndexError,

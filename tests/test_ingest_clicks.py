@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+from denseflow.model.config import DataConfig, MiningConfig, TrackingConfig
+from denseflow.model.data.sources import REJECTS_FILE, query_id
+from denseflow.tasks.ingest import ingest
+from denseflow.tasks.mine import mine
+from denseflow.tasks.tracking import configure_tracking
 from mlflow.tracking import MlflowClient
 
-from model.config import DataConfig, MiningConfig, TrackingConfig
-from model.sources import REJECTS_FILE, query_id
-from tasks.ingest import ingest
-from tasks.mine import mine
-from tasks.tracking import configure_tracking
 from tests.test_sources import page, write_jsonl
 
 

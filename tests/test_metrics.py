@@ -6,8 +6,14 @@ import math
 
 import numpy as np
 import pytest
-
-from model.metrics import evaluate_run, exact_search, read_trec_run, recall_curve, run_from_search, write_trec_run
+from denseflow.model.evaluation.metrics import (
+    evaluate_run,
+    exact_search,
+    read_trec_run,
+    recall_curve,
+    run_from_search,
+    write_trec_run,
+)
 
 QRELS = {
     "q1": {"d1": 1, "d4": 2},

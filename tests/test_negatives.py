@@ -6,9 +6,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
-from model.data import Dataset, Document, RejectLog, load_beir
-from model.negatives import (
+from denseflow.model.data.beir import Dataset, Document, RejectLog, load_beir
+from denseflow.model.mining.negatives import (
     TrainExample,
     make_scorer,
     mine_negatives,

@@ -1,6 +1,6 @@
 """Promotion gate, manual promote / rollback with history, and aliases moved outside denseflow.
 
-Pure decisions are tested on ``model.promotion``; the registry side runs on a temporary SQLite MLflow
+Pure decisions are tested on ``denseflow.model.promotion``; the registry side runs on a temporary SQLite MLflow
 store whose versions point at the tiny model folder (``log_model`` is left to the retrain tests: it takes
 ~30 s here, a version created from a folder takes milliseconds and behaves the same for aliases and tags).
 """
@@ -15,15 +15,13 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
-from mlflow.tracking import MlflowClient
-
-from flows.cli import main as cli_main
-from flows.retrain import summary_markdown
-from model.config import EvalConfig, PromotionConfig, RetrainConfig, TrackingConfig
-from model.data import RejectLog, load_beir
-from model.encoder import encode, encode_corpus, load_encoder
-from model.metrics import evaluate_run, exact_search, run_from_search
-from model.promotion import (
+from denseflow.cli.main import main as cli_main
+from denseflow.flows.retrain import summary_markdown
+from denseflow.model.config import EvalConfig, PromotionConfig, RetrainConfig, TrackingConfig
+from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.encoder import encode, encode_corpus, load_encoder
+from denseflow.model.evaluation.metrics import evaluate_run, exact_search, run_from_search
+from denseflow.model.promotion import (
     Move,
     NoPreviousProduction,
     NotComparable,
@@ -36,18 +34,12 @@ from model.promotion import (
     record,
     rollback_target,
 )
-from tasks import promotion as gate_module
-from tasks.promotion import (
-    HISTORY_TAG,
-    list_versions,
-    production_version,
-    promote,
-    read_history,
-    reevaluation_tag,
-    rollback,
-    run_gate,
-)
-from tasks.registry import resolve_model
+from denseflow.registry.aliases import list_versions, production_version, promote, read_history, rollback
+from denseflow.registry.keys import HISTORY_TAG
+from denseflow.registry.resolve import resolve_model
+from denseflow.tasks import promotion as gate_module
+from denseflow.tasks.promotion import reevaluation_tag, run_gate
+from mlflow.tracking import MlflowClient
 
 NAME = "retriever"
 
@@ -166,7 +158,7 @@ def test_history_round_trips_and_keeps_the_newest_moves_within_the_tag_limit():
 @pytest.fixture(scope="module")
 def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An empty, migrated SQLite store with experiment ``test``: copying it is ms, creating one takes seconds."""
-    from tasks.tracking import configure_tracking
+    from denseflow.tasks.tracking import configure_tracking
 
     folder = tmp_path_factory.mktemp("store")
     configure_tracking(TrackingConfig(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="test"), folder)
@@ -194,7 +186,7 @@ def store(tmp_path: Path, tiny_model_dir: Path, template_store: Path):
 
 
 def add_version(store, metrics: dict[str, float], fingerprint: str = "fp") -> str:
-    """A registered version of the tiny model tagged the way ``tasks.registry.register`` tags it."""
+    """A registered version of the tiny model tagged the way ``denseflow.tasks.registry.register`` tags it."""
     client = store.client
     if not client.search_registered_models(f"name = '{NAME}'"):
         client.create_registered_model(NAME)
@@ -417,7 +409,7 @@ def test_cli_models_list_promote_rollback(store, monkeypatch, capsys):
 
 
 def test_ui_command_points_mlflow_at_the_workspace_store(tmp_path):
-    from flows.models_cli import ui_command
+    from denseflow.cli.models import ui_command
 
     command = ui_command("sqlite:///x/mlflow.db", tmp_path, "127.0.0.1", 5123)
     assert command[1:4] == ["-m", "mlflow", "ui"]

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, RunnerConfig
-from model.index import list_versions, load_current
-from model.search import Searcher
+from denseflow.model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, RunnerConfig
+from denseflow.model.index.store import list_versions, load_current
+from denseflow.model.serving.search import Searcher
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")  # the suite's one temporary Prefect server
 
@@ -31,7 +30,8 @@ def embeddings_of(result: dict) -> np.ndarray:
 @pytest.fixture(scope="module")
 def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     """One publication under Prefect's default runner; the tests below compare against it or build on it."""
-    from flows.publish_index import run_publish
+    from denseflow.flows.publish_index import run_publish
+
     from tests.conftest import write_tiny_beir
 
     root = tmp_path_factory.mktemp("publish")
@@ -54,7 +54,7 @@ def test_local_run_publishes_a_searchable_index(local_run: tuple[Path, Path, dic
 def test_dask_run_with_two_worker_processes_equals_local_run(
     local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from flows.publish_index import run_publish
+    from denseflow.flows.publish_index import run_publish
 
     local_workspace, beir_dir, local = local_run
     runner = RunnerConfig(kind="dask", dask_workers=2)
@@ -69,7 +69,7 @@ def test_dask_run_with_two_worker_processes_equals_local_run(
 def test_recall_floor_stops_publication_and_republish_reuses_shards(
     local_run: tuple[Path, Path, dict], tiny_model_dir: Path
 ) -> None:
-    from flows.publish_index import run_publish
+    from denseflow.flows.publish_index import run_publish
 
     workspace, beir_dir, local = local_run
     stamps = [Path(p).stat().st_mtime_ns for p in local["embeddings"]]
@@ -89,11 +89,10 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
     tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
+    from denseflow.flows.publish_index import run_publish
+    from denseflow.model.config import TrackingConfig
+    from denseflow.tasks.tracking import configure_tracking
     from mlflow.tracking import MlflowClient
-
-    from flows.publish_index import run_publish
-    from model.config import TrackingConfig
-    from tasks.tracking import configure_tracking
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = TrackingConfig()
@@ -130,9 +129,9 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
 def test_publication_reuses_the_corpus_embeddings_evaluation_cached(
     local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    from flows.publish_index import run_publish
-    from model.data import RejectLog, load_beir
-    from model.encoder import cached_corpus_embeddings
+    from denseflow.flows.publish_index import run_publish
+    from denseflow.model.data.beir import RejectLog, load_beir
+    from denseflow.model.encoder import cached_corpus_embeddings
 
     _, beir_dir, local = local_run
     corpus = load_beir(beir_dir, ["test"], RejectLog()).corpus

@@ -6,9 +6,16 @@ import csv
 
 import numpy as np
 import pytest
-
-from model.report import RunResult, comparison_markdown, guard_rows, plot_study, summarise_runs, table_rows, write_csv
-from model.study import ArmSpec
+from denseflow.model.evaluation.report import (
+    RunResult,
+    comparison_markdown,
+    guard_rows,
+    plot_study,
+    summarise_runs,
+    table_rows,
+    write_csv,
+)
+from denseflow.model.evaluation.study import ArmSpec
 
 QUERIES = [f"q{i}" for i in range(60)]
 

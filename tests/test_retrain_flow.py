@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from denseflow.flows.retrain import retrain
+from denseflow.model.config import RetrainConfig
 from mlflow.tracking import MlflowClient
-
-from flows.retrain import retrain
-from model.config import RetrainConfig
 
 
 def tiny_config(tmp_path: Path, beir_dir: Path, model_dir: Path) -> RetrainConfig:

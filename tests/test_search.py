@@ -6,12 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from model.data import RejectLog, find_file, read_corpus, read_queries
-from model.encoder import encode, load_encoder, make_asymmetric
-from model.index import IndexSpec, build_index, build_manifest, publish, read_pointer
-from model.metrics import exact_search
-from model.search import ModelMismatchError, QueryError, Searcher, validate_query
+from denseflow.model.data.beir import RejectLog, find_file, read_corpus, read_queries
+from denseflow.model.encoder import encode, load_encoder, make_asymmetric
+from denseflow.model.evaluation.metrics import exact_search
+from denseflow.model.index.store import IndexSpec, build_index, build_manifest, publish, read_pointer
+from denseflow.model.serving.search import ModelMismatchError, QueryError, Searcher, validate_query
 
 
 def publish_corpus(root: Path, model_dir: Path, beir_dir: Path, name: str = "tiny") -> tuple[list[str], np.ndarray]:
@@ -136,7 +135,7 @@ def test_validate_query(query: object, k: object, message: str) -> None:
 
 
 def test_onnx_query_tower_matches_torch_and_leaves_documents_alone(asymmetric_model_dir: Path) -> None:
-    from model.onnx_backend import OnnxTransformer, query_transformer, use_onnx_for_queries
+    from denseflow.model.serving.onnx_backend import OnnxTransformer, query_transformer, use_onnx_for_queries
 
     model = load_encoder(asymmetric_model_dir)
     texts = ["heart failure", "a much longer query about the immune response to a viral infection"]
@@ -148,7 +147,7 @@ def test_onnx_query_tower_matches_torch_and_leaves_documents_alone(asymmetric_mo
 
 
 def test_onnx_swap_is_undone_when_it_does_not_match(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from model import onnx_backend
+    from denseflow.model.serving import onnx_backend
 
     model = load_encoder(tiny_model_dir)
     original = onnx_backend.query_transformer(model).model

@@ -129,8 +129,8 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespac
     mlflow_command += ["--workers", "1", "--backend-store-uri", f"sqlite:///{stores / 'server.db'}"]
     mlflow_command += ["--artifacts-destination", str(tmp / "server-artifacts")]
     ui_workspace = tmp / "ui-ws"
-    from model.config import TrackingConfig
-    from tasks.tracking import configure_tracking
+    from denseflow.model.config import TrackingConfig
+    from denseflow.tasks.tracking import configure_tracking
 
     configure_tracking(
         TrackingConfig(tracking_uri=f"sqlite:///{ui_workspace / 'mlflow.db'}", experiment="in-ui"), ui_workspace
@@ -264,12 +264,11 @@ def test_prefect_yaml_deploys_to_the_server(servers):
 
 def test_retrain_against_mlflow_server_reads_back_over_rest(servers, tmp_path, tiny_beir_dir, tiny_model_dir):
     """A tiny retrain in this process, with Prefect on the server above and MLflow on its tracking server."""
+    from denseflow.flows.retrain import retrain
+    from denseflow.model.config import RetrainConfig
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from flows.retrain import retrain
-    from model.config import RetrainConfig
 
     url = servers.mlflow_url
     config = yaml.safe_load(tiny_retrain_yaml(tmp_path, tiny_beir_dir, tiny_model_dir, "remote", True).read_text())

@@ -8,13 +8,11 @@ import json
 from pathlib import Path
 
 import pytest
-
-from flows.cli import main
-from model import sources
-from model.config import ClickConfig, DataConfig
-from model.data import DataError, RejectLog, load_beir
-from model.negatives import mine_negatives, read_examples, write_examples
-from model.sources import (
+from denseflow.cli.main import main
+from denseflow.model.config import ClickConfig, DataConfig
+from denseflow.model.data import sources
+from denseflow.model.data.beir import DataError, RejectLog, load_beir
+from denseflow.model.data.sources import (
     REASONS,
     Propensity,
     assign_split,
@@ -26,6 +24,7 @@ from model.sources import (
     read_skip_above,
     write_source,
 )
+from denseflow.model.mining.negatives import mine_negatives, read_examples, write_examples
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

@@ -6,8 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-
-from model.stats import average_over_seeds, holm, mean_std, paired_test
+from denseflow.model.evaluation.stats import average_over_seeds, holm, mean_std, paired_test
 
 
 def test_mean_std_is_the_sample_deviation():

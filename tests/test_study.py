@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from denseflow.model.config import CompareConfig
+from denseflow.model.evaluation.study import ArmSpec, estimate_study, plan_study, run_config, split_steps
 from pydantic import ValidationError
-
-from model.config import CompareConfig
-from model.study import ArmSpec, estimate_study, plan_study, run_config, split_steps
 
 
 def test_config_defaults_fit_the_budget_and_yaml_overrides_keys(tmp_path):

@@ -12,14 +12,14 @@ encoding and a training step cost about linearly in tokens at these lengths (Min
 - per trained run: ``train.max_steps`` steps (dense arms split them over their rounds) and one corpus
   encoding of the final model for evaluation, plus one per extra dense round (re-mining with the new model;
   the intermediate round's evaluation then reuses those embeddings);
-- BM25 scores of the train queries once per process (``model.negatives`` keeps them); mining itself is cheap.
+- BM25 scores of the train queries once per process (``denseflow.model.mining.negatives`` keeps them); mining itself is cheap.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model.config import (
+from denseflow.model.config import (
     CompareConfig,
     DataConfig,
     EvalConfig,

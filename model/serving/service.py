@@ -10,13 +10,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from denseflow.model.serving.search import QueryError, Searcher
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-
-from model.search import QueryError, Searcher
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Training data from click logs and QA pairs, normalised to one BEIR dataset.
 
-Every source ends as the same :class:`~model.data.Dataset` (and so the same BEIR folder): the rest of the
+Every source ends as the same :class:`~denseflow.model.data.beir.Dataset` (and so the same BEIR folder): the rest of the
 pipeline never knows where its judgments came from.
 
 **Click logs** (JSONL or CSV/TSV, plain or ``.gz``; a file or a folder of files), one row per document shown:
@@ -40,7 +40,7 @@ Its split is a hash of the same text (``data.splits`` shares), so appending data
 another split. With ``judged_eval`` the evaluation split is instead the corpus folder's judged one, and
 source queries with the text of an evaluation query are dropped.
 
-**Validation.** Every unusable row goes to the :class:`~model.data.RejectLog` with file, line, field and one
+**Validation.** Every unusable row goes to the :class:`~denseflow.model.data.beir.RejectLog` with file, line, field and one
 reason from :data:`REASONS` (constant strings, so counts group); the load fails with :class:`DataError` when
 fewer than ``min_usable_share`` of the source rows are usable. Streaming keeps memory bounded by the number
 of distinct (query, document) pairs and open result pages, not by the number of rows.
@@ -60,8 +60,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from model.config import ClickConfig, DataConfig
-from model.data import (
+from denseflow.model.config import ClickConfig, DataConfig
+from denseflow.model.data.beir import (
     DataError,
     Dataset,
     Document,

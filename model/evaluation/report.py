@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from model.config import CompareConfig
-from model.plots import plot_recall_curves
-from model.stats import PairedTest, average_over_seeds, holm, mean_std, paired_test
-from model.study import ArmSpec
+from denseflow.model.config import CompareConfig
+from denseflow.model.evaluation.plots import plot_recall_curves
+from denseflow.model.evaluation.stats import PairedTest, average_over_seeds, holm, mean_std, paired_test
+from denseflow.model.evaluation.study import ArmSpec
 
 BASELINE_ARM = "random"
 TABLE_METRICS = ("recall@1", "recall@10", "recall@100", "ndcg@10", "mrr@10")

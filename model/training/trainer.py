@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+from denseflow.model.config import TrainConfig
+from denseflow.model.data.beir import Dataset
+from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
+from denseflow.model.mining.negatives import TrainExample
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
@@ -27,11 +31,6 @@ from sentence_transformers.sentence_transformer.losses import (
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
-
-from model.config import TrainConfig
-from model.data import Dataset
-from model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
-from model.negatives import TrainExample
 
 
 @dataclass

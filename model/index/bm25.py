@@ -6,10 +6,9 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
+from denseflow.model.data.beir import Document
 from rank_bm25 import BM25Okapi
 from tqdm.auto import tqdm
-
-from model.data import Document
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 # A short list: BM25's idf already discounts frequent words; these only waste time per query.

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 
-def _config(args: argparse.Namespace):  # noqa: ANN202 - model.config.CompareConfig
-    from model.config import CompareConfig
+def _config(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.config.CompareConfig
+    from denseflow.model.config import CompareConfig
 
     config = CompareConfig.from_yaml(args.config) if args.config else CompareConfig()
     if args.workspace:
@@ -20,7 +20,7 @@ def cmd_compare_negatives(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.plan:
         return print_plan(config)
-    from flows.compare_negatives import compare_negatives
+    from denseflow.flows.compare_negatives import compare_negatives
 
     result = compare_negatives(config)
     print(Path(result["markdown"]).read_text(encoding="utf-8"))
@@ -28,11 +28,11 @@ def cmd_compare_negatives(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_plan(config) -> int:  # noqa: ANN001 - model.config.CompareConfig
+def print_plan(config) -> int:  # noqa: ANN001 - denseflow.model.config.CompareConfig
     """The runs and their estimated minutes, from the data's size; nothing is trained."""
-    from model.data import RejectLog
-    from model.study import estimate_study, plan_study
-    from tasks.ingest import load_source
+    from denseflow.model.data.beir import RejectLog
+    from denseflow.model.evaluation.study import estimate_study, plan_study
+    from denseflow.tasks.ingest import load_source
 
     dataset = load_source(config.data, RejectLog()).dataset
     specs = plan_study(config)

@@ -17,10 +17,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from sentence_transformers import SentenceTransformer
-
-from model.encoder import encode, load_encoder, native_bf16, tower_type
-from model.index import (
+from denseflow.model.encoder import encode, load_encoder, native_bf16, tower_type
+from denseflow.model.index.store import (
     LoadedIndex,
     ModelMismatchError,
     index_home,
@@ -31,8 +29,9 @@ from model.index import (
     read_pointer,
     search,
 )
-from model.index import NoPublishedIndexError as NoPublishedIndexError
-from model.onnx_backend import use_onnx_for_queries
+from denseflow.model.index.store import NoPublishedIndexError as NoPublishedIndexError
+from denseflow.model.serving.onnx_backend import use_onnx_for_queries
+from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +138,7 @@ class Searcher:
     built with any other model are then refused. ``reload_interval_s`` bounds how often the pointer
     file is read (0 = before every query). ``threads`` caps intra-op threads for query encoding.
     ``backend``: ``auto`` runs the query tower on ONNX Runtime when it exports and matches PyTorch
-    (see :mod:`model.onnx_backend`), ``onnx`` insists on it, ``torch`` never tries.
+    (see :mod:`denseflow.model.serving.onnx_backend`), ``onnx`` insists on it, ``torch`` never tries.
     """
 
     def __init__(

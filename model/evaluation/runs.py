@@ -6,11 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from model.bm25 import BM25Index
-from model.data import Dataset
-from model.encoder import Precision, cached_corpus_embeddings, encode, load_encoder
-from model.metrics import exact_search, mean_metrics, per_query_metrics, recall_curve, run_from_search
+from denseflow.model.data.beir import Dataset
+from denseflow.model.encoder import Precision, cached_corpus_embeddings, encode, load_encoder
+from denseflow.model.evaluation.metrics import (
+    exact_search,
+    mean_metrics,
+    per_query_metrics,
+    recall_curve,
+    run_from_search,
+)
+from denseflow.model.index.bm25 import BM25Index
 
 CURVE_DEPTH = 100
 

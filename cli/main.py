@@ -9,10 +9,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from flows.compare_cli import add_compare_commands
-from flows.index_cli import add_index_commands
-from flows.models_cli import add_model_commands
-from model.workspace import workspace_dir
+from denseflow.cli.compare import add_compare_commands
+from denseflow.cli.index import add_index_commands
+from denseflow.cli.models import add_model_commands
+from denseflow.model.workspace import workspace_dir
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -29,8 +29,8 @@ def _prepare_environment() -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from flows.retrain import retrain
-    from model.config import RetrainConfig
+    from denseflow.flows.retrain import retrain
+    from denseflow.model.config import RetrainConfig
 
     config = RetrainConfig.from_yaml(args.config) if args.config else RetrainConfig()
     result = retrain(config)
@@ -39,9 +39,9 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from model.config import DataConfig, RetrainConfig
-    from model.data import DataError
-    from model.sources import ingest
+    from denseflow.model.config import DataConfig, RetrainConfig
+    from denseflow.model.data.beir import DataError
+    from denseflow.model.data.sources import ingest
 
     data = RetrainConfig.from_yaml(args.config).data.model_dump(exclude_unset=True) if args.config else {}
     data |= {"source": args.source, "path": args.path}
@@ -70,8 +70,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate_clicks(args: argparse.Namespace) -> int:
-    from model.data import RejectLog, bundled_scifact_dir, load_beir
-    from model.simulate import ClickModel, simulate_clicks
+    from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
+    from denseflow.model.data.simulate import ClickModel, simulate_clicks
 
     dataset = load_beir(args.dataset or bundled_scifact_dir(), [args.split], RejectLog())
     model = ClickModel(
@@ -91,7 +91,7 @@ CONFIGS = {"retrain": "RetrainConfig", "publish": "PublishConfig", "compare-nega
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Every setting of a flow's configuration with its default and meaning, as a markdown table."""
-    from model import config
+    from denseflow.model import config
 
     print("| key | default | meaning |\n|---|---|---|")
     for key, default, description in config.describe(getattr(config, CONFIGS[args.flow])):

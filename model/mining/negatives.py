@@ -23,8 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from model.data import Dataset
+from denseflow.model.data.beir import Dataset
 
 Scorer = Callable[[str], np.ndarray]
 """``scorer(query_id)`` → the score of every corpus document, in corpus order."""
@@ -246,7 +245,7 @@ def make_scorer(
     if strategy == "bm25":
         return _bm25_scorer(dataset)
     if strategy == "dense":
-        from model.encoder import cached_corpus_embeddings, encode, load_encoder
+        from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
 
         if model_dir is None or cache_dir is None:
             raise ValueError("dense mining needs a model folder and a cache folder")
@@ -265,8 +264,8 @@ _BM25_CACHE: dict[str, tuple[object, dict[str, np.ndarray]]] = {}
 
 def _bm25_scorer(dataset: Dataset) -> Scorer:
     """BM25 over title + text; the index and each query's scores are kept for the process's next call."""
-    from model.bm25 import BM25Index
-    from model.data import corpus_fingerprint
+    from denseflow.model.data.beir import corpus_fingerprint
+    from denseflow.model.index.bm25 import BM25Index
 
     key = corpus_fingerprint(dict(dataset.corpus))
     if key not in _BM25_CACHE:

@@ -83,7 +83,7 @@ class RejectLog:
 
 def bundled_scifact_dir() -> Path:
     """The SciFact copy shipped inside the package (see ``model/datasets/scifact/README.md``)."""
-    return Path(str(resources.files("model") / "datasets" / "scifact"))
+    return Path(str(resources.files("denseflow.model") / "datasets" / "scifact"))
 
 
 def open_binary(path: Path) -> BinaryIO:

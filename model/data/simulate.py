@@ -28,9 +28,8 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-
-from model.bm25 import BM25Index
-from model.data import Dataset, normalise_text
+from denseflow.model.data.beir import Dataset, normalise_text
+from denseflow.model.index.bm25 import BM25Index
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,11 @@ def simulate_clicks(
                     report.rows += 1
                 clock += float(rng.uniform(5, 60))  # reading the page, typing the next query
             report.sessions += 1
-    meta = asdict(report) | {"shown_share": report.shown_share, "split": split, "generator": "model.simulate"}
+    meta = asdict(report) | {
+        "shown_share": report.shown_share,
+        "split": split,
+        "generator": "denseflow.model.data.simulate",
+    }
     meta["note"] = "SYNTHETIC click log simulated by denseflow (model/simulate.py); no real user produced it."
     meta_path(out).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return report

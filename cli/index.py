@@ -10,9 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from model.workspace import workspace_dir
+from denseflow.model.workspace import workspace_dir
 
-# Same as model.service's defaults; repeated so parsing does not import torch and FastAPI.
+# Same as denseflow.model.serving.service's defaults; repeated so parsing does not import torch and FastAPI.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 
@@ -22,8 +22,8 @@ def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argp
 
     @functools.wraps(handler)
     def wrapped(args: argparse.Namespace) -> int:
-        from model.index import PublishedIndexError
-        from model.search import QueryError
+        from denseflow.model.index.store import PublishedIndexError
+        from denseflow.model.serving.search import QueryError
 
         try:
             return handler(args)
@@ -38,12 +38,12 @@ def _index_root(args: argparse.Namespace) -> Path:
     return workspace_dir(args.workspace) / "indexes"
 
 
-def _publish_config(args: argparse.Namespace):  # noqa: ANN202 - model.config.PublishConfig
-    from model.config import PublishConfig
+def _publish_config(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.config.PublishConfig
+    from denseflow.model.config import PublishConfig
 
     raw: dict[str, Any] = {}
     if args.config:
-        from model.config import load_yaml
+        from denseflow.model.config import load_yaml
 
         raw = load_yaml(args.config)
     overrides = {
@@ -68,7 +68,7 @@ def _publish_config(args: argparse.Namespace):  # noqa: ANN202 - model.config.Pu
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    from flows.publish_index import run_publish
+    from denseflow.flows.publish_index import run_publish
 
     result = run_publish(_publish_config(args))
     print(json.dumps({k: v for k, v in result.items() if k != "embeddings"}, indent=2, default=str))
@@ -77,7 +77,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 @_user_errors
 def cmd_index_list(args: argparse.Namespace) -> int:
-    from model.index import list_versions
+    from denseflow.model.index.store import list_versions
 
     versions = [version.summary() for version in list_versions(_index_root(args), args.name)]
     if args.json:
@@ -100,7 +100,7 @@ def cmd_index_list(args: argparse.Namespace) -> int:
 
 @_user_errors
 def cmd_index_rollback(args: argparse.Namespace) -> int:
-    from model.index import read_pointer, rollback
+    from denseflow.model.index.store import read_pointer, rollback
 
     before = read_pointer(_index_root(args), args.name)
     info = rollback(_index_root(args), args.name, args.to)
@@ -110,7 +110,7 @@ def cmd_index_rollback(args: argparse.Namespace) -> int:
 
 @_user_errors
 def cmd_search(args: argparse.Namespace) -> int:
-    from model.search import Searcher
+    from denseflow.model.serving.search import Searcher
 
     result = Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend).search(
         args.query, args.k
@@ -127,8 +127,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 @_user_errors
 def cmd_serve(args: argparse.Namespace) -> int:
-    from model.search import Searcher
-    from model.service import serve
+    from denseflow.model.serving.search import Searcher
+    from denseflow.model.serving.service import serve
 
     serve(
         Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend),

@@ -4,7 +4,7 @@ Single-query encoding is latency-bound: PyTorch eager spends most of a short que
 small-matrix GEMMs and per-op dispatch, where ONNX Runtime's fused BERT graph is about 2-3x faster
 on this CPU. Only the transformer of the query tower is swapped; tokenisation, pooling,
 normalisation and the Router that picks the tower stay sentence-transformers', so queries still go
-through :func:`model.encoder.encode` with ``role="query"`` for siamese and asymmetric models alike.
+through :func:`denseflow.model.encoder.encode` with ``role="query"`` for siamese and asymmetric models alike.
 
 Why not sentence-transformers' own ``backend="onnx"``: it exports through ``optimum-onnx``, whose
 releases pin ``transformers<4.58`` (sentence-transformers 6 needs 5.x), and it swaps the whole model,
@@ -23,9 +23,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from denseflow.model.encoder import encode, is_asymmetric
 from sentence_transformers import SentenceTransformer
-
-from model.encoder import encode, is_asymmetric
 
 log = logging.getLogger(__name__)
 

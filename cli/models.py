@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from model.workspace import workspace_dir
+from denseflow.model.workspace import workspace_dir
 
 DEFAULT_UI_HOST = "127.0.0.1"
 DEFAULT_UI_PORT = 5000
 
 
-def _tracking(args: argparse.Namespace):  # noqa: ANN202 - model.config.TrackingConfig
-    from model.config import RetrainConfig, TrackingConfig
+def _tracking(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.config.TrackingConfig
+    from denseflow.model.config import RetrainConfig, TrackingConfig
 
     if args.config:
         return RetrainConfig.from_yaml(args.config).tracking
@@ -26,8 +26,7 @@ def _tracking(args: argparse.Namespace):  # noqa: ANN202 - model.config.Tracking
 def _connect(args: argparse.Namespace) -> str:
     """Point MLflow at the same store ``retrain`` uses; returns the registered model's name."""
     import mlflow
-
-    from tasks.tracking import tracking_uri
+    from denseflow.tasks.tracking import tracking_uri
 
     tracking = _tracking(args)
     uri = tracking_uri(tracking, workspace_dir(args.workspace))
@@ -37,8 +36,8 @@ def _connect(args: argparse.Namespace) -> str:
 
 
 def _publish(args: argparse.Namespace, name: str, version: str) -> dict:
-    from flows.publish_index import run_publish
-    from model.config import PublishConfig
+    from denseflow.flows.publish_index import run_publish
+    from denseflow.model.config import PublishConfig
 
     tracking = _tracking(args)
     config = PublishConfig(workspace=workspace_dir(args.workspace), model=f"{name}/{version}", tracking=tracking)
@@ -69,7 +68,7 @@ def format_versions(rows: list[dict]) -> str:
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
-    from tasks.promotion import list_versions
+    from denseflow.registry.aliases import list_versions
 
     name = _connect(args)
     rows = list_versions(name)
@@ -78,9 +77,8 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from denseflow.registry.aliases import promote
     from mlflow.exceptions import MlflowException
-
-    from tasks.promotion import promote
 
     name = _connect(args)
     try:
@@ -95,10 +93,9 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from denseflow.model.promotion import NoPreviousProduction
+    from denseflow.registry.aliases import rollback
     from mlflow.exceptions import MlflowException
-
-    from model.promotion import NoPreviousProduction
-    from tasks.promotion import rollback
 
     name = _connect(args)
     try:
@@ -136,7 +133,7 @@ def ui_command(uri: str, workspace: Path, host: str, port: int) -> list[str]:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from tasks.tracking import tracking_uri
+    from denseflow.tasks.tracking import tracking_uri
 
     workspace = workspace_dir(args.workspace)
     uri = tracking_uri(_tracking(args), workspace)

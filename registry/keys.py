@@ -1,0 +1,14 @@
+"""Names shared by the registry, the tasks that write to it and the commands that read it."""
+
+from __future__ import annotations
+
+CANDIDATE = "candidate"
+PRODUCTION = "production"
+HISTORY_TAG = "denseflow.production_history"
+LAST_MOVE_TAG = "production.last_move"
+KEY_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
+
+
+def metric_key(name: str, prefix: str = "") -> str:
+    """MLflow metric names cannot hold ``@``: ``ndcg@10`` is logged as ``ndcg_at_10``."""
+    return f"{prefix}{name.replace('@', '_at_')}"
