@@ -77,12 +77,16 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    from denseflow.registry.aliases import promote
+    from denseflow.model.workspace import LockTimeout
+    from denseflow.registry.aliases import ProductionChanged, promote
     from mlflow.exceptions import MlflowException
 
     name = _connect(args)
     try:
-        result = promote(name, args.version, args.reason or "")
+        result = promote(name, args.version, args.reason or "", workspace=workspace_dir(args.workspace))
+    except (ProductionChanged, LockTimeout) as err:
+        print(f"denseflow promote: {err}", file=sys.stderr)
+        return 1
     except MlflowException as err:
         print(f"denseflow promote: {name} version {args.version}: {err.message}", file=sys.stderr)
         return 2
@@ -94,12 +98,16 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from denseflow.model.promotion import NoPreviousProduction
-    from denseflow.registry.aliases import rollback
+    from denseflow.model.workspace import LockTimeout
+    from denseflow.registry.aliases import ProductionChanged, rollback
     from mlflow.exceptions import MlflowException
 
     name = _connect(args)
     try:
-        result = rollback(name, args.reason or "")
+        result = rollback(name, args.reason or "", workspace=workspace_dir(args.workspace))
+    except (ProductionChanged, LockTimeout) as err:
+        print(f"denseflow rollback: {err}", file=sys.stderr)
+        return 1
     except (NoPreviousProduction, MlflowException) as err:
         print(f"denseflow rollback: {name}: {getattr(err, 'message', err)}", file=sys.stderr)
         return 2

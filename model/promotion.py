@@ -17,7 +17,9 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 Action = Literal["gate", "promote", "rollback", "external"]
-# Metric figures in the registry carry 6 decimals; anything closer than this is a tie, not a win.
+# Metric figures in the registry carry 6 decimals; both figures are compared at that precision, and anything
+# closer than this after rounding is a tie, not a win (nor a loss).
+DECIMALS = 6
 TOLERANCE = 1e-9
 
 
@@ -50,7 +52,9 @@ class Decision:
 
     @property
     def delta(self) -> float | None:
-        return None if self.production is None else self.candidate.value - self.production.value
+        if self.production is None:
+            return None
+        return round(self.candidate.value, DECIMALS) - round(self.production.value, DECIMALS)
 
     @property
     def outcome(self) -> str:
@@ -107,13 +111,16 @@ def decide(candidate: Scored, production: Scored | None, metric: str, margin: fl
         )
     if not math.isfinite(production.value):
         return made(True, f"production version {production.version} has no usable {metric} ({production.value})")
-    delta = candidate.value - production.value
+    delta = round(candidate.value, DECIMALS) - round(production.value, DECIMALS)
+    shown = f"{delta:+.4f}" if delta == 0 or abs(delta) >= 5e-5 else f"{delta:+.6f}"  # never "-0.0000"
     figures = (
         f"{metric} {candidate.value:.4f} vs production v{production.version} {production.value:.4f} "
-        f"(delta {delta:+.4f}, margin {margin:g})"
+        f"(delta {shown}, margin {margin:g})"
     )
     if delta - margin > TOLERANCE:
         return made(True, f"better: {figures}")
+    if abs(delta) <= TOLERANCE:
+        return made(False, f"tie: {figures}")
     if delta >= -TOLERANCE:
         return made(False, f"not better by more than the margin: {figures}")
     return made(False, f"worse: {figures}")

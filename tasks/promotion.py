@@ -6,6 +6,12 @@ production's registered figures when they match, else a re-evaluation of the pro
 run's data (cached on that version as a tag). Every decision lands as ``promotion.*`` tags on the
 candidate version and on the MLflow run; every alias move appends to a JSON history kept as a tag of
 the registered model, which ``rollback`` replays.
+
+The whole gate (read production, measure, decide, move) holds the workspace's production lock, so gates and
+``promote``/``rollback`` sharing a workspace run one after another, each against the production the one
+before left. The move itself is a compare-and-set on the production the gate read: a move made meanwhile by
+a process that shares only the MLflow server makes this gate stand down (decision ``conflict``, production
+untouched, the reason says what moved) instead of overwriting it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from denseflow.model.config import EvalConfig, PromotionConfig
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.evaluation.runs import dense_run, score_run
 from denseflow.model.promotion import Decision, Scored, decide
-from denseflow.registry.aliases import move_production, now, production_version
+from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
 from denseflow.registry.keys import metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.tasks.tracking import log_artifact, log_metrics
@@ -103,24 +109,43 @@ def run_gate(
         return evaluation.metrics
 
     candidate = Scored(version, float(candidate_metrics[metric]), dataset_fingerprint)
-    current = production_version(client, registered_model)
-    production = (
-        _production_figure(client, current, metric, dataset_fingerprint, split, reevaluate) if current else None
-    )
-    decision: Decision = decide(candidate, production, metric, settings.margin)
-
+    with production_lock(registered_model, workspace):
+        current = production_version(client, registered_model)
+        production = (
+            _production_figure(client, current, metric, dataset_fingerprint, split, reevaluate) if current else None
+        )
+        decision: Decision = decide(candidate, production, metric, settings.margin)
+        outcome = decision.as_dict()
+        tags = decision.as_tags()
+        moved = None
+        if decision.promote:
+            try:
+                moved = move_production(
+                    client,
+                    registered_model,
+                    version,
+                    "gate",
+                    decision.reason,
+                    expected=str(current.version) if current else None,
+                )
+            except ProductionChanged as err:
+                reason = f"conflict: {err}"
+                outcome |= {"decision": "conflict", "promote": False, "reason": reason}
+                tags |= {"promotion.decision": "conflict", "promotion.reason": reason}
     at = now()
-    tags = decision.as_tags() | {"promotion.at": at, "promotion.run_id": run_id}
+    tags |= {"promotion.at": at, "promotion.run_id": run_id}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
     for key in ("promotion.decision", "promotion.reason"):
         client.set_tag(run_id, key, tags[key])
     if decision.delta is not None:
         log_metrics(run_id, {"promotion.delta": decision.delta})
-    moved = move_production(client, registered_model, version, "gate", decision.reason) if decision.promote else None
-    result = decision.as_dict() | {
+    latest = production_version(client, registered_model) if outcome["decision"] == "conflict" else None
+    result = outcome | {
         "version": version,
-        "production": moved["production"] if moved else (production.version if production else None),
+        "production": moved["production"]
+        if moved
+        else (str(latest.version) if latest else (production.version if production else None)),
         "previous_production": production.version if production else None,
         "at": at,
     }

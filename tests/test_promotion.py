@@ -20,7 +20,8 @@ from denseflow.flows.retrain import summary_markdown
 from denseflow.model.config import EvalConfig, PromotionConfig, RetrainConfig, TrackingConfig
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.encoder import encode, encode_corpus, load_encoder
-from denseflow.model.evaluation.metrics import evaluate_run, exact_search, run_from_search
+from denseflow.model.evaluation.metrics import evaluate_run, run_from_search
+from denseflow.model.index.topk import exact_search
 from denseflow.model.promotion import (
     Move,
     NoPreviousProduction,
@@ -72,12 +73,21 @@ def test_worse_is_rejected():
     assert decision.reason.startswith("worse")
 
 
-@pytest.mark.parametrize("candidate", [0.500, 0.503, 0.505])
-def test_equal_or_within_margin_is_rejected(candidate):
+@pytest.mark.parametrize(("candidate", "label"), [(0.500, "tie"), (0.503, "not better"), (0.505, "not better")])
+def test_equal_or_within_margin_is_rejected(candidate, label):
     # 0.505 - 0.500 is exactly the margin: the candidate must beat production by *more* than the margin.
     decision = decide(scored("2", candidate), scored("1", 0.500), "ndcg@10", 0.005)
     assert not decision.promote
-    assert decision.reason.startswith("not better by more than the margin")
+    assert decision.reason.startswith(label)
+
+
+def test_exact_tie_against_a_rounded_registry_figure_is_a_tie_not_worse():
+    # Production's figure comes from a registry tag (6 decimals); the candidate's from evaluation (full precision).
+    decision = decide(scored("2", 0.41234649), scored("1", 0.412346), "ndcg@10", 0.0)
+    assert not decision.promote and decision.reason.startswith("tie") and "-0.0000" not in decision.reason
+    assert decision.delta == 0.0
+    slightly = decide(scored("2", 0.412345), scored("1", 0.412346), "ndcg@10", 0.0)
+    assert slightly.reason.startswith("worse") and "delta -0.000001" in slightly.reason
 
 
 def test_zero_margin_promotes_any_strict_improvement_but_not_a_tie():
@@ -246,7 +256,7 @@ def test_gate_first_version_becomes_production_and_records_why(store):
         (0.52, "promoted", "2", "better"),
         (0.45, "rejected", "1", "worse"),
         (0.503, "rejected", "1", "not better by more than the margin"),
-        (0.50, "rejected", "1", "not better by more than the margin"),
+        (0.50, "rejected", "1", "tie"),
     ],
 )
 def test_gate_compares_with_production_on_the_same_data(store, candidate, decision, production, reason):
