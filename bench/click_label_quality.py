@@ -21,9 +21,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from denseflow.model.config import DataConfig  # noqa: E402
+from denseflow.model.data.assemble import read_skip_above  # noqa: E402
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir, normalise_text  # noqa: E402
+from denseflow.model.data.ingest import ingest  # noqa: E402
 from denseflow.model.data.simulate import ClickModel, label_quality, simulate_clicks  # noqa: E402
-from denseflow.model.data.sources import ingest, read_skip_above  # noqa: E402
 
 RULES: dict[str, dict] = {
     "dwell >= 30 s": {"rule": "dwell", "dwell_threshold": 30},

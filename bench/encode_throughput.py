@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus
 from denseflow.model.encoder import autocast, bundled_model_path, encode, load_encoder, native_bf16
-from denseflow.model.index.store import embedding_agreement
+from denseflow.model.index.build import embedding_agreement
 
 
 def matmul_gflops(precision: str, kernel: str, tokens: int, hidden: int, intermediate: int, seconds: float) -> float:

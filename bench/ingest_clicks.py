@@ -1,7 +1,7 @@
 """Benchmark: ingest a 1,000,000-row click log (target: <= 60 s on the 2-core machine, memory bounded).
 
 Writes a synthetic click log over the bundled SciFact corpus (Zipf-distributed queries, 10 results a page,
-position-biased clicks, about 0.1 % bad rows), then runs ``denseflow.model.data.sources.ingest`` on it in a fresh child process
+position-biased clicks, about 0.1 % bad rows), then runs ``denseflow.model.data.ingest.ingest`` on it in a fresh child process
 and prints rows/s and the child's peak RSS. Run at two sizes (the default) to see memory follow the number of
 distinct (query, document) pairs, not the number of rows.
 
@@ -75,7 +75,7 @@ def generate(path: Path, rows: int, queries: int, seed: int) -> int:
 def ingest_child(log: Path, out: Path) -> None:
     """Runs in a fresh process so its peak RSS is the ingest's alone."""
     from denseflow.model.config import DataConfig
-    from denseflow.model.data.sources import ingest
+    from denseflow.model.data.ingest import ingest
 
     config = DataConfig(source="clicks", path=log, judged_eval=True, splits={"train": 0.9, "dev": 0.1})
     start = time.perf_counter()

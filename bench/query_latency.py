@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
 from denseflow.model.encoder import bundled_model_path, cached_corpus_embeddings
-from denseflow.model.index.store import IndexSpec, build_index, build_manifest, exact_top_k, publish, recall_at_k
+from denseflow.model.index.build import IndexSpec, build_index, recall_at_k
+from denseflow.model.index.store import build_manifest, publish
+from denseflow.model.index.topk import exact_search
 from denseflow.model.serving.search import Searcher
 from denseflow.model.workspace import workspace_dir
 
@@ -86,7 +88,7 @@ def main() -> None:
         print(f"{label} encode {percentiles(encode_ms)}")
         print(f"{label} search {percentiles(search_ms)}")
     query_vectors = np.concatenate([searcher.encode_query(q) for q in queries])
-    exact = exact_top_k(query_vectors, embeddings, 10)
+    exact = exact_search(query_vectors, embeddings, 10)[0]
     # The same profile bench/ann_1m.py prints for its synthetic vectors, so the two can be compared.
     scores = np.sort(query_vectors @ embeddings.T, axis=1)[:, ::-1]
     random_pairs = np.sum(query_vectors * embeddings[np.random.default_rng(0).choice(len(embeddings), len(queries))], 1)

@@ -41,7 +41,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 def cmd_ingest(args: argparse.Namespace) -> int:
     from denseflow.model.config import DataConfig, RetrainConfig
     from denseflow.model.data.beir import DataError
-    from denseflow.model.data.sources import ingest
+    from denseflow.model.data.ingest import ingest
 
     data = RetrainConfig.from_yaml(args.config).data.model_dump(exclude_unset=True) if args.config else {}
     data |= {"source": args.source, "path": args.path}

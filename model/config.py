@@ -202,8 +202,8 @@ class IndexConfig(Section):
     verify_queries: int = Field(200, ge=1)
     keep_versions: int = Field(3, ge=1)
 
-    def spec(self):  # noqa: ANN201 - denseflow.model.index.store.IndexSpec, imported lazily so configs load without faiss
-        from denseflow.model.index.store import IndexSpec
+    def spec(self):  # noqa: ANN201 - denseflow.model.index.build.IndexSpec, imported lazily so configs load without faiss
+        from denseflow.model.index.build import IndexSpec
 
         fields = self.model_dump(include={"type", "factory", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"})
         return IndexSpec(**fields, ivf_nlist=self.ivf_nlist, ivf_nprobe=self.ivf_nprobe)

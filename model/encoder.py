@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+from denseflow.model.checksums import model_fingerprint as model_fingerprint  # cache keys name the model by it
 from denseflow.model.data.beir import Document, corpus_fingerprint
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Router
@@ -126,16 +126,6 @@ def encode_corpus(
     doc_ids = list(corpus)
     texts = [corpus[doc_id].full_text for doc_id in doc_ids]
     return doc_ids, encode(model, texts, "document", batch_size, precision, progress)
-
-
-def model_fingerprint(model_dir: str | Path) -> str:
-    """Hash of a saved model folder's files: the cache key of embeddings it produced."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(model_dir).rglob("*")):
-        if path.is_file() and "checkpoint" not in path.parts[-2]:
-            digest.update(path.relative_to(model_dir).as_posix().encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:16]
 
 
 def embedding_cache_path(

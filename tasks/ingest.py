@@ -6,9 +6,9 @@ from pathlib import Path
 
 import mlflow
 from denseflow.model.config import DataConfig
-from denseflow.model.data import sources
+from denseflow.model.data import ingest as sources
+from denseflow.model.data.assemble import SourceReport, SourceResult
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir, remove_evaluation_leaks
-from denseflow.model.data.sources import SourceReport, SourceResult
 from denseflow.tasks.tracking import log_artifact, log_metrics
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
@@ -20,7 +20,7 @@ def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
     if data.source == "beir":
         dataset = load_beir(data.path or bundled_scifact_dir(), [data.train_split, data.eval_split], rejects)
         return SourceResult(dataset, {}, SourceReport(source="beir"))
-    return sources.load_source(data, rejects)  # clicks / qa: see model/sources.py
+    return sources.load_source(data, rejects)  # clicks / qa: see model/data/clicks.py, qa.py
 
 
 @task(name="ingest")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from denseflow.model.config import MiningConfig
+from denseflow.model.data.assemble import read_skip_above
 from denseflow.model.data.beir import RejectLog, assert_no_leak, load_beir
-from denseflow.model.data.sources import read_skip_above
 from denseflow.model.mining.negatives import make_scorer, mine_negatives, mining_summary, write_examples
 from denseflow.tasks.tracking import log_artifact, log_metrics
 from prefect import task

@@ -37,15 +37,8 @@ from denseflow.model.encoder import (
     resolve_precision,
     tower_type,
 )
-from denseflow.model.index.store import (
-    DOC_IDS_FILE,
-    INDEX_FILE,
-    build_manifest,
-    check_recall,
-    embedding_agreement,
-    publish,
-    timed_build,
-)
+from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
+from denseflow.model.index.store import DOC_IDS_FILE, INDEX_FILE, build_manifest, publish
 from prefect import task
 from prefect.logging import get_run_logger
 from sentence_transformers import SentenceTransformer

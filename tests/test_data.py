@@ -18,6 +18,18 @@ from denseflow.model.data.beir import (
     remove_evaluation_leaks,
     write_beir,
 )
+from denseflow.model.data.io import (
+    BAD_SCORE,
+    DUPLICATE_ID,
+    DUPLICATE_JUDGMENT,
+    EMPTY_TEXT,
+    EVAL_LEAK,
+    MALFORMED,
+    MISSING_FIELD,
+    NOT_UTF8,
+    UNKNOWN_DOC,
+    UNKNOWN_QUERY,
+)
 
 
 def write_lines(path: Path, lines: list[str | bytes]) -> None:
@@ -63,24 +75,26 @@ def test_every_bad_row_is_rejected_with_its_reason(tmp_path):
 
     assert set(dataset.corpus) == {"d1", "d5"}
     assert dataset.qrels["test"] == {"q1": {"d1": 1}}
-    reasons = [(Path(row["file"]).name, row["line"], row["field"], row["reason"].split(":")[0]) for row in rejects.rows]
+    reasons = [(Path(row["file"]).name, row["line"], row["field"], row["reason"]) for row in rejects.rows]
     assert reasons == [
-        ("corpus.jsonl", 2, None, "malformed JSON"),
-        ("corpus.jsonl", 3, "_id", "missing _id"),
-        ("corpus.jsonl", 4, "text", "missing text"),
-        ("corpus.jsonl", 5, "text", "empty text"),
-        ("corpus.jsonl", 6, "_id", "duplicate document id 'd1'"),
-        ("corpus.jsonl", 7, None, "not valid UTF-8 (byte 26)"),
-        ("corpus.jsonl", 8, None, "not a JSON object"),
-        ("queries.jsonl", 2, "text", "empty text"),
-        ("test.tsv", 3, "query-id", "unknown query id 'q9'"),
-        ("test.tsv", 4, "corpus-id", "unknown document id 'd9'"),
-        ("test.tsv", 5, "score", "score is not an integer"),
-        ("test.tsv", 6, None, "expected 3 tab-separated columns, found 2"),
-        ("test.tsv", 7, "corpus-id", "duplicate judgment (q1, d1)"),
+        ("corpus.jsonl", 2, None, MALFORMED),
+        ("corpus.jsonl", 3, "_id", MISSING_FIELD),
+        ("corpus.jsonl", 4, "text", MISSING_FIELD),
+        ("corpus.jsonl", 5, "text", EMPTY_TEXT),
+        ("corpus.jsonl", 6, "_id", DUPLICATE_ID),
+        ("corpus.jsonl", 7, None, NOT_UTF8),
+        ("corpus.jsonl", 8, None, MALFORMED),
+        ("queries.jsonl", 2, "text", EMPTY_TEXT),
+        ("test.tsv", 3, "query-id", UNKNOWN_QUERY),
+        ("test.tsv", 4, "corpus-id", UNKNOWN_DOC),
+        ("test.tsv", 5, "score", BAD_SCORE),
+        ("test.tsv", 6, None, MALFORMED),
+        ("test.tsv", 7, "corpus-id", DUPLICATE_JUDGMENT),
     ]
     written = rejects.write(tmp_path / "rejects.jsonl").read_text().splitlines()
-    assert len(written) == 13 and json.loads(written[0])["raw"] == "{not json\n"
+    assert len(written) == 13
+    assert json.loads(written[0])["raw"].endswith(": {not json")
+    assert json.loads(written[5])["raw"].startswith("byte 26: ")
 
 
 def test_gzipped_files_are_read(tiny_beir_dir, tmp_path):
@@ -118,7 +132,7 @@ def test_evaluation_queries_never_reach_training(tiny_beir_dir):
     assert removed == 2
     assert not {"heart-q4", "copy"} & set(dataset.qrels["train"])
     assert_no_leak(dataset.qrels["train"], dataset, "test")
-    assert [row["reason"] for row in rejects.rows] == ["query also in an evaluation split"] * 2
+    assert [row["reason"] for row in rejects.rows] == [EVAL_LEAK] * 2
 
 
 def test_written_dataset_reads_back_with_the_same_fingerprint(tiny_beir_dir, tmp_path):

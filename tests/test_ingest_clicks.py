@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 
 from denseflow.model.config import DataConfig, MiningConfig, TrackingConfig
-from denseflow.model.data.sources import REJECTS_FILE, query_id
+from denseflow.model.data.assemble import query_id
+from denseflow.model.data.ingest import REJECTS_FILE
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.tracking import configure_tracking
 from mlflow.tracking import MlflowClient
 
-from tests.test_sources import page, write_jsonl
+from tests.click_logs import page, write_jsonl
 
 
 def test_clicks_source_through_ingest_and_mine_tasks(tmp_path, tiny_beir_dir):

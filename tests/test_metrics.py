@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from denseflow.model.evaluation.metrics import (
     evaluate_run,
-    exact_search,
     read_trec_run,
     recall_curve,
     run_from_search,
@@ -65,16 +64,6 @@ def test_recall_curve_ends_at_recall_at_depth():
     curve = recall_curve(RUN, QRELS, max_k=10)
     assert len(curve) == 10 and np.all(np.diff(curve) >= 0)
     assert curve[-1] == pytest.approx(evaluate_run(RUN, QRELS, ks=[10])["recall@10"])
-
-
-def test_exact_search_equals_full_sort():
-    rng = np.random.default_rng(0)
-    docs = rng.normal(size=(200, 16)).astype(np.float32)
-    queries = rng.normal(size=(7, 16)).astype(np.float32)
-    indices, scores = exact_search(queries, docs, k=10, chunk=3)
-    expected = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
-    assert np.array_equal(indices, expected)
-    assert np.allclose(scores, np.take_along_axis(queries @ docs.T, expected, axis=1))
 
 
 def test_trec_run_round_trip(tmp_path):

@@ -8,8 +8,9 @@ import pytest
 import torch
 from denseflow.model.data.beir import RejectLog, find_file, read_corpus, read_queries
 from denseflow.model.encoder import encode, load_encoder, make_asymmetric
-from denseflow.model.evaluation.metrics import exact_search
-from denseflow.model.index.store import IndexSpec, build_index, build_manifest, publish, read_pointer
+from denseflow.model.index.build import IndexSpec, build_index
+from denseflow.model.index.store import build_manifest, publish, read_pointer
+from denseflow.model.index.topk import exact_search
 from denseflow.model.serving.search import ModelMismatchError, QueryError, Searcher, validate_query
 
 

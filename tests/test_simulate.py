@@ -8,8 +8,8 @@ from collections import defaultdict
 import numpy as np
 from denseflow.model.config import DataConfig
 from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.data.clicks import load_clicks
 from denseflow.model.data.simulate import ClickModel, label_quality, meta_path, simulate_clicks
-from denseflow.model.data.sources import load_clicks
 
 
 def simulate(tmp_path, tiny_beir_dir, name="clicks.jsonl", **model):

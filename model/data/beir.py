@@ -5,28 +5,39 @@ The BEIR layout is the interchange format of the project (``corpus.jsonl``, ``qu
 project writes can be read back by BEIR tools.
 
 Bad rows never stop a load and are never silently dropped: each goes to a :class:`RejectLog` with the
-file, line, field and reason, and is counted. A missing file or a load that leaves nothing usable is a
+file, line, field and one constant reason from :data:`denseflow.model.data.io.REASONS` (details in its
+``raw``), and is counted. A missing file or a load that leaves nothing usable is a
 :class:`DataError` naming the path.
 """
 
 from __future__ import annotations
 
 import csv
-import gzip
 import hashlib
 import json
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-MAX_REJECT_RAW_CHARS = 500
+from denseflow.model.data.io import (
+    BAD_SCORE,
+    DUPLICATE_ID,
+    DUPLICATE_JUDGMENT,
+    EMPTY_TEXT,
+    EVAL_LEAK,
+    MALFORMED,
+    MISSING_FIELD,
+    UNKNOWN_DOC,
+    UNKNOWN_QUERY,
+    DataError,
+    RejectLog,
+    iter_jsonl,
+    iter_lines,
+)
 
-
-class DataError(ValueError):
-    """A dataset cannot be used: the message names the path and what is wrong."""
+# DataError and RejectLog live in io, shared by every reader; callers keep importing them from here too.
 
 
 @dataclass(frozen=True)
@@ -53,55 +64,9 @@ class Dataset:
         return {qid: self.queries[qid] for qid in self.qrels.get(split, {})}
 
 
-@dataclass
-class RejectLog:
-    """Rows that could not be used, each with where it was and why; written as ``rejects.jsonl``."""
-
-    rows: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, file: str | Path, line: int | None, field_name: str | None, reason: str, raw: Any = None) -> None:
-        entry: dict[str, Any] = {"file": str(file), "line": line, "field": field_name, "reason": reason}
-        if raw is not None:
-            text = raw if isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
-            entry["raw"] = text[:MAX_REJECT_RAW_CHARS]
-        self.rows.append(entry)
-
-    def counts(self) -> dict[str, int]:
-        """Number of rejected rows per reason."""
-        return dict(Counter(row["reason"] for row in self.rows))
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", encoding="utf-8") as out:
-            for row in self.rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-        return path
-
-
 def bundled_scifact_dir() -> Path:
     """The SciFact copy shipped inside the package (see ``model/datasets/scifact/README.md``)."""
     return Path(str(resources.files("denseflow.model") / "datasets" / "scifact"))
-
-
-def open_binary(path: Path) -> BinaryIO:
-    """Open a plain or gzipped file as bytes; lines are decoded one by one so a bad byte rejects one row."""
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
-
-
-def iter_lines(path: Path, rejects: RejectLog) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` of each non-blank UTF-8 line; reject lines that are not UTF-8."""
-    with open_binary(path) as lines:
-        for number, raw in enumerate(lines, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as err:
-                rejects.add(path, number, None, f"not valid UTF-8 (byte {err.start})", raw.decode("utf-8", "replace"))
-                continue
-            if line.strip():
-                yield number, line
 
 
 def find_file(folder: Path, name: str) -> Path:
@@ -110,20 +75,6 @@ def find_file(folder: Path, name: str) -> Path:
         if candidate.is_file():
             return candidate
     raise DataError(f"{folder / name}: file not found (nor {folder / name}.gz)")
-
-
-def iter_jsonl(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each parseable JSON object; reject the other lines."""
-    for number, line in iter_lines(path, rejects):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            rejects.add(path, number, None, f"malformed JSON: {err.msg}", line)
-            continue
-        if not isinstance(row, dict):
-            rejects.add(path, number, None, "not a JSON object", line)
-            continue
-        yield number, row
 
 
 def _string_field(row: dict[str, Any], name: str) -> str | None:
@@ -138,18 +89,18 @@ def read_corpus(path: Path, rejects: RejectLog) -> dict[str, Document]:
     for number, row in iter_jsonl(path, rejects):
         doc_id = _string_field(row, "_id")
         if not doc_id or not doc_id.strip():
-            rejects.add(path, number, "_id", "missing _id", row)
+            rejects.add(path, number, "_id", MISSING_FIELD, row)
             continue
         text = _string_field(row, "text")
         if text is None:
-            rejects.add(path, number, "text", "missing text", row)
+            rejects.add(path, number, "text", MISSING_FIELD, row)
             continue
         title = _string_field(row, "title") or ""
         if not text.strip() and not title.strip():
-            rejects.add(path, number, "text", "empty text", row)
+            rejects.add(path, number, "text", EMPTY_TEXT, row)
             continue
         if doc_id in corpus:
-            rejects.add(path, number, "_id", f"duplicate document id {doc_id!r}", row)
+            rejects.add(path, number, "_id", DUPLICATE_ID, row)
             continue
         corpus[doc_id] = Document(title=title.strip(), text=text.strip())
     if not corpus:
@@ -162,17 +113,17 @@ def read_queries(path: Path, rejects: RejectLog) -> dict[str, str]:
     for number, row in iter_jsonl(path, rejects):
         query_id = _string_field(row, "_id")
         if not query_id or not query_id.strip():
-            rejects.add(path, number, "_id", "missing _id", row)
+            rejects.add(path, number, "_id", MISSING_FIELD, row)
             continue
         text = _string_field(row, "text")
         if text is None:
-            rejects.add(path, number, "text", "missing text", row)
+            rejects.add(path, number, "text", MISSING_FIELD, row)
             continue
         if not text.strip():
-            rejects.add(path, number, "text", "empty text", row)
+            rejects.add(path, number, "text", EMPTY_TEXT, row)
             continue
         if query_id in queries:
-            rejects.add(path, number, "_id", f"duplicate query id {query_id!r}", row)
+            rejects.add(path, number, "_id", DUPLICATE_ID, row)
             continue
         queries[query_id] = text.strip()
     if not queries:
@@ -185,26 +136,26 @@ def read_qrels(
 ) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     for number, line in iter_lines(path, rejects):
-        cells = line.rstrip("\r\n").split("\t")
+        cells = line.split("\t")
         if number == 1 and cells[0].strip().lower() in {"query-id", "query_id", "qid"}:
             continue
         if len(cells) != 3:
-            rejects.add(path, number, None, f"expected 3 tab-separated columns, found {len(cells)}", line)
+            rejects.add(path, number, None, MALFORMED, f"expected 3 tab-separated columns, found {len(cells)}: {line}")
             continue
         query_id, doc_id, score_text = (cell.strip() for cell in cells)
         try:
             score = int(score_text)
         except ValueError:
-            rejects.add(path, number, "score", f"score is not an integer: {score_text!r}", line)
+            rejects.add(path, number, "score", BAD_SCORE, line)
             continue
         if query_id not in queries:
-            rejects.add(path, number, "query-id", f"unknown query id {query_id!r}", line)
+            rejects.add(path, number, "query-id", UNKNOWN_QUERY, line)
             continue
         if doc_id not in corpus:
-            rejects.add(path, number, "corpus-id", f"unknown document id {doc_id!r}", line)
+            rejects.add(path, number, "corpus-id", UNKNOWN_DOC, line)
             continue
         if doc_id in qrels.get(query_id, {}):
-            rejects.add(path, number, "corpus-id", f"duplicate judgment ({query_id}, {doc_id})", line)
+            rejects.add(path, number, "corpus-id", DUPLICATE_JUDGMENT, line)
             continue
         qrels.setdefault(query_id, {})[doc_id] = score
     if not qrels:
@@ -237,7 +188,7 @@ def remove_evaluation_leaks(dataset: Dataset, train_split: str, eval_splits: Ite
     train = dataset.qrels[train_split]
     leaked = [qid for qid in train if qid in eval_ids or normalise_text(dataset.queries[qid]) in eval_texts]
     for qid in leaked:
-        rejects.add(f"qrels/{train_split}.tsv", None, "query-id", "query also in an evaluation split", qid)
+        rejects.add(f"qrels/{train_split}.tsv", None, "query-id", EVAL_LEAK, qid)
         del train[qid]
     if not train:
         raise DataError(f"split {train_split!r}: every training query is also an evaluation query")

@@ -1,4 +1,4 @@
-"""Retrieval metrics with BEIR's definitions, exact search, and TREC run files.
+"""Retrieval metrics with BEIR's definitions and TREC run files (exact search: ``denseflow.model.index.topk``).
 
 A *run* is ``{query_id: {doc_id: score}}``; *qrels* are ``{query_id: {doc_id: relevance}}``. A document
 is relevant when its relevance is > 0. Ranks follow score, highest first.
@@ -69,22 +69,6 @@ def recall_curve(run: Run, qrels: Qrels, max_k: int = 100) -> np.ndarray:
         hits = np.pad(hits, (0, max_k - len(hits)))
         curves.append(np.cumsum(hits) / len(relevant))
     return np.mean(curves, axis=0) if curves else np.zeros(max_k)
-
-
-def exact_search(
-    query_embeddings: np.ndarray, doc_embeddings: np.ndarray, k: int, chunk: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k: ``(indices, scores)``, each ``(n_queries, k)``, best first."""
-    k = min(k, len(doc_embeddings))
-    all_indices, all_scores = [], []
-    for start in range(0, len(query_embeddings), chunk):
-        scores = query_embeddings[start : start + chunk] @ doc_embeddings.T
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        part_scores = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-part_scores, axis=1, kind="stable")
-        all_indices.append(np.take_along_axis(part, order, axis=1))
-        all_scores.append(np.take_along_axis(part_scores, order, axis=1))
-    return np.concatenate(all_indices), np.concatenate(all_scores)
 
 
 def run_from_search(

@@ -9,13 +9,13 @@ import numpy as np
 from denseflow.model.data.beir import Dataset
 from denseflow.model.encoder import Precision, cached_corpus_embeddings, encode, load_encoder
 from denseflow.model.evaluation.metrics import (
-    exact_search,
     mean_metrics,
     per_query_metrics,
     recall_curve,
     run_from_search,
 )
 from denseflow.model.index.bm25 import BM25Index
+from denseflow.model.index.topk import exact_search
 
 CURVE_DEPTH = 100
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 from denseflow.model.data.beir import Document
+from denseflow.model.index.topk import top_k
 from rank_bm25 import BM25Okapi
 from tqdm.auto import tqdm
 
@@ -33,7 +34,9 @@ class BM25Index:
         return np.asarray(self._bm25.get_scores(tokenize(query)), dtype=np.float32)
 
     def search(self, query: str, k: int) -> list[tuple[str, float]]:
-        return top_k(self.scores(query), self.doc_ids, k)
+        """The ``k`` best ``(doc_id, score)`` pairs, best first (ties by corpus order)."""
+        positions, scores = top_k(self.scores(query), k)
+        return [(self.doc_ids[i], float(s)) for i, s in zip(positions, scores, strict=True)]
 
     def search_many(self, queries: Mapping[str, str], k: int, progress: bool = True) -> dict[str, dict[str, float]]:
         """A run: ``{query_id: {doc_id: score}}`` with the top ``k`` documents per query."""
@@ -41,11 +44,3 @@ class BM25Index:
             query_id: dict(self.search(text, k))
             for query_id, text in tqdm(queries.items(), desc="BM25 search", disable=not progress)
         }
-
-
-def top_k(scores: np.ndarray, doc_ids: list[str], k: int) -> list[tuple[str, float]]:
-    """The ``k`` best ``(doc_id, score)`` pairs, best first; ties broken by position for determinism."""
-    k = min(k, len(scores))
-    candidates = np.argpartition(-scores, k - 1)[:k]
-    order = candidates[np.lexsort((candidates, -scores[candidates]))]
-    return [(doc_ids[i], float(scores[i])) for i in order]

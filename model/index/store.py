@@ -1,4 +1,4 @@
-"""FAISS indexes over L2-normalised embeddings, and their publication as versioned folders.
+"""Published indexes: versioned folders on disk with a manifest, checksums and an atomically moved pointer.
 
 Layout of one published index (``root`` is usually ``<workspace>/indexes``)::
 
@@ -25,24 +25,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
-import math
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import faiss
-import numpy as np
+from denseflow.model.checksums import folder_checksums, model_checksum
+from denseflow.model.index.build import IndexSpec, PublishedIndexError, apply_search_params
 
-IndexType = Literal["flat", "hnsw", "ivf"]
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 DOC_IDS_FILE = "doc_ids.json"
@@ -53,10 +50,6 @@ _VERSION_RE = re.compile(r"^v(\d{4,})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
-class PublishedIndexError(RuntimeError):
-    """Base of the errors below."""
-
-
 class ChecksumError(PublishedIndexError):
     """A published file does not match the sha256 recorded in its manifest."""
 
@@ -65,217 +58,23 @@ class ModelMismatchError(PublishedIndexError):
     """The manifest names a different model than the one loaded to encode queries."""
 
 
-class RecallTooLowError(PublishedIndexError):
-    """An approximate index missed the recall floor against exact search; nothing was published."""
-
-    def __init__(self, recall: float, floor: float, factory: str) -> None:
-        super().__init__(
-            f"recall@10 of the {factory!r} index against exact search is {recall:.4f}, "
-            f"below the floor {floor:.4f}: not published (raise efSearch/nprobe or lower index.recall_floor)"
-        )
-        self.recall = recall
-        self.floor = floor
-
-
 class NoPublishedIndexError(PublishedIndexError):
     """No ``current`` pointer (nothing published yet) or it names a missing version."""
-
-
-# --------------------------------------------------------------------------------------------- building
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """Which FAISS index to build and how to search it. ``factory`` overrides the type-derived string."""
-
-    type: IndexType = "flat"
-    hnsw_m: int = 32
-    hnsw_ef_construction: int = 200
-    hnsw_ef_search: int = 128
-    ivf_nlist: int | None = None
-    ivf_nprobe: int = 32
-    factory: str | None = None
-
-    def nlist(self, count: int) -> int:
-        """``ivf_nlist`` or about 4·√n lists, never more than a 39th of the points (FAISS's training floor)."""
-        wanted = self.ivf_nlist or int(4 * math.sqrt(max(count, 1)))
-        return max(1, min(wanted, count // 39 or 1))
-
-    def factory_string(self, count: int, dimension: int) -> str:
-        if self.factory:
-            return self.factory
-        if self.type == "flat":
-            return "Flat"
-        if self.type == "hnsw":
-            return f"HNSW{self.hnsw_m},Flat"
-        return f"IVF{self.nlist(count)},Flat"
-
-    def search_params(self) -> dict[str, int]:
-        """Parameters FAISS's ParameterSpace sets at load time; stored in the manifest."""
-        if self.type == "hnsw":
-            return {"efSearch": self.hnsw_ef_search}
-        if self.type == "ivf":
-            return {"nprobe": self.ivf_nprobe}
-        return {}
-
-
-def check_embeddings(embeddings: np.ndarray, tolerance: float = 1e-3) -> np.ndarray:
-    """The embeddings as a C-contiguous float32 matrix; refuses NaNs and rows that are not unit length."""
-    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-        raise ValueError(f"expected a non-empty (n, dim) matrix, got shape {embeddings.shape}")
-    matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if not np.isfinite(matrix).all():
-        raise ValueError("embeddings contain NaN or infinite values")
-    norms = np.linalg.norm(matrix, axis=1)
-    bad = np.flatnonzero(np.abs(norms - 1.0) > tolerance)
-    if bad.size:
-        raise ValueError(f"{bad.size} embeddings are not L2-normalised (row {bad[0]} has norm {norms[bad[0]]:.4f})")
-    return matrix
-
-
-def build_index(embeddings: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss.Index:
-    """An inner-product index over ``embeddings`` (cosine similarity, since rows are unit length)."""
-    matrix = check_embeddings(embeddings)
-    count, dimension = matrix.shape
-    index = faiss.index_factory(dimension, spec.factory_string(count, dimension), faiss.METRIC_INNER_PRODUCT)
-    if isinstance(index, faiss.IndexHNSW):
-        index.hnsw.efConstruction = spec.hnsw_ef_construction
-    if not index.is_trained:
-        # k-means on a sample is as good as on everything past ~256 points per list, and much faster.
-        rng = np.random.default_rng(seed)
-        limit = 256 * max(spec.nlist(count), 1)
-        sample = matrix if count <= limit else matrix[np.sort(rng.choice(count, limit, replace=False))]
-        index.train(sample)
-    index.add(matrix)
-    apply_search_params(index, spec.search_params())
-    return index
-
-
-def apply_search_params(index: faiss.Index, params: Mapping[str, int]) -> None:
-    space = faiss.ParameterSpace()
-    for key, value in params.items():
-        space.set_index_parameter(index, key, value)
-
-
-def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, rows)`` each ``(n_queries, k)``; rows are -1 where the index has fewer than k hits."""
-    matrix = np.ascontiguousarray(queries, dtype=np.float32)
-    if matrix.ndim == 1:
-        matrix = matrix[None, :]
-    return index.search(matrix, k)
-
-
-def exact_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int) -> np.ndarray:
-    """Rows of the exact inner-product top-k (the ground truth the approximate index is held to)."""
-    flat = faiss.IndexFlatIP(embeddings.shape[1])
-    flat.add(np.ascontiguousarray(embeddings, dtype=np.float32))
-    _, rows = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return rows
-
-
-def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
-    """Mean share of the exact top-k that the approximate top-k found (rows of -1 count as misses)."""
-    k = exact_rows.shape[1]
-    hits = [
-        len(set(a[a >= 0].tolist()) & set(e[e >= 0].tolist())) for a, e in zip(approx_rows, exact_rows, strict=True)
-    ]
-    return float(np.mean(hits) / k) if hits else 1.0
-
-
-def sample_rows(count: int, size: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(count, min(size, count), replace=False))
-
-
-def verify_recall(
-    index: faiss.Index,
-    embeddings: np.ndarray,
-    queries: np.ndarray | None = None,
-    k: int = 10,
-    sample: int = 200,
-    seed: int = 0,
-) -> float:
-    """recall@k of ``index`` against exact search, on ``queries`` or, lacking them, sampled documents.
-
-    Real queries are the better probe: documents used as queries find themselves first, which flatters
-    graph indexes. Callers with a query set should pass up to ``sample`` of its embeddings.
-    """
-    k = min(k, index.ntotal)
-    if queries is None or len(queries) == 0:
-        queries = embeddings[sample_rows(len(embeddings), sample, seed)]
-    elif len(queries) > sample:
-        queries = queries[sample_rows(len(queries), sample, seed)]
-    _, approx = search(index, queries, k)
-    return recall_at_k(approx, exact_top_k(queries, embeddings, k))
-
-
-def check_recall(
-    index: faiss.Index,
-    embeddings: np.ndarray,
-    spec: IndexSpec,
-    floor: float,
-    queries: np.ndarray | None = None,
-    sample: int = 200,
-    seed: int = 0,
-) -> float:
-    """recall@10 against exact search; raises :class:`RecallTooLowError` when an approximate index is short."""
-    recall = verify_recall(index, embeddings, queries, k=10, sample=sample, seed=seed)
-    if spec.type != "flat" and recall < floor:
-        raise RecallTooLowError(recall, floor, spec.factory_string(len(embeddings), embeddings.shape[1]))
-    return recall
-
-
-def embedding_agreement(reference: np.ndarray, candidate: np.ndarray, k: int = 10) -> dict[str, float]:
-    """How close two encodings of the same texts are: mean and min cosine, and self-retrieval recall@k."""
-    cosines = np.sum(reference * candidate, axis=1)
-    k = min(k, len(reference))
-    rows_ref = exact_top_k(reference, reference, k)
-    rows_cand = exact_top_k(candidate, candidate, k)
-    return {
-        "mean_cosine": float(cosines.mean()),
-        "min_cosine": float(cosines.min()),
-        f"neighbour_recall@{k}": recall_at_k(rows_cand, rows_ref),
-    }
 
 
 # --------------------------------------------------------------------------------------------- checksums
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def folder_checksums(folder: Path, skip: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
-    """``{relative posix path: sha256}`` of every file under ``folder`` (the manifest itself excluded)."""
-    return {
-        path.relative_to(folder).as_posix(): sha256_file(path)
-        for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.relative_to(folder).as_posix() not in skip
-    }
-
-
-def model_checksum(files: Mapping[str, str], prefix: str = f"{MODEL_FOLDER}/") -> str:
-    """One sha256 over a model folder's files (paths and contents), from a ``folder_checksums`` map."""
-    digest = hashlib.sha256()
-    for rel, sha in sorted(files.items()):
-        if rel.startswith(prefix):
-            digest.update(f"{rel[len(prefix) :]}\t{sha}\n".encode())
-    return digest.hexdigest()
-
-
-def model_folder_checksum(model_dir: Path) -> str:
-    """The checksum a manifest records for ``model_dir`` (same files as the published ``model/`` copy)."""
-    return model_checksum(folder_checksums(Path(model_dir), skip=()), prefix="")
+def published_model_checksum(files: Mapping[str, str]) -> str:
+    """The model checksum of a version's ``model/`` copy, from its manifest's ``files`` map (no re-reading)."""
+    prefix = f"{MODEL_FOLDER}/"
+    return model_checksum({rel[len(prefix) :]: sha for rel, sha in files.items() if rel.startswith(prefix)})
 
 
 def verify_checksums(version_dir: Path, manifest: Mapping[str, Any]) -> None:
     """Raise :class:`ChecksumError` naming every file missing, extra or differing from the manifest."""
     recorded: Mapping[str, str] = manifest.get("files", {})
-    actual = folder_checksums(version_dir)
+    actual = folder_checksums(version_dir, skip=(MANIFEST,))
     problems = [f"{rel}: missing" for rel in recorded if rel not in actual]
     problems += [f"{rel}: not in the manifest" for rel in actual if rel not in recorded]
     problems += [f"{rel}: sha256 differs" for rel in recorded if rel in actual and actual[rel] != recorded[rel]]
@@ -490,7 +289,7 @@ def publish(
             faiss.write_index(index, str(staging / INDEX_FILE))
             (staging / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
             shutil.copytree(model_dir, staging / MODEL_FOLDER, ignore=shutil.ignore_patterns("checkpoint-*"))
-            files = folder_checksums(staging)
+            files = folder_checksums(staging, skip=(MANIFEST,))
             full = {
                 **manifest,
                 "format_version": FORMAT_VERSION,
@@ -503,7 +302,7 @@ def publish(
                 "normalized": True,
                 "files": files,
             }
-            full["model"] = {**full.get("model", {}), "checksum": model_checksum(files)}
+            full["model"] = {**full.get("model", {}), "checksum": published_model_checksum(files)}
             _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
             _fsync_tree(staging)
             load_version(staging, verify=True)
@@ -585,7 +384,13 @@ def build_manifest(
     }
 
 
-def timed_build(embeddings: np.ndarray, spec: IndexSpec) -> tuple[faiss.Index, float]:
-    start = time.perf_counter()
-    index = build_index(embeddings, spec)
-    return index, time.perf_counter() - start
+def published_model_label(root: Path, name: str) -> str | None:
+    """``name@version`` of the model whose index ``current`` serves; None when nothing (readable) is published."""
+    try:
+        version = read_pointer(root, name)
+        if version is None:
+            return None
+        manifest = read_manifest(index_home(root, name) / version)
+    except (OSError, ValueError, PublishedIndexError):
+        return None
+    return model_label(manifest.get("model") or {})

@@ -17,17 +17,17 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from denseflow.model.checksums import model_fingerprint
 from denseflow.model.encoder import encode, load_encoder, native_bf16, tower_type
+from denseflow.model.index.build import search
 from denseflow.model.index.store import (
     LoadedIndex,
     ModelMismatchError,
     index_home,
     load_version,
-    model_checksum,
-    model_folder_checksum,
     model_label,
+    published_model_checksum,
     read_pointer,
-    search,
 )
 from denseflow.model.index.store import NoPublishedIndexError as NoPublishedIndexError
 from denseflow.model.serving.onnx_backend import use_onnx_for_queries
@@ -176,7 +176,7 @@ class Searcher:
         """``checksum`` of files already verified against a manifest; otherwise the folder is hashed here."""
         named = (manifest or {}).get("model", {})
         model = load_encoder(model_dir, named.get("max_seq_length"))
-        checksum = checksum or model_folder_checksum(model_dir)
+        checksum = checksum or model_fingerprint(model_dir)
         backend = "torch"
         if self.backend != "torch":
             if use_onnx_for_queries(model, self.threads):
@@ -188,7 +188,7 @@ class Searcher:
     def _load(self, version: str, previous: _State | None) -> _State:
         loaded = load_version(index_home(self.root, self.name) / version, verify=True)
         manifest = loaded.manifest
-        stored_checksum = model_checksum(manifest["files"])  # the files were just verified against this map
+        stored_checksum = published_model_checksum(manifest["files"])  # the files were just verified against this map
         if stored_checksum != manifest.get("model", {}).get("checksum"):
             raise ModelMismatchError(f"{loaded.path}: manifest's model checksum does not match its model/ files")
         named = manifest["model"]
