@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import mlflow
 from denseflow.model.config import DataConfig
 from denseflow.model.data import ingest as sources
 from denseflow.model.data.assemble import SourceReport, SourceResult
@@ -12,6 +11,8 @@ from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir,
 from denseflow.tasks.tracking import log_artifact, log_metrics
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.fluent import _create_dataset_input
 from prefect import task
 
 
@@ -51,10 +52,12 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
         log_metrics(run_id, loaded.report.as_metrics(), prefix=f"ingest.{data.source}.")
         counts["skip_above_queries"] = len(loaded.skip_above)
     source = str(data.path or bundled_scifact_dir())
-    with mlflow.start_run(run_id=run_id):
-        mlflow.set_tag("dataset_fingerprint", digest)
-        meta = MetaDataset(resolve_dataset_source(source), name=Path(source).name, digest=digest)
-        mlflow.log_input(meta, context="training")
+    # Client calls, not ``with mlflow.start_run(run_id=...)``: leaving that block ends the run as FINISHED, so a
+    # retrain killed later would show a finished run with no metrics.
+    client = MlflowClient()
+    client.set_tag(run_id, "dataset_fingerprint", digest)
+    meta = MetaDataset(resolve_dataset_source(source), name=Path(source).name, digest=digest)
+    client.log_inputs(run_id, datasets=[_create_dataset_input(meta, context="training")])
     return {
         "dataset_dir": str(dataset_dir),
         "rejects_path": str(rejects_path),

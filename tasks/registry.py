@@ -20,17 +20,17 @@ def register(
     """Log and register the model from ``model_dir``; alias ``candidate`` moves to the new version."""
     model = load_encoder(model_dir)
     towers = tower_type(model)
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.sentence_transformers.log_model(
-            model,
-            name="model",
-            registered_model_name=registered_model,
-            # The flavour's own pinned list: inferring requirements re-imports the model in a
-            # subprocess and takes tens of seconds per registration on 2 cores.
-            pip_requirements=mlflow.sentence_transformers.get_default_pip_requirements(),
-            metadata={"towers": towers, "dataset_fingerprint": dataset_fingerprint},
-        )
-        mlflow.set_tag("towers", towers)
+    info = mlflow.sentence_transformers.log_model(
+        model,
+        name="model",
+        run_id=run_id,  # no active run: leaving ``with start_run`` would mark the run FINISHED
+        registered_model_name=registered_model,
+        # The flavour's own pinned list: inferring requirements re-imports the model in a
+        # subprocess and takes tens of seconds per registration on 2 cores.
+        pip_requirements=mlflow.sentence_transformers.get_default_pip_requirements(),
+        metadata={"towers": towers, "dataset_fingerprint": dataset_fingerprint},
+    )
+    MlflowClient().set_tag(run_id, "towers", towers)
     version = str(info.registered_model_version)
     client = MlflowClient()
     tags = {"towers": towers, "dataset_fingerprint": dataset_fingerprint, "run_id": run_id}
