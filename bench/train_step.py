@@ -15,7 +15,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from denseflow.model.config import TrainConfig  # noqa: E402
+from denseflow.model.config import MiningConfig, TrainConfig  # noqa: E402
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir  # noqa: E402
 from denseflow.model.encoder import native_bf16  # noqa: E402
 from denseflow.model.index.bm25 import BM25Index  # noqa: E402
@@ -33,9 +33,8 @@ def main() -> None:
 
     dataset = load_beir(bundled_scifact_dir(), ["train"], RejectLog())
     index = BM25Index(dataset.corpus)
-    examples, _ = mine_negatives(
-        dataset, "train", 1, seed=0, scorer=lambda q: index.scores(dataset.queries[q]), source="bm25", rank_start=3
-    )
+    mining = MiningConfig(candidates="bm25", teacher="none", seed=0)
+    examples, _ = mine_negatives(dataset, "train", mining, scorer=lambda q: index.scores(dataset.queries[q]))
     examples = examples[: args.batch_size * (args.steps + 1)]
     print(f"native bf16 on this CPU: {native_bf16()}; torch threads: {os.cpu_count()}")
     for precision in args.precisions:

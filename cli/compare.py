@@ -1,4 +1,4 @@
-"""``denseflow compare-negatives [--config FILE] [--plan]``: the negatives study from the command line."""
+"""``denseflow compare-negatives [--config FILE] [--plan [--measure]]``: the negatives study from the command line."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _config(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.config.
 def cmd_compare_negatives(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.plan:
-        return print_plan(config)
+        return print_plan(config, measure=args.measure)
     from denseflow.flows.compare_negatives import compare_negatives
 
     result = compare_negatives(config)
@@ -28,22 +28,30 @@ def cmd_compare_negatives(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_plan(config) -> int:  # noqa: ANN001 - denseflow.model.config.CompareConfig
-    """The runs and their estimated minutes, from the data's size; nothing is trained."""
+def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflow.model.config.CompareConfig
+    """The runs and their estimated minutes on this CPU, from the data's size; nothing is trained.
+
+    Without ``measure`` the rates are the config's for this CPU class (native bf16 or not); with it, a few
+    real training steps and an encoding batch are timed here first (a minute or two on a slow CPU).
+    """
     from denseflow.model.data.beir import RejectLog
-    from denseflow.model.evaluation.study import estimate_study, plan_study
+    from denseflow.model.evaluation.study import cpu_rates, estimate_study, measure_rates, plan_study
     from denseflow.tasks.ingest import load_source
 
     dataset = load_source(config.data, RejectLog()).dataset
     specs = plan_study(config)
+    rates = measure_rates(config, dataset) if measure else cpu_rates(config)
     estimate = estimate_study(
         config,
         len(dataset.corpus),
         len(dataset.qrels.get(config.data.train_split, {})),
         len(dataset.qrels.get(config.data.eval_split, {})),
         specs,
+        rates,
     )
-    print(f"{len(specs)} runs; estimated on the rates in the config's estimate: section\n{estimate.describe()}")
+    budget = config.estimate.budget_minutes
+    verdict = "within" if estimate.total_seconds <= budget * 60 else "OVER"
+    print(f"{len(specs)} runs; {verdict} the {budget:.0f} min budget on this CPU\n{estimate.describe()}")
     return 0
 
 
@@ -51,7 +59,10 @@ def add_compare_commands(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "compare-negatives", help="study: zero-shot, BM25, random vs BM25 vs dense negatives (parent + child runs)"
     )
-    parser.add_argument("--config", type=Path, help="YAML CompareConfig (defaults: the ~75 min SciFact study)")
+    parser.add_argument("--config", type=Path, help="YAML CompareConfig (defaults: the SciFact study)")
     parser.add_argument("--workspace", type=Path, help="workspace folder (default DENSEFLOW_HOME or ./.denseflow)")
     parser.add_argument("--plan", action="store_true", help="print the runs and the time estimate, run nothing")
+    parser.add_argument(
+        "--measure", action="store_true", help="with --plan: time a few training steps on this CPU for the estimate"
+    )
     parser.set_defaults(handler=cmd_compare_negatives)

@@ -1,9 +1,10 @@
 """The ``compare_negatives`` flow: the study of negatives, one parent MLflow run and a child run per arm and seed.
 
-Order only: ingest once; the plan (model/study.py) lists the runs; each run is a subflow that mines, trains
-and evaluates with the retrain tasks under its own child run; the report task compares them. Caches make the
-arms cheap to share work: BM25 scores and base-model corpus embeddings are computed once, and a re-run of
-the study reuses every finished training (tasks/train.py keys models by examples and settings).
+Order only: ingest once; the plan (model/evaluation/study.py) lists the runs; each run is a subflow that
+mines, trains and evaluates with the retrain tasks under its own child run; the report task compares them.
+Caches make the arms cheap to share work: BM25 scores and the base model's corpus embeddings (teacher,
+zero-shot, first dense round) are computed once, and a re-run of the study reuses every finished training
+(tasks/train.py keys models by examples and settings).
 """
 
 from __future__ import annotations
@@ -72,8 +73,9 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
         minutes = (time.perf_counter() - started) / 60
         notes = [study_note(config, data, parent_id, minutes)]
         split = config.data.eval_split
+        title = f"negatives study: recall@k on {split}"
         summary = report(
-            runs, run_dir / "report", parent_id, f"negatives study: recall@k on {split}", config.permutations, notes
+            runs, run_dir / "report", parent_id, title, config.permutations, notes, data["dataset_dir"], split
         )
         log_metrics(parent_id, {"wall_minutes": (time.perf_counter() - started) / 60}, prefix="study.")
     except BaseException:
@@ -88,7 +90,11 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
 def compare_arm(
     spec: ArmSpec, config: CompareConfig, dataset_dir: str, run_dir: str, parent_id: str, workspace: Path
 ) -> dict:
-    """One child run: (mine → train) × rounds → evaluate, for one arm, tower type, batch size and seed."""
+    """One child run: (mine → train) × rounds → evaluate, for one arm, tower type, batch size and seed.
+
+    Each round after the first re-mines with the model the round before returned (its best checkpoint on
+    dev, where training selects one); the teacher stays the base model throughout.
+    """
     run_id = start_arm_run(run_config(config, spec), spec, flow_run.id, parent_id)
     arm_dir = Path(run_dir) / "arms" / spec.slug
     cache_dir = Path(workspace) / "cache" / "embeddings"
@@ -96,6 +102,7 @@ def compare_arm(
     base_model = resolve_base_model(config.train.base_model)
     split, seq = config.data.eval_split, config.train.max_seq_length
     out = arm_dir / "evaluation"
+    examples_paths: dict[str, str] = {}
     try:
         if spec.arm == "zero-shot":
             target = base_model
@@ -106,9 +113,9 @@ def compare_arm(
             rounds = rounds_of(config, spec)
             for number, steps in enumerate(split_steps(config.train.max_steps, rounds), start=1):
                 stage = f"round{number}." if rounds > 1 else ""
-                examples = mine_round(
-                    spec, config, dataset_dir, arm_dir / f"round{number}", run_id, cache_dir, target, stage
-                )
+                round_dir = arm_dir / f"round{number}"
+                examples = mine_round(spec, config, dataset_dir, round_dir, run_id, cache_dir, target, stage, workspace)
+                examples_paths[stage.rstrip(".")] = examples
                 settings = spec.train_settings(config.train).model_copy(
                     update={"base_model": target, "max_steps": steps}
                 )
@@ -131,6 +138,8 @@ def compare_arm(
         "metrics": result["metrics"],
         "recall_curve": result["recall_curve"],
         "per_query_path": str(out / f"per_query_{spec.slug}.json"),  # written by tasks/evaluate.py
+        "run_path": str(out / f"run_{spec.slug}.trec"),
+        "examples_paths": examples_paths,
         "seconds": seconds,
     }
 
@@ -144,25 +153,53 @@ def mine_round(
     cache_dir: Path,
     model_dir: str,
     stage: str,
+    workspace: Path,
 ) -> str:
-    """``train_examples.jsonl`` of one round; dense mining uses ``model_dir``, the model of the round before."""
+    """``train_examples.jsonl`` of one round; dense candidates come from ``model_dir``, the round before's model.
+
+    The teacher's ``base`` is the study's base model whatever the round, and its corpus embeddings are
+    taken at evaluation's precision so the zero-shot evaluation reuses them.
+    """
     mining = run_config(config, spec).mining
     splits = (config.data.train_split, config.data.eval_split)
-    seq = config.train.max_seq_length
+    shared = {
+        "max_seq_length": config.train.max_seq_length,
+        "base_model": resolve_base_model(config.train.base_model),
+        "precision": config.eval.precision,
+        "workspace": workspace,
+    }
     if spec.arm != "mix-hard":
-        return mine(dataset_dir, mining, *splits, round_dir, run_id, cache_dir, model_dir, seq, f"mine.{stage}")
+        return mine(
+            dataset_dir,
+            mining,
+            *splits,
+            round_dir,
+            run_id,
+            cache_dir,
+            model_dir,
+            **shared,
+            metric_prefix=f"mine.{stage}",
+        )
     bm25 = mine(
         dataset_dir,
-        mining.model_copy(update={"strategy": "bm25"}),
+        mining.model_copy(update={"candidates": "bm25"}),
         *splits,
         round_dir / "bm25",
         run_id,
         cache_dir,
         model_dir,
-        seq,
-        f"mine.{stage}bm25.",
+        metric_prefix=f"mine.{stage}bm25.",
+        **shared,
     )
     dense = mine(
-        dataset_dir, mining, *splits, round_dir / "dense", run_id, cache_dir, model_dir, seq, f"mine.{stage}dense."
+        dataset_dir,
+        mining,
+        *splits,
+        round_dir / "dense",
+        run_id,
+        cache_dir,
+        model_dir,
+        metric_prefix=f"mine.{stage}dense.",
+        **shared,
     )
     return mix(bm25, dense, config.mix_dense_share, spec.seed, round_dir, run_id, f"mine.{stage}")

@@ -88,25 +88,78 @@ class DataConfig(Section):
 
 
 class MiningConfig(Section):
-    strategy: Literal["random", "bm25", "dense"] = Field(
-        "bm25", description="random: uniform; bm25: BM25 near misses; dense: the base model's own near misses."
+    """Negative mining in three parts: candidates, a false-negative filter, selection (model/mining/)."""
+
+    candidates: Literal["random", "bm25", "dense"] = Field(
+        "bm25",
+        description="random: uniform; bm25: BM25 near misses; dense: the model's own near misses (the base "
+        "model, or in the study's re-mined arm the model of the round before).",
     )
+    teacher: str = Field(
+        "base",
+        min_length=1,
+        description="Dense model scoring the false-negative filter: base (train.base_model), a model folder, "
+        "a registry reference (retriever@production, retriever/3), or none (no filter).",
+    )
+    margin: float = Field(
+        0.95,
+        gt=0,
+        le=1,
+        description="Drop candidates the teacher scores above margin × its score of the positive (NV-Retriever "
+        "TopK-PercPos).",
+    )
+    max_similarity: float | None = Field(
+        None, gt=-1, le=1, description="Also drop candidates the teacher scores above this cosine (None = no ceiling)."
+    )
+    filter: Literal["teacher", "miner_margin"] = Field(
+        "teacher",
+        description="teacher: the margin applies to the teacher's scores. miner_margin: to the miner's own scores "
+        "(the old setting, kept only for the study's control arm).",
+    )
+    selection: Literal["top", "sampled"] = Field(
+        "top", description="top: the highest-ranked survivors; sampled: uniform over the rank window's survivors."
+    )
+    rank_start: int = Field(0, ge=0, description="Skip miner ranks 1..rank_start (sampled windows: e.g. 3).")
+    rank_end: int = Field(50, ge=1, description="Candidates: the miner's top rank_end documents.")
     num_negatives: int = Field(1, ge=1, le=3, description="Mined negatives per (query, positive) pair.")
-    rank_start: int = Field(3, ge=0, description="Skip the top ranks: likely unjudged positives.")
-    rank_end: int = Field(50, ge=1, description="Draw negatives from ranks [rank_start, rank_end).")
-    relative_margin: float | None = Field(
-        0.95, gt=0, le=1, description="Drop candidates scoring above this share of the positive's score."
-    )
     skip_above_per_example: int = Field(
         1, ge=0, description="Click-log skip-above negatives per example, taken before mined ones (0 = none)."
     )
-    seed: int = Field(42, description="Seed of negative sampling.")
+    seed: int = Field(42, description="Seed of negative sampling and random fill.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: object) -> object:
+        # `strategy` was renamed `candidates` (same values); `relative_margin` applied to the miner's own
+        # score, which is no longer a default anyone should inherit silently.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "strategy" in data:
+            if "candidates" in data:
+                raise ValueError("mining.strategy is the old name of mining.candidates: give one of them")
+            data["candidates"] = data.pop("strategy")
+        if "relative_margin" in data:
+            raise ValueError(
+                "mining.relative_margin was removed: use mining.margin (applied to the teacher's scores), or "
+                "filter: miner_margin with margin to reproduce the old rule on the miner's scores"
+            )
+        return data
 
     @model_validator(mode="after")
     def _window(self) -> MiningConfig:
         if self.rank_end - self.rank_start < self.num_negatives:
-            raise ValueError(f"rank window [{self.rank_start}, {self.rank_end}) is smaller than num_negatives")
+            raise ValueError(
+                f"mining.rank_start/rank_end: the window of ranks {self.rank_start + 1}..{self.rank_end} holds "
+                f"fewer than mining.num_negatives ({self.num_negatives})"
+            )
+        if not self.teacher.strip():
+            raise ValueError("mining.teacher: empty; use base, none, a model folder or a registry reference")
         return self
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.teacher.strip().lower() != "none"
 
 
 class TrainConfig(Section):
@@ -235,40 +288,59 @@ class PublishConfig(Section):
         return cls.model_validate(load_yaml(path))
 
 
-CompareArm = Literal["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard", "mix-hard"]
-# What makes the default study fit ~75 minutes on a 2-core CPU (see model/study.py for the estimate).
-STUDY_TRAIN_DEFAULTS = {"max_seq_length": 64, "max_steps": 40}
+CompareArm = Literal[
+    "zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard", "dense-remined", "bm25-old", "mix-hard"
+]
+# The study trains every arm ~3 epochs of SciFact's train pairs at batch 32 (its dev curve has flattened by
+# then), at make run's sequence length (TrainConfig's own max_seq_length is not overridden here).
+STUDY_TRAIN_DEFAULTS = {"max_steps": 80, "learning_rate": 5e-5}
 
 
 class EstimateConfig(Section):
-    """Measured rates the study's time estimate scales from (MiniLM-L6, fp32, 2-core EPYC, unloaded)."""
+    """Rates the study's time estimate scales from (MiniLM-L6, batch 32, one negative, 128 tokens).
 
-    docs_per_second_at_128: float = Field(20.0, gt=0, description="Corpus encoding at 128 tokens; ∝ 1/length.")
-    step_seconds_at_128: float = Field(14.0, gt=0, description="One step, batch 32, one negative, 128 tokens.")
+    Two sets: CPUs without native bf16 (fp32; measured on a 2-core AVX2 EPYC, unloaded) and CPUs with it
+    (bf16 autocast). ``denseflow compare-negatives --plan --measure`` times a few real steps and an encoding
+    batch on the CPU it runs on and uses those instead.
+    """
+
+    docs_per_second_at_128: float = Field(20.0, gt=0, description="fp32 corpus encoding at 128 tokens; ∝ 1/length.")
+    step_seconds_at_128: float = Field(14.0, gt=0, description="fp32: one step, batch 32, one negative, 128 tokens.")
+    bf16_docs_per_second_at_128: float = Field(
+        120.0, gt=0, description="Native bf16 encoding (the step-time ratio applied to encoding; --measure to check)."
+    )
+    bf16_step_seconds_at_128: float = Field(2.0, gt=0, description="Native bf16: one step as above.")
     bm25_query_seconds: float = Field(0.03, ge=0, description="BM25 scores of one query over the corpus.")
-    run_overhead_seconds: float = Field(15.0, ge=0, description="Per child run: model loads, MLflow, Prefect.")
-    budget_minutes: float = Field(90.0, gt=0, description="Warn when the estimate exceeds this.")
+    run_overhead_seconds: float = Field(
+        15.0, ge=0, description="Per child run and round: model loads, MLflow, Prefect."
+    )
+    budget_minutes: float = Field(120.0, gt=0, description="Warn when the estimate exceeds this.")
 
 
 class CompareConfig(Section):
     """The ``compare_negatives`` study: every arm on the same data, base model, steps, batch, lr and seeds.
 
-    ``mining`` gives the guards (window, margin, negatives per pair); its ``strategy`` and ``seed`` are set
-    per arm. ``train`` gives the shared training settings; its ``seed``, ``towers`` and (in the sweep)
-    ``batch_size``/``loss`` are set per run. Dense arms split ``train.max_steps`` over their rounds, so every
-    trained arm takes the same number of optimizer steps.
+    ``mining`` gives the hard arms' shared settings (teacher, margin, selection, window, negatives per pair);
+    each arm sets its ``candidates`` and ``seed``, and ``bm25-old`` the old setting (model/evaluation/study.py).
+    ``train`` gives the shared training settings, dev selection included where TrainConfig offers it; its
+    ``seed``, ``towers`` and (in the sweep) ``batch_size``/``loss`` are set per run. Re-mined arms split
+    ``train.max_steps`` over their rounds, so every trained arm takes the same number of optimizer steps.
     """
 
     workspace: Path | None = Field(None, description="None = DENSEFLOW_HOME or ./.denseflow")
     run_name: str | None = Field("compare-negatives", description="Name of the parent MLflow run.")
     arms: list[CompareArm] = Field(
-        ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard"], min_length=1, description="Arms to run."
+        ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard", "dense-remined", "bm25-old"],
+        min_length=1,
+        description="Arms to run (docs/negatives_study.md).",
     )
     towers: list[Literal["siamese", "asymmetric"]] = Field(
         ["siamese"], min_length=1, description="Tower types crossed with every trained arm."
     )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Each trained arm runs once per seed.")
-    dense_rounds: int = Field(2, ge=1, description="dense-hard / mix-hard: mine, train, re-mine, train ...")
+    dense_rounds: int = Field(
+        2, ge=1, description="dense-remined / mix-hard: mine, train, re-mine with the round's best model, train ..."
+    )
     mix_dense_share: float = Field(0.5, gt=0, lt=1, description="mix-hard: share of negatives mined densely.")
     batch_sizes: list[int] = Field(
         [],
@@ -286,7 +358,7 @@ class CompareConfig(Section):
     @field_validator("train", mode="before")
     @classmethod
     def _study_train_defaults(cls, value: object) -> object:
-        # A YAML ``train:`` section overrides single keys; the study's shorter defaults stay for the rest.
+        # A YAML ``train:`` section overrides single keys; the study's defaults stay for the rest.
         return STUDY_TRAIN_DEFAULTS | value if isinstance(value, dict) else value
 
     @model_validator(mode="after")
@@ -299,7 +371,7 @@ class CompareConfig(Section):
             raise ValueError("batch_sizes: every size must be at least 2")
         if self.train.max_steps <= 0:
             raise ValueError("train.max_steps must be > 0: every arm trains the same number of steps")
-        if {"dense-hard", "mix-hard"} & set(self.arms) and self.train.max_steps < self.dense_rounds:
+        if {"dense-remined", "mix-hard"} & set(self.arms) and self.train.max_steps < self.dense_rounds:
             raise ValueError(f"train.max_steps ({self.train.max_steps}) < dense_rounds ({self.dense_rounds})")
         return self
 

@@ -9,14 +9,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.evaluation.metrics import read_trec_run
+from denseflow.model.evaluation.plots import plot_negatives
 from denseflow.model.evaluation.report import (
     RunResult,
+    VariantSummary,
+    bm25_positive_ranks,
     comparison_markdown,
     plot_study,
     summarise_runs,
     table_rows,
+    where_it_helps,
     write_csv,
 )
+from denseflow.model.evaluation.runs import bm25_run
 from denseflow.model.evaluation.study import ArmRunConfig, ArmSpec
 from denseflow.model.mining.negatives import mining_summary, mix_examples, read_examples, write_examples
 from denseflow.tasks.tracking import log_artifact, log_metrics, start_tracking_run
@@ -76,21 +83,56 @@ def _run_result(item: dict, client: MlflowClient) -> RunResult:
         seconds=item["seconds"],
         train_seconds=train_seconds,
         mining=mining,
+        examples_paths=item.get("examples_paths", {}),
     )
+
+
+def _bm25_ranks(runs: list[dict], dataset_dir: Path, split: str) -> dict[str, int | None]:
+    """BM25's rank of each test query's best positive: from the bm25-alone arm's run file, else computed."""
+    dataset = load_beir(Path(dataset_dir), [split], RejectLog())
+    run_path = next((item.get("run_path") for item in runs if item["spec"]["arm"] == "bm25-alone"), None)
+    run = read_trec_run(Path(run_path)) if run_path and Path(run_path).is_file() else bm25_run(dataset, split)
+    return bm25_positive_ranks(run, dataset.qrels[split])
+
+
+def _negatives_plots(summaries: list[VariantSummary], out_dir: Path) -> dict[str, str]:
+    """One plot per trained variant: its chosen negatives per mining stage, seeds pooled."""
+    plots = {}
+    for summary in summaries:
+        if not summary.examples_paths:
+            continue
+        series = {
+            stage or "negatives": [example for path in paths for example in read_examples(Path(path))]
+            for stage, paths in summary.examples_paths.items()
+        }
+        name = f"negatives_{summary.variant.replace('/', '_')}.png"
+        plot_negatives(series, out_dir / name, f"{summary.variant}: chosen negatives")
+        plots[summary.variant] = name
+    return plots
 
 
 @task(name="compare-report")
 def report(
-    runs: list[dict], out_dir: Path, parent_run_id: str, title: str, permutations: int, notes: list[str]
+    runs: list[dict],
+    out_dir: Path,
+    parent_run_id: str,
+    title: str,
+    permutations: int,
+    notes: list[str],
+    dataset_dir: Path,
+    split: str,
 ) -> dict:
-    """Table (markdown, CSV), recall@k plot and per-variant metrics on the parent run; a Prefect table."""
+    """Table (markdown, CSV), where-does-it-help counts, recall@k and negatives plots, per-variant metrics on
+    the parent run; a Prefect table."""
     client = MlflowClient()
     summaries = summarise_runs([_run_result(item, client) for item in runs], permutations)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = comparison_markdown(summaries, title, notes)
+    helps = where_it_helps(summaries, _bm25_ranks(runs, dataset_dir, split))
+    plots = _negatives_plots(summaries, out_dir)
+    markdown = comparison_markdown(summaries, title, notes, helps, plots)
     (out_dir / "comparison.md").write_text(markdown, encoding="utf-8")
-    write_csv(summaries, out_dir / "comparison.csv")
+    write_csv(summaries, out_dir / "comparison.csv", helps)
     plot_study(summaries, out_dir / "recall_at_k.png", title)
     details = [
         {
@@ -103,6 +145,7 @@ def report(
             "train_seconds": s.train_seconds,
             "run_seconds": s.seconds,
             "mining": s.mining,
+            "where_it_helps": [row for row in helps if row["variant"] == s.variant],
         }
         for s in summaries
     ]
@@ -122,5 +165,6 @@ def report(
         "csv": str(out_dir / "comparison.csv"),
         "plot": str(out_dir / "recall_at_k.png"),
         "rows": rows,
+        "where_it_helps": helps,
         "variants": details,
     }

@@ -1,4 +1,4 @@
-"""Mine: build train_examples.jsonl with the configured negative strategy; log what the guards removed."""
+"""Mine: build train_examples.jsonl (candidates → false-negative filter → selection); log what each part did."""
 
 from __future__ import annotations
 
@@ -7,9 +7,39 @@ from pathlib import Path
 from denseflow.model.config import MiningConfig
 from denseflow.model.data.assemble import read_skip_above
 from denseflow.model.data.beir import RejectLog, assert_no_leak, load_beir
+from denseflow.model.encoder import resolve_base_model
+from denseflow.model.evaluation.plots import plot_negatives
+from denseflow.model.mining.filters import load_teacher
 from denseflow.model.mining.negatives import make_scorer, mine_negatives, mining_summary, write_examples
 from denseflow.tasks.tracking import log_artifact, log_metrics
 from prefect import task
+
+
+def resolve_teacher(teacher: str, base_model: str, workspace: Path | None = None) -> str | None:
+    """The folder of ``mining.teacher``: ``base``, a model folder, or a registry reference; None for ``none``.
+
+    A registry reference (``retriever@production``, ``retriever/3``) is resolved here, where MLflow is
+    configured, so the miner below only ever sees a folder. Anything that does not lead to a loadable
+    sentence-transformers folder is a configuration error naming the setting.
+    """
+    name = teacher.strip()
+    if name.lower() == "none":
+        return None
+    if name.lower() == "base":
+        return base_model
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        try:
+            from denseflow.registry.resolve import resolve_model
+
+            folder = resolve_model(name, workspace).local_dir
+        except Exception as error:  # MLflow raises several types for an unknown name, alias or version
+            raise ValueError(
+                f"mining.teacher: {teacher!r} is neither a model folder nor a registry model that resolves ({error})"
+            ) from error
+    if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
+        raise ValueError(f"mining.teacher: {str(folder)!r} is not a sentence-transformers model folder")
+    return str(folder)
 
 
 @task(name="mine")
@@ -24,25 +54,38 @@ def mine(
     model_dir: str | None = None,
     max_seq_length: int | None = None,
     metric_prefix: str = "mine.",
+    base_model: str | None = None,
+    precision: str = "auto",
+    workspace: Path | None = None,
 ) -> str:
-    """Returns the path of ``train_examples.jsonl``; ``model_dir`` is the encoder for dense mining."""
+    """Returns the path of ``train_examples.jsonl``.
+
+    ``model_dir`` ranks dense candidates (the base model, or the model of the round before when re-mining);
+    ``base_model`` is what ``teacher: base`` means (default ``model_dir``). The teacher's corpus embeddings
+    use ``precision`` and ``max_seq_length`` so the evaluation of the same model reads them from the cache.
+    """
     dataset = load_beir(Path(dataset_dir), [train_split, eval_split], RejectLog())
     assert_no_leak(dataset.qrels[train_split], dataset, eval_split)
-    scorer = make_scorer(mining.strategy, dataset, train_split, model_dir, cache_dir, max_seq_length)
-    examples, report = mine_negatives(
-        dataset,
-        train_split,
-        num_negatives=mining.num_negatives,
-        seed=mining.seed,
-        scorer=scorer,
-        source=mining.strategy,
-        rank_start=mining.rank_start,
-        rank_end=mining.rank_end,
-        relative_margin=mining.relative_margin,
-        extra_negatives=read_skip_above(Path(dataset_dir)) if mining.skip_above_per_example else None,
-        max_extra=mining.skip_above_per_example,
+    base = base_model or model_dir or resolve_base_model(None)
+    teacher_dir = resolve_teacher(mining.teacher, base, workspace)
+    try:
+        teacher = (
+            load_teacher(teacher_dir, dataset, train_split, Path(cache_dir), max_seq_length, precision)
+            if teacher_dir is not None
+            else None
+        )
+    except (OSError, ValueError) as error:
+        raise ValueError(f"mining.teacher: cannot load {teacher_dir!r}: {error}") from error
+    scorer = make_scorer(
+        mining.candidates, dataset, train_split, model_dir or base, Path(cache_dir), max_seq_length, precision
     )
+    extras = read_skip_above(Path(dataset_dir)) if mining.skip_above_per_example else None
+    examples, report = mine_negatives(dataset, train_split, mining, scorer, teacher, extras)
     path = write_examples(examples, Path(run_dir) / "train_examples.jsonl")
-    log_metrics(run_id, report.as_metrics() | mining_summary(examples), prefix=metric_prefix)
+    log_metrics(run_id, report.as_metrics() | dict(mining_summary(examples)), prefix=metric_prefix)
     log_artifact(run_id, path)
+    title = f"{mining.candidates} negatives ({mining.selection}, {metric_prefix.rstrip('.')})"
+    stage = metric_prefix.removeprefix("mine.").strip(".").replace(".", "_")
+    plot_path = Path(run_dir) / (f"negatives_{stage}.png" if stage else "negatives.png")
+    log_artifact(run_id, plot_negatives({mining.candidates: examples}, plot_path, title), "plots")
     return str(path)

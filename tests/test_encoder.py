@@ -92,7 +92,7 @@ def test_asymmetric_training_moves_both_towers_apart(tiny_model_dir, tiny_beir_d
     from denseflow.model.training.trainer import train_bi_encoder
 
     dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
-    examples, _ = mine_negatives(dataset, "train", 1, 0)
+    examples, _ = mine_negatives(dataset, "train", num_negatives=1, seed=0)
     settings = TrainConfig(
         base_model=str(tiny_model_dir), towers="asymmetric", loss="cached_mnrl", mini_batch_size=4, batch_size=8,
         max_steps=2, learning_rate=1e-3, warmup_ratio=0, max_seq_length=32, precision="fp32",

@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 from denseflow.model.evaluation.report import (
     RunResult,
+    bm25_positive_ranks,
+    bucket_of,
     comparison_markdown,
     guard_rows,
     plot_study,
     summarise_runs,
     table_rows,
+    where_it_helps,
     write_csv,
 )
 from denseflow.model.evaluation.study import ArmSpec
@@ -80,3 +83,50 @@ def test_table_markdown_csv_and_plot(summaries, tmp_path):
     assert float(table["dense-hard/siamese"]["mine.round1.removed_rank_window"]) == 2000
     png = plot_study(summaries, tmp_path / "recall.png", "study")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bm25_rank_of_the_best_positive_and_its_bucket():
+    run = {"a": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "b": {"d1": 1.0}, "c": {}}
+    qrels = {"a": {"d3": 1, "d2": 1}, "b": {"d9": 1}, "c": {"d1": 1}}
+    assert bm25_positive_ranks(run, qrels) == {"a": 2, "b": None, "c": None}
+    assert [bucket_of(rank) for rank in (1, 3, 4, 20, 21, None)] == [
+        "top 3", "top 3", "4–20", "4–20", "below 20", "below 20",
+    ]  # fmt: skip
+
+
+def test_where_it_helps_counts_wins_and_losses_per_bm25_bucket(summaries, tmp_path):
+    # BM25 ranks the positive of q0..q19 in its top 3, q20..q39 at 4-20, the rest below 20.
+    ranks = {q: (1 if i < 20 else 10 if i < 40 else None) for i, q in enumerate(QUERIES)}
+    helps = where_it_helps(summaries, ranks)
+    assert {row["variant"] for row in helps} == {"bm25-hard/siamese", "dense-hard/siamese"}  # trained, not random
+    by = {(row["variant"], row["bucket"]): row for row in helps}
+    bm25 = {s.variant: s for s in summaries}["bm25-hard/siamese"]
+    random_arm = {s.variant: s for s in summaries}["random/siamese"]
+    top = by[("bm25-hard/siamese", "top 3")]
+    differences = [bm25.per_query["ndcg@10"][q] - random_arm.per_query["ndcg@10"][q] for q in QUERIES[:20]]
+    assert top["queries"] == 20
+    assert (top["wins"], top["losses"], top["ties"]) == (
+        sum(d > 0 for d in differences), sum(d < 0 for d in differences), sum(d == 0 for d in differences),
+    )  # fmt: skip
+    assert top["ndcg@10"] == pytest.approx(np.mean(differences))
+    assert top["wins"] > top["losses"]  # the fixture's bm25-hard hits 95% of queries against random's 50%
+    assert sum(by[("bm25-hard/siamese", b)]["queries"] for b in ("top 3", "4–20", "below 20")) == len(QUERIES)
+
+    markdown = comparison_markdown(summaries, "study", helps=helps, plots={"bm25-hard/siamese": "neg.png"})
+    assert "## Where does it help?" in markdown and "| bm25-hard/siamese | top 3 | 20 |" in markdown
+    assert "![bm25-hard/siamese](neg.png)" in markdown
+    table = {row["variant"]: row for row in csv.DictReader(write_csv(summaries, tmp_path / "c.csv", helps).open())}
+    assert table["bm25-hard/siamese"]["bm25_top3_wins"] == str(top["wins"])
+    assert float(table["bm25-hard/siamese"]["bm25_top3_recall@1"]) == pytest.approx(top["recall@1"], abs=1e-6)
+    assert table["random/siamese"]["bm25_top3_wins"] == ""
+    assert float(table["bm25-hard/siamese"]["recall@1_p_holm"]) >= 0  # recall@1 is tested like the others
+
+
+def test_negatives_plot_is_drawn(tmp_path):
+    from denseflow.model.evaluation.plots import plot_negatives
+    from denseflow.model.mining.negatives import Negative, TrainExample
+
+    examples = [TrainExample("q", "d0", [Negative("d1", 2, 5.0, "bm25", 0.6)], 0.8)]
+    random = [TrainExample("q", "d0", [Negative("d7", None, None, "random", 0.1)], 0.8)]
+    path = plot_negatives({"round1": examples, "random": random}, tmp_path / "neg.png", "negatives")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

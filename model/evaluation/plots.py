@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
@@ -23,6 +24,38 @@ def plot_recall_curves(curves: Mapping[str, Sequence[float]], path: Path, title:
     axes.grid(True, which="both", alpha=0.3)
     axes.set_title(title)
     axes.legend(loc="lower right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    plt.close(figure)
+    return path
+
+
+def plot_negatives(series: Mapping[str, Sequence], path: Path, title: str) -> Path:
+    """Chosen negatives, one line per series: their miner ranks, and their teacher score over the positive's.
+
+    ``series`` maps a label to a list of :class:`denseflow.model.mining.negatives.TrainExample`. Random
+    negatives have no rank and appear only in the right panel; without a teacher the right panel is empty.
+    """
+    from denseflow.model.mining.negatives import teacher_ratios
+
+    figure, (ranks_axes, ratio_axes) = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for label, examples in series.items():
+        ranks = [neg.rank for example in examples for neg in example.negatives if neg.rank is not None]
+        if ranks:
+            bins = np.arange(0.5, max(ranks) + 1.5, max(1, (max(ranks) + 1) // 50))
+            ranks_axes.hist(ranks, bins=bins, histtype="step", linewidth=1.6, label=f"{label} ({len(ranks)})")
+        ratios = teacher_ratios(examples)
+        if ratios:
+            ratio_axes.hist(ratios, bins=40, histtype="step", linewidth=1.6, label=f"{label} ({len(ratios)})")
+    ranks_axes.set_xlabel("miner rank of the chosen negative")
+    ranks_axes.set_ylabel("negatives")
+    ratio_axes.set_xlabel("teacher score: negative / positive")
+    for axes in (ranks_axes, ratio_axes):
+        axes.grid(True, alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend(loc="upper right", fontsize=8)
+    figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)

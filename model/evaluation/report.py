@@ -1,8 +1,13 @@
-"""The negatives study's report: runs grouped by variant, mean ± std over seeds, paired tests, table and plot.
+"""The negatives study's report: runs grouped by variant, mean ± std over seeds, paired tests, table and plots.
 
 One row per *variant* (arm × tower type × batch size); its seeds are averaged. Every trained variant, and
 the untrained ones, are tested against the random-negatives variant of the same tower type and batch size
-(untrained arms against the first random variant) on each test query; see model/stats.py for the tests.
+(untrained arms against the first random variant) on each test query; see model/evaluation/stats.py.
+
+*Where does it help*: hard negatives are meant to fix the queries where the positive sits among lexically
+close distractors. Test queries are grouped by BM25's rank of their best-ranked positive (top 3, 4-20,
+below 20 or not retrieved), and each hard arm's per-query wins and losses against random are counted per
+group, with the mean nDCG@10 and recall@1 differences.
 """
 
 from __future__ import annotations
@@ -20,16 +25,21 @@ from denseflow.model.evaluation.study import ArmSpec
 
 BASELINE_ARM = "random"
 TABLE_METRICS = ("recall@1", "recall@10", "recall@100", "ndcg@10", "mrr@10")
-TEST_METRICS = ("recall@10", "ndcg@10")
+TEST_METRICS = ("recall@1", "recall@10", "ndcg@10")
 GUARD_COLUMNS = (
     "examples",
     "removed_judged_positive",
     "removed_rank_window",
-    "removed_relative_margin",
-    "removed_short_window",
+    "removed_teacher_margin",
+    "removed_teacher_ceiling",
+    "removed_miner_margin",
+    "filled_examples",
     "negative_rank_mean",
-    "negative_score_mean",
+    "teacher_ratio_mean",
 )
+# (label, CSV key, lowest rank, highest rank or None): BM25's rank of the best-ranked positive.
+BM25_BUCKETS = (("top 3", "top3", 1, 3), ("4–20", "4to20", 4, 20), ("below 20", "below20", 21, None))
+HELP_METRICS = ("ndcg@10", "recall@1")
 
 
 @dataclass
@@ -44,6 +54,7 @@ class RunResult:
     seconds: float
     train_seconds: float = 0.0
     mining: dict[str, float] = field(default_factory=dict)  # mine.* metrics, the "mine." prefix removed
+    examples_paths: dict[str, str] = field(default_factory=dict)  # mining stage -> train_examples.jsonl
 
 
 @dataclass
@@ -63,6 +74,7 @@ class VariantSummary:
     baseline: str | None = None
     tests: dict[str, PairedTest] = field(default_factory=dict)
     p_holm: dict[str, float] = field(default_factory=dict)
+    examples_paths: dict[str, list[str]] = field(default_factory=dict)  # mining stage -> one file per seed
 
 
 def summarise_runs(
@@ -107,6 +119,10 @@ def _summarise_group(runs: list[RunResult]) -> VariantSummary:
         seconds=float(np.mean([run.seconds for run in runs])),
         train_seconds=float(np.mean([run.train_seconds for run in runs])),
         mining={key: float(np.mean([run.mining.get(key, 0.0) for run in runs])) for key in mining_keys},
+        examples_paths={
+            stage: [run.examples_paths[stage] for run in runs if stage in run.examples_paths]
+            for stage in dict.fromkeys(stage for run in runs for stage in run.examples_paths)
+        },
     )
 
 
@@ -172,7 +188,14 @@ def guard_rows(summaries: Sequence[VariantSummary]) -> list[dict[str, str]]:
     return rows
 
 
-def comparison_markdown(summaries: Sequence[VariantSummary], title: str, notes: Sequence[str] = ()) -> str:
+def comparison_markdown(
+    summaries: Sequence[VariantSummary],
+    title: str,
+    notes: Sequence[str] = (),
+    helps: Sequence[dict] = (),
+    plots: dict[str, str] | None = None,
+) -> str:
+    """The report page; ``helps`` from :func:`where_it_helps`, ``plots`` maps a variant to its negatives plot."""
     tested = next((s for s in summaries if s.tests), None)
     queries = next(iter(tested.tests.values())).queries if tested else 0
     lines = [
@@ -194,16 +217,87 @@ def comparison_markdown(summaries: Sequence[VariantSummary], title: str, notes: 
             "",
             markdown_table(guards),
             "",
-            "removed_*: candidates in the rank window each false-negative guard dropped (judged positive, "
-            "above rank_start, above the margin × the positive's score); removed_short_window: examples whose "
-            "window held too few candidates and were filled with random negatives.",
+            "removed_*: candidates among the miner's top rank_end each filter dropped: judged positive, ranks up "
+            "to rank_start, teacher score above margin × the teacher's score of the positive (teacher_margin), "
+            "above max_similarity (teacher_ceiling), or the old rule on the miner's own score (miner_margin). "
+            "filled_examples: examples with too few survivors, completed with random negatives. "
+            "teacher_ratio_mean: the chosen negatives' teacher score over their positive's.",
+        ]
+    if helps:
+        lines += [
+            "",
+            "## Where does it help? Per query, against random, by BM25's rank of the positive",
+            "",
+            markdown_table([_help_cells(row) for row in helps]),
+            "",
+            "Test queries grouped by the rank BM25 gives their best-ranked judged positive (below 20 includes "
+            "not retrieved in its top 100). wins / losses / ties: queries where the arm's nDCG@10 (mean over "
+            "seeds) is above / below / equal to random's; Δ: mean per-query difference.",
+        ]
+    if plots:
+        lines += ["", "## The negatives each arm trained on", ""]
+        lines += [f"![{variant}]({name})" for variant, name in plots.items()]
+        lines += [
+            "",
+            "Left: the miner rank of each chosen negative; right: its teacher score over the teacher's score "
+            "of its positive (1 = as close to the query as the positive). One line per mining round.",
         ]
     lines += [f"\n{note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
-def write_csv(summaries: Sequence[VariantSummary], path: Path) -> Path:
-    """Every number, one row per variant: metric means and stds, tests, times and mining counts."""
+def bm25_positive_ranks(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, int | None]:
+    """``{query: rank of its best-ranked judged positive in run}``; None when no positive was retrieved."""
+    ranks: dict[str, int | None] = {}
+    for query, judged in qrels.items():
+        ranking = sorted(run.get(query, {}).items(), key=lambda item: (-item[1], item[0]))
+        ranks[query] = next(
+            (rank for rank, (doc, _) in enumerate(ranking, start=1) if judged.get(doc, 0) > 0),
+            None,
+        )
+    return ranks
+
+
+def bucket_of(rank: int | None) -> str:
+    for label, _, low, high in BM25_BUCKETS:
+        if rank is not None and rank >= low and (high is None or rank <= high):
+            return label
+    return BM25_BUCKETS[-1][0]  # not retrieved at all: the hardest case for BM25
+
+
+def where_it_helps(summaries: Sequence[VariantSummary], positive_ranks: dict[str, int | None]) -> list[dict]:
+    """Per trained arm tested against random and per BM25 bucket: queries, wins, losses, ties, mean differences."""
+    by_variant = {s.variant: s for s in summaries}
+    rows = []
+    for summary in summaries:
+        if summary.towers is None or summary.baseline is None:
+            continue
+        baseline = by_variant[summary.baseline]
+        for label, key, _, _ in BM25_BUCKETS:
+            queries = [q for q in summary.per_query[HELP_METRICS[0]] if bucket_of(positive_ranks.get(q)) == label]
+            row: dict = {"variant": summary.variant, "baseline": baseline.variant, "bucket": label, "key": key}
+            row["queries"] = len(queries)
+            decisive = [summary.per_query[HELP_METRICS[0]][q] - baseline.per_query[HELP_METRICS[0]][q] for q in queries]
+            row["wins"] = sum(d > 0 for d in decisive)
+            row["losses"] = sum(d < 0 for d in decisive)
+            row["ties"] = sum(d == 0 for d in decisive)
+            for metric in HELP_METRICS:
+                differences = [summary.per_query[metric][q] - baseline.per_query[metric][q] for q in queries]
+                row[metric] = float(np.mean(differences)) if differences else None
+            rows.append(row)
+    return rows
+
+
+def _help_cells(row: dict) -> dict[str, str]:
+    cells = {"arm": row["variant"], "BM25 rank of positive": row["bucket"], "queries": str(row["queries"])}
+    cells |= {"wins": str(row["wins"]), "losses": str(row["losses"]), "ties": str(row["ties"])}
+    cells |= {f"Δ {metric}": f"{row[metric]:+.4f}" if row["queries"] else "–" for metric in HELP_METRICS}
+    return cells
+
+
+def write_csv(summaries: Sequence[VariantSummary], path: Path, helps: Sequence[dict] = ()) -> Path:
+    """Every number, one row per variant: metric means and stds, tests, times, mining counts, and the
+    where-does-it-help counts per BM25 bucket (``bm25_top3_wins`` ...)."""
     metric_names = sorted({name for s in summaries for name in s.metrics})
     mining_names = sorted({name for s in summaries for name in s.mining})
     header = ["variant", "arm", "towers", "batch_size", "seeds", "runs", "baseline"]
@@ -213,6 +307,9 @@ def write_csv(summaries: Sequence[VariantSummary], path: Path) -> Path:
             f"{metric}_{part}" for part in ("difference", "p_randomisation", "p_holm", "p_ttest", "wins", "losses")
         ]
     header += ["train_seconds", "run_seconds", *[f"mine.{name}" for name in mining_names]]
+    help_fields = ("queries", "wins", "losses", "ties", *HELP_METRICS)
+    header += [f"bm25_{key}_{name}" for _, key, _, _ in BM25_BUCKETS for name in help_fields]
+    help_by = {(row["variant"], row["key"]): row for row in helps}
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
@@ -238,8 +335,17 @@ def write_csv(summaries: Sequence[VariantSummary], path: Path) -> Path:
                     row += [f"{test.p_ttest:.6g}", test.wins, test.losses]
             row += [f"{s.train_seconds:.1f}", f"{s.seconds:.1f}"]
             row += [f"{s.mining[name]:.4f}" if name in s.mining else "" for name in mining_names]
+            for _, key, _, _ in BM25_BUCKETS:
+                found = help_by.get((s.variant, key))
+                row += [""] * len(help_fields) if found is None else [_csv_value(found[name]) for name in help_fields]
             writer.writerow(row)
     return path
+
+
+def _csv_value(value: object) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
 
 
 def plot_study(summaries: Sequence[VariantSummary], path: Path, title: str) -> Path:
@@ -249,12 +355,14 @@ def plot_study(summaries: Sequence[VariantSummary], path: Path, title: str) -> P
 
 def study_note(config: CompareConfig, data: dict, parent_run_id: str, minutes: float) -> str:
     """What every arm shared, under the table: data, steps, batch, rate, length, rounds, seeds, wall time."""
-    train = config.train
+    train, mining = config.train, config.mining
     return (
         f"Data: {data['train_queries']} train / {data['eval_queries']} {config.data.eval_split} queries, "
         f"{data['documents']} documents (fingerprint `{data['fingerprint']}`). Every trained arm: "
         f"{train.max_steps} steps at batch {train.batch_size}, lr {train.learning_rate}, max_seq_length "
-        f"{train.max_seq_length}; dense arms split the steps over {config.dense_rounds} rounds, re-mining with the "
-        f"previous round's model. Seeds {config.seeds}. MLflow parent run `{parent_run_id}`; wall time "
-        f"{minutes:.1f} min."
+        f"{train.max_seq_length}; re-mined arms split the steps over {config.dense_rounds} rounds, re-mining with "
+        f"the round's best model. Hard arms: teacher `{mining.teacher}`, margin {mining.margin}, selection "
+        f"`{mining.selection}`, {mining.num_negatives} negative(s) per pair from the top {mining.rank_end}; "
+        f"bm25-old: BM25, margin on BM25's scores, sampled from ranks 4-50. Seeds {config.seeds}. MLflow "
+        f"parent run `{parent_run_id}`; wall time {minutes:.1f} min."
     )

@@ -4,20 +4,30 @@ A *run* is one arm at one tower type, batch size and seed; it becomes one child 
 (zero-shot base model, BM25 alone) are deterministic and run once. Trained arms run once per seed, in seed
 order, so the first complete round of arms lands early and an interrupted study still says something.
 
-The estimate scales measured rates (``EstimateConfig``) by sequence length, batch size and texts per row:
-encoding and a training step cost about linearly in tokens at these lengths (MiniLM-L6 on this CPU encodes
-9.5 docs/s at 256 tokens and 20 at 128). What it counts, and what the caches save:
+Each trained arm is the study's ``mining`` section with its own candidates (``ARM_MINING``); ``bm25-old``
+reproduces the setting of the first study (margin on BM25's own scores, uniform over ranks 4-50) as the
+control that shows what the new mining changes.
 
-- the base model's corpus embeddings once (zero-shot evaluation and the first dense mining round share them);
-- per trained run: ``train.max_steps`` steps (dense arms split them over their rounds) and one corpus
-  encoding of the final model for evaluation, plus one per extra dense round (re-mining with the new model;
-  the intermediate round's evaluation then reuses those embeddings);
-- BM25 scores of the train queries once per process (``denseflow.model.mining.negatives`` keeps them); mining itself is cheap.
+The estimate scales per-CPU rates by sequence length, batch size and texts per row: encoding and a
+training step cost about linearly in tokens at these lengths. Rates come from ``EstimateConfig`` (one set
+for CPUs with native bf16, one without), or from :func:`measure_rates` on this CPU. What it counts, and
+what the caches save:
+
+- the base model's corpus embeddings once (teacher, zero-shot evaluation and the first dense mining round
+  share them through the embedding cache);
+- per trained run: ``train.max_steps`` steps (an upper bound when early stopping ends sooner; re-mined arms
+  split them over their rounds), the dev evaluations TrainConfig asks for, one corpus encoding of the final
+  model for evaluation plus one per extra round (re-mining with the round's model), and the train queries
+  encoded by the teacher and the dense miner each round;
+- BM25 scores of the train queries once per process (``denseflow.model.mining.candidates`` keeps them).
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from denseflow.model.config import (
     CompareConfig,
@@ -28,10 +38,30 @@ from denseflow.model.config import (
     TrackingConfig,
     TrainConfig,
 )
+from denseflow.model.data.beir import Dataset
 
 UNTRAINED = ("zero-shot", "bm25-alone")
-ROUNDED = ("dense-hard", "mix-hard")
-STRATEGY = {"random": "random", "bm25-hard": "bm25", "dense-hard": "dense", "mix-hard": "dense"}
+ROUNDED = ("dense-remined", "mix-hard")
+# The first study's mining: BM25 candidates, the margin on BM25's own scores, uniform over ranks 4-50.
+OLD_SETTING = {
+    "candidates": "bm25",
+    "filter": "miner_margin",
+    "margin": 0.95,
+    "selection": "sampled",
+    "rank_start": 3,
+    "rank_end": 50,
+}
+# What each trained arm changes in the study's mining section (mix-hard mines BM25 too, see the flow).
+ARM_MINING: dict[str, dict] = {
+    "random": {"candidates": "random"},
+    "bm25-hard": {"candidates": "bm25"},
+    "dense-hard": {"candidates": "dense"},
+    "dense-remined": {"candidates": "dense"},
+    "mix-hard": {"candidates": "dense"},
+    "bm25-old": OLD_SETTING,
+}
+BM25_ARMS = ("bm25-hard", "bm25-old", "mix-hard")
+DENSE_ARMS = ("dense-hard", "dense-remined", "mix-hard")
 # GradCache runs every mini-batch forward twice (once without gradients to cache embeddings).
 CACHED_LOSS_FACTOR = 4 / 3
 QUERY_TOKENS = 32  # SciFact claims are one sentence; batches pad to their longest query
@@ -113,7 +143,8 @@ def run_config(config: CompareConfig, spec: ArmSpec) -> ArmRunConfig:
     mining = config.mining
     train = config.train
     if spec.trained:
-        mining = mining.model_copy(update={"strategy": STRATEGY[spec.arm], "seed": spec.seed})
+        # Validated, not model_copy'd: an arm's overrides must still make a consistent mining section.
+        mining = MiningConfig.model_validate(mining.model_dump() | ARM_MINING[spec.arm] | {"seed": spec.seed})
         train = spec.train_settings(train)
     return ArmRunConfig(
         arm=spec.arm,
@@ -141,6 +172,62 @@ def rounds_of(config: CompareConfig, spec: ArmSpec) -> int:
     return config.dense_rounds if spec.rounds_arm else 1
 
 
+@dataclass(frozen=True)
+class Rates:
+    """Per-CPU rates at 128 tokens, batch 32, one negative; ``source`` says where they come from."""
+
+    docs_per_second_at_128: float
+    step_seconds_at_128: float
+    source: str
+
+
+def cpu_rates(config: CompareConfig) -> Rates:
+    """The configured rates for this CPU: native bf16 or not decides (as ``train.precision: auto`` does)."""
+    from denseflow.model.encoder import resolve_precision
+
+    rates = config.estimate
+    if resolve_precision(config.train.precision) == "bf16":
+        return Rates(rates.bf16_docs_per_second_at_128, rates.bf16_step_seconds_at_128, "configured, bf16 CPU")
+    return Rates(rates.docs_per_second_at_128, rates.step_seconds_at_128, "configured, fp32 CPU (no native bf16)")
+
+
+def measure_rates(config: CompareConfig, dataset: Dataset, steps: int = 3, workdir: Path | None = None) -> Rates:
+    """Rates timed on this CPU: ``steps`` training steps with the study's settings, and one encoding batch.
+
+    The median step (the first pays for lazy initialisation) and the encoding rate are scaled back to 128
+    tokens and batch 32, the reference the estimate scales from.
+    """
+    import time
+
+    from denseflow.model.encoder import encode, load_encoder, resolve_base_model
+    from denseflow.model.mining.negatives import mine_negatives
+    from denseflow.model.training.trainer import train_bi_encoder
+
+    train = config.train
+    length = train.max_seq_length
+    settings = train.model_copy(update={"max_steps": steps, "save_steps": 10_000})
+    mining = MiningConfig(candidates="random", num_negatives=config.mining.num_negatives, seed=0)
+    examples, _ = mine_negatives(dataset, config.data.train_split, mining)
+    examples = examples[: settings.batch_size * (steps + 1)]
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        result = train_bi_encoder(examples, dataset, settings, Path(tmp), progress=False)
+    step = result.median_step_seconds / _step_factor(config, settings)
+    model = load_encoder(resolve_base_model(train.base_model), length)
+    texts = [document.full_text for document in list(dataset.corpus.values())[: 2 * config.eval.batch_size]]
+    encode(model, texts[:8], "document", config.eval.batch_size, config.eval.precision)  # warm-up
+    started = time.perf_counter()
+    encode(model, texts, "document", config.eval.batch_size, config.eval.precision)
+    docs_per_second = len(texts) / (time.perf_counter() - started)
+    return Rates(docs_per_second * length / 128, step, f"measured on this CPU ({steps} steps)")
+
+
+def _step_factor(config: CompareConfig, settings: TrainConfig) -> float:
+    """A step's cost relative to 128 tokens, batch 32 and one negative (rows of 3 texts)."""
+    texts = (2 + config.mining.num_negatives) / 3
+    loss = CACHED_LOSS_FACTOR if settings.loss == "cached_mnrl" else 1.0
+    return (config.train.max_seq_length / 128) * (settings.batch_size / 32) * texts * loss
+
+
 @dataclass
 class StudyEstimate:
     """Seconds per run (in plan order) and for the shared base-model corpus encoding."""
@@ -148,6 +235,7 @@ class StudyEstimate:
     runs: list[tuple[str, float]]
     shared_seconds: float
     details: dict[str, float] = field(default_factory=dict)
+    rates: Rates | None = None
 
     @property
     def total_seconds(self) -> float:
@@ -163,48 +251,80 @@ class StudyEstimate:
         return rest * max(1.0, elapsed / planned_done if planned_done > 0 and done else 1.0)
 
     def describe(self) -> str:
-        lines = [f"{slug:<40} {seconds / 60:6.1f} min" for slug, seconds in self.runs]
+        lines = []
+        if self.rates is not None:
+            lines.append(
+                f"rates ({self.rates.source}): a step of batch 32 at 128 tokens {self.rates.step_seconds_at_128:.1f} s, "
+                f"encoding {self.rates.docs_per_second_at_128:.0f} docs/s at 128 tokens; this study: "
+                f"{self.details.get('step_seconds', 0):.1f} s per step"
+            )
+        lines += [f"{slug:<40} {seconds / 60:6.1f} min" for slug, seconds in self.runs]
         lines.append(f"{'shared: base model corpus embeddings':<40} {self.shared_seconds / 60:6.1f} min")
         lines.append(f"{'total':<40} {self.total_seconds / 60:6.1f} min")
         return "\n".join(lines)
 
 
 def estimate_study(
-    config: CompareConfig, documents: int, train_queries: int, test_queries: int, specs: list[ArmSpec] | None = None
+    config: CompareConfig,
+    documents: int,
+    train_queries: int,
+    test_queries: int,
+    specs: list[ArmSpec] | None = None,
+    rates: Rates | None = None,
 ) -> StudyEstimate:
-    rates = config.estimate
+    rates = rates or cpu_rates(config)
+    fixed = config.estimate
     length = config.train.max_seq_length
-    corpus = documents / (rates.docs_per_second_at_128 * 128 / length)
+    docs_per_second = rates.docs_per_second_at_128 * 128 / length
+    corpus = documents / docs_per_second
 
-    def queries(count: int) -> float:
+    def queries(count: float) -> float:
         return count / (rates.docs_per_second_at_128 * 128 / min(length, QUERY_TOKENS))
 
     def step(settings: TrainConfig) -> float:
-        texts = (2 + config.mining.num_negatives) / 3
-        factor = CACHED_LOSS_FACTOR if settings.loss == "cached_mnrl" else 1.0
-        return rates.step_seconds_at_128 * (length / 128) * (settings.batch_size / 32) * texts * factor
+        return rates.step_seconds_at_128 * _step_factor(config, settings)
+
+    # Dev selection, where TrainConfig offers it: evaluations per epoch over a candidate corpus of each dev
+    # query's positives and BM25 top-N (getattr: the settings arrive with the recipe work).
+    dev_share = getattr(config.data, "dev_share", 0.0)
+    evals_per_epoch = getattr(config.train, "evals_per_epoch", 0)
+    dev_queries = train_queries * dev_share
+    dev_docs = dev_queries * (getattr(config.train, "dev_candidates", 10) + 1)
+    dev_eval = dev_docs / docs_per_second + queries(dev_queries)
+    fit_queries = max(1.0, train_queries - dev_queries)
+
+    def dev_evaluations(steps: int, settings: TrainConfig) -> float:
+        epochs = steps * settings.batch_size / fit_queries
+        return math.ceil(epochs * evals_per_epoch) * dev_eval if dev_queries >= 1 else 0.0
 
     specs = plan_study(config) if specs is None else specs
     bm25_mined = False
     runs = []
     for spec in specs:
-        seconds = rates.run_overhead_seconds + queries(test_queries)
+        seconds = fixed.run_overhead_seconds + queries(test_queries)
         if spec.arm == "bm25-alone":
-            seconds += test_queries * rates.bm25_query_seconds
+            seconds += test_queries * fixed.bm25_query_seconds
         elif spec.trained:
             rounds = rounds_of(config, spec)
-            seconds += config.train.max_steps * step(spec.train_settings(config.train))
+            settings = spec.train_settings(config.train)
+            seconds += config.train.max_steps * step(settings)
+            seconds += sum(dev_evaluations(steps, settings) for steps in split_steps(config.train.max_steps, rounds))
             seconds += corpus * rounds  # evaluation, plus one re-mining encoding per extra round
-            seconds += (rounds - 1) * rates.run_overhead_seconds
-            if spec.rounds_arm:
-                seconds += rounds * queries(train_queries)
-            if spec.arm in ("bm25-hard", "mix-hard") and not bm25_mined:
-                seconds += train_queries * rates.bm25_query_seconds
+            seconds += (rounds - 1) * fixed.run_overhead_seconds
+            encoders = (config.mining.uses_teacher) + (spec.arm in DENSE_ARMS)  # teacher and dense miner
+            seconds += rounds * encoders * queries(train_queries)
+            if spec.arm in BM25_ARMS and not bm25_mined:
+                seconds += train_queries * fixed.bm25_query_seconds
                 bm25_mined = True
         runs.append((spec.slug, seconds))
-    needs_base = any(spec.arm == "zero-shot" or spec.rounds_arm for spec in specs)
+    needs_base = any(spec.arm == "zero-shot" or spec.trained for spec in specs)
     return StudyEstimate(
         runs=runs,
         shared_seconds=corpus if needs_base else 0.0,
-        details={"corpus_encoding_seconds": corpus, "step_seconds": step(config.train)},
+        details={
+            "corpus_encoding_seconds": corpus,
+            "step_seconds": step(config.train),
+            "dev_evaluation_seconds": dev_eval if dev_queries >= 1 else 0.0,
+        },
+        rates=rates,
     )

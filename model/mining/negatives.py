@@ -1,40 +1,79 @@
-"""Negative mining: for each judged (query, positive) pair, pick documents to contrast it with.
+"""Negative mining: for each judged (query, positive) pair, documents to contrast it with.
 
-One interface for every strategy: a *scorer* gives a score to every corpus document for a query (BM25,
-or the inner product of dense embeddings); ``random`` has no scorer. Scored candidates pass three
-false-negative guards, and each guard counts what it removed:
+Three separate parts, each in its own module and each counting what it did:
 
-- ``judged_positive``: a document judged relevant to the query is never a negative;
-- ``rank_window``: only ranks ``rank_start < rank <= rank_end`` are eligible (the very top ranks of a good
-  ranker are often relevant documents nobody judged);
-- ``relative_margin``: a candidate scoring above ``margin × score(positive)`` is dropped, for the same reason.
+1. candidates (:mod:`.candidates`): random, BM25, dense (the base model, or the model being trained when a
+   flow re-mines between rounds), and the click log's skip-above documents;
+2. false-negative filters (:mod:`.filters`): judged positives, the top ranks, and a dense *teacher*'s
+   similarity against ``margin ×`` its similarity to the positive (never the miner's own score);
+3. selection (:mod:`.selection`): the top survivors, or a uniform sample of them; 1 to 3 negatives.
 
-Why not ``sentence_transformers.util.mine_hard_negatives``: it needs an embedding model (no BM25), it
-matches positives by text rather than by judged id, and it reports neither each negative's rank nor how
-many candidates each guard removed, which is what this project logs to explain its results.
+When too few candidates survive, the example is filled with random negatives and counted (``filled_*``).
+Each negative keeps its miner rank, miner score and teacher score; each example keeps the teacher's score
+of its positive, so the ratio a plot shows can be recomputed from ``train_examples.jsonl``.
+
+Why not ``sentence_transformers.util.mine_hard_negatives``: its candidates come from the embedding model it
+is given (no BM25, random or click-log candidates), and its margin and ``max_score`` filters apply to those
+same scores unless a CrossEncoder rescores them, so a bi-encoder teacher separate from the miner is not
+expressible; it matches positives by text rather than by judged id (a SciFact claim has several judged
+abstracts); and it returns texts, without each negative's rank, teacher score or per-filter counts, which
+is what this project logs to explain a result. Its ``range_min``/``range_max``, ``relative_margin`` and
+``sampling_strategy="top"|"random"`` are the model for ``rank_start``/``rank_end``, ``margin`` and
+``selection`` here.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from denseflow.model.config import MiningConfig
 from denseflow.model.data.beir import Dataset
+from denseflow.model.mining.candidates import (
+    Scorer,
+    dense_scorer,
+    make_scorer,
+    random_documents,
+    ranked_candidates,
+    skip_above_documents,
+)
+from denseflow.model.mining.filters import (
+    Teacher,
+    drop_judged,
+    drop_top_ranks,
+    miner_margin_filter,
+    teacher_filter,
+)
+from denseflow.model.mining.selection import select
 
-Scorer = Callable[[str], np.ndarray]
-"""``scorer(query_id)`` → the score of every corpus document, in corpus order."""
+__all__ = [
+    "MiningReport",
+    "Negative",
+    "Scorer",
+    "TrainExample",
+    "dense_scorer",
+    "make_scorer",
+    "mine_negatives",
+    "mining_summary",
+    "mix_examples",
+    "read_examples",
+    "teacher_ratios",
+    "training_pairs",
+    "write_examples",
+]
 
 
 @dataclass(frozen=True)
 class Negative:
     doc_id: str
-    rank: int | None  # 1-based rank in the miner's ranking; None for random negatives
-    score: float | None
+    rank: int | None  # 1-based rank in the miner's ranking; None for random and click-log negatives
+    score: float | None  # the miner's score
     source: str  # "random", "bm25", "dense", "skip_above", "random_fill"
+    teacher_score: float | None = None  # the teacher's similarity to the query; None without a teacher
 
 
 @dataclass
@@ -42,24 +81,30 @@ class TrainExample:
     query_id: str
     positive_id: str
     negatives: list[Negative]
+    positive_teacher_score: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, row: dict) -> TrainExample:
-        return cls(row["query_id"], row["positive_id"], [Negative(**neg) for neg in row["negatives"]])
+        negatives = [Negative(**neg) for neg in row["negatives"]]
+        return cls(row["query_id"], row["positive_id"], negatives, row.get("positive_teacher_score"))
 
 
 @dataclass
 class MiningReport:
-    """What mining did: examples written and candidates each guard removed."""
+    """What mining did: examples written, candidates each filter removed, and examples filled at random."""
 
     examples: int = 0
-    guards: Counter = field(default_factory=Counter)
+    guards: Counter = field(default_factory=Counter)  # filter name -> candidates removed
+    filled: Counter = field(default_factory=Counter)  # examples / negatives filled with random documents
 
     def as_metrics(self) -> dict[str, int]:
-        return {"examples": self.examples, **{f"removed_{name}": count for name, count in self.guards.items()}}
+        metrics = {"examples": self.examples}
+        metrics |= {f"removed_{name}": count for name, count in self.guards.items()}
+        metrics |= {f"filled_{name}": count for name, count in self.filled.items()}
+        return metrics
 
 
 def training_pairs(dataset: Dataset, split: str) -> Iterator[tuple[str, str]]:
@@ -73,137 +118,148 @@ def training_pairs(dataset: Dataset, split: str) -> Iterator[tuple[str, str]]:
 def mine_negatives(
     dataset: Dataset,
     split: str,
-    num_negatives: int,
-    seed: int,
+    settings: MiningConfig | None = None,
     scorer: Scorer | None = None,
-    source: str = "random",
-    rank_start: int = 0,
-    rank_end: int = 50,
-    relative_margin: float | None = None,
+    teacher: Teacher | None = None,
     extra_negatives: Mapping[str, Sequence[str]] | None = None,
     extra_source: str = "skip_above",
+    *,
+    num_negatives: int | None = None,
+    seed: int | None = None,
     max_extra: int | None = None,
 ) -> tuple[list[TrainExample], MiningReport]:
-    """Examples for every pair of ``split``: ``num_negatives`` negatives each, reproducible from ``seed``.
+    """``settings.num_negatives`` negatives for every pair of ``split``, reproducible from ``settings.seed``.
 
-    With no ``scorer`` negatives are uniform over the corpus (never a judged positive). With a scorer they
-    are drawn uniformly from the guarded rank window; when the window holds too few, the rest are random
-    and marked ``random_fill`` (counted as ``short_window``).
+    ``scorer`` ranks the candidates (``settings.candidates``: BM25 or dense; None for random, uniform over
+    the corpus). ``teacher`` scores what the margin filter compares (None: no teacher filter, and no teacher
+    scores recorded). ``extra_negatives`` (``{query_id: [doc_id, ...]}``, best first, e.g. click-log
+    skip-above documents) come first, at most ``settings.skip_above_per_example`` per example.
 
-    ``extra_negatives`` (``{query_id: [doc_id, ...]}``, best first; e.g. click-log skip-above documents) come
-    first, at most ``max_extra`` (default ``num_negatives``) per example, marked ``extra_source``; mining fills
-    the rest. They pass the ``judged_positive`` guard too, and a document outside the corpus is counted as
-    ``extra_unknown`` and skipped.
+    Without ``settings``, random mining with ``num_negatives``, ``seed`` and ``max_extra`` (default: every
+    slot may be a skip-above document): the short form tests and benches of other stages use.
     """
-    rng = np.random.default_rng(seed)
+    if settings is None:
+        count = num_negatives or 1
+        settings = MiningConfig(
+            candidates="random",
+            teacher="none",
+            num_negatives=count,
+            seed=seed or 0,
+            skip_above_per_example=count if max_extra is None else max_extra,
+        )
+    if settings.candidates != "random" and scorer is None:
+        raise ValueError(f"candidates {settings.candidates!r} need a scorer (see make_scorer)")
+    rng = np.random.default_rng(settings.seed)
     doc_ids = list(dataset.corpus)
     position = {doc_id: i for i, doc_id in enumerate(doc_ids)}
     report = MiningReport()
     examples: list[TrainExample] = []
     scores_by_query: dict[str, np.ndarray] = {}
+    wanted_extra = min(settings.skip_above_per_example, settings.num_negatives)
     for query_id, positive_id in training_pairs(dataset, split):
         judged = {doc_id for doc_id, rel in dataset.qrels[split][query_id].items() if rel > 0}
-        extras = _extra_negatives(
-            extra_negatives, query_id, judged, position, max_extra, num_negatives, extra_source, report
-        )
-        wanted = num_negatives - len(extras)
-        judged_or_taken = judged | {neg.doc_id for neg in extras}
-        if wanted == 0:
-            negatives = []
-        elif scorer is None:
-            negatives = _random_negatives(rng, doc_ids, judged_or_taken, wanted, "random")
-        else:
+        extras = skip_above_documents(extra_negatives, query_id, judged, position, wanted_extra, report.guards)
+        negatives = [Negative(doc_id, None, None, extra_source) for doc_id in extras]
+        taken = judged | set(extras)
+        wanted = settings.num_negatives - len(negatives)
+        if scorer is None:
+            negatives += [Negative(d, None, None, "random") for d in random_documents(rng, doc_ids, taken, wanted)]
+        elif wanted > 0:
             if query_id not in scores_by_query:
                 scores_by_query[query_id] = scorer(query_id)
             scores = scores_by_query[query_id]
-            eligible = _guarded_candidates(
-                scores, doc_ids, judged, scores[position[positive_id]], rank_start, rank_end, relative_margin, report
-            )
-            if extras:
-                eligible = [candidate for candidate in eligible if candidate[0] not in judged_or_taken]
-            picked = sorted(rng.choice(len(eligible), size=min(wanted, len(eligible)), replace=False))
-            negatives = [Negative(eligible[i][0], eligible[i][1], eligible[i][2], source) for i in picked]
-            if len(negatives) < wanted:
-                report.guards["short_window"] += 1
-                taken = judged_or_taken | {neg.doc_id for neg in negatives}
-                negatives += _random_negatives(rng, doc_ids, taken, wanted - len(negatives), "random_fill")
-        examples.append(TrainExample(query_id, positive_id, extras + negatives))
+            survivors = _survivors(
+                settings, scores, doc_ids, judged, set(extras), scores[position[positive_id]], query_id, positive_id,
+                teacher, report,
+            )  # fmt: skip
+            chosen = select(survivors, wanted, settings.selection, rng)
+            negatives += [Negative(c.doc_id, c.rank, c.score, settings.candidates, t) for c, t in chosen]
+        missing = settings.num_negatives - len(negatives)
+        if missing > 0:  # too few survivors: fill at random, and say so
+            fill = random_documents(rng, doc_ids, taken | {n.doc_id for n in negatives}, missing)
+            negatives += [Negative(doc_id, None, None, "random_fill") for doc_id in fill]
+            if scorer is not None:
+                report.filled["examples"] += 1
+                report.filled["negatives"] += len(fill)
+            if len(fill) < missing:
+                report.filled["short_examples"] += 1  # the corpus itself ran out of documents
+        examples.append(_with_teacher_scores(TrainExample(query_id, positive_id, negatives), teacher))
     report.examples = len(examples)
     return examples, report
 
 
-def _extra_negatives(
-    extra_negatives: Mapping[str, Sequence[str]] | None,
-    query_id: str,
-    judged: set[str],
-    position: Mapping[str, int],
-    max_extra: int | None,
-    num_negatives: int,
-    source: str,
-    report: MiningReport,
-) -> list[Negative]:
-    if not extra_negatives or query_id not in extra_negatives:
-        return []
-    limit = num_negatives if max_extra is None else min(max_extra, num_negatives)
-    picked: list[Negative] = []
-    for doc_id in extra_negatives[query_id]:
-        if len(picked) == limit:
-            break
-        if doc_id in judged:
-            report.guards["judged_positive"] += 1
-        elif doc_id not in position:
-            report.guards["extra_unknown"] += 1
-        elif all(neg.doc_id != doc_id for neg in picked):
-            picked.append(Negative(doc_id, None, None, source))
-    return picked
-
-
-def _random_negatives(
-    rng: np.random.Generator, doc_ids: list[str], excluded: set[str], count: int, source: str
-) -> list[Negative]:
-    picked: list[Negative] = []
-    while len(picked) < count:
-        doc_id = doc_ids[int(rng.integers(len(doc_ids)))]
-        if doc_id not in excluded:
-            excluded = excluded | {doc_id}
-            picked.append(Negative(doc_id, None, None, source))
-    return picked
-
-
-def _guarded_candidates(
+def _survivors(
+    settings: MiningConfig,
     scores: np.ndarray,
     doc_ids: list[str],
     judged: set[str],
+    taken: set[str],
     positive_score: float,
-    rank_start: int,
-    rank_end: int,
-    relative_margin: float | None,
+    query_id: str,
+    positive_id: str,
+    teacher: Teacher | None,
     report: MiningReport,
-) -> list[tuple[str, int, float]]:
-    """``(doc_id, rank, score)`` of the candidates in the rank window that pass every guard."""
-    depth = min(rank_end, len(scores))
-    top = np.argpartition(-scores, depth - 1)[:depth]
-    top = top[np.lexsort((top, -scores[top]))]
-    # The margin only means something when the positive itself scores above zero.
-    ceiling = relative_margin * positive_score if relative_margin is not None and positive_score > 0 else None
-    eligible = []
-    for rank, index in enumerate(top, start=1):
-        doc_id, score = doc_ids[index], float(scores[index])
-        if doc_id in judged:
-            report.guards["judged_positive"] += 1
-        elif rank <= rank_start:
-            report.guards["rank_window"] += 1
-        elif ceiling is not None and score > ceiling:
-            report.guards["relative_margin"] += 1
-        else:
-            eligible.append((doc_id, rank, score))
-    return eligible
+) -> list[tuple]:
+    """``(candidate, teacher score or None)`` of the ranked candidates that pass every filter, best first."""
+    candidates = drop_judged(ranked_candidates(scores, doc_ids, settings.rank_end), judged, report.guards)
+    candidates = [c for c in candidates if c.doc_id not in taken]
+    candidates = drop_top_ranks(candidates, settings.rank_start, report.guards)
+    if settings.filter == "miner_margin":
+        return [(c, None) for c in miner_margin_filter(candidates, positive_score, settings.margin, report.guards)]
+    if teacher is None:
+        return [(c, None) for c in candidates]
+    teacher_scores = teacher.scores(query_id, [c.doc_id for c in candidates]) if candidates else []
+    positive = teacher.score(query_id, positive_id)
+    return teacher_filter(candidates, teacher_scores, positive, settings.margin, settings.max_similarity, report.guards)
 
 
-def dense_scorer(query_ids: list[str], query_embeddings: np.ndarray, doc_embeddings: np.ndarray) -> Scorer:
-    """Inner-product scorer over L2-normalised embeddings (cosine similarity)."""
-    row = {query_id: i for i, query_id in enumerate(query_ids)}
-    return lambda query_id: doc_embeddings @ query_embeddings[row[query_id]]
+def _with_teacher_scores(example: TrainExample, teacher: Teacher | None) -> TrainExample:
+    """Every negative and the positive scored by the teacher (kept where a filter already scored it)."""
+    if teacher is None:
+        return example
+    missing = [n.doc_id for n in example.negatives if n.teacher_score is None]
+    scores = dict(zip(missing, teacher.scores(example.query_id, missing), strict=True)) if missing else {}
+    negatives = [
+        neg
+        if neg.teacher_score is not None
+        else Negative(**(asdict(neg) | {"teacher_score": float(scores[neg.doc_id])}))
+        for neg in example.negatives
+    ]
+    positive = teacher.score(example.query_id, example.positive_id)
+    return TrainExample(example.query_id, example.positive_id, negatives, positive)
+
+
+def mining_summary(examples: list[TrainExample]) -> Mapping[str, float]:
+    """How many negatives came from each source; mean and median miner rank; teacher scores and ratios.
+
+    ``teacher_ratio``: a negative's teacher score over its positive's, for positives the teacher scores above
+    zero. Near 1 means the teacher finds the negative almost as close as the positive: hard, or unjudged.
+    """
+    negatives = [neg for example in examples for neg in example.negatives]
+    summary: dict[str, float] = {f"negatives_{src}": n for src, n in Counter(n.source for n in negatives).items()}
+    ranks = [neg.rank for neg in negatives if neg.rank is not None]
+    if ranks:
+        summary["negative_rank_mean"] = float(np.mean(ranks))
+        summary["negative_rank_median"] = float(np.median(ranks))
+        summary["negative_score_mean"] = float(np.mean([n.score for n in negatives if n.score is not None]))
+    ratios = teacher_ratios(examples)
+    if ratios:
+        summary["teacher_ratio_mean"] = float(np.mean(ratios))
+        summary["teacher_ratio_median"] = float(np.median(ratios))
+        positives = [e.positive_teacher_score for e in examples if e.positive_teacher_score is not None]
+        summary["teacher_positive_mean"] = float(np.mean(positives))
+    return summary
+
+
+def teacher_ratios(examples: Sequence[TrainExample]) -> list[float]:
+    """Teacher score of each negative over its positive's (positives the teacher scores above zero)."""
+    return [
+        neg.teacher_score / example.positive_teacher_score
+        for example in examples
+        if example.positive_teacher_score is not None and example.positive_teacher_score > 0
+        for neg in example.negatives
+        if neg.teacher_score is not None
+    ]
 
 
 def write_examples(examples: list[TrainExample], path: Path) -> Path:
@@ -217,71 +273,6 @@ def write_examples(examples: list[TrainExample], path: Path) -> Path:
 def read_examples(path: Path) -> list[TrainExample]:
     with path.open(encoding="utf-8") as lines:
         return [TrainExample.from_dict(json.loads(line)) for line in lines if line.strip()]
-
-
-def mining_summary(examples: list[TrainExample]) -> Mapping[str, float]:
-    """Mean rank and score of mined negatives, and how many came from each source."""
-    negatives = [neg for example in examples for neg in example.negatives]
-    ranks = [neg.rank for neg in negatives if neg.rank is not None]
-    scores = [neg.score for neg in negatives if neg.score is not None]
-    summary: dict[str, float] = {f"negatives_{src}": n for src, n in Counter(n.source for n in negatives).items()}
-    if ranks:
-        summary["negative_rank_mean"] = float(np.mean(ranks))
-        summary["negative_score_mean"] = float(np.mean(scores))
-    return summary
-
-
-def make_scorer(
-    strategy: str,
-    dataset: Dataset,
-    split: str,
-    model_dir: str | Path | None = None,
-    cache_dir: Path | None = None,
-    max_seq_length: int | None = None,
-) -> Scorer | None:
-    """The scorer of a strategy: None for ``random``, BM25 over title + text, or a dense model's cosine."""
-    if strategy == "random":
-        return None
-    if strategy == "bm25":
-        return _bm25_scorer(dataset)
-    if strategy == "dense":
-        from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
-
-        if model_dir is None or cache_dir is None:
-            raise ValueError("dense mining needs a model folder and a cache folder")
-        _, doc_embeddings = cached_corpus_embeddings(model_dir, dataset.corpus, cache_dir, max_seq_length)
-        query_ids = list(dataset.qrels[split])
-        model = load_encoder(model_dir, max_seq_length)
-        query_embeddings = encode(model, [dataset.queries[q] for q in query_ids], "query")
-        return dense_scorer(query_ids, query_embeddings, doc_embeddings)
-    raise ValueError(f"unknown mining strategy {strategy!r}")
-
-
-# One corpus at a time: a study mines BM25 negatives once per seed (and per round of mix-hard), and the
-# scores do not depend on the seed. SciFact's 809 train queries × 5,183 documents keep ~17 MB here.
-_BM25_CACHE: dict[str, tuple[object, dict[str, np.ndarray]]] = {}
-
-
-def _bm25_scorer(dataset: Dataset) -> Scorer:
-    """BM25 over title + text; the index and each query's scores are kept for the process's next call."""
-    from denseflow.model.data.beir import corpus_fingerprint
-    from denseflow.model.index.bm25 import BM25Index
-
-    key = corpus_fingerprint(dict(dataset.corpus))
-    if key not in _BM25_CACHE:
-        _BM25_CACHE.clear()
-        _BM25_CACHE[key] = (BM25Index(dataset.corpus), {})
-    index, memo = _BM25_CACHE[key]
-
-    def scorer(query_id: str) -> np.ndarray:
-        text = dataset.queries[query_id]
-        if text not in memo:
-            scores = index.scores(text)  # type: ignore[attr-defined]
-            scores.setflags(write=False)  # shared between calls: nobody may edit it in place
-            memo[text] = scores
-        return memo[text]
-
-    return scorer
 
 
 def mix_examples(
