@@ -8,8 +8,8 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from denseflow.cli import overrides
 from denseflow.model.workspace import workspace_dir
 
 # Same as denseflow.model.serving.service's defaults; repeated so parsing does not import torch and FastAPI.
@@ -41,30 +41,19 @@ def _index_root(args: argparse.Namespace) -> Path:
 def _publish_config(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.config.PublishConfig
     from denseflow.model.config import PublishConfig
 
-    raw: dict[str, Any] = {}
-    if args.config:
-        from denseflow.model.config import load_yaml
-
-        raw = load_yaml(args.config)
-    overrides = {
-        ("model",): args.model,
-        ("workspace",): str(args.workspace) if args.workspace else None,
-        ("data", "path"): str(args.data) if args.data else None,
-        ("index", "name"): args.name,
-        ("index", "type"): args.index_type,
-        ("encode", "shard_size"): args.shard_size,
-        ("encode", "max_seq_length"): args.max_seq_length,
-        ("encode", "precision"): args.precision,
-        ("runner", "kind"): args.runner,
-        ("runner", "dask_address"): args.dask_address,
+    flags = {
+        "model": args.model,
+        "workspace": str(args.workspace) if args.workspace else None,
+        "data.path": str(args.data) if args.data else None,
+        "index.name": args.name,
+        "index.type": args.index_type,
+        "encode.shard_size": args.shard_size,
+        "encode.max_seq_length": args.max_seq_length,
+        "encode.precision": args.precision,
+        "runner.kind": args.runner,
+        "runner.dask_address": args.dask_address,
     }
-    for keys, value in overrides.items():
-        if value is not None:
-            section = raw
-            for key in keys[:-1]:
-                section = section.setdefault(key, {})
-            section[keys[-1]] = value
-    return PublishConfig.model_validate(raw)
+    return PublishConfig.model_validate(overrides.build(args.config, flags, args.overrides))
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
@@ -157,6 +146,7 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     publish.add_argument("--precision", choices=["auto", "bf16", "fp32"])
     publish.add_argument("--runner", choices=["local", "dask"], help="task runner for the shard mapping")
     publish.add_argument("--dask-address", help="scheduler of an existing Dask cluster")
+    overrides.add_set_argument(publish)
     common(publish)
     publish.set_defaults(handler=cmd_publish, name=None)
 

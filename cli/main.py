@@ -8,7 +8,9 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from denseflow.cli import overrides
 from denseflow.cli.compare import add_compare_commands
 from denseflow.cli.index import add_index_commands
 from denseflow.cli.models import add_model_commands
@@ -32,10 +34,13 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from denseflow.flows.retrain import retrain
     from denseflow.model.config import RetrainConfig
 
-    config = RetrainConfig.from_yaml(args.config) if args.config else RetrainConfig()
+    config = RetrainConfig.model_validate(overrides.build(args.config, sets=args.overrides))
     result = retrain(config)
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+CLICK_FLAGS = ("rule", "dwell_threshold", "ctr_threshold", "min_impressions", "propensity")
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
@@ -43,21 +48,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from denseflow.model.data.beir import DataError
     from denseflow.model.data.ingest import ingest
 
-    data = RetrainConfig.from_yaml(args.config).data.model_dump(exclude_unset=True) if args.config else {}
-    data |= {"source": args.source, "path": args.path}
-    for name in ("corpus", "min_usable_share", "max_line_bytes"):
-        if getattr(args, name) is not None:
-            data[name] = getattr(args, name)
+    flags: dict[str, Any] = {f"data.{name}": getattr(args, name) for name in ("source", "path", "corpus")}
+    flags |= {f"data.{name}": getattr(args, name) for name in ("min_usable_share", "max_line_bytes")}
+    flags |= {f"data.clicks.{name}": getattr(args, name) for name in CLICK_FLAGS}
     if args.splits:
-        data["splits"] = {name: float(share) for name, share in (item.split("=") for item in args.splits.split(","))}
+        flags["data.splits"] = {name: float(share) for name, share in (i.split("=") for i in args.splits.split(","))}
     if args.judged_eval:
-        data["judged_eval"] = True
+        flags["data.judged_eval"] = True
+    if args.config:
+        RetrainConfig.from_yaml(args.config)  # the whole file is checked, as `retrain --config` would
+    data = overrides.build(args.config, flags, args.overrides).get("data", {})
+    if data.get("judged_eval"):
         data.setdefault("splits", {"train": 0.9, "dev": 0.1})  # the judged split replaces the hashed test share
-    clicks = data.get("clicks", {})
-    for name in ("rule", "dwell_threshold", "ctr_threshold", "min_impressions", "propensity"):
-        if getattr(args, name) is not None:
-            clicks[name] = getattr(args, name)
-    data["clicks"] = clicks
     try:
         result = ingest(DataConfig.model_validate(data), args.out)
     except DataError as err:
@@ -105,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrain = commands.add_parser("retrain", help="ingest → mine → train → evaluate → register (the default run)")
     retrain.add_argument("--config", type=Path, help="YAML configuration (defaults: bundled SciFact + MiniLM)")
+    overrides.add_set_argument(retrain)
     retrain.set_defaults(handler=cmd_retrain)
 
     ingest = commands.add_parser("ingest", help="normalise a BEIR folder, click log or QA pairs to a BEIR folder")
@@ -122,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--propensity", choices=["none", "power", "table"])
     ingest.add_argument("--min-usable-share", type=float)
     ingest.add_argument("--max-line-bytes", type=int)
+    overrides.add_set_argument(ingest)
     ingest.set_defaults(handler=cmd_ingest)
 
     simulate = commands.add_parser("simulate-clicks", help="write a SYNTHETIC position-biased click log")

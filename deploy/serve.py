@@ -7,6 +7,7 @@ each scheduled or triggered flow run in a subprocess. It needs a server (``prefe
 
     python deploy/serve.py                      # weekly, parameters as in prefect.yaml
     python deploy/serve.py --config my.yaml     # a retrain YAML merged over those parameters
+    python deploy/serve.py --set train.max_steps=40   # one setting, the same way as the denseflow command
     prefect deployment run retrain/retrain      # trigger a run now
 """
 
@@ -33,16 +34,9 @@ def deployment_spec(name: str = "retrain", prefect_file: Path = PREFECT_FILE) ->
     raise SystemExit(f"{prefect_file}: no deployment named {name!r}")
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """``override`` over ``base``, section by section."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def serve_options(spec: dict[str, Any], config_override: dict[str, Any] | None = None) -> dict[str, Any]:
     """``Flow.serve`` keyword arguments equivalent to the prefect.yaml deployment ``spec``."""
+    from denseflow.cli.overrides import merge
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
 
@@ -72,8 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="retrain YAML merged over prefect.yaml's config parameter")
     parser.add_argument("--name", default="retrain", help="deployment in prefect.yaml (default: %(default)s)")
-    args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))  # the repository's packages, installed or not
+    from denseflow.cli import overrides
+
+    overrides.add_set_argument(parser)
+    args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -86,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     override = None
-    if args.config:
-        from denseflow.model.config import RetrainConfig, load_yaml
+    if args.config or args.overrides:
+        from denseflow.model.config import RetrainConfig
 
-        override = RetrainConfig.model_validate(load_yaml(args.config)).model_dump(mode="json", exclude_unset=True)
+        raw = overrides.build(args.config, sets=args.overrides)
+        override = RetrainConfig.model_validate(raw).model_dump(mode="json", exclude_unset=True)
     options = serve_options(deployment_spec(args.name), override)
 
     # Runs start in this process's working directory: the repository, like a worker after `prefect deploy`.
