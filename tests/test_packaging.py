@@ -1,0 +1,107 @@
+"""The wheel installs one ``denseflow`` namespace with the bundled data, and runs without the repository.
+
+The wheel is built from a copy of the sources (an in-tree build would leave ``build/`` in the repository),
+installed with ``pip --target`` into a temporary folder, and imported by a Python started with ``-S``: no
+site-packages ``.pth`` files, so the editable install's import hook cannot answer for the repository. The
+main environment's site-packages is appended after the wheel's folder for the dependencies only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = ("pyproject.toml", "README.md", "cli", "flows", "tasks", "registry", "model")
+BARE_NAMES = ("model", "tasks", "flows", "cli", "registry")
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("packaging")
+    src = root / "src"
+    src.mkdir()
+    for name in SOURCES:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            shutil.copy2(source, src / name)
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
+    subprocess.run([*command, "-q", "-w", str(root / "dist"), str(src)], check=True, cwd=root)
+    (built,) = (root / "dist").glob("denseflow-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def installed(wheel: Path) -> Path:
+    target = wheel.parent.parent / "site"
+    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target)]
+    subprocess.run([*command, str(wheel)], check=True)
+    return target
+
+
+def run_installed(target: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter that sees the installed wheel and the dependencies, not the repository."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env["PYTHONPATH"] = os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]])
+    return subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=target.parent, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_wheel_holds_one_top_level_package(wheel: Path) -> None:
+    top = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    assert {name for name in top if not name.endswith(".dist-info")} == {"denseflow"}
+
+
+def test_wheel_bundles_the_scifact_files(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    scifact = "denseflow/model/datasets/scifact"
+    for name in ("corpus.jsonl.gz", "queries.jsonl.gz", "qrels/test.tsv", "qrels/train.tsv", "README.md"):
+        assert f"{scifact}/{name}" in names
+
+
+def test_wheel_declares_the_denseflow_command(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    (entry_points,) = [name for name in archive.namelist() if name.endswith(".dist-info/entry_points.txt")]
+    assert "denseflow = denseflow.cli.main:main" in archive.read(entry_points).decode()
+
+
+def test_no_bare_top_level_package_is_installed(installed: Path) -> None:
+    assert not [name for name in BARE_NAMES if (installed / name).exists()]
+    code = (
+        f"import importlib.util, json; print(json.dumps([importlib.util.find_spec(n) is None for n in {BARE_NAMES!r}]))"
+    )
+    result = run_installed(installed, code)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [True] * len(BARE_NAMES)
+
+
+def test_imports_resolve_to_the_installed_files(installed: Path) -> None:
+    code = (
+        "import json, denseflow.model.data.beir as beir; "
+        "print(json.dumps([beir.__file__, str(beir.bundled_scifact_dir())]))"
+    )
+    result = run_installed(installed, code)
+    assert result.returncode == 0, result.stderr
+    module_file, scifact = json.loads(result.stdout)
+    assert Path(module_file).is_relative_to(installed)
+    assert Path(scifact).is_relative_to(installed)
+    assert (Path(scifact) / "corpus.jsonl.gz").is_file()
+
+
+def test_denseflow_help_runs_from_the_installed_wheel(installed: Path) -> None:
+    code = "import sys, denseflow.cli.main as m; print(m.__file__, file=sys.stderr); sys.exit(m.main(['--help']))"
+    result = run_installed(installed, code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: denseflow")
+    assert Path(result.stderr.strip().splitlines()[-1]).is_relative_to(installed)
