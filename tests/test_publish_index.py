@@ -12,12 +12,20 @@ from denseflow.model.serving.search import Searcher
 pytestmark = pytest.mark.usefixtures("prefect_harness")  # the suite's one temporary Prefect server
 
 
-def make_config(workspace: Path, model_dir: Path, beir_dir: Path, **overrides) -> PublishConfig:
+def make_config(
+    workspace: Path, model_dir: Path, beir_dir: Path, precision: str = "fp32", **overrides
+) -> PublishConfig:
+    """Precision is always explicit: ``auto`` would resolve differently on CPUs with and without native bf16.
+
+    A bf16 request keeps bf16 on any CPU (emulated where not native): the agreement floor is set low because
+    the tiny random model's bf16 drift says nothing about a real one's.
+    """
+    floor = {"bf16_min_cosine": 0.5} if precision == "bf16" else {}
     return PublishConfig(
         workspace=workspace,
         model=str(model_dir),
         data=DataConfig(path=beir_dir),
-        encode=EncodeConfig(shard_size=10, batch_size=8),
+        encode=EncodeConfig(shard_size=10, batch_size=8, precision=precision, **floor),
         index=IndexConfig(name="tiny", **overrides.pop("index", {})),
         **overrides,
     )
@@ -39,14 +47,28 @@ def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return root / "local", beir_dir, run_publish(make_config(root / "local", tiny_model_dir, beir_dir))
 
 
-def test_local_run_publishes_a_searchable_index(local_run: tuple[Path, Path, dict]) -> None:
-    workspace, _, result = local_run
-    assert result["documents"] == 36 and result["shards"] == 4 and result["version"] == "v0001"
-    assert result["precision"] == "fp32" and result["recall_at_10"] == 1.0
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_local_run_publishes_a_searchable_index(
+    precision: str, local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from denseflow.flows.publish_index import run_publish
+
+    workspace, beir_dir, result = local_run
+    if precision != "fp32":
+        workspace = tmp_path / precision
+        result = run_publish(make_config(workspace, tiny_model_dir, beir_dir, precision))
+    assert result["documents"] == 36
+    assert result["shards"] == 4
+    assert result["version"] == "v0001"
+    assert result["precision"] == precision
+    assert result["recall_at_10"] == 1.0
     published = load_current(workspace / "indexes", "tiny")
     manifest = published.manifest
-    assert manifest["count"] == 36 and manifest["model"]["run_id"] is None and manifest["index"]["type"] == "flat"
-    assert manifest["encode"]["precision"] == "fp32" and manifest["corpus"]["rejected_rows"] == 0
+    assert manifest["count"] == 36
+    assert manifest["model"]["run_id"] is None
+    assert manifest["index"]["type"] == "flat"
+    assert manifest["encode"]["precision"] == precision
+    assert manifest["corpus"]["rejected_rows"] == 0
     assert published.doc_ids[:2] == ["heart-d0", "heart-d1"]
     assert len(Searcher(workspace / "indexes", "tiny").search("what about brain neuron", k=3).hits) == 3
 
@@ -126,8 +148,9 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
     assert MlflowClient().get_model_version("retriever", version).tags["index.tiny"] == "v0001"
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_publication_reuses_the_corpus_embeddings_evaluation_cached(
-    local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
+    precision: str, local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from denseflow.flows.publish_index import run_publish
     from denseflow.model.data.beir import RejectLog, load_beir
@@ -137,9 +160,16 @@ def test_publication_reuses_the_corpus_embeddings_evaluation_cached(
     corpus = load_beir(beir_dir, ["test"], RejectLog()).corpus
     # Cached in another document order: the rows must still land on the right ids.
     reordered = dict(reversed(list(corpus.items())))
-    cached_corpus_embeddings(tiny_model_dir, reordered, tmp_path / "cache" / "embeddings", precision="fp32")
+    cache = tmp_path / "cache" / "embeddings"
+    cached_ids, cached = cached_corpus_embeddings(tiny_model_dir, reordered, cache, precision=precision)
 
-    reused = run_publish(make_config(tmp_path, tiny_model_dir, beir_dir))
-    assert reused["shards_reused"] == reused["shards"] == 4
-    np.testing.assert_allclose(embeddings_of(reused), embeddings_of(local), rtol=0, atol=1e-5)
-    assert load_current(tmp_path / "indexes", "tiny").doc_ids == load_current(local_run[0] / "indexes", "tiny").doc_ids
+    reused = run_publish(make_config(tmp_path, tiny_model_dir, beir_dir, precision))
+    assert reused["precision"] == precision
+    assert reused["shards"] == 4
+    assert reused["shards_reused"] == 4
+    published_ids = load_current(tmp_path / "indexes", "tiny").doc_ids
+    assert published_ids == load_current(local_run[0] / "indexes", "tiny").doc_ids
+    expected = cached[[cached_ids.index(doc_id) for doc_id in published_ids]]
+    np.testing.assert_allclose(embeddings_of(reused), expected, rtol=0, atol=1e-6)
+    if precision == "fp32":
+        np.testing.assert_allclose(embeddings_of(reused), embeddings_of(local), rtol=0, atol=1e-5)
