@@ -28,13 +28,60 @@ def _prepare_environment() -> None:
     # The ephemeral API server needs more than Prefect's 20 s default to start on a busy 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) make an unreachable tracking server
+    # fail only after ~5 minutes; a user who has not chosen otherwise learns within seconds.
+    for name, value in MLFLOW_HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+# Commands that run a Prefect flow, and so may start Prefect's temporary API server.
+FLOW_COMMANDS = ("retrain", "publish", "compare-negatives", "promote", "rollback")
+DEBUG_ENV = "DENSEFLOW_DEBUG"
+
+
+class UserError(Exception):
+    """Ends the command with one line on stderr and exit status 2."""
+
+
+def check_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
+    """An ``http(s)://`` tracking URI must answer within ``timeout``; a local store needs no check."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    try:
+        httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
+    except httpx.HTTPError as err:
+        raise UserError(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}: {err})") from err
+
+
+def preflight_retrain(config) -> None:  # noqa: ANN001 - denseflow.model.config.RetrainConfig
+    """What a retrain would otherwise find out minutes in, inside Prefect's logs: the store and the data."""
+    # The tracking URI as denseflow.tasks.tracking.tracking_uri resolves it, without importing MLflow first.
+    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    check_tracking_reachable(uri)
+    from denseflow.model.data.io import DataError, RejectLog
+    from denseflow.tasks.ingest import load_source
+
+    try:
+        load_source(config.data, RejectLog())
+    except DataError as err:
+        raise UserError(f"{err} (run `denseflow ingest` on it to see the rejected rows)") from err
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from denseflow.flows.retrain import retrain
     from denseflow.model.config import RetrainConfig
 
     config = RetrainConfig.model_validate(overrides.build(args.config, sets=args.overrides))
+    preflight_retrain(config)  # before the flow's imports (torch, sentence-transformers): seconds, not a minute
+    from denseflow.flows.retrain import retrain
+
     result = retrain(config)
     print(json.dumps(result, indent=2, default=str))
     return 0
@@ -150,11 +197,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _undecodable(argv: list[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (Python keeps such bytes as lone surrogates), shown safely."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return None
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    from denseflow.cli.orphans import guard_prefect_server, install_signal_handlers
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    bad = _undecodable(argv)
+    if bad is not None:
+        print(f"denseflow: error: argument {bad!r} is not valid UTF-8", file=sys.stderr)
+        return 2
     _prepare_environment()
     args = build_parser().parse_args(argv)
+    install_signal_handlers()
+    if args.command in FLOW_COMMANDS:
+        guard_prefect_server()
     handler: Handler = args.handler
-    return handler(args)
+    try:
+        return handler(args)
+    except UserError as err:
+        print(f"denseflow {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:
+        # Anything unexpected: one line, and the traceback only when asked for.
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(
+            f"denseflow {args.command}: error: {type(err).__name__}: {_one_line(err)} "
+            f"(set {DEBUG_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
