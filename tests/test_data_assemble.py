@@ -45,13 +45,16 @@ def test_appending_data_never_moves_a_query(tmp_path):
     after_dataset = load_qa(DataConfig(source="qa", path=folder, splits=shares), RejectLog()).dataset
     after = split_of(after_dataset)
 
-    assert len(before) == 150 and len(after) == 300
+    assert len(before) == 150
+    assert len(after) == 300
     assert all(after[qid] == split for qid, split in before.items())
     assert (
         len(after_dataset.qrels[before[query_id(query_key("Question number 7?"))]][query_id("question number 7?")]) == 2
     )
     counts = {name: sum(1 for s in after.values() if s == name) for name in shares}
-    assert 140 <= counts["train"] <= 220 and counts["dev"] >= 30 and counts["test"] >= 30
+    assert 140 <= counts["train"] <= 220
+    assert counts["dev"] >= 30
+    assert counts["test"] >= 30
 
 
 def test_split_assignment_is_deterministic_and_salted():

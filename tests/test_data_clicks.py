@@ -31,7 +31,8 @@ def test_dwell_rule_needs_satisfied_clicks(tmp_path, tiny_beir_dir):
 
     result = load_clicks(click_config(log, tiny_beir_dir, rule="dwell", dwell_threshold=30), RejectLog())
     assert positives_of(result, "heart attack") == {"heart-d0", "heart-d1"}
-    assert result.report.clicks == 4 and result.report.impressions == 2
+    assert result.report.clicks == 4
+    assert result.report.impressions == 2
 
     rows += page("heart attack", docs, {1: 300.0}, "i3")
     log = write_jsonl(tmp_path / "clicks.jsonl", rows)
@@ -120,7 +121,8 @@ def test_skip_above_documents_become_marked_hard_negatives(tmp_path, tiny_beir_d
     for example in examples:
         first, second = example.negatives
         assert (first.doc_id, first.source, first.rank) == ("virus-d1", "skip_above", None)
-        assert second.source == "random" and second.doc_id not in {"virus-d0", "virus-d1", "virus-d2"}
+        assert second.source == "random"
+        assert second.doc_id not in {"virus-d0", "virus-d1", "virus-d2"}
     path = write_examples(examples, tmp_path / "train_examples.jsonl")
     assert read_examples(path)[0].negatives[0].source == "skip_above"
 
@@ -145,7 +147,8 @@ def test_extra_negatives_keep_the_judged_guard(tiny_beir_dir):
         ("heart-d5", "skip_above"),
         ("heart-d4", "skip_above"),
     ]
-    assert report.guards["judged_positive"] == 1 and report.guards["extra_unknown"] == 1
+    assert report.guards["judged_positive"] == 1
+    assert report.guards["extra_unknown"] == 1
     assert all(n.source == "random" for n in by_query["heart-q1"].negatives)
 
 
@@ -201,7 +204,8 @@ def test_every_reject_reason_is_recorded_with_file_line_and_field(tmp_path, tiny
     ]
     assert [(r["line"], r["reason"], r["field"]) for r in rejects.rows] == expected
     assert all(r["file"] == str(path) for r in rejects.rows)
-    assert result.report.usable_rows == len(good) and result.report.rejected_rows == len(expected)
+    assert result.report.usable_rows == len(good)
+    assert result.report.rejected_rows == len(expected)
     assert result.report.reject_reasons[reasons.MALFORMED] == 2
 
     # The reasons a click log cannot produce: a QA id clash and a source query that is an evaluation query.

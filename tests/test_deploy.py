@@ -30,10 +30,13 @@ def test_prefect_yaml_is_valid_for_prefect_and_weekly_with_one_run_at_a_time():
     assert deployment.entrypoint == "flows/retrain.py:retrain"
     assert (REPO / deployment.entrypoint.split(":")[0]).is_file()
     (schedule,) = deployment.schedules
-    assert schedule.cron == "0 3 * * 1" and schedule.timezone == "UTC"  # weekly
-    assert deployment.concurrency_limit.limit == 1 and deployment.concurrency_limit.collision_strategy == "ENQUEUE"
+    assert schedule.cron == "0 3 * * 1"  # weekly
+    assert schedule.timezone == "UTC"
+    assert deployment.concurrency_limit.limit == 1
+    assert deployment.concurrency_limit.collision_strategy == "ENQUEUE"
     config = RetrainConfig.model_validate(deployment.parameters["config"])
-    assert config.promotion.metric == "ndcg@10" and config.promotion.enabled
+    assert config.promotion.metric == "ndcg@10"
+    assert config.promotion.enabled
 
 
 def test_serve_uses_the_same_schedule_limit_and_parameters(tmp_path):
@@ -43,15 +46,18 @@ def test_serve_uses_the_same_schedule_limit_and_parameters(tmp_path):
     assert options["name"] == "retrain"
     (schedule,) = options["schedules"]
     assert (schedule.cron, schedule.timezone) == (spec["schedules"][0]["cron"], spec["schedules"][0]["timezone"])
-    assert options["global_limit"].limit == 1 and options["global_limit"].collision_strategy.value == "ENQUEUE"
+    assert options["global_limit"].limit == 1
+    assert options["global_limit"].collision_strategy.value == "ENQUEUE"
     assert options["limit"] == 1
     assert options["parameters"] == spec["parameters"]
 
     override = {"data": {"path": str(tmp_path)}, "promotion": {"margin": 0.01}}
     merged = serve.serve_options(spec, override)["parameters"]["config"]
     config = RetrainConfig.model_validate(merged)
-    assert config.data.path == tmp_path and config.data.eval_split == "test"  # merged, not replaced
-    assert config.promotion.margin == 0.01 and config.promotion.publish_on_promotion
+    assert config.data.path == tmp_path  # merged, not replaced
+    assert config.data.eval_split == "test"
+    assert config.promotion.margin == 0.01
+    assert config.promotion.publish_on_promotion
     with pytest.raises(SystemExit, match="no deployment named"):
         serve.deployment_spec("nightly")
 
@@ -106,7 +112,8 @@ def test_every_compose_key_is_read_by_someone():
             elif read_by_python(key) is None:
                 unread.append(f"{name}: {key}")
     assert not unread, f"keys nobody reads: {unread}"
-    assert read_by_python("NOT_A_REAL_KEY_ANYWHERE") is None and read_by_python("PREFECT_NOT_A_SETTING") is None
+    assert read_by_python("NOT_A_REAL_KEY_ANYWHERE") is None
+    assert read_by_python("PREFECT_NOT_A_SETTING") is None
 
 
 def test_env_example_matches_the_compose_file():
@@ -127,11 +134,11 @@ def test_env_example_matches_the_compose_file():
 def test_worker_and_mlflow_server_agree_on_the_stores():
     services = compose()["services"]
     worker = services["worker"]["environment"]
-    assert (
-        worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and worker["PREFECT_API_URL"] == "http://prefect:4200/api"
-    )
+    assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert worker["PREFECT_API_URL"] == "http://prefect:4200/api"
     mlflow_command = services["mlflow"]["command"]
-    assert "postgresql://" in mlflow_command and "--artifacts-destination s3://" in mlflow_command
+    assert "postgresql://" in mlflow_command
+    assert "--artifacts-destination s3://" in mlflow_command
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "postgresql+asyncpg://" in services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert "deploy/prefect.yaml" in services["worker"]["command"]

@@ -46,11 +46,15 @@ def publish_one(root: Path, model_dir: Path, seed: int, n: int = 50, keep: int =
 
 def test_publish_round_trip_with_manifest(tmp_path: Path, model_dir: Path) -> None:
     info = publish_one(tmp_path, model_dir, seed=1, spec=IndexSpec("hnsw", hnsw_m=8, hnsw_ef_search=40))
-    assert info.version == "v0001" and read_pointer(tmp_path, "test") == "v0001"
+    assert info.version == "v0001"
+    assert read_pointer(tmp_path, "test") == "v0001"
     loaded = load_current(tmp_path, "test")
     manifest = loaded.manifest
-    assert manifest["count"] == 50 and manifest["dimension"] == 16 and manifest["metric"] == "inner_product"
-    assert manifest["model"]["name"] == "retriever" and manifest["corpus_fingerprint"] == "fp1"
+    assert manifest["count"] == 50
+    assert manifest["dimension"] == 16
+    assert manifest["metric"] == "inner_product"
+    assert manifest["model"]["name"] == "retriever"
+    assert manifest["corpus_fingerprint"] == "fp1"
     assert manifest["index"]["search_params"] == {"efSearch": 40}
     assert loaded.index.hnsw.efSearch == 40
     assert set(manifest["files"]) == {"index.faiss", "doc_ids.json", "model/modules.json", "model/sub/weights.bin"}
@@ -72,7 +76,8 @@ def test_crash_before_pointer_swap_leaves_current_loadable(
         publish_one(tmp_path, model_dir, seed=2)
     assert read_pointer(tmp_path, "test") == "v0001"
     loaded = load_current(tmp_path, "test")
-    assert loaded.version == "v0001" and loaded.doc_ids[0] == "d1-0"
+    assert loaded.version == "v0001"
+    assert loaded.doc_ids[0] == "d1-0"
 
     # A crash while staging leaves no version folder behind at all.
     monkeypatch.undo()

@@ -100,7 +100,7 @@ def base_env(tmp: Path) -> dict[str, str]:
 
 
 def tiny_retrain_yaml(folder: Path, beir_dir: Path, model_dir: Path, experiment: str, publish: bool) -> Path:
-    """The tiny retrain of tests/test_retrain_flow.py, minus the baselines; the store comes from the environment."""
+    """The tiny retrain of tests/test_flows_retrain.py, minus the baselines; the store comes from the environment."""
     config = {
         "workspace": str(folder / "ws"),
         "run_name": f"{experiment}-run",

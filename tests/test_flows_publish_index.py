@@ -102,7 +102,8 @@ def test_recall_floor_stops_publication_and_republish_reuses_shards(
     assert load_current(workspace / "indexes", "tiny").manifest["index"]["type"] == "flat"
 
     hnsw = run_publish(make_config(workspace, tiny_model_dir, beir_dir, index={"type": "hnsw"}))
-    assert hnsw["version"] == "v0002" and hnsw["recall_at_10"] >= 0.99
+    assert hnsw["version"] == "v0002"
+    assert hnsw["recall_at_10"] >= 0.99
     assert [Path(p).stat().st_mtime_ns for p in hnsw["embeddings"]] == stamps
     assert load_current(workspace / "indexes", "tiny").manifest["index"]["search_params"] == {"efSearch": 128}
 
@@ -132,7 +133,8 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
         update={"model": "retriever@production", "tracking": tracking}
     )
     result = run_publish(config)
-    assert result["model"]["version"] == version and result["model"]["run_id"] == run.info.run_id
+    assert result["model"]["version"] == version
+    assert result["model"]["run_id"] == run.info.run_id
     manifest = load_current(tmp_path / "indexes", "tiny").manifest
     assert (manifest["model"]["name"], manifest["model"]["version"]) == ("retriever", version)
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "indexes/tiny/v0001")}

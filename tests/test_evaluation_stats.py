@@ -34,7 +34,8 @@ def test_small_sample_p_value_is_the_exact_sign_flip_distribution():
     exact = np.mean([flip >= observed - 1e-12 for flip in flips])
     test = paired_test(a, b, "recall@10", permutations=1000)  # 2^8 = 256 < 1000: scipy enumerates
     assert test.p_value == pytest.approx(exact)
-    assert test.queries == 8 and test.mean_difference == pytest.approx(difference.mean())
+    assert test.queries == 8
+    assert test.mean_difference == pytest.approx(difference.mean())
 
 
 def test_a_real_gain_is_found_and_noise_is_not():
@@ -44,7 +45,10 @@ def test_a_real_gain_is_found_and_noise_is_not():
     better = {q: 1.0 if rng.random() < 0.3 else value for q, value in baseline.items()}
     noise = {q: float(rng.random() < 0.5) for q in queries}
     gain = paired_test(better, baseline, "recall@10", seed=1)
-    assert gain.p_value < 0.001 and gain.p_ttest < 0.001 and gain.losses == 0 and gain.wins > 30
+    assert gain.p_value < 0.001
+    assert gain.p_ttest < 0.001
+    assert gain.losses == 0
+    assert gain.wins > 30
     assert paired_test(noise, baseline, "recall@10", seed=1).p_value > 0.05
     same = paired_test(baseline, baseline, "recall@10")
     assert (same.p_value, same.p_ttest, same.ties, same.mean_difference) == (1.0, 1.0, 300, 0.0)

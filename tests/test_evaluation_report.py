@@ -54,25 +54,33 @@ def test_variants_average_seeds_and_test_against_random(summaries):
     by_variant = {s.variant: s for s in summaries}
     assert list(by_variant) == ["zero-shot", "random/siamese", "bm25-hard/siamese", "dense-hard/siamese"]
     bm25 = by_variant["bm25-hard/siamese"]
-    assert bm25.seeds == [0, 1] and bm25.baseline == "random/siamese"
-    assert by_variant["zero-shot"].baseline == "random/siamese" and by_variant["random/siamese"].baseline is None
+    assert bm25.seeds == [0, 1]
+    assert bm25.baseline == "random/siamese"
+    assert by_variant["zero-shot"].baseline == "random/siamese"
+    assert by_variant["random/siamese"].baseline is None
     assert not by_variant["random/siamese"].tests
     mean, std = bm25.metrics["recall@10"]
     assert mean == pytest.approx(np.mean([r for r in bm25.per_query["recall@10"].values()]))
     assert std > 0
-    assert bm25.tests["recall@10"].p_value < 0.01 and bm25.tests["recall@10"].mean_difference > 0.3
+    assert bm25.tests["recall@10"].p_value < 0.01
+    assert bm25.tests["recall@10"].mean_difference > 0.3
     assert bm25.p_holm["recall@10"] >= bm25.tests["recall@10"].p_value
     assert bm25.mining["removed_rank_window"] == 2758
 
 
 def test_table_markdown_csv_and_plot(summaries, tmp_path):
     rows = table_rows(summaries)
-    assert rows[2]["arm"] == "bm25-hard/siamese" and rows[2]["seeds"] == "2"
-    assert "±" in rows[2]["recall@10"] and "±" not in rows[0]["recall@10"]  # one deterministic run: no spread
+    assert rows[2]["arm"] == "bm25-hard/siamese"
+    assert rows[2]["seeds"] == "2"
+    assert "±" in rows[2]["recall@10"]
+    assert "±" not in rows[0]["recall@10"]  # one deterministic run: no spread
     assert rows[1]["Δ recall@10 vs random"] == "baseline"
-    assert rows[2]["Δ recall@10 vs random"].startswith("+") and rows[2]["Δ recall@10 vs random"].endswith("*")
+    assert rows[2]["Δ recall@10 vs random"].startswith("+")
+    assert rows[2]["Δ recall@10 vs random"].endswith("*")
     markdown = comparison_markdown(summaries, "study", ["note one"])
-    assert "| bm25-hard/siamese | 2 |" in markdown and "over 60 test queries" in markdown and "note one" in markdown
+    assert "| bm25-hard/siamese | 2 |" in markdown
+    assert "over 60 test queries" in markdown
+    assert "note one" in markdown
     stages = {(row["arm"], row["stage"]): row for row in guard_rows(summaries)}
     assert stages[("bm25-hard/siamese", "–")]["removed_rank_window"] == "2758.0"
     assert stages[("dense-hard/siamese", "round2")]["examples"] == "919.0"
@@ -113,7 +121,8 @@ def test_where_it_helps_counts_wins_and_losses_per_bm25_bucket(summaries, tmp_pa
     assert sum(by[("bm25-hard/siamese", b)]["queries"] for b in ("top 3", "4–20", "below 20")) == len(QUERIES)
 
     markdown = comparison_markdown(summaries, "study", helps=helps, plots={"bm25-hard/siamese": "neg.png"})
-    assert "## Where does it help?" in markdown and "| bm25-hard/siamese | top 3 | 20 |" in markdown
+    assert "## Where does it help?" in markdown
+    assert "| bm25-hard/siamese | top 3 | 20 |" in markdown
     assert "![bm25-hard/siamese](neg.png)" in markdown
     table = {row["variant"]: row for row in csv.DictReader(write_csv(summaries, tmp_path / "c.csv", helps).open())}
     assert table["bm25-hard/siamese"]["bm25_top3_wins"] == str(top["wins"])

@@ -57,7 +57,8 @@ def test_search_equals_exact_numpy_search(
         assert [hit.doc_id for hit in result.hits] == [doc_ids[i] for i in expected_rows[0]]
         np.testing.assert_allclose([hit.score for hit in result.hits], expected_scores[0], rtol=1e-5, atol=1e-6)
         assert [hit.rank for hit in result.hits] == list(range(1, 8))
-    assert result.index_version == "v0001" and result.model == f"retriever@{model_dir.name}"
+    assert result.index_version == "v0001"
+    assert result.model == f"retriever@{model_dir.name}"
     if towers == "asymmetric":
         as_document = encode(model, [query], "document")
         assert not np.allclose(as_document, encode(model, [query], "query"))
@@ -77,11 +78,14 @@ def test_reloads_when_current_moves_and_pairs_the_new_model(
     assert searcher.health()["index_version"] == "v0001"
     _, embeddings = publish_corpus(tmp_path, asymmetric_model_dir, tiny_beir_dir)
     result = searcher.search("brain neuron", k=3)
-    assert result.index_version == "v0002" and result.model == "retriever@asymmetric"
+    assert result.index_version == "v0002"
+    assert result.model == "retriever@asymmetric"
     query = encode(load_encoder(asymmetric_model_dir), ["brain neuron"], "query")
     np.testing.assert_allclose(result.hits[0].score, float((embeddings @ query[0]).max()), rtol=1e-5)
     health = searcher.health()
-    assert health["documents"] == 36 and health["model_version"] == "asymmetric" and health["status"] == "ok"
+    assert health["documents"] == 36
+    assert health["model_version"] == "asymmetric"
+    assert health["status"] == "ok"
 
 
 def test_refuses_a_bad_new_version_and_keeps_serving(tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path) -> None:
@@ -92,7 +96,8 @@ def test_refuses_a_bad_new_version_and_keeps_serving(tiny_model_dir: Path, tiny_
     result = searcher.search("virus", k=2)
     assert result.index_version == "v0001"
     health = searcher.health()
-    assert health["status"] == "degraded" and "sha256 differs" in health["last_error"]
+    assert health["status"] == "degraded"
+    assert "sha256 differs" in health["last_error"]
     assert read_pointer(tmp_path, "tiny") == "v0002"
     with pytest.raises(Exception, match="sha256 differs"):
         Searcher(tmp_path, "tiny")

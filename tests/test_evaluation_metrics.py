@@ -62,7 +62,8 @@ def test_metrics_by_hand():
 
 def test_recall_curve_ends_at_recall_at_depth():
     curve = recall_curve(RUN, QRELS, max_k=10)
-    assert len(curve) == 10 and np.all(np.diff(curve) >= 0)
+    assert len(curve) == 10
+    assert np.all(np.diff(curve) >= 0)
     assert curve[-1] == pytest.approx(evaluate_run(RUN, QRELS, ks=[10])["recall@10"])
 
 

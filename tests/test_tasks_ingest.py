@@ -33,8 +33,10 @@ def test_clicks_source_through_ingest_and_mine_tasks(tmp_path, tiny_beir_dir):
 
     result = ingest.fn(data, tmp_path / "run", run_id)
 
-    assert result["train_queries"] == 3 and result["eval_queries"] == 12
-    assert result["skip_above_queries"] == 3 and result["reject_reasons"] == {"malformed row": 1}
+    assert result["train_queries"] == 3
+    assert result["eval_queries"] == 12
+    assert result["skip_above_queries"] == 3
+    assert result["reject_reasons"] == {"malformed row": 1}
     run = client.get_run(run_id)
     (dataset_input,) = run.inputs.dataset_inputs
     assert dataset_input.dataset.digest == result["fingerprint"] == run.data.tags["dataset_fingerprint"]
@@ -49,6 +51,8 @@ def test_clicks_source_through_ingest_and_mine_tasks(tmp_path, tiny_beir_dir):
     for example in examples:
         topic = next(t for t in ("heart", "brain", "gene") if example["query_id"] == query_id(f"{t} study question"))
         first, second = example["negatives"]
-        assert first["source"] == "skip_above" and first["doc_id"] in {f"{topic}-d0", f"{topic}-d1"}
-        assert second["source"] == "bm25" and second["doc_id"] != first["doc_id"]
+        assert first["source"] == "skip_above"
+        assert first["doc_id"] in {f"{topic}-d0", f"{topic}-d1"}
+        assert second["source"] == "bm25"
+        assert second["doc_id"] != first["doc_id"]
     assert client.get_run(run_id).data.metrics["mine.negatives_skip_above"] == 3

@@ -7,7 +7,7 @@ from denseflow.model.serving.search import Searcher
 from denseflow.model.serving.service import create_app
 from fastapi.testclient import TestClient
 
-from tests.test_search import publish_corpus
+from tests.test_serving_search import publish_corpus
 
 
 @pytest.fixture(scope="module")
@@ -23,15 +23,19 @@ def test_health_reports_versions_and_count(client: TestClient) -> None:
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
-    assert body["status"] == "ok" and body["index_version"] == "v0001" and body["documents"] == 36
-    assert body["model"] == "retriever" and body["model_version"] == "model"
+    assert body["status"] == "ok"
+    assert body["index_version"] == "v0001"
+    assert body["documents"] == 36
+    assert body["model"] == "retriever"
+    assert body["model_version"] == "model"
 
 
 def test_search_post_and_get(client: TestClient) -> None:
     response = client.post("/search", json={"query": "cancer tumor", "k": 5})
     assert response.status_code == 200, response.text
     body = response.json()
-    assert len(body["hits"]) == 5 and body["index_version"] == "v0001"
+    assert len(body["hits"]) == 5
+    assert body["index_version"] == "v0001"
     assert [hit["rank"] for hit in body["hits"]] == [1, 2, 3, 4, 5]
     scores = [hit["score"] for hit in body["hits"]]
     assert scores == sorted(scores, reverse=True)
@@ -61,7 +65,8 @@ def test_bad_input_gets_4xx_with_message(client: TestClient, payload: dict, stat
 
 def test_malformed_json_and_oversized_body(client: TestClient) -> None:
     response = client.post("/search", content=b'{"query": "ok", ', headers={"content-type": "application/json"})
-    assert response.status_code == 400 and response.json()["error"] == "malformed JSON body"
+    assert response.status_code == 400
+    assert response.json()["error"] == "malformed JSON body"
     response = client.post("/search", content=b"x" * 70_000, headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert client.get("/search", params={"q": "", "k": 3}).status_code == 422

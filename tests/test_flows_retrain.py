@@ -44,10 +44,12 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     # 12 test queries of 36 docs: recall@100 covers the whole corpus, so every system finds every positive.
     assert trained["recall@100"] == 1.0
     examples = (tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "train_examples.jsonl").read_text().splitlines()
-    assert len(examples) == 24 and all(json.loads(line)["negatives"] for line in examples)
+    assert len(examples) == 24
+    assert all(json.loads(line)["negatives"] for line in examples)
     # The first version is promoted and published from the corpus embeddings evaluation already computed.
     published = summary["published"]
-    assert published["documents"] == 36 and published["shards_reused"] == published["shards"] > 0
+    assert published["documents"] == 36
+    assert published["shards_reused"] == published["shards"] > 0
 
 
 def test_second_run_registers_a_new_version_and_reuses_training(

@@ -43,7 +43,8 @@ def test_clicks_follow_examination_by_position(tmp_path, tiny_beir_dir):
 def test_log_is_driven_by_relevance(tmp_path, tiny_beir_dir):
     dataset, report, log = simulate(tmp_path, tiny_beir_dir)
     rows = [json.loads(line) for line in log.read_text().splitlines()]
-    assert len(rows) == report.rows == report.impressions * 8 and report.impressions == 24 * 40
+    assert len(rows) == report.rows == report.impressions * 8
+    assert report.impressions == 24 * 40
     assert report.clicks == sum(row["clicked"] for row in rows) > 0
     by_text = {dataset.queries[qid]: qid for qid in dataset.qrels["train"]}
 
@@ -51,7 +52,8 @@ def test_log_is_driven_by_relevance(tmp_path, tiny_beir_dir):
         return dataset.qrels["train"][by_text[row["query"]]].get(row["doc_id"], 0) > 0
 
     rates = click_rates(rows, relevant_of)
-    assert rates[True][0] > 0.8 and rates[False][0] < 0.2  # at position 1 everything is examined
+    assert rates[True][0] > 0.8  # at position 1 everything is examined
+    assert rates[False][0] < 0.2
     dwell = defaultdict(list)
     for row in rows:
         if row["clicked"]:
@@ -61,7 +63,8 @@ def test_log_is_driven_by_relevance(tmp_path, tiny_beir_dir):
     assert np.median(dwell[True]) > 3 * np.median(dwell[False])
 
     meta = json.loads(meta_path(log).read_text())
-    assert meta["synthetic"] is True and "SYNTHETIC" in meta["note"]
+    assert meta["synthetic"] is True
+    assert "SYNTHETIC" in meta["note"]
     sessions = defaultdict(list)
     for row in rows:
         sessions[row["session_id"]].append(row["timestamp"])
@@ -81,10 +84,12 @@ def test_click_rules_recover_judged_positives(tmp_path, tiny_beir_dir):
     config = DataConfig(source="clicks", path=log, corpus=tiny_beir_dir, judged_eval=True, splits={"train": 1.0})
     result = load_clicks(config.model_copy(update={"path": tmp_path}), RejectLog())  # the folder: log + .meta.json
     assert result.report.files == [str(log)]
-    assert result.report.rows == report.rows and result.report.rejected_rows == 0
+    assert result.report.rows == report.rows
+    assert result.report.rejected_rows == 0
     quality = label_quality(result.dataset.queries, result.dataset.qrels["train"], dataset, "train")
     assert quality["unmatched_queries"] == 0
-    assert quality["precision"] > 0.6 and quality["recall"] > 0.6
+    assert quality["precision"] > 0.6
+    assert quality["recall"] > 0.6
     assert result.skip_above  # clicks below unclicked results happen
 
     perfect = label_quality(dataset.queries, dataset.qrels["train"], dataset, "train")

@@ -52,7 +52,8 @@ def test_rates_follow_the_cpu_and_the_estimate_says_which(monkeypatch):
     assert cpu_rates(config).step_seconds_at_128 == config.estimate.bf16_step_seconds_at_128
     monkeypatch.setattr(encoder, "native_bf16", lambda: False)
     rates = cpu_rates(config)
-    assert rates.step_seconds_at_128 == config.estimate.step_seconds_at_128 and "fp32" in rates.source
+    assert rates.step_seconds_at_128 == config.estimate.step_seconds_at_128
+    assert "fp32" in rates.source
     assert "fp32" in estimate_study(config, 5183, 809, 300).describe().splitlines()[0]
 
 
@@ -62,7 +63,8 @@ def test_measured_rates_come_from_real_steps_on_this_cpu(tiny_beir_dir, tiny_mod
     train = {"base_model": str(tiny_model_dir), "batch_size": 4, "max_seq_length": 32, "precision": "fp32"}
     config = CompareConfig.model_validate({"train": train, "eval": {"batch_size": 8, "precision": "fp32"}})
     rates = measure_rates(config, load_beir(tiny_beir_dir, ["train"], RejectLog()), steps=2)
-    assert rates.step_seconds_at_128 > 0 and rates.docs_per_second_at_128 > 0
+    assert rates.step_seconds_at_128 > 0
+    assert rates.docs_per_second_at_128 > 0
     assert rates.source.startswith("measured")
 
 
@@ -75,7 +77,8 @@ def test_batch_sweep_uses_gradcache_and_labels_each_size():
     settings = specs[-1].train_settings(config.train)
     assert (settings.batch_size, settings.loss, settings.seed) == (128, "cached_mnrl", 0)
     assert ArmSpec("random", "siamese", 32, 1).train_settings(config.train).loss == "mnrl"
-    assert split_steps(40, 2) == [20, 20] and split_steps(40, 3) == [13, 13, 14]
+    assert split_steps(40, 2) == [20, 20]
+    assert split_steps(40, 3) == [13, 13, 14]
 
 
 def test_run_config_sets_candidates_seed_and_towers_per_run():
@@ -98,7 +101,8 @@ def test_estimate_counts_encodings_steps_and_rounds():
     rates = Rates(docs_per_second_at_128=20.0, step_seconds_at_128=14.0, source="test")
     estimate = estimate_study(config, documents=5183, train_queries=809, test_queries=300, rates=rates)
     corpus, step = estimate.details["corpus_encoding_seconds"], estimate.details["step_seconds"]
-    assert corpus == pytest.approx(5183 / 40) and step == pytest.approx(7.0)  # 64 tokens: twice the 128 rates
+    assert corpus == pytest.approx(5183 / 40)  # 64 tokens: twice the 128 rates
+    assert step == pytest.approx(7.0)
     random_run, remined_run = (seconds for _, seconds in estimate.runs)
     # The re-mined arm: one more corpus encoding and run overhead, and the dense miner's query encodings
     # (2 rounds) on top of the teacher's (1 more round); the dev evaluations split over rounds round up.

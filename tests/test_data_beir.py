@@ -43,7 +43,8 @@ def test_tiny_dataset_loads_clean(tiny_beir_dir):
     rejects = RejectLog()
     dataset = load_beir(tiny_beir_dir, ["train", "test"], rejects)
     assert (len(dataset.corpus), len(dataset.queries), len(rejects)) == (36, 36, 0)
-    assert len(dataset.qrels["train"]) == 24 and len(dataset.qrels["test"]) == 12
+    assert len(dataset.qrels["train"]) == 24
+    assert len(dataset.qrels["test"]) == 12
 
 
 def test_every_bad_row_is_rejected_with_its_reason(tmp_path):
