@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from denseflow.model.config import CompareConfig
+from denseflow.model.context import RunContext, build_context
 from denseflow.model.encoder import resolve_base_model
 from denseflow.model.evaluation.report import study_note
 from denseflow.model.evaluation.study import ArmSpec, estimate_study, plan_study, rounds_of, run_config, split_steps
@@ -55,7 +56,7 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
         for done, spec in enumerate(specs, start=1):
             runs.append(
                 compare_arm.with_options(flow_run_name=spec.slug)(
-                    spec, config, data["dataset_dir"], str(run_dir), parent_id, workspace
+                    spec, config, data, str(run_dir), parent_id, workspace
                 )
             )
             elapsed = time.perf_counter() - started
@@ -88,20 +89,28 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
 
 @flow(name="compare_negatives_arm")
 def compare_arm(
-    spec: ArmSpec, config: CompareConfig, dataset_dir: str, run_dir: str, parent_id: str, workspace: Path
+    spec: ArmSpec, config: CompareConfig, data: dict, run_dir: str, parent_id: str, workspace: Path
 ) -> dict:
     """One child run: (mine → train) × rounds → evaluate, for one arm, tower type, batch size and seed.
 
-    Each round after the first re-mines with the model the round before returned (its best checkpoint on
-    dev, where training selects one); the teacher stays the base model throughout.
+    ``data`` is what ingest returned (dataset folder, dev split, fingerprint). Training selects its best
+    checkpoint on the dev split where there is one; each round after the first re-mines with the model the
+    round before returned (that best checkpoint); the teacher stays the base model throughout.
     """
     run_id = start_arm_run(run_config(config, spec), spec, flow_run.id, parent_id)
+    train_settings = spec.train_settings(config.train) if spec.trained else config.train
+    context = build_context(
+        workspace,
+        run_id,
+        config.train.precision,
+        config.train.max_seq_length,
+        train_settings.batch_size,
+        config.eval.batch_size,
+    )
     arm_dir = Path(run_dir) / "arms" / spec.slug
-    cache_dir = Path(workspace) / "cache" / "embeddings"
+    dataset_dir, dev_split, split = data["dataset_dir"], data.get("dev_split"), config.data.eval_split
     started = time.perf_counter()
     base_model = resolve_base_model(config.train.base_model)
-    split, seq = config.data.eval_split, config.train.max_seq_length
-    out = arm_dir / "evaluation"
     examples_paths: dict[str, str] = {}
     try:
         if spec.arm == "zero-shot":
@@ -113,32 +122,39 @@ def compare_arm(
             rounds = rounds_of(config, spec)
             for number, steps in enumerate(split_steps(config.train.max_steps, rounds), start=1):
                 stage = f"round{number}." if rounds > 1 else ""
-                round_dir = arm_dir / f"round{number}"
-                examples = mine_round(spec, config, dataset_dir, round_dir, run_id, cache_dir, target, stage, workspace)
+                examples = mine_round(spec, config, dataset_dir, arm_dir / f"round{number}", context, target, stage)
                 examples_paths[stage.rstrip(".")] = examples
-                settings = spec.train_settings(config.train).model_copy(
-                    update={"base_model": target, "max_steps": steps}
-                )
+                settings = train_settings.model_copy(update={"base_model": target, "max_steps": steps})
                 target = train(
-                    dataset_dir, examples, settings, config.data.train_split, workspace, run_id, f"train.{stage}"
+                    dataset_dir,
+                    examples,
+                    settings,
+                    config.data.train_split,
+                    dev_split,
+                    data["fingerprint"],
+                    context,
+                    f"train.{stage}",
                 )
                 if number < rounds:  # cheap: re-mining already encoded the corpus with this model
-                    label = f"{spec.slug}_round{number}"
-                    evaluate(target, label, dataset_dir, split, config.eval, seq, out, cache_dir, run_id, stage)
-        result = evaluate(target, spec.slug, dataset_dir, split, config.eval, seq, out, cache_dir, run_id)
+                    evaluate(
+                        target, f"{spec.slug}_round{number}", dataset_dir, split, None, config.eval, context, stage
+                    )
+        # Test only: the arms are compared on test; dev already chose each model's checkpoint.
+        result = evaluate(target, spec.slug, dataset_dir, split, None, config.eval, context)
         seconds = time.perf_counter() - started
         log_metrics(run_id, {"seconds": seconds}, prefix="study.")
     except BaseException:
         end_tracking_run(run_id, "FAILED")
         raise
     end_tracking_run(run_id)
+    out = context.run_dir / "evaluation"
     return {
         "spec": asdict(spec),
         "run_id": run_id,
         "metrics": result["metrics"],
         "recall_curve": result["recall_curve"],
         "per_query_path": str(out / f"per_query_{spec.slug}.json"),  # written by tasks/evaluate.py
-        "run_path": str(out / f"run_{spec.slug}.trec"),
+        "run_path": result.get("run_file", str(out / f"run_{spec.slug}.trec")),
         "examples_paths": examples_paths,
         "seconds": seconds,
     }
@@ -149,25 +165,24 @@ def mine_round(
     config: CompareConfig,
     dataset_dir: str,
     round_dir: Path,
-    run_id: str,
-    cache_dir: Path,
+    context: RunContext,
     model_dir: str,
     stage: str,
-    workspace: Path,
 ) -> str:
     """``train_examples.jsonl`` of one round; dense candidates come from ``model_dir``, the round before's model.
 
     The teacher's ``base`` is the study's base model whatever the round, and its corpus embeddings are
-    taken at evaluation's precision so the zero-shot evaluation reuses them.
+    taken at the run's length and precision so the zero-shot evaluation reuses them.
     """
     mining = run_config(config, spec).mining
     splits = (config.data.train_split, config.data.eval_split)
     shared = {
-        "max_seq_length": config.train.max_seq_length,
+        "max_seq_length": context.max_seq_length,
         "base_model": resolve_base_model(config.train.base_model),
-        "precision": config.eval.precision,
-        "workspace": workspace,
+        "precision": context.precision,
+        "workspace": context.workspace,
     }
+    run_id, cache_dir = context.run_id, context.cache_dir
     if spec.arm != "mix-hard":
         return mine(
             dataset_dir,
@@ -177,12 +192,13 @@ def mine_round(
             run_id,
             cache_dir,
             model_dir,
-            **shared,
             metric_prefix=f"mine.{stage}",
+            **shared,
         )
+    bm25_mining = mining.model_copy(update={"candidates": "bm25"})
     bm25 = mine(
         dataset_dir,
-        mining.model_copy(update={"candidates": "bm25"}),
+        bm25_mining,
         *splits,
         round_dir / "bm25",
         run_id,
