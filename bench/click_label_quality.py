@@ -1,6 +1,6 @@
 """How many judged positives does a click rule recover? Precision and recall of click positives vs the qrels.
 
-Simulates a SYNTHETIC position-biased user over the SciFact train queries (``model/simulate.py``: BM25 top 10,
+Simulates a SYNTHETIC position-biased user over the SciFact train queries (``model/data/simulate.py``: BM25 top 10,
 examination (1/position)^eta, noisy clicks, relevance-dependent dwell), ingests the log with each rule, and
 compares the (query, document) positives each rule yields with SciFact's judgments. The recall ceiling is the
 share of judged pairs BM25 ever shows in its top 10: clicks cannot find what users never see.
