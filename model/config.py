@@ -67,6 +67,15 @@ class DataConfig(Section):
         {"train": 0.8, "dev": 0.1, "test": 0.1}, description="clicks/qa: share of queries per split, by query hash."
     )
     split_salt: str = Field("denseflow", description="Changing it reshuffles every query's split.")
+    dev_split: str = Field(
+        "dev", description="Split every choice is made on (checkpoint, fusion weight); carved from train if absent."
+    )
+    dev_share: float = Field(
+        0.1, ge=0, lt=0.5, description="Share of train queries carved into dev by query-id hash (0 = no dev split)."
+    )
+    min_dev_train_queries: int = Field(
+        20, ge=2, description="Below this many train queries no dev split is carved: training runs without selection."
+    )
     fields: dict[str, str] = Field({}, description="clicks/qa: our field name -> the file's column name.")
     min_usable_share: float = Field(0.8, ge=0, le=1, description="Fail when fewer source rows than this are usable.")
     max_line_bytes: int = Field(1_048_576, ge=64, description="Longer lines are rejected without being parsed.")
@@ -167,11 +176,13 @@ class TrainConfig(Section):
     towers: Literal["siamese", "asymmetric"] = Field(
         "siamese", description="siamese: shared weights; asymmetric: separate query and document towers (Router)."
     )
-    loss: Literal["mnrl", "cached_mnrl"] = Field(
-        "mnrl", description="MultipleNegativesRankingLoss, or its GradCache version for batches beyond memory."
+    loss: Literal["mnrl", "cached_mnrl", "gist"] = Field(
+        "mnrl",
+        description="MultipleNegativesRankingLoss; its GradCache version for batches beyond memory; or GISTEmbedLoss "
+        "with the base model as guide (drops in-batch negatives the guide scores above the positive).",
     )
     mini_batch_size: int = Field(16, ge=1, description="GradCache mini-batch of cached_mnrl.")
-    epochs: float = Field(1.0, gt=0, description="Passes over the training examples.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the training examples (an upper bound with dev).")
     max_steps: int = Field(-1, description="Stop after this many steps (overrides epochs when > 0).")
     batch_size: int = Field(
         32, ge=2, description="Examples per step; each query gets batch_size - 1 in-batch negatives."
@@ -184,8 +195,24 @@ class TrainConfig(Section):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="auto = bf16 autocast only where the CPU has bf16 instructions, else fp32."
     )
-    save_steps: int = Field(50, ge=1, description="Checkpoint every N steps; a re-run resumes from the last.")
+    save_steps: int = Field(
+        50, ge=1, description="Checkpoint every N steps when there is no dev split (else at every dev evaluation)."
+    )
+    evals_per_epoch: int = Field(
+        2, ge=1, description="Dev evaluations (and checkpoints) per epoch; the best by dev nDCG@10 is kept."
+    )
+    patience: int = Field(
+        3, ge=1, description="Stop after this many dev evaluations without a better nDCG@10 (early stopping)."
+    )
+    dev_candidates: int = Field(
+        10, ge=1, description="Dev evaluation corpus: the dev positives plus each dev query's BM25 top-N."
+    )
     seed: int = Field(42, description="Seed of model init, data order and dropout.")
+    # Data-parallel training (model/training/distributed.py); batch_size above stays the global batch.
+    launcher: Literal["none", "torchrun"] = Field(
+        "none", description="none: one process; torchrun: nproc_per_node processes, in-batch negatives gathered."
+    )
+    nproc_per_node: int = Field(1, ge=1, description="torchrun: processes on this node (GPUs, or CPU process groups).")
 
 
 class EvalConfig(Section):
@@ -193,6 +220,16 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1, description="Texts per encoding batch.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="As train.precision, for encoding.")
     baselines: bool = Field(True, description="Also evaluate the zero-shot base model and BM25.")
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex",
+        description="Hybrid BM25 + dense: convex = weight·dense + (1-weight)·BM25 on per-query min-max normalised "
+        "scores; rrf = reciprocal rank fusion (weights the two rank terms the same way).",
+    )
+    fusion_weight: float | None = Field(
+        None, ge=0, le=1, description="Dense weight of the hybrid; None = tuned on the dev split (0.5 without one)."
+    )
+    rrf_k: int = Field(60, ge=1, description="RRF's rank offset k (Cormack et al. 2009).")
+    fusion_depth: int = Field(100, ge=10, description="Documents each system contributes to the fusion.")
 
 
 class TrackingConfig(Section):
@@ -212,6 +249,9 @@ class PromotionConfig(Section):
         0.005, ge=0, description="The candidate must beat production by more than this (absolute, same data)."
     )
     publish_on_promotion: bool = Field(True, description="Run publish_index for the version the gate promotes.")
+    mode: Literal["dense", "hybrid"] = Field(
+        "hybrid", description="The search mode that will be served: the gate compares candidates in this mode."
+    )
 
 
 class RetrainConfig(Section):
@@ -231,12 +271,22 @@ class RetrainConfig(Section):
 
 class EncodeConfig(Section):
     batch_size: int = Field(64, ge=1)
-    precision: Literal["auto", "bf16", "fp32"] = Field(
+    precision: Literal["auto", "bf16", "fp32", "int8"] = Field(
         "auto",
-        description="auto = bf16 only on CPUs with native bf16; bf16 is kept only if it matches fp32 on a sample.",
+        description="auto = bf16 only on CPUs with native bf16; int8 = ONNX Runtime dynamic quantization. "
+        "bf16 and int8 are kept only if they match fp32 on a sample, else publication encodes in fp32.",
     )
     bf16_min_cosine: float = Field(
         0.99, gt=0, le=1, description="Least bf16-vs-fp32 cosine on the sample to keep bf16."
+    )
+    int8_min_mean_cosine: float = Field(
+        0.99, gt=0, le=1, description="Least mean int8-vs-fp32 cosine on the sample to keep int8."
+    )
+    int8_min_neighbour_recall: float = Field(
+        0.98, ge=0, le=1, description="Least neighbour recall@10 of int8 vs fp32 within the sample to keep int8."
+    )
+    check_sample_docs: int = Field(
+        128, ge=11, description="Documents the bf16/int8 quality check encodes both ways (from the first shards)."
     )
     max_seq_length: int | None = Field(None, ge=8, description="None = the model's own setting.")
     shard_size: int = Field(512, ge=1, description="Documents per encoding task (the unit mapped over workers).")
@@ -254,6 +304,16 @@ class IndexConfig(Section):
     recall_floor: float = Field(0.99, ge=0, le=1, description="Least recall@10 vs exact for approximate indexes.")
     verify_queries: int = Field(200, ge=1)
     keep_versions: int = Field(3, ge=1)
+    search_mode: Literal["dense", "bm25", "hybrid"] | None = Field(
+        None, description="Mode served by default; None = the model version's served.mode tag, else hybrid."
+    )
+    fusion_weight: float | None = Field(
+        None, ge=0, le=1, description="Hybrid dense weight; None = the version's hybrid.weight tag, else 0.5."
+    )
+    fusion_method: Literal["convex", "rrf"] | None = Field(
+        None, description="Hybrid fusion; None = the version's hybrid.method tag, else convex."
+    )
+    fusion_depth: int = Field(100, ge=1, description="Documents each system contributes to a hybrid query.")
 
     def spec(self):  # noqa: ANN201 - denseflow.model.index.build.IndexSpec, imported lazily so configs load without faiss
         from denseflow.model.index.build import IndexSpec
@@ -270,6 +330,9 @@ class RunnerConfig(Section):
     dask_address: str | None = Field(None, description="Scheduler of an existing Dask cluster; None = start one.")
     dask_workers: int = Field(2, ge=1)
     dask_threads_per_worker: int = Field(1, ge=1)
+    torch_threads: int | None = Field(
+        None, ge=1, description="Intra-op threads per shard; None = dask_threads_per_worker on Dask, all cores locally."
+    )
 
 
 class PublishConfig(Section):

@@ -1,4 +1,5 @@
-"""Evaluate: exact search over the corpus for every test query; metrics, TREC run file and recall@k plot."""
+"""Evaluate: exact search over the corpus for every test (and dev) query; metrics, TREC run files, hybrid fusion,
+recall@k plot."""
 
 from __future__ import annotations
 
@@ -6,14 +7,32 @@ import json
 from pathlib import Path
 
 from denseflow.model.config import EvalConfig
+from denseflow.model.context import RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
-from denseflow.model.evaluation.metrics import write_trec_run
+from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs, tune_weight
+from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.runs import Evaluation, bm25_run, dense_run, score_run
 from denseflow.tasks.tracking import log_artifact, log_metrics
-from prefect import task
+from mlflow.tracking import MlflowClient
+from prefect import get_run_logger, task
 
 BM25 = "bm25"
+HYBRID = "hybrid"
+
+
+def _record(evaluation: Evaluation, split: str, out_dir: Path, run_id: str, prefix: str, stem: str) -> Path:
+    run_file = write_trec_run(evaluation.run, out_dir / f"run_{stem}.trec", tag=evaluation.label)
+    metrics_file = out_dir / f"metrics_{stem}.json"
+    metrics_file.write_text(
+        json.dumps({"label": evaluation.label, "split": split, "metrics": evaluation.metrics}, indent=2)
+    )
+    per_query_file = out_dir / f"per_query_{stem}.json"
+    per_query_file.write_text(json.dumps(evaluation.per_query))
+    log_metrics(run_id, evaluation.metrics, prefix=prefix)
+    for path in (run_file, metrics_file, per_query_file):
+        log_artifact(run_id, path, "evaluation")
+    return run_file
 
 
 @task(name="evaluate")
@@ -22,38 +41,115 @@ def evaluate(
     label: str,
     dataset_dir: Path,
     split: str,
+    dev_split: str | None,
     settings: EvalConfig,
-    max_seq_length: int | None,
-    out_dir: Path,
-    cache_dir: Path,
-    run_id: str,
+    context: RunContext,
     metric_prefix: str = "",
 ) -> dict:
-    """Evaluate ``target`` (a model folder, or ``"bm25"``); returns its metrics and recall curve."""
-    dataset = load_beir(Path(dataset_dir), [split], RejectLog())
-    if target == BM25:
-        run = bm25_run(dataset, split)
+    """Evaluate ``target`` (a model folder, or ``"bm25"``) on ``split`` and, when given, on ``dev_split``.
+
+    Metrics of ``split`` are logged as ``<prefix><metric>``, dev's as ``dev.<prefix><metric>``. Returns the
+    metrics, the recall curve and the run files (the hybrid reads them).
+    """
+    splits = [split] + ([dev_split] if dev_split else [])
+    dataset = load_beir(Path(dataset_dir), splits, RejectLog())
+    out_dir = context.run_dir / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result: dict = {"label": label}
+    for name in splits:
+        if target == BM25:
+            run = bm25_run(dataset, name)
+        else:
+            run = dense_run(
+                target,
+                dataset,
+                name,
+                context.cache_dir,
+                context.max_seq_length,
+                settings.batch_size,
+                context.precision,
+            )
+        evaluation = score_run(label, run, dataset.qrels[name], settings.ks)
+        on_dev = name != split
+        stem = f"{label}.{name}" if on_dev else label
+        run_file = _record(
+            evaluation, name, out_dir, context.run_id, f"dev.{metric_prefix}" if on_dev else metric_prefix, stem
+        )
+        if on_dev:
+            result |= {"dev_metrics": evaluation.metrics, "dev_run_file": str(run_file)}
+        else:
+            result |= {
+                "metrics": evaluation.metrics,
+                "recall_curve": evaluation.recall_curve,
+                "run_file": str(run_file),
+            }
+    return result
+
+
+@task(name="hybrid")
+def hybrid(
+    dense: dict,
+    bm25: dict,
+    dataset_dir: Path,
+    split: str,
+    dev_split: str | None,
+    settings: EvalConfig,
+    context: RunContext,
+) -> dict:
+    """BM25 + dense fusion of two evaluations' runs; the dense weight is tuned on dev unless configured."""
+    splits = [split] + ([dev_split] if dev_split else [])
+    dataset = load_beir(Path(dataset_dir), splits, RejectLog())
+    out_dir = context.run_dir / "evaluation"
+    if settings.fusion_weight is not None:
+        weight, chosen_by = settings.fusion_weight, "configured"
+    elif dev_split and "dev_run_file" in dense and "dev_run_file" in bm25:
+        weight, curve = tune_weight(
+            read_trec_run(Path(dense["dev_run_file"])),
+            read_trec_run(Path(bm25["dev_run_file"])),
+            dataset.qrels[dev_split],
+            settings.fusion,
+            settings.rrf_k,
+        )
+        chosen_by = f"tuned on {dev_split}"
+        curve_file = out_dir / "hybrid_weight_curve.json"
+        curve_file.write_text(json.dumps({"split": dev_split, "metric": "ndcg@10", "curve": curve}, indent=2))
+        log_artifact(context.run_id, curve_file, "evaluation")
     else:
-        run = dense_run(target, dataset, split, cache_dir, max_seq_length, settings.batch_size, settings.precision)
-    evaluation = score_run(label, run, dataset.qrels[split], settings.ks)
-    out_dir = Path(out_dir)
-    run_file = write_trec_run(run, out_dir / f"run_{label}.trec", tag=label)
-    metrics_file = out_dir / f"metrics_{label}.json"
-    metrics_file.write_text(json.dumps({"label": label, "split": split, "metrics": evaluation.metrics}, indent=2))
-    per_query_file = out_dir / f"per_query_{label}.json"
-    per_query_file.write_text(json.dumps(evaluation.per_query))
-    log_metrics(run_id, evaluation.metrics, prefix=metric_prefix)
-    for path in (run_file, metrics_file, per_query_file):
-        log_artifact(run_id, path, "evaluation")
-    return {"label": label, "metrics": evaluation.metrics, "recall_curve": evaluation.recall_curve}
+        weight, chosen_by = NEUTRAL_WEIGHT, "even mix (no dev split)"
+        get_run_logger().warning("no dev split: hybrid uses the even mix, weight %.2f", weight)
+    result = {"label": HYBRID, "weight": weight, "method": settings.fusion, "weight_chosen_by": chosen_by}
+    for name in splits:
+        on_dev = name != split
+        key = "dev_run_file" if on_dev else "run_file"
+        run = fuse_runs(
+            read_trec_run(Path(dense[key])),
+            read_trec_run(Path(bm25[key])),
+            weight,
+            settings.fusion,
+            settings.rrf_k,
+            settings.fusion_depth,
+        )
+        evaluation = score_run(HYBRID, run, dataset.qrels[name], settings.ks)
+        stem = f"{HYBRID}.{name}" if on_dev else HYBRID
+        prefix = f"dev.{HYBRID}." if on_dev else f"{HYBRID}."
+        _record(evaluation, name, out_dir, context.run_id, prefix, stem)
+        if on_dev:
+            result["dev_metrics"] = evaluation.metrics
+        else:
+            result |= {"metrics": evaluation.metrics, "recall_curve": evaluation.recall_curve}
+    client = MlflowClient()
+    for key, value in {"weight": weight, "method": settings.fusion, "weight_chosen_by": chosen_by}.items():
+        client.set_tag(context.run_id, f"{HYBRID}.{key}", str(value))
+    log_metrics(context.run_id, {"weight": weight}, prefix=f"{HYBRID}.")
+    return result
 
 
 @task(name="plot-recall")
-def plot_recall(evaluations: list[dict], out_dir: Path, run_id: str, title: str) -> str:
+def plot_recall(evaluations: list[dict], context: RunContext, title: str) -> str:
     curves = {item["label"]: item["recall_curve"] for item in evaluations}
-    path = plot_recall_curves(curves, Path(out_dir) / "recall_at_k.png", title)
-    log_artifact(run_id, path, "plots")
+    path = plot_recall_curves(curves, context.run_dir / "evaluation" / "recall_at_k.png", title)
+    log_artifact(context.run_id, path, "plots")
     return str(path)
 
 
-__all__ = ["evaluate", "plot_recall", "Evaluation"]
+__all__ = ["evaluate", "hybrid", "plot_recall", "Evaluation"]

@@ -8,18 +8,23 @@ from denseflow.model.config import DataConfig
 from denseflow.model.data import ingest as sources
 from denseflow.model.data.assemble import SourceReport, SourceResult
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir, remove_evaluation_leaks
+from denseflow.model.data.dev import carve_dev_split
 from denseflow.tasks.tracking import log_artifact, log_metrics
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import _create_dataset_input
-from prefect import task
+from prefect import get_run_logger, task
 
 
 def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
     """The configured source, normalised to a Dataset; every bad row lands in ``rejects``."""
     if data.source == "beir":
-        dataset = load_beir(data.path or bundled_scifact_dir(), [data.train_split, data.eval_split], rejects)
+        folder = Path(data.path or bundled_scifact_dir())
+        splits = [data.train_split, data.eval_split]
+        if any((folder / "qrels" / f"{data.dev_split}{suffix}").is_file() for suffix in (".tsv", ".tsv.gz")):
+            splits.append(data.dev_split)
+        dataset = load_beir(folder, splits, rejects)
         return SourceResult(dataset, {}, SourceReport(source="beir"))
     return sources.load_source(data, rejects)  # clicks / qa: see model/data/clicks.py, qa.py
 
@@ -33,7 +38,15 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     finally:  # a source below its usable-share floor fails here; its rejects say why
         rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
     dataset = loaded.dataset
-    leaks = remove_evaluation_leaks(dataset, data.train_split, [data.eval_split], rejects)
+    leaks = remove_evaluation_leaks(dataset, data.train_split, [data.eval_split, data.dev_split], rejects)
+    dev_queries = carve_dev_split(dataset, data.train_split, data.dev_split, data.dev_share, data.min_dev_train_queries)
+    if not dev_queries:
+        get_run_logger().warning(
+            "no dev split (%d train queries; data.dev_share %.2f): training runs without checkpoint selection and "
+            "the fusion weight is not tuned",
+            len(dataset.qrels[data.train_split]),
+            data.dev_share,
+        )
     loaded.skip_above = {qid: docs for qid, docs in loaded.skip_above.items() if qid in dataset.queries}
     dataset_dir = sources.write_source(loaded, Path(run_dir) / "data")
     rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
@@ -43,6 +56,7 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
         "queries": len(dataset.queries),
         "train_queries": len(dataset.qrels[data.train_split]),
         "eval_queries": len(dataset.qrels[data.eval_split]),
+        "dev_queries": dev_queries,
         "rejected_rows": len(rejects),
         "leaked_queries_removed": leaks,
     }
@@ -60,6 +74,7 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     client.log_inputs(run_id, datasets=[_create_dataset_input(meta, context="training")])
     return {
         "dataset_dir": str(dataset_dir),
+        "dev_split": data.dev_split if dev_queries else None,
         "rejects_path": str(rejects_path),
         "fingerprint": digest,
         "reject_reasons": rejects.counts(),

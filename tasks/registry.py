@@ -16,8 +16,13 @@ def register(
     registered_model: str,
     metrics: dict[str, float],
     dataset_fingerprint: str,
+    extra_tags: dict[str, str] | None = None,
 ) -> str:
-    """Log and register the model from ``model_dir``; alias ``candidate`` moves to the new version."""
+    """Log and register the model from ``model_dir``; alias ``candidate`` moves to the new version.
+
+    ``metrics`` are the figures of the mode that will be served (the gate compares them); ``extra_tags`` carry
+    what serving needs to reproduce them (mode, fusion weight) and the other modes' figures.
+    """
     model = load_encoder(model_dir)
     towers = tower_type(model)
     info = mlflow.sentence_transformers.log_model(
@@ -35,6 +40,7 @@ def register(
     client = MlflowClient()
     tags = {"towers": towers, "dataset_fingerprint": dataset_fingerprint, "run_id": run_id}
     tags |= {metric_key(name): f"{value:.6f}" for name, value in metrics.items()}
+    tags |= extra_tags or {}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
     client.set_registered_model_alias(registered_model, CANDIDATE, version)

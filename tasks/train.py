@@ -1,4 +1,4 @@
-"""Train: fine-tune the bi-encoder on mined examples; resumable, and reused when nothing changed."""
+"""Train: fine-tune the bi-encoder on mined examples, selecting on dev; resumable, and reused when nothing changed."""
 
 from __future__ import annotations
 
@@ -7,18 +7,27 @@ import json
 from pathlib import Path
 
 from denseflow.model.config import TrainConfig
+from denseflow.model.context import RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.encoder import model_fingerprint, resolve_base_model
 from denseflow.model.mining.negatives import read_examples
 from denseflow.model.training.trainer import train_bi_encoder
 from denseflow.tasks.tracking import log_artifact, log_metrics
+from filelock import FileLock
 from mlflow.tracking import MlflowClient
-from prefect import task
+from prefect import get_run_logger, task
 
 
-def training_key(examples_path: Path, settings: TrainConfig) -> str:
-    """Same examples and settings → same folder, so a re-run resumes its checkpoints or reuses the model."""
+def training_key(examples_path: Path, settings: TrainConfig, dataset_fingerprint: str, dev_split: str | None) -> str:
+    """Same examples, texts, base weights, settings and dev split → same folder, so a re-run resumes or reuses.
+
+    The examples file holds ids only; the dataset fingerprint covers the texts behind them, and the base model's
+    checksum covers a model folder whose weights changed under the same path.
+    """
     digest = hashlib.sha256(Path(examples_path).read_bytes())
     digest.update(settings.model_dump_json().encode())
+    digest.update(f"{dataset_fingerprint}|{dev_split}".encode())
+    digest.update(model_fingerprint(resolve_base_model(settings.base_model)).encode())
     return digest.hexdigest()[:16]
 
 
@@ -28,29 +37,47 @@ def train(
     examples_path: Path,
     settings: TrainConfig,
     train_split: str,
-    workspace: Path,
-    run_id: str,
+    dev_split: str | None,
+    dataset_fingerprint: str,
+    context: RunContext,
     metric_prefix: str = "train.",
 ) -> str:
-    """Returns the trained model folder."""
-    output_dir = Path(workspace) / "training" / training_key(Path(examples_path), settings)
-    result_path = output_dir / "train_result.json"
-    if not result_path.is_file():
-        dataset = load_beir(Path(dataset_dir), [train_split], RejectLog())
-        result = train_bi_encoder(read_examples(Path(examples_path)), dataset, settings, output_dir)
-        result_path.write_text(result.to_json())
-    record = json.loads(result_path.read_text())
-    log_metrics(
-        run_id,
-        {
-            "steps": record["steps"],
-            "seconds": record["seconds"],
-            "median_step_seconds": record["median_step_seconds"],
-        },
-        prefix=metric_prefix,
+    """Returns the trained model folder (the best checkpoint on ``dev_split`` when there is one)."""
+    output_dir = (
+        context.workspace / "training" / training_key(Path(examples_path), settings, dataset_fingerprint, dev_split)
     )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    result_path = output_dir / "train_result.json"
+    # Two runs with the same key on one workspace would write the same checkpoints: the second waits, then reuses.
+    with FileLock(str(output_dir) + ".lock"):
+        if not result_path.is_file():
+            splits = [train_split] + ([dev_split] if dev_split else [])
+            dataset = load_beir(Path(dataset_dir), splits, RejectLog())
+            result = train_bi_encoder(read_examples(Path(examples_path)), dataset, settings, output_dir, dev_split)
+            if result.resumed_from:
+                get_run_logger().info("training resumed from %s", result.resumed_from)
+            result_path.write_text(result.to_json())
+    record = json.loads(result_path.read_text())
+    if not record.get("dev_split"):
+        get_run_logger().warning("no dev split: trained %d steps without checkpoint selection", record["steps"])
+    summary = {
+        "steps": record["steps"],
+        "seconds": record["seconds"],
+        "median_step_seconds": record["median_step_seconds"],
+    }
+    if record.get("best_step") is not None:
+        summary |= {"best_step": record["best_step"], "best_dev_ndcg_at_10": record["best_dev_ndcg"]}
+    log_metrics(context.run_id, summary, prefix=metric_prefix)
     client = MlflowClient()
     for step, loss in record["loss_history"]:
-        client.log_metric(run_id, f"{metric_prefix}loss", loss, step=step)
-    log_artifact(run_id, result_path)
+        client.log_metric(context.run_id, f"{metric_prefix}loss", loss, step=step)
+    # The dev curve as a metric history: MLflow draws it as a chart on the run page.
+    for step, value in record.get("dev_curve", []):
+        client.log_metric(context.run_id, f"{metric_prefix}dev_ndcg_at_10", value, step=step)
+    client.set_tag(
+        context.run_id,
+        f"{metric_prefix}selection",
+        "best dev checkpoint" if record.get("dev_split") else "none (no dev split)",
+    )
+    log_artifact(context.run_id, result_path)
     return record["model_dir"]

@@ -7,13 +7,21 @@ queries plus 32 mined negatives to push away. The no-duplicates batch sampler ke
 out of one batch, where one would count as the other's negative. ``CachedMultipleNegativesRankingLoss``
 (GradCache) gives the same gradient for large batches in the memory of a small one.
 
-Training runs in ``output_dir/checkpoints``; a re-run with the same ``output_dir`` resumes from the last
-checkpoint, and the finished model is saved to ``output_dir/model``.
+With a dev split, the model is evaluated on it every ``1 / evals_per_epoch`` of an epoch (sentence-transformers'
+``InformationRetrievalEvaluator`` on a candidate corpus, see ``dev_eval.py``), checkpoints are taken at the same
+steps, training stops after ``patience`` evaluations without a better dev nDCG@10, and the best checkpoint is the
+model that is saved (``load_best_model_at_end``). Without one it trains for the configured epochs and keeps the
+last weights.
+
+Training runs in ``output_dir/checkpoints``; a re-run with the same ``output_dir`` resumes from the newest
+*complete* checkpoint (a crash while one was being written leaves it without ``trainer_state.json``: it is moved
+aside, not resumed from), and the finished model is saved to ``output_dir/model``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,14 +31,18 @@ from denseflow.model.config import TrainConfig
 from denseflow.model.data.beir import Dataset
 from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
 from denseflow.model.mining.negatives import TrainExample
+from denseflow.model.training import distributed
+from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
+    GISTEmbedLoss,
     MultipleNegativesRankingLoss,
 )
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-from transformers import TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import EarlyStoppingCallback, TrainerCallback
+
+CHECKPOINT_PREFIX = "checkpoint-"
 
 
 @dataclass
@@ -42,6 +54,10 @@ class TrainResult:
     precision: str
     step_seconds: list[float] = field(default_factory=list)
     loss_history: list[tuple[int, float]] = field(default_factory=list)
+    dev_split: str | None = None
+    dev_curve: list[tuple[int, float]] = field(default_factory=list)
+    best_step: int | None = None
+    best_dev_ndcg: float | None = None
 
     @property
     def median_step_seconds(self) -> float:
@@ -72,9 +88,46 @@ def build_model(settings: TrainConfig) -> SentenceTransformer:
 
 
 def build_loss(model: SentenceTransformer, settings: TrainConfig) -> MultipleNegativesRankingLoss:
+    gather = distributed.world_size() > 1  # data-parallel hook: in-batch negatives from every process
     if settings.loss == "cached_mnrl":
-        return CachedMultipleNegativesRankingLoss(model, mini_batch_size=settings.mini_batch_size)
-    return MultipleNegativesRankingLoss(model)
+        return CachedMultipleNegativesRankingLoss(
+            model, mini_batch_size=settings.mini_batch_size, gather_across_devices=gather
+        )
+    if settings.loss == "gist":
+        guide = load_encoder(resolve_base_model(settings.base_model), settings.max_seq_length)
+        return GISTEmbedLoss(model, guide=guide)
+    return MultipleNegativesRankingLoss(model, gather_across_devices=gather)
+
+
+def _checkpoint_step(path: Path) -> int:
+    suffix = path.name.removeprefix(CHECKPOINT_PREFIX)
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """transformers writes ``trainer_state.json`` after the weights, optimizer and RNG state."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint a crash did not cut short. Incomplete ones are renamed ``incomplete-checkpoint-N``
+    (kept for inspection; the trainer's rotation ignores them) so no later run trips over them."""
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(
+        (path for path in checkpoints.glob(f"{CHECKPOINT_PREFIX}*") if _checkpoint_step(path) >= 0),
+        key=_checkpoint_step,
+        reverse=True,
+    )
+    for checkpoint in found:
+        if _is_complete(checkpoint):
+            return str(checkpoint)
+        checkpoint.rename(checkpoint.with_name(f"incomplete-{checkpoint.name}-{time.time_ns()}"))
+    return None
 
 
 class _StepClock(TrainerCallback):
@@ -97,19 +150,38 @@ class _StepClock(TrainerCallback):
 
 
 def train_bi_encoder(
-    examples: list[TrainExample], data: Dataset, settings: TrainConfig, output_dir: Path, progress: bool = True
+    examples: list[TrainExample],
+    data: Dataset,
+    settings: TrainConfig,
+    output_dir: Path,
+    dev_split: str | None = None,
+    progress: bool = True,
 ) -> TrainResult:
+    """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the best checkpoint on it."""
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
     train_dataset = to_hf_dataset(examples, data)
     model = build_model(settings)
     precision = resolve_precision(settings.precision)
     columns = train_dataset.column_names
+    evaluator = dev_evaluator(data, dev_split, settings.dev_candidates) if dev_split else None
+    if evaluator is not None:
+        eval_steps = max(1, math.ceil(len(train_dataset) / settings.batch_size / settings.evals_per_epoch))
+        schedule = {
+            "eval_strategy": "steps",
+            "eval_steps": eval_steps,
+            "save_steps": eval_steps,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": DEV_METRIC,
+            "greater_is_better": True,
+        }
+    else:
+        schedule = {"save_steps": settings.save_steps}
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=distributed.per_process_batch_size(settings.batch_size),  # data-parallel hook
         learning_rate=settings.learning_rate,
         warmup_steps=settings.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers v5)
         bf16=precision == "bf16",
@@ -118,8 +190,8 @@ def train_bi_encoder(
         # Asymmetric models route each column to its tower; siamese models ignore the mapping.
         router_mapping={column: "query" if column == "anchor" else "document" for column in columns},
         save_strategy="steps",
-        save_steps=settings.save_steps,
-        save_total_limit=2,
+        save_total_limit=2,  # with selection: the best and the newest
+        **schedule,
         logging_steps=max(1, min(10, settings.save_steps)),
         report_to="none",
         seed=settings.seed,
@@ -128,18 +200,27 @@ def train_bi_encoder(
         disable_tqdm=not progress,
     )
     clock = _StepClock()
+    callbacks: list[TrainerCallback] = [clock]
+    if evaluator is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.patience))
     trainer = SentenceTransformerTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         loss=build_loss(model, settings),
-        callbacks=[clock],
+        evaluator=evaluator,
+        callbacks=callbacks,
     )
-    resume_from = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    resume_from = last_complete_checkpoint(checkpoints)
     started = time.perf_counter()
+    baseline = [(0, float(evaluator(model)[DEV_METRIC.removeprefix("eval_")]))] if evaluator and not resume_from else []
     trainer.train(resume_from_checkpoint=resume_from)
     model_dir = output_dir / "model"
-    model.save(str(model_dir))
+    if trainer.is_world_process_zero():  # data-parallel hook: one process writes the model
+        trainer.model.save(str(model_dir))
+    dev_curve = baseline + [
+        (int(entry["step"]), float(entry[DEV_METRIC])) for entry in trainer.state.log_history if DEV_METRIC in entry
+    ]
     return TrainResult(
         model_dir=model_dir,
         steps=trainer.state.global_step,
@@ -148,4 +229,8 @@ def train_bi_encoder(
         precision=precision,
         step_seconds=clock.step_seconds,
         loss_history=clock.losses,
+        dev_split=dev_split,
+        dev_curve=dev_curve,
+        best_step=trainer.state.best_global_step if evaluator else None,
+        best_dev_ndcg=trainer.state.best_metric if evaluator else None,
     )

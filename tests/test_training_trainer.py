@@ -1,0 +1,60 @@
+"""Training with dev selection and crash-safe resume (model/training/trainer.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from denseflow.model.config import TrainConfig
+from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.data.dev import carve_dev_split
+from denseflow.model.mining.negatives import Negative, TrainExample
+from denseflow.model.training.trainer import last_complete_checkpoint, train_bi_encoder
+
+
+def make_checkpoint(folder: Path, step: int, complete: bool) -> Path:
+    checkpoint = folder / f"checkpoint-{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    if complete:
+        (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    return checkpoint
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_crash(tmp_path):
+    make_checkpoint(tmp_path, 2, complete=True)
+    make_checkpoint(tmp_path, 4, complete=False)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert not (tmp_path / "checkpoint-4").exists()
+    assert len(list(tmp_path.glob("incomplete-checkpoint-4-*"))) == 1
+
+
+def test_a_truncated_trainer_state_counts_as_incomplete(tmp_path):
+    checkpoint = make_checkpoint(tmp_path, 6, complete=False)
+    (checkpoint / "trainer_state.json").write_text('{"global_st')
+    assert last_complete_checkpoint(tmp_path) is None
+
+
+def test_no_checkpoint_folder_means_a_fresh_start(tmp_path):
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_training_with_dev_keeps_the_best_checkpoint_and_records_the_curve(tmp_path, tiny_beir_dir, tiny_model_dir):
+    dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
+    assert carve_dev_split(dataset, "train", "dev", 0.25, 20) > 0
+    doc_ids = list(dataset.corpus)
+    examples = [
+        TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])
+        for qid, judged in dataset.qrels["train"].items()
+        for doc_id in judged
+    ]
+    settings = TrainConfig(
+        base_model=str(tiny_model_dir), batch_size=4, epochs=2, max_seq_length=32, evals_per_epoch=2, patience=10
+    )
+    result = train_bi_encoder(examples, dataset, settings, tmp_path / "out", dev_split="dev", progress=False)
+    assert result.dev_split == "dev"
+    assert result.dev_curve[0][0] == 0  # the base model's dev figure, before any step
+    assert len(result.dev_curve) >= 3
+    assert result.best_step is not None
+    assert result.best_dev_ndcg == max(value for step, value in result.dev_curve if step > 0)
+    assert (result.model_dir / "modules.json").is_file()
