@@ -23,6 +23,7 @@ from denseflow.model.index.build import search
 from denseflow.model.index.store import (
     LoadedIndex,
     ModelMismatchError,
+    PublishedIndexError,
     index_home,
     load_version,
     model_label,
@@ -160,6 +161,7 @@ class Searcher:
         self.max_k = max_k
         self.max_query_chars = max_query_chars
         self.last_error: str | None = None
+        self.pointer_error: str | None = None
         if threads:
             torch.set_num_threads(threads)
         self._pinned = self._load_model(Path(model_dir), None) if model_dir else None
@@ -214,8 +216,17 @@ class Searcher:
             return False
         with self._lock:
             self._checked_at = now
-            version = read_pointer(self.root, self.name)
-            if version is None or version == self._state.index.version or version == self._refused:
+            try:
+                version = read_pointer(self.root, self.name)
+            except (PublishedIndexError, OSError, UnicodeDecodeError) as err:
+                # Garbage, binary or unreadable: refuse to answer from a version nobody points at any more.
+                self.pointer_error = " ".join(f"{self.name}: current pointer unreadable: {err}".split())
+                return False
+            self.pointer_error = None
+            if version == self._state.index.version:
+                self._refused, self.last_error = None, None  # a restored pointer clears the degraded state
+                return False
+            if version is None or version == self._refused:
                 return False
             try:
                 state = self._load(version, previous=self._state)
@@ -235,6 +246,8 @@ class Searcher:
     def search(self, query: Any, k: Any = 10) -> SearchResult:
         text, k = validate_query(query, k, self.max_k, self.max_query_chars)
         self.maybe_reload()
+        if self.pointer_error is not None:
+            raise PublishedIndexError(self.pointer_error)
         state = self._state  # one read: model and index always come from the same version
         start = time.perf_counter()
         vector = encode(state.model.model, [text], role="query", batch_size=1, precision=state.precision)
@@ -255,7 +268,7 @@ class Searcher:
         manifest = state.index.manifest
         named = manifest.get("model", {})
         return {
-            "status": "ok" if self.last_error is None else "degraded",
+            "status": "ok" if self.last_error is None and self.pointer_error is None else "degraded",
             "index": self.name,
             "index_version": state.index.version,
             "documents": int(state.index.index.ntotal),
@@ -264,9 +277,16 @@ class Searcher:
             "model_version": named.get("version"),
             "model_run_id": named.get("run_id"),
             "query_backend": state.model.backend,
-            "pointer": read_pointer(self.root, self.name),
-            "last_error": self.last_error,
+            "pointer": None if self.pointer_error else _pointer_or_none(self.root, self.name),
+            "last_error": self.pointer_error or self.last_error,
         }
+
+
+def _pointer_or_none(root: Path, name: str) -> str | None:
+    try:
+        return read_pointer(root, name)
+    except (PublishedIndexError, OSError, UnicodeDecodeError):
+        return None
 
 
 def _unnamed(model: LoadedModel) -> LoadedModel:
