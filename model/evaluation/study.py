@@ -187,8 +187,12 @@ def cpu_rates(config: CompareConfig) -> Rates:
 
     rates = config.estimate
     if resolve_precision(config.train.precision) == "bf16":
-        return Rates(rates.bf16_docs_per_second_at_128, rates.bf16_step_seconds_at_128, "configured, bf16 CPU")
-    return Rates(rates.docs_per_second_at_128, rates.step_seconds_at_128, "configured, fp32 CPU (no native bf16)")
+        return Rates(
+            rates.bf16_docs_per_second_at_128, rates.bf16_step_seconds_at_128, "configured for a CPU with native bf16"
+        )
+    return Rates(
+        rates.docs_per_second_at_128, rates.step_seconds_at_128, "configured for an fp32 CPU without native bf16"
+    )
 
 
 def measure_rates(config: CompareConfig, dataset: Dataset, steps: int = 3, workdir: Path | None = None) -> Rates:
