@@ -56,6 +56,8 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             context.cache_dir,
             model_dir=base_model,
             max_seq_length=context.max_seq_length,
+            precision=context.precision,
+            workspace=workspace,
         )
         model_dir = train(
             dataset_dir, examples, config.train, config.data.train_split, dev_split, data["fingerprint"], context

@@ -13,9 +13,9 @@ from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs, tune_we
 from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.runs import Evaluation, bm25_run, dense_run, score_run
-from denseflow.tasks.tracking import log_artifact, log_metrics
+from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
 from mlflow.tracking import MlflowClient
-from prefect import get_run_logger, task
+from prefect import task
 
 BM25 = "bm25"
 HYBRID = "hybrid"
@@ -116,7 +116,7 @@ def hybrid(
         log_artifact(context.run_id, curve_file, "evaluation")
     else:
         weight, chosen_by = NEUTRAL_WEIGHT, "even mix (no dev split)"
-        get_run_logger().warning("no dev split: hybrid uses the even mix, weight %.2f", weight)
+        run_logger().warning("no dev split: hybrid uses the even mix, weight %.2f", weight)
     result = {"label": HYBRID, "weight": weight, "method": settings.fusion, "weight_chosen_by": chosen_by}
     for name in splits:
         on_dev = name != split

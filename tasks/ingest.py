@@ -9,12 +9,12 @@ from denseflow.model.data import ingest as sources
 from denseflow.model.data.assemble import SourceReport, SourceResult
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir, remove_evaluation_leaks
 from denseflow.model.data.dev import carve_dev_split
-from denseflow.tasks.tracking import log_artifact, log_metrics
+from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
 from mlflow.tracking.fluent import _create_dataset_input
-from prefect import get_run_logger, task
+from prefect import task
 
 
 def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
@@ -41,7 +41,7 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     leaks = remove_evaluation_leaks(dataset, data.train_split, [data.eval_split, data.dev_split], rejects)
     dev_queries = carve_dev_split(dataset, data.train_split, data.dev_split, data.dev_share, data.min_dev_train_queries)
     if not dev_queries:
-        get_run_logger().warning(
+        run_logger().warning(
             "no dev split (%d train queries; data.dev_share %.2f): training runs without checkpoint selection and "
             "the fusion weight is not tuned",
             len(dataset.qrels[data.train_split]),

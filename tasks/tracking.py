@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from denseflow.model.config import TrackingConfig, flatten
 from denseflow.model.workspace import workspace_dir
 from denseflow.registry.keys import metric_key
 from mlflow.tracking import MlflowClient
+from prefect import get_run_logger
+from prefect.exceptions import MissingContextError
 
 
 def tracking_uri(config: TrackingConfig, workspace: Path) -> str:
@@ -70,3 +73,11 @@ def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> N
         client.log_artifacts(run_id, str(path), artifact_path)
     else:
         client.log_artifact(run_id, str(path), artifact_path)
+
+
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run; a plain logger when a task is called directly (tests)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("denseflow")

@@ -12,10 +12,10 @@ from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.encoder import model_fingerprint, resolve_base_model
 from denseflow.model.mining.negatives import read_examples
 from denseflow.model.training.trainer import train_bi_encoder
-from denseflow.tasks.tracking import log_artifact, log_metrics
+from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
 from filelock import FileLock
 from mlflow.tracking import MlflowClient
-from prefect import get_run_logger, task
+from prefect import task
 
 
 def training_key(examples_path: Path, settings: TrainConfig, dataset_fingerprint: str, dev_split: str | None) -> str:
@@ -55,11 +55,11 @@ def train(
             dataset = load_beir(Path(dataset_dir), splits, RejectLog())
             result = train_bi_encoder(read_examples(Path(examples_path)), dataset, settings, output_dir, dev_split)
             if result.resumed_from:
-                get_run_logger().info("training resumed from %s", result.resumed_from)
+                run_logger().info("training resumed from %s", result.resumed_from)
             result_path.write_text(result.to_json())
     record = json.loads(result_path.read_text())
     if not record.get("dev_split"):
-        get_run_logger().warning("no dev split: trained %d steps without checkpoint selection", record["steps"])
+        run_logger().warning("no dev split: trained %d steps without checkpoint selection", record["steps"])
     summary = {
         "steps": record["steps"],
         "seconds": record["seconds"],
