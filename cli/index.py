@@ -15,6 +15,8 @@ from denseflow.model.workspace import workspace_dir
 # Same as denseflow.model.serving.service's defaults; repeated so parsing does not import torch and FastAPI.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+# Same as denseflow.model.index.store.SEARCH_MODES, for the same reason.
+MODES = ["dense", "bm25", "hybrid"]
 
 
 def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -101,13 +103,12 @@ def cmd_index_rollback(args: argparse.Namespace) -> int:
 def cmd_search(args: argparse.Namespace) -> int:
     from denseflow.model.serving.search import Searcher
 
-    result = Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend).search(
-        args.query, args.k
-    )
+    searcher = Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend, mode=args.mode)
+    result = searcher.search(args.query, args.k)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
-    print(f"index {args.name}/{result.index_version}, model {result.model}, "
+    print(f"index {args.name}/{result.index_version}, mode {result.mode}, model {result.model}, "
           f"encode {result.encode_ms:.1f} ms, search {result.search_ms:.2f} ms")  # fmt: skip
     for hit in result.hits:
         print(f"{hit.rank:>4}  {hit.score:.4f}  {hit.doc_id}")
@@ -120,7 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from denseflow.model.serving.service import serve
 
     serve(
-        Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend),
+        Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend, mode=args.mode),
         host=args.host,
         port=args.port,
     )
@@ -167,6 +168,7 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--json", action="store_true")
     search.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
     search.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="query tower runtime")
+    search.add_argument("--mode", choices=MODES, help="dense, bm25 or hybrid (default: what was published)")
     common(search)
     search.set_defaults(handler=cmd_search)
 
@@ -175,5 +177,8 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
     serve.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="query tower runtime")
+    serve.add_argument(
+        "--mode", choices=MODES, help="default mode of /search (default: what each version was published with)"
+    )
     common(serve)
     serve.set_defaults(handler=cmd_serve)

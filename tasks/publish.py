@@ -37,8 +37,16 @@ from denseflow.model.encoder import (
     resolve_precision,
     tower_type,
 )
+from denseflow.model.index.bm25 import BM25Index
 from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
-from denseflow.model.index.store import DOC_IDS_FILE, INDEX_FILE, build_manifest, publish
+from denseflow.model.index.store import (
+    BM25_FOLDER,
+    DOC_IDS_FILE,
+    INDEX_FILE,
+    build_manifest,
+    publish,
+    search_settings,
+)
 from prefect import task
 from prefect.logging import get_run_logger
 from sentence_transformers import SentenceTransformer
@@ -88,19 +96,46 @@ def resolve_model_version(config: PublishConfig) -> dict[str, Any]:
     """
     folder = Path(config.model).expanduser()
     if folder.is_dir():
-        return {"name": folder.name, "version": None, "run_id": None, "model_dir": str(folder.resolve())}
+        return {
+            "name": folder.name,
+            "version": None,
+            "run_id": None,
+            "model_dir": str(folder.resolve()),
+            "search": published_search(config.index, {}),
+        }
     from denseflow.registry.resolve import resolve_model
     from denseflow.tasks.tracking import configure_tracking
 
     configure_tracking(config.tracking, config.workspace)
     resolved = resolve_model(config.model, config.workspace, default_name=config.tracking.registered_model)
     _logger().info("model %s resolved to %s (run %s)", config.model, resolved.uri, resolved.run_id)
+    from mlflow.tracking import MlflowClient
+
+    tags = MlflowClient().get_model_version(resolved.name, resolved.version).tags or {}
     return {
         "name": resolved.name,
         "version": resolved.version,
         "run_id": resolved.run_id,
         "model_dir": str(resolved.local_dir),
+        "search": published_search(config.index, tags),
     }
+
+
+def published_search(index_config: IndexConfig, tags: dict[str, str]) -> dict[str, Any]:
+    """The manifest's ``search`` section: the config's choice, else the version's tags (retrain records the
+    served mode and the dev-tuned fusion as ``served.mode``, ``hybrid.weight``, ``hybrid.method``), else
+    hybrid at 0.5 convex. A tag outside the allowed values fails here, before anything is encoded."""
+    weight = tags.get("hybrid.weight")
+    try:
+        weight_value = float(weight) if weight is not None else None
+    except ValueError as err:
+        raise ValueError(f"model version tag hybrid.weight={weight!r} is not a number") from err
+    return search_settings(
+        index_config.search_mode or tags.get("served.mode"),
+        index_config.fusion_weight if index_config.fusion_weight is not None else weight_value,
+        index_config.fusion_method or tags.get("hybrid.method"),
+        index_config.fusion_depth,
+    )
 
 
 # ------------------------------------------------------------------------------------------ corpus
@@ -257,6 +292,11 @@ def build_and_verify(
 
     faiss.write_index(index, str(build_dir / INDEX_FILE))
     (build_dir / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
+    # BM25 over the same documents in the same row order, so hybrid search maps both rankings to one id list.
+    bm25_start = time.perf_counter()
+    texts = (text for shard in plan["shards"] for text in json.loads(Path(shard["input"]).read_text("utf-8"))["texts"])
+    BM25Index.from_texts(doc_ids, texts).save(build_dir / BM25_FOLDER)
+    _logger().info("BM25 index over %d documents built in %.2fs", len(doc_ids), time.perf_counter() - bm25_start)
     encoder_model = _cached_encoder(model["model_dir"], encode_info["max_seq_length"])
     model_info = {
         "name": model["name"],
@@ -277,6 +317,7 @@ def build_and_verify(
         extra={
             "encode": {k: v for k, v in encode_info.items() if k != "max_seq_length"},
             "corpus": {"path": plan["corpus_dir"], "rejected_rows": plan["rejected_rows"]},
+            "search": model["search"],
         },
     )
     (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")
@@ -300,6 +341,7 @@ def publish_version(built: dict[str, Any], model: dict[str, Any], index_root: st
         Path(model["model_dir"]),
         manifest,
         index_config.keep_versions,
+        bm25_dir=build_dir / BM25_FOLDER,
     )
     _logger().info(
         "published %s/%s (%d documents)", index_config.name, info.version, manifest.get("count", len(doc_ids))
@@ -322,5 +364,6 @@ def log_index_artifact(published: dict[str, Any], model: dict[str, Any], config:
     artifact_path = f"indexes/{published['name']}/{published['version']}"
     for name in (INDEX_FILE, DOC_IDS_FILE, "manifest.json"):
         client.log_artifact(model["run_id"], str(folder / name), artifact_path)
+    client.log_artifacts(model["run_id"], str(folder / BM25_FOLDER), f"{artifact_path}/{BM25_FOLDER}")
     client.set_model_version_tag(model["name"], model["version"], f"index.{published['name']}", published["version"])
     return artifact_path

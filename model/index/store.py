@@ -10,8 +10,11 @@ Layout of one published index (``root`` is usually ``<workspace>/indexes``)::
             index.faiss    the FAISS index; row i is the document doc_ids[i]
             doc_ids.json   original document ids in row order
             model/         the exact model folder that encoded the corpus (queries must use it too)
+            bm25/          the BM25 index over the same documents in the same row order (bm25s files)
             manifest.json  model name/version/run id, corpus fingerprint, dimension, metric, count,
-                           index type and parameters, recall check, build time, sha256 of every file
+                           index type and parameters, recall check, build time, BM25 parameters, the
+                           search mode to serve (dense | bm25 | hybrid, with the fusion weight and
+                           method), sha256 of every file
 
 A version is written to ``.staging-*``, fsync'd, re-read and checked, then renamed into place; only
 then does ``current`` move, by ``os.replace`` of a temporary file. A crash anywhere before that rename
@@ -34,16 +37,23 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import faiss
 from denseflow.model.checksums import folder_checksums, model_checksum
+from denseflow.model.index.bm25 import META_FILE as BM25_META_FILE
+from denseflow.model.index.bm25 import BM25FormatError, BM25Index
 from denseflow.model.index.build import IndexSpec, PublishedIndexError, apply_search_params
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 DOC_IDS_FILE = "doc_ids.json"
 MODEL_FOLDER = "model"
+BM25_FOLDER = "bm25"
+SearchMode = Literal["dense", "bm25", "hybrid"]
+FusionMethod = Literal["convex", "rrf"]
+SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
+DEFAULT_SEARCH = {"mode": "hybrid", "hybrid": {"weight": 0.5, "method": "convex", "depth": 100}}
 POINTER = "current"
 FORMAT_VERSION = 1
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
@@ -60,6 +70,49 @@ class ModelMismatchError(PublishedIndexError):
 
 class NoPublishedIndexError(PublishedIndexError):
     """No ``current`` pointer (nothing published yet) or it names a missing version."""
+
+
+class SearchSettingsError(PublishedIndexError):
+    """A manifest's search section asks for something this version cannot serve or that is out of range."""
+
+
+def search_settings(
+    mode: str | None = None,
+    weight: float | None = None,
+    method: str | None = None,
+    depth: int | None = None,
+) -> dict[str, Any]:
+    """The manifest's ``search`` section: the mode to serve by default and the hybrid fusion it uses.
+
+    Unset parts take :data:`DEFAULT_SEARCH` (hybrid, dense weight 0.5, convex). Values are checked here
+    because they also arrive from registry tags, which no pydantic model has validated.
+    """
+    hybrid = DEFAULT_SEARCH["hybrid"]
+    settings = {
+        "mode": mode if mode is not None else DEFAULT_SEARCH["mode"],
+        "hybrid": {
+            "weight": float(weight) if weight is not None else hybrid["weight"],
+            "method": method if method is not None else hybrid["method"],
+            "depth": int(depth) if depth is not None else hybrid["depth"],
+        },
+    }
+    check_search_settings(settings)
+    return settings
+
+
+def check_search_settings(settings: Mapping[str, Any], where: str = "search settings") -> None:
+    """Raise :class:`SearchSettingsError` for an unknown mode or method, a weight outside [0, 1] or depth < 1."""
+    hybrid = settings.get("hybrid", {})
+    if settings.get("mode") not in SEARCH_MODES:
+        raise SearchSettingsError(f"{where}: search mode {settings.get('mode')!r} is not one of {SEARCH_MODES}")
+    if hybrid.get("method") not in get_args(FusionMethod):
+        raise SearchSettingsError(f"{where}: fusion method {hybrid.get('method')!r} is not convex or rrf")
+    weight = hybrid.get("weight")
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not 0 <= weight <= 1:
+        raise SearchSettingsError(f"{where}: fusion weight {weight!r} is outside [0, 1]")
+    depth = hybrid.get("depth")
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise SearchSettingsError(f"{where}: fusion depth {depth!r} must be a positive integer")
 
 
 # --------------------------------------------------------------------------------------------- checksums
@@ -95,10 +148,20 @@ class LoadedIndex:
     index: faiss.Index
     doc_ids: list[str]
     manifest: dict[str, Any]
+    bm25: BM25Index | None = None
 
     @property
     def version(self) -> str:
         return self.manifest["version"]
+
+    @property
+    def search(self) -> dict[str, Any]:
+        """What to serve by default; a version published before BM25 was carried serves dense only."""
+        return self.manifest.get("search") or {**DEFAULT_SEARCH, "mode": "dense"}
+
+    def modes(self) -> tuple[str, ...]:
+        """The search modes this version can answer."""
+        return SEARCH_MODES if self.bm25 is not None else ("dense",)
 
     @property
     def model_dir(self) -> Path:
@@ -122,6 +185,7 @@ class VersionInfo:
             "index_type": self.manifest.get("index", {}).get("type"),
             "count": self.manifest.get("count"),
             "recall_at_10": self.manifest.get("verification", {}).get("recall_at_10"),
+            "search_mode": (self.manifest.get("search") or {"mode": "dense"})["mode"],
         }
 
 
@@ -189,7 +253,17 @@ def load_version(version_dir: Path, verify: bool = True) -> LoadedIndex:
             f"manifest says {manifest['count']}×{manifest['dimension']}"
         )
     apply_search_params(index, manifest.get("index", {}).get("search_params", {}))
-    return LoadedIndex(version_dir, index, doc_ids, manifest)
+    loaded = LoadedIndex(version_dir, index, doc_ids, manifest)
+    if manifest.get("bm25"):
+        folder = version_dir / manifest["bm25"].get("folder", BM25_FOLDER)
+        try:
+            loaded.bm25 = BM25Index.load(folder, doc_ids)
+        except (OSError, ValueError, BM25FormatError) as err:  # bm25s raises plain errors on a damaged file
+            raise ChecksumError(f"{folder}: refusing to load the BM25 index, {err}") from err
+    check_search_settings(loaded.search, f"{version_dir / MANIFEST}")
+    if loaded.search["mode"] not in loaded.modes():
+        raise SearchSettingsError(f"{version_dir}: manifest serves {loaded.search['mode']!r} but has no BM25 index")
+    return loaded
 
 
 def load_current(root: Path, name: str, verify: bool = True) -> LoadedIndex:
@@ -268,11 +342,14 @@ def publish(
     model_dir: Path,
     manifest: Mapping[str, Any],
     keep: int = 3,
+    bm25_dir: Path | None = None,
 ) -> VersionInfo:
     """Write a new version, verify it by reading it back, rename it into place, then move ``current``.
 
     ``manifest`` carries what the caller knows (model identity, corpus fingerprint, build and
     verification figures); this adds version, count, dimension, metric, creation time and checksums.
+    ``bm25_dir``, a folder :meth:`BM25Index.save` wrote over ``doc_ids`` in the same order, is copied in as
+    ``bm25/`` so both indexes share one manifest, one set of checksums and one ``current`` move.
     """
     if index.ntotal != len(doc_ids):
         raise ValueError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids were given")
@@ -289,9 +366,19 @@ def publish(
             faiss.write_index(index, str(staging / INDEX_FILE))
             (staging / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
             shutil.copytree(model_dir, staging / MODEL_FOLDER, ignore=shutil.ignore_patterns("checkpoint-*"))
+            described: dict[str, Any] = {}
+            if bm25_dir is not None:
+                shutil.copytree(bm25_dir, staging / BM25_FOLDER)
+                meta = json.loads((staging / BM25_FOLDER / BM25_META_FILE).read_text(encoding="utf-8"))
+                described["bm25"] = {"folder": BM25_FOLDER, **meta}
+            elif manifest.get("bm25"):
+                raise ValueError("the manifest describes a BM25 index but no bm25_dir was given")
+            # Without BM25 only dense can be served, whatever the caller's default would have been.
+            described["search"] = manifest.get("search") or search_settings("hybrid" if bm25_dir else "dense")
             files = folder_checksums(staging, skip=(MANIFEST,))
             full = {
                 **manifest,
+                **described,
                 "format_version": FORMAT_VERSION,
                 "name": name,
                 "version": version,

@@ -1,9 +1,14 @@
 """Query-time search over the published index: encode one query with the index's own model, search.
 
-The :class:`Searcher` serves whatever ``current`` points at. It loads the model stored with that
-version (the exact weights that encoded the corpus), so an index is never queried through another
-model's embedding space. When ``current`` moves it loads the new version beside the old one and
-swaps both together; a version that fails its checks is refused and the old one keeps serving.
+The :class:`Searcher` serves whatever ``current`` points at, in one of three modes: ``dense`` (FAISS),
+``bm25`` (the version's BM25 index) or ``hybrid`` (both rankings, top ``depth`` each, fused by
+:func:`denseflow.model.evaluation.hybrid.fuse_query` with the weight and method the manifest records, the
+same fusion retrain evaluated). The default is the mode the version was published with.
+
+It loads the model stored with that version (the exact weights that encoded the corpus), so an index is
+never queried through another model's embedding space. When ``current`` moves it loads the new version
+beside the old one and swaps both together; a version that fails its checks is refused and the old one
+keeps serving.
 """
 
 from __future__ import annotations
@@ -19,11 +24,15 @@ import numpy as np
 import torch
 from denseflow.model.checksums import model_fingerprint
 from denseflow.model.encoder import encode, load_encoder, native_bf16, tower_type
+from denseflow.model.evaluation.hybrid import fuse_query
+from denseflow.model.evaluation.metrics import ranked
 from denseflow.model.index.build import search
 from denseflow.model.index.store import (
+    SEARCH_MODES,
     LoadedIndex,
     ModelMismatchError,
     PublishedIndexError,
+    SearchSettingsError,
     index_home,
     load_version,
     model_label,
@@ -60,11 +69,13 @@ class SearchResult:
     model: str
     encode_ms: float
     search_ms: float
+    mode: str = "dense"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "query": self.query,
             "k": self.k,
+            "mode": self.mode,
             "index_version": self.index_version,
             "model": self.model,
             "encode_ms": round(self.encode_ms, 3),
@@ -140,6 +151,8 @@ class Searcher:
     file is read (0 = before every query). ``threads`` caps intra-op threads for query encoding.
     ``backend``: ``auto`` runs the query tower on ONNX Runtime when it exports and matches PyTorch
     (see :mod:`denseflow.model.serving.onnx_backend`), ``onnx`` insists on it, ``torch`` never tries.
+    ``mode`` (dense, bm25, hybrid) overrides the mode each version was published with; a version that
+    cannot serve it (no BM25 index) is refused like a corrupt one.
     """
 
     def __init__(
@@ -152,7 +165,11 @@ class Searcher:
         max_k: int = MAX_K,
         max_query_chars: int = MAX_QUERY_CHARS,
         backend: Literal["auto", "torch", "onnx"] = "auto",
+        mode: str | None = None,
     ) -> None:
+        if mode is not None and mode not in SEARCH_MODES:
+            raise ValueError(f"search mode {mode!r} is not one of {', '.join(SEARCH_MODES)}")
+        self.mode = mode
         self.root = Path(root)
         self.backend = backend
         self.threads = threads
@@ -189,6 +206,8 @@ class Searcher:
 
     def _load(self, version: str, previous: _State | None) -> _State:
         loaded = load_version(index_home(self.root, self.name) / version, verify=True)
+        if self.mode is not None and self.mode not in loaded.modes():
+            raise SearchSettingsError(f"{loaded.path}: no BM25 index, so it cannot serve mode {self.mode!r}")
         manifest = loaded.manifest
         stored_checksum = published_model_checksum(manifest["files"])  # the files were just verified against this map
         if stored_checksum != manifest.get("model", {}).get("checksum"):
@@ -243,24 +262,53 @@ class Searcher:
         state = self._state
         return encode(state.model.model, [query], role="query", batch_size=1, precision=state.precision)
 
-    def search(self, query: Any, k: Any = 10) -> SearchResult:
+    def _mode_for(self, state: _State, requested: Any) -> str:
+        if requested is not None and requested not in SEARCH_MODES:
+            raise QueryError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {requested!r}")
+        mode = requested or self.mode or state.index.search["mode"]
+        if mode not in state.index.modes():
+            raise QueryError(f"index {self.name}/{state.index.version} has no BM25 index: it serves dense only")
+        return mode
+
+    def search(self, query: Any, k: Any = 10, mode: Any = None) -> SearchResult:
+        """Top ``k`` for ``query`` in ``mode`` (None: the searcher's mode, else the version's published one)."""
         text, k = validate_query(query, k, self.max_k, self.max_query_chars)
         self.maybe_reload()
         if self.pointer_error is not None:
             raise PublishedIndexError(self.pointer_error)
-        state = self._state  # one read: model and index always come from the same version
+        state = self._state  # one read: model and indexes always come from the same version
+        mode = self._mode_for(state, mode)
+        fusion = state.index.search["hybrid"]
+        depth = k if mode == "dense" else max(k, fusion["depth"])
         start = time.perf_counter()
-        vector = encode(state.model.model, [text], role="query", batch_size=1, precision=state.precision)
-        encoded = time.perf_counter()
-        scores, rows = search(state.index.index, vector, min(k, state.index.index.ntotal))
+        dense: dict[str, float] = {}
+        encoded = start
+        if mode != "bm25":
+            vector = encode(state.model.model, [text], role="query", batch_size=1, precision=state.precision)
+            encoded = time.perf_counter()
+            scores, rows = search(state.index.index, vector, min(depth, state.index.index.ntotal))
+            dense = {
+                state.index.doc_ids[row]: float(score)
+                for row, score in zip(rows[0], scores[0], strict=True)
+                if row >= 0
+            }
+        ranking = dense
+        if mode != "dense":
+            assert state.index.bm25 is not None  # _mode_for checked it
+            # A document scoring 0 shares no term with the query; min-max would lift a page of them to 1.
+            sparse = {doc_id: score for doc_id, score in state.index.bm25.search(text, depth) if score > 0}
+            ranking = sparse if mode == "bm25" else fuse_query(dense, sparse, fusion["weight"], fusion["method"])
         done = time.perf_counter()
-        hits = [
-            Hit(rank, state.index.doc_ids[row], float(score))
-            for rank, (row, score) in enumerate(zip(rows[0], scores[0], strict=True), start=1)
-            if row >= 0
-        ]
+        hits = [Hit(rank, doc_id, ranking[doc_id]) for rank, doc_id in enumerate(ranked(ranking)[:k], start=1)]
         return SearchResult(
-            text, k, hits, state.index.version, state.model_label, (encoded - start) * 1e3, (done - encoded) * 1e3
+            text,
+            k,
+            hits,
+            state.index.version,
+            state.model_label,
+            (encoded - start) * 1e3,
+            (done - encoded) * 1e3,
+            mode,
         )
 
     def health(self) -> dict[str, Any]:
@@ -277,6 +325,9 @@ class Searcher:
             "model_version": named.get("version"),
             "model_run_id": named.get("run_id"),
             "query_backend": state.model.backend,
+            "search_mode": self.mode or state.index.search["mode"],
+            "modes": list(state.index.modes()),
+            "fusion": state.index.search["hybrid"],
             "pointer": None if self.pointer_error else _pointer_or_none(self.root, self.name),
             "last_error": self.pointer_error or self.last_error,
         }
