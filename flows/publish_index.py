@@ -1,6 +1,6 @@
 """``publish_index``: encode the corpus with a registered model and publish its FAISS index.
 
-resolve model → plan shards → (bf16 check) → reuse cached embeddings → encode the missing shards (mapped)
+resolve model → plan shards → (bf16 / int8 check against fp32) → reuse cached embeddings → encode the missing shards (mapped)
 → build + verify → publish → log.
 
 The shard mapping runs on whatever task runner the flow is given: Prefect's thread pool locally (one
@@ -53,6 +53,13 @@ def make_task_runner(runner: RunnerConfig) -> TaskRunner:
     )
 
 
+def shard_threads(runner: RunnerConfig) -> int | None:
+    """Intra-op threads per shard: ``runner.torch_threads``, or a Dask worker's own thread count, or torch's default."""
+    if runner.torch_threads:
+        return runner.torch_threads
+    return runner.dask_threads_per_worker if runner.kind == "dask" else None
+
+
 @flow(name="publish_index")
 def publish_index(config: PublishConfig) -> dict[str, Any]:
     workspace = workspace_dir(config.workspace)
@@ -75,6 +82,7 @@ def publish_index(config: PublishConfig) -> dict[str, Any]:
         precision=unmapped(choice["precision"]),
         batch_size=unmapped(config.encode.batch_size),
         max_seq_length=unmapped(config.encode.max_seq_length),
+        threads=unmapped(shard_threads(config.runner)),
     )
     counts = {future.task_run_id: shard["count"] for future, shard in zip(futures, plan["shards"], strict=True)}
     with tqdm(total=plan["documents"], desc="encoding corpus", unit="doc") as bar:
@@ -94,6 +102,7 @@ def publish_index(config: PublishConfig) -> dict[str, Any]:
         "shards_reused": reused,
         "embeddings": outputs,
         "precision": choice["precision"],
+        "precision_fallback": choice["fallback"],
         "recall_at_10": built["recall_at_10"],
         "build_seconds": built["build_seconds"],
         "mlflow_artifact": artifact,

@@ -23,7 +23,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Router
 
 Role = Literal["query", "document"]
-Precision = Literal["auto", "bf16", "fp32"]
+Precision = Literal["auto", "bf16", "fp32", "int8"]
 
 
 def bundled_model_path() -> str:
@@ -52,8 +52,12 @@ def native_bf16() -> bool:
         return False
 
 
-def resolve_precision(precision: Precision) -> Literal["bf16", "fp32"]:
-    """``auto`` picks bf16 only where the CPU runs it natively; an explicit choice is honoured."""
+def resolve_precision(precision: Precision) -> Literal["bf16", "fp32", "int8"]:
+    """``auto`` picks bf16 only where the CPU runs it natively; an explicit choice is honoured.
+
+    ``auto`` never picks int8: it changes the embeddings more than bf16 does, so only a caller that
+    checks it against fp32 (publication, the query tower) asks for it by name.
+    """
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     return precision
@@ -89,6 +93,29 @@ def tower_type(model: SentenceTransformer) -> Literal["siamese", "asymmetric"]:
     return "asymmetric" if is_asymmetric(model) else "siamese"
 
 
+def role_transformers(model: SentenceTransformer, role: Role) -> list:
+    """The ``Transformer`` modules that run for ``role``: the shared one, or the role's tower of a Router."""
+    if is_asymmetric(model):
+        return [module for module in model[0].sub_modules[role] if hasattr(module, "auto_model")]
+    return [module for module in model if hasattr(module, "auto_model")]
+
+
+@contextlib.contextmanager
+def precision_context(model: SentenceTransformer, role: Role, precision: Precision) -> Iterator[None]:
+    """bf16 autocast, the role's transformer on ONNX Runtime int8, or nothing (fp32)."""
+    resolved = resolve_precision(precision)
+    if resolved == "int8":
+        from denseflow.model import onnx_runtime
+
+        with contextlib.ExitStack() as stack:
+            for transformer in role_transformers(model, role):
+                stack.enter_context(onnx_runtime.running_on(transformer, "int8"))
+            yield
+    else:
+        with autocast(resolved):
+            yield
+
+
 def encode(
     model: SentenceTransformer,
     texts: Sequence[str],
@@ -101,7 +128,7 @@ def encode(
     encode_fn = model.encode_query if role == "query" else model.encode_document
     if not texts:
         return np.zeros((0, embedding_dimension(model)), dtype=np.float32)
-    with torch.inference_mode(), autocast(precision):
+    with torch.inference_mode(), precision_context(model, role, precision):
         embeddings = encode_fn(
             list(texts),
             batch_size=batch_size,

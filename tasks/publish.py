@@ -51,8 +51,6 @@ from prefect import task
 from prefect.logging import get_run_logger
 from sentence_transformers import SentenceTransformer
 
-BF16_SAMPLE_DOCS = 64
-
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
     try:
@@ -184,21 +182,61 @@ def plan_shards(config: PublishConfig, model: dict[str, Any], work_root: str) ->
     }
 
 
+def _sample_texts(plan: dict[str, Any], count: int) -> list[str]:
+    """Up to ``count`` documents from the first shards, in corpus order: the precision check's sample."""
+    texts: list[str] = []
+    for shard in plan["shards"]:
+        texts.extend(json.loads(Path(shard["input"]).read_text(encoding="utf-8"))["texts"][: count - len(texts)])
+        if len(texts) >= count:
+            break
+    return texts
+
+
+def precision_verdict(agreement: dict[str, float], precision: str, encode_config: EncodeConfig) -> str | None:
+    """None when ``precision`` keeps quality against fp32 on the sample, else why it does not."""
+    if precision == "bf16" and agreement["min_cosine"] < encode_config.bf16_min_cosine:
+        return f"min cosine {agreement['min_cosine']:.4f} < bf16_min_cosine {encode_config.bf16_min_cosine}"
+    if precision == "int8":
+        recall = next(value for key, value in agreement.items() if key.startswith("neighbour_recall@"))
+        if agreement["mean_cosine"] < encode_config.int8_min_mean_cosine:
+            return f"mean cosine {agreement['mean_cosine']:.4f} < int8_min_mean_cosine {encode_config.int8_min_mean_cosine}"
+        if recall < encode_config.int8_min_neighbour_recall:
+            return f"neighbour recall@10 {recall:.4f} < int8_min_neighbour_recall {encode_config.int8_min_neighbour_recall}"
+    return None
+
+
 @task(name="choose-precision")
 def choose_precision(model_dir: str, plan: dict[str, Any], encode_config: EncodeConfig) -> dict[str, Any]:
-    """bf16 only where it keeps quality: compared with fp32 on a sample, else fall back to fp32."""
+    """bf16 or int8 only where it keeps quality: compared with fp32 on a sample, else fall back to fp32.
+
+    The returned dict goes into the manifest's ``encode`` section: the precision used, the one asked
+    for, the agreement figures and, when the check failed, ``fallback`` with the reason.
+    """
     wanted = resolve_precision(encode_config.precision)
     if wanted == "fp32":
-        return {"precision": "fp32", "requested": encode_config.precision, "agreement": None}
-    texts = json.loads(Path(plan["shards"][0]["input"]).read_text(encoding="utf-8"))["texts"][:BF16_SAMPLE_DOCS]
+        return {"precision": "fp32", "requested": encode_config.precision, "agreement": None, "fallback": None}
+    texts = _sample_texts(plan, encode_config.check_sample_docs)
     model = _cached_encoder(model_dir, encode_config.max_seq_length)
     reference = encode(model, texts, "document", encode_config.batch_size, "fp32")
-    candidate = encode(model, texts, "document", encode_config.batch_size, "bf16")
+    try:
+        candidate = encode(model, texts, "document", encode_config.batch_size, wanted)
+    except Exception as err:  # int8 needs an ONNX export; a model that will not export is encoded in fp32
+        reason = f"{wanted} encoding failed: {err}"
+        _logger().warning("%s: encoding in fp32", reason)
+        return {"precision": "fp32", "requested": encode_config.precision, "agreement": None, "fallback": reason}
     agreement = embedding_agreement(reference, candidate)
-    keep = agreement["min_cosine"] >= encode_config.bf16_min_cosine
-    if not keep:
-        _logger().warning("bf16 embeddings drift from fp32 (%s): encoding in fp32", agreement)
-    return {"precision": "bf16" if keep else "fp32", "requested": encode_config.precision, "agreement": agreement}
+    reason = precision_verdict(agreement, wanted, encode_config)
+    if reason:
+        _logger().warning("%s embeddings drift from fp32 on %d docs (%s): encoding in fp32", wanted, len(texts), reason)
+    else:
+        _logger().info("%s kept: %s on %d docs", wanted, agreement, len(texts))
+    return {
+        "precision": "fp32" if reason else wanted,
+        "requested": encode_config.precision,
+        "agreement": agreement,
+        "sample_docs": len(texts),
+        "fallback": reason,
+    }
 
 
 @task(name="reuse-embeddings")
@@ -231,12 +269,27 @@ def reuse_cached_embeddings(
 
 @task(name="encode-shard", retries=1, retry_delay_seconds=2, task_run_name="encode-shard-{shard[number]}")
 def encode_shard(
-    shard: dict[str, Any], model_dir: str, precision: str, batch_size: int, max_seq_length: int | None
+    shard: dict[str, Any],
+    model_dir: str,
+    precision: str,
+    batch_size: int,
+    max_seq_length: int | None,
+    threads: int | None = None,
 ) -> str:
-    """Encode one shard's documents (role ``document``) to ``shard-N.<precision>.npy``; reused if present."""
+    """Encode one shard's documents (role ``document``) to ``shard-N.<precision>.npy``; reused if present.
+
+    ``threads`` pins torch's (and ONNX Runtime's) intra-op threads in this process: a Dask worker with one
+    thread must not run a two-thread encode beside another worker's on the same cores.
+    The output is written to a temporary name and renamed, so a worker killed mid-shard leaves nothing
+    behind and the retry encodes the shard whole.
+    """
     output = shard_output(shard, precision)
     if output.is_file():
         return str(output)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     texts = json.loads(Path(shard["input"]).read_text(encoding="utf-8"))["texts"]
     model = _cached_encoder(model_dir, max_seq_length)
     start = time.perf_counter()

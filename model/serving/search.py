@@ -151,6 +151,8 @@ class Searcher:
     file is read (0 = before every query). ``threads`` caps intra-op threads for query encoding.
     ``backend``: ``auto`` runs the query tower on ONNX Runtime when it exports and matches PyTorch
     (see :mod:`denseflow.model.serving.onnx_backend`), ``onnx`` insists on it, ``torch`` never tries.
+    ``onnx-int8`` runs it int8-quantized where that keeps the probes' cosine to PyTorch at
+    ``int8_min_cosine``, else falls back to ONNX fp32 (then PyTorch) and says so in the log and ``health()``.
     ``mode`` (dense, bm25, hybrid) overrides the mode each version was published with; a version that
     cannot serve it (no BM25 index) is refused like a corrupt one.
     """
@@ -164,7 +166,8 @@ class Searcher:
         threads: int | None = None,
         max_k: int = MAX_K,
         max_query_chars: int = MAX_QUERY_CHARS,
-        backend: Literal["auto", "torch", "onnx"] = "auto",
+        backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto",
+        int8_min_cosine: float = 0.99,
         mode: str | None = None,
     ) -> None:
         if mode is not None and mode not in SEARCH_MODES:
@@ -172,6 +175,7 @@ class Searcher:
         self.mode = mode
         self.root = Path(root)
         self.backend = backend
+        self.int8_min_cosine = int8_min_cosine
         self.threads = threads
         self.name = name
         self.reload_interval_s = reload_interval_s
@@ -198,8 +202,10 @@ class Searcher:
         checksum = checksum or model_fingerprint(model_dir)
         backend = "torch"
         if self.backend != "torch":
-            if use_onnx_for_queries(model, self.threads):
-                backend = "onnxruntime"
+            wanted = "int8" if self.backend == "onnx-int8" else "fp32"
+            kept = use_onnx_for_queries(model, self.threads, precision=wanted, min_cosine=self.int8_min_cosine)
+            if kept:
+                backend = "onnxruntime" if kept == "fp32" else "onnxruntime-int8"
             elif self.backend == "onnx":
                 raise RuntimeError(f"{model_dir}: the query tower could not run on ONNX Runtime (see the log)")
         return LoadedModel(model, checksum, named.get("name"), named.get("version"), str(model_dir), backend)
