@@ -294,13 +294,19 @@ class EncodeConfig(Section):
 
 class IndexConfig(Section):
     name: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-    type: Literal["flat", "hnsw", "ivf"] = "flat"
+    type: Literal["flat", "hnsw", "ivf", "ivfpq", "hnsw_sq"] = Field(
+        "flat",
+        description="ivfpq: IVF with product-quantized codes (pq_m bytes a vector); hnsw_sq: HNSW over 8-bit scalar "
+        "codes. Both compress the vectors, so their recall is lower: set recall_floor for them (bench/ann_1m.py).",
+    )
     factory: str | None = Field(None, description="A faiss.index_factory string overriding type (expert use).")
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(200, ge=8)
     hnsw_ef_search: int = Field(128, ge=1)
     ivf_nlist: int | None = Field(None, ge=1, description="None = about 4·sqrt(n) lists.")
-    ivf_nprobe: int = Field(32, ge=1)
+    ivf_nprobe: int = Field(32, ge=1, description="Lists searched per query (ivf, ivfpq).")
+    pq_m: int | None = Field(None, ge=1, description="ivfpq sub-quantizers (bytes per vector); None = dimension / 8.")
+    pq_bits: int = Field(8, ge=1, le=12, description="ivfpq bits per sub-quantizer code.")
     recall_floor: float = Field(0.99, ge=0, le=1, description="Least recall@10 vs exact for approximate indexes.")
     verify_queries: int = Field(200, ge=1)
     keep_versions: int = Field(3, ge=1)
@@ -319,7 +325,9 @@ class IndexConfig(Section):
         from denseflow.model.index.build import IndexSpec
 
         fields = self.model_dump(include={"type", "factory", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search"})
-        return IndexSpec(**fields, ivf_nlist=self.ivf_nlist, ivf_nprobe=self.ivf_nprobe)
+        return IndexSpec(
+            **fields, ivf_nlist=self.ivf_nlist, ivf_nprobe=self.ivf_nprobe, pq_m=self.pq_m, pq_bits=self.pq_bits
+        )
 
 
 class RunnerConfig(Section):

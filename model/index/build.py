@@ -1,6 +1,6 @@
 """FAISS indexes over L2-normalised embeddings: what to build, building it, and holding it to exact search.
 
-An approximate index (HNSW, IVF) is published only when its recall@10 against exact search
+An approximate index (HNSW, IVF, and the compressed IVF-PQ and HNSW-SQ8 that carry corpora past RAM) is published only when its recall@10 against exact search
 (:mod:`denseflow.model.index.topk`) clears a floor; :func:`embedding_agreement` compares two encodings of the
 same texts (an ONNX or bf16 query tower against the reference) the same way.
 """
@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 from denseflow.model.index.topk import exact_search
 
-IndexType = Literal["flat", "hnsw", "ivf"]
+IndexType = Literal["flat", "hnsw", "ivf", "ivfpq", "hnsw_sq"]
 
 
 class PublishedIndexError(RuntimeError):
@@ -47,6 +47,8 @@ class IndexSpec:
     ivf_nlist: int | None = None
     ivf_nprobe: int = 32
     factory: str | None = None
+    pq_m: int | None = None
+    pq_bits: int = 8
 
     def nlist(self, count: int) -> int:
         """``ivf_nlist`` or about 4·√n lists, never more than a 39th of the points (FAISS's training floor)."""
@@ -60,13 +62,28 @@ class IndexSpec:
             return "Flat"
         if self.type == "hnsw":
             return f"HNSW{self.hnsw_m},Flat"
+        if self.type == "hnsw_sq":
+            return f"HNSW{self.hnsw_m},SQ8"  # one byte per dimension instead of four, beside the graph
+        if self.type == "ivfpq":
+            return f"IVF{self.nlist(count)},PQ{self.pq_subquantizers(dimension)}x{self.pq_code_bits(count)}"
         return f"IVF{self.nlist(count)},Flat"
+
+    def pq_subquantizers(self, dimension: int) -> int:
+        """``pq_m`` or one sub-quantizer per 8 dimensions (48 bytes a vector at 384 dimensions)."""
+        m = self.pq_m or max(1, dimension // 8)
+        if dimension % m:
+            raise ValueError(f"index.pq_m {m} does not divide the embedding dimension {dimension}")
+        return m
+
+    def pq_code_bits(self, count: int) -> int:
+        """``pq_bits``, lowered for small corpora: k-means needs about 39 points per centroid (2^bits of them)."""
+        return max(1, min(self.pq_bits, int(math.log2(max(count // 39, 2)))))
 
     def search_params(self) -> dict[str, int]:
         """Parameters FAISS's ParameterSpace sets at load time; stored in the manifest."""
-        if self.type == "hnsw":
+        if self.type in ("hnsw", "hnsw_sq"):
             return {"efSearch": self.hnsw_ef_search}
-        if self.type == "ivf":
+        if self.type in ("ivf", "ivfpq"):
             return {"nprobe": self.ivf_nprobe}
         return {}
 
@@ -93,9 +110,10 @@ def build_index(embeddings: np.ndarray, spec: IndexSpec, seed: int = 0) -> faiss
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efConstruction = spec.hnsw_ef_construction
     if not index.is_trained:
-        # k-means on a sample is as good as on everything past ~256 points per list, and much faster.
+        # k-means on a sample is as good as on everything past ~256 points per list, and much faster;
+        # PQ's codebooks want ~39 points per centroid of each sub-quantizer as well.
         rng = np.random.default_rng(seed)
-        limit = 256 * max(spec.nlist(count), 1)
+        limit = max(256 * max(spec.nlist(count), 1), 64 * 2**spec.pq_bits)
         sample = matrix if count <= limit else matrix[np.sort(rng.choice(count, limit, replace=False))]
         index.train(sample)
     index.add(matrix)
