@@ -22,7 +22,8 @@ from pathlib import Path
 
 from denseflow.model.config import EvalConfig, PromotionConfig
 from denseflow.model.data.beir import RejectLog, load_beir
-from denseflow.model.evaluation.runs import dense_run, score_run
+from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs
+from denseflow.model.evaluation.runs import bm25_run, dense_run, score_run
 from denseflow.model.promotion import Decision, Scored, decide
 from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
 from denseflow.registry.keys import metric_key
@@ -35,9 +36,12 @@ from prefect import task
 EVAL_SPLIT_TAG = "eval_split"
 
 
-def reevaluation_tag(fingerprint: str, split: str) -> str:
-    """Tag on a version holding its metrics (JSON) re-measured on another dataset and split."""
-    return f"eval.{fingerprint}.{split}"
+SERVED_MODE_TAG = "served.mode"
+
+
+def reevaluation_tag(fingerprint: str, split: str, mode: str = "dense") -> str:
+    """Tag on a version holding its metrics (JSON) re-measured on another dataset and split, in one search mode."""
+    return f"eval.{fingerprint}.{split}" if mode == "dense" else f"eval.{fingerprint}.{split}.{mode}"
 
 
 def _production_figure(
@@ -47,18 +51,21 @@ def _production_figure(
     fingerprint: str,
     split: str,
     reevaluate: Callable[[str], dict[str, float]],
+    mode: str = "dense",
 ) -> Scored:
-    """Production's figure on this run's data: registered, cached from an earlier re-evaluation, or measured now."""
+    """Production's figure on this run's data and in the served mode: registered, cached from an earlier
+    re-evaluation, or measured now. Versions registered before modes existed were dense."""
     tags = production.tags
     same_data = tags.get("dataset_fingerprint") == fingerprint and tags.get(EVAL_SPLIT_TAG, split) == split
-    if same_data and metric_key(metric) in tags:
+    same_mode = tags.get(SERVED_MODE_TAG, "dense") == mode
+    if same_data and same_mode and metric_key(metric) in tags:
         return Scored(str(production.version), float(tags[metric_key(metric)]), fingerprint)
-    cached = tags.get(reevaluation_tag(fingerprint, split))
+    cached = tags.get(reevaluation_tag(fingerprint, split, mode))
     metrics = json.loads(cached) if cached else None
     if metrics is None or metric not in metrics:
         metrics = reevaluate(str(production.version))
         client.set_model_version_tag(
-            production.name, str(production.version), reevaluation_tag(fingerprint, split), json.dumps(metrics)
+            production.name, str(production.version), reevaluation_tag(fingerprint, split, mode), json.dumps(metrics)
         )
     return Scored(str(production.version), float(metrics[metric]), fingerprint, reevaluated=True)
 
@@ -100,6 +107,14 @@ def run_gate(
             eval_settings.batch_size,
             eval_settings.precision,
         )
+        if settings.mode == "hybrid":
+            # Production as it would be served: fused with BM25 at its own registered weight and method.
+            tags = client.get_model_version(registered_model, production).tags
+            weight = float(tags.get("hybrid.weight", NEUTRAL_WEIGHT))
+            method = tags.get("hybrid.method", eval_settings.fusion)
+            run = fuse_runs(
+                run, bm25_run(dataset, split), weight, method, eval_settings.rrf_k, eval_settings.fusion_depth
+            )
         evaluation = score_run("production", run, dataset.qrels[split], eval_settings.ks)
         path = out_dir / "metrics_production.json"
         payload = {"label": "production", "version": production, "split": split, "metrics": evaluation.metrics}
@@ -112,7 +127,9 @@ def run_gate(
     with production_lock(registered_model, workspace):
         current = production_version(client, registered_model)
         production = (
-            _production_figure(client, current, metric, dataset_fingerprint, split, reevaluate) if current else None
+            _production_figure(client, current, metric, dataset_fingerprint, split, reevaluate, settings.mode)
+            if current
+            else None
         )
         decision: Decision = decide(candidate, production, metric, settings.margin)
         outcome = decision.as_dict()

@@ -15,7 +15,8 @@ def tiny_config(tmp_path: Path, beir_dir: Path, model_dir: Path) -> RetrainConfi
     return RetrainConfig.model_validate(
         {
             "workspace": str(tmp_path / "ws"),
-            "data": {"path": str(beir_dir)},
+            # 24 train queries: a quarter carved into dev leaves enough of both.
+            "data": {"path": str(beir_dir), "dev_share": 0.25},
             "mining": {"candidates": "bm25", "rank_end": 10},
             "train": {"base_model": str(model_dir), "batch_size": 8, "epochs": 1, "max_seq_length": 32},
             "eval": {"batch_size": 16},

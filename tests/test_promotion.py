@@ -215,7 +215,7 @@ def gate(store, version: str, metrics: dict[str, float], fingerprint="fp", datas
     return run_gate(
         version,
         NAME,
-        PromotionConfig(**settings),
+        PromotionConfig(**({"mode": "dense"} | settings)),
         metrics,
         fingerprint,
         dataset_dir or store.workspace,
@@ -324,6 +324,18 @@ def test_gate_reevaluates_production_on_new_data_and_caches_it(store, tiny_beir_
     result = gate(store, v3, {"ndcg@10": measured + 0.05}, fingerprint="new-data", dataset_dir=tiny_beir_dir)
     assert result["decision"] == "promoted" and alias(store) == "3"
     assert result["delta"] == pytest.approx(0.05, abs=1e-6)
+
+
+def test_gate_in_hybrid_mode_reevaluates_a_production_registered_dense(store, tiny_beir_dir):
+    """Same data, other mode: production's dense figure must not be compared with a hybrid candidate."""
+    v1 = add_version(store, {"ndcg@10": 0.99})
+    gate(store, v1, {"ndcg@10": 0.99})
+    v2 = add_version(store, {"ndcg@10": 0.10})
+    result = gate(store, v2, {"ndcg@10": 0.10}, dataset_dir=tiny_beir_dir, mode="hybrid")
+    assert result["production_figure"]["reevaluated"] is True
+    assert result["production_figure"]["value"] < 0.99
+    cached = store.client.get_model_version(NAME, v1).tags
+    assert reevaluation_tag("fp", "test", "hybrid") in cached
 
 
 # ----------------------------------------------------------------------------- promote and rollback

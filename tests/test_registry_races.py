@@ -75,7 +75,7 @@ def gate(store, version: str, value: float, workspace: Path) -> dict:
     return run_gate(
         version,
         NAME,
-        PromotionConfig(margin=0.0),
+        PromotionConfig(margin=0.0, mode="dense"),
         {"ndcg@10": value},
         "fp",
         workspace,
@@ -105,7 +105,8 @@ def slowed(monkeypatch, delays: list[float]) -> None:
 
 @pytest.fixture()
 def slow_decide(monkeypatch):
-    slowed(monkeypatch, [0.0, 0.4, 0.8])  # the first call is the setup gate
+    # The first call is the setup gate; 3 s apart so a loaded machine still orders the two moves.
+    slowed(monkeypatch, [0.0, 0.4, 3.4])
 
 
 def at_once(*calls) -> list:
