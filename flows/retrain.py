@@ -217,7 +217,11 @@ def promotion_markdown(promotion: dict, published: dict | None) -> list[str]:
     if promotion.get("production") is not None:
         lines += ["", f"`production` → version {promotion['production']}."]
     if published:
-        lines += ["", f"Published index `{published['name']}` version `{published['version']}`."]
+        lines += [
+            "",
+            f"Published index `{published['name']}` version `{published['version']}`, serving "
+            f"`{published.get('mode')}` search by default.",
+        ]
     return lines
 
 
@@ -252,4 +256,6 @@ def publish_version_of(config: RetrainConfig, version: str, dataset_dir: str, wo
         workspace, Path(dataset_dir), model, config.tracking, config.train.max_seq_length
     )
     result = run_publish(publish_config)
-    return {key: result[key] for key in ("name", "version", "path", "documents", "shards", "shards_reused")}
+    published = {key: result[key] for key in ("name", "version", "path", "documents", "shards", "shards_reused")}
+    search = (result.get("model") or {}).get("search") or {}
+    return published | {"mode": search.get("mode"), "hybrid": search.get("hybrid")}
