@@ -58,6 +58,8 @@ def train(
                 run_logger().info("training resumed from %s", result.resumed_from)
             result_path.write_text(result.to_json())
     record = json.loads(result_path.read_text())
+    if record.get("kept_base_model"):
+        run_logger().warning("no checkpoint beat the base model on dev: the base model is kept")
     if not record.get("dev_split"):
         run_logger().warning("no dev split: trained %d steps without checkpoint selection", record["steps"])
     summary = {
@@ -77,7 +79,11 @@ def train(
     client.set_tag(
         context.run_id,
         f"{metric_prefix}selection",
-        "best dev checkpoint" if record.get("dev_split") else "none (no dev split)",
+        "base model (no checkpoint beat it on dev)"
+        if record.get("kept_base_model")
+        else "best dev checkpoint"
+        if record.get("dev_split")
+        else "none (no dev split)",
     )
     log_artifact(context.run_id, result_path)
     return record["model_dir"]

@@ -58,3 +58,21 @@ def test_training_with_dev_keeps_the_best_checkpoint_and_records_the_curve(tmp_p
     assert result.best_step is not None
     assert result.best_dev_ndcg == max(value for step, value in result.dev_curve if step > 0)
     assert (result.model_dir / "modules.json").is_file()
+
+
+def test_when_no_checkpoint_beats_the_base_model_on_dev_the_base_model_ships(tmp_path, tiny_beir_dir, tiny_model_dir):
+    dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
+    carve_dev_split(dataset, "train", "dev", 0.25, 20)
+    doc_ids = list(dataset.corpus)
+    examples = [
+        TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])
+        for qid, judged in dataset.qrels["train"].items()
+        for doc_id in judged
+    ]
+    # A learning rate below fp32's resolution: the weights never move, so no checkpoint can beat the start.
+    settings = TrainConfig(
+        base_model=str(tiny_model_dir), batch_size=4, epochs=1, max_seq_length=32, learning_rate=1e-30, patience=10
+    )
+    result = train_bi_encoder(examples, dataset, settings, tmp_path / "out", dev_split="dev", progress=False)
+    assert result.kept_base_model is True
+    assert (result.model_dir / "modules.json").is_file()

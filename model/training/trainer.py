@@ -58,6 +58,7 @@ class TrainResult:
     dev_curve: list[tuple[int, float]] = field(default_factory=list)
     best_step: int | None = None
     best_dev_ndcg: float | None = None
+    kept_base_model: bool = False
 
     @property
     def median_step_seconds(self) -> float:
@@ -216,11 +217,15 @@ def train_bi_encoder(
     baseline = [(0, float(evaluator(model)[DEV_METRIC.removeprefix("eval_")]))] if evaluator and not resume_from else []
     trainer.train(resume_from_checkpoint=resume_from)
     model_dir = output_dir / "model"
-    if trainer.is_world_process_zero():  # data-parallel hook: one process writes the model
-        trainer.model.save(str(model_dir))
     dev_curve = baseline + [
         (int(entry["step"]), float(entry[DEV_METRIC])) for entry in trainer.state.log_history if DEV_METRIC in entry
     ]
+    # On data where fine-tuning only hurts, the best checkpoint can still be worse than the starting point:
+    # then the base model is what ships, so a retrain never registers a model below its base on dev.
+    best = trainer.state.best_metric
+    kept_base = bool(baseline) and best is not None and best <= baseline[0][1]
+    if trainer.is_world_process_zero():  # data-parallel hook: one process writes the model
+        (build_model(settings) if kept_base else trainer.model).save(str(model_dir))
     return TrainResult(
         model_dir=model_dir,
         steps=trainer.state.global_step,
@@ -233,4 +238,5 @@ def train_bi_encoder(
         dev_curve=dev_curve,
         best_step=trainer.state.best_global_step if evaluator else None,
         best_dev_ndcg=trainer.state.best_metric if evaluator else None,
+        kept_base_model=kept_base,
     )
