@@ -48,6 +48,8 @@ def fuse_query(
     """One query's fused scores over the union of both systems' documents (top ``depth`` of the fusion)."""
     if not 0 <= weight <= 1:
         raise ValueError(f"fusion weight {weight} is outside [0, 1]")
+    # A document BM25 scores 0 shares no term with the query: ranked only to fill the top-N, it is no evidence.
+    bm25 = {doc_id: score for doc_id, score in bm25.items() if score > 0}
     if method == "rrf":
         dense_part, bm25_part = _reciprocal_ranks(dense, rrf_k), _reciprocal_ranks(bm25, rrf_k)
     else:
