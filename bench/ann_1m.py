@@ -1,4 +1,9 @@
-"""Search-only latency and recall@10 versus exact search on a synthetic 1M × 384 index (HNSW and IVF).
+"""Search-only latency, recall@10 versus exact search and bytes per vector on a synthetic 1M × 384 index.
+
+Types: Flat (exact), HNSW, IVF, and the compressed ones that carry a corpus past RAM: IVF-PQ (``ivfpq``,
+product-quantized codes of ``--pq-m`` bytes) and HNSW over 8-bit scalar codes (``hnsw_sq``). Bytes per
+vector are the serialized index's size over its vector count (codes, graph links, list ids, centroids),
+and "fits in 24 GiB" divides 24 GiB by it (the index alone: no ids, no model, no OS).
 
 The data are SYNTHETIC, not embeddings of real text: a two-level Gaussian mixture on the unit sphere
 (topics → sub-topics → points), which gives the nearest-neighbour structure ANN indexes exploit in
@@ -12,7 +17,7 @@ thread, k=10; ground truth is exact inner-product search over all 1M vectors. Bu
 ground truth are cached under ``<workspace>/cache/bench`` so parameter sweeps do not rebuild.
 
     nice -n 10 .venv/bin/python bench/ann_1m.py                  # build (minutes on 2 cores) and sweep
-    nice -n 10 .venv/bin/python bench/ann_1m.py --n 100000       # a quick smaller run
+    nice -n 10 .venv/bin/python bench/ann_1m.py --n 200000 --queries 300   # a quick smaller run
 """
 
 from __future__ import annotations
@@ -98,7 +103,13 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--ivf-nlist", type=int, default=1024)
     parser.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
-    parser.add_argument("--types", nargs="+", default=["hnsw", "ivf"], choices=["hnsw", "ivf"])
+    parser.add_argument("--pq-m", type=int, default=48, help="ivfpq: sub-quantizers, one byte each (8-bit codes)")
+    parser.add_argument(
+        "--types",
+        nargs="+",
+        default=["flat", "hnsw", "ivf", "ivfpq", "hnsw_sq"],
+        choices=["flat", "hnsw", "ivf", "ivfpq", "hnsw_sq"],
+    )
     parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
 
@@ -132,20 +143,26 @@ def main() -> None:
     )
 
     for kind in args.types:
-        if kind == "hnsw":
-            name = f"hnsw-{tag}-M{args.hnsw_m}-efc{args.ef_construction}.faiss"
-            factory = f"HNSW{args.hnsw_m},Flat"
+        if kind in ("hnsw", "hnsw_sq"):
+            codes = "Flat" if kind == "hnsw" else "SQ8"
+            name = f"{kind}-{tag}-M{args.hnsw_m}-efc{args.ef_construction}.faiss"
+            factory = f"HNSW{args.hnsw_m},{codes}"
 
             def make(factory: str = factory) -> faiss.Index:
                 index = faiss.index_factory(args.dim, factory, faiss.METRIC_INNER_PRODUCT)
                 index.hnsw.efConstruction = args.ef_construction
+                if not index.is_trained:  # SQ8 learns each dimension's range first
+                    index.train(
+                        data[np.random.default_rng(0).choice(len(data), min(len(data), 100_000), replace=False)]
+                    )
                 index.add(data)
                 return index
 
             knobs, values = "efSearch", args.ef_search
-        else:
-            name = f"ivf-{tag}-{args.ivf_nlist}.faiss"
-            factory = f"IVF{args.ivf_nlist},Flat"
+        elif kind in ("ivf", "ivfpq"):
+            codes = "Flat" if kind == "ivf" else f"PQ{args.pq_m}"
+            name = f"{kind}-{tag}-{args.ivf_nlist}{'' if kind == 'ivf' else f'-pq{args.pq_m}'}.faiss"
+            factory = f"IVF{args.ivf_nlist},{codes}"
 
             def make(factory: str = factory) -> faiss.Index:
                 index = faiss.index_factory(args.dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -155,6 +172,14 @@ def main() -> None:
                 return index
 
             knobs, values = "nprobe", args.nprobe
+        else:
+            name, factory, knobs, values = f"flat-{tag}.faiss", "Flat", None, [None]
+
+            def make(factory: str = factory) -> faiss.Index:
+                index = faiss.index_factory(args.dim, factory, faiss.METRIC_INNER_PRODUCT)
+                index.add(data)
+                return index
+
         faiss.omp_set_num_threads(args.build_threads)
         index, seconds = cached(
             cache / name,
@@ -163,16 +188,23 @@ def main() -> None:
             lambda p: faiss.read_index(str(p)),
         )
         built = f"built in {seconds:.0f}s on {args.build_threads} threads" if seconds else "loaded from cache"
+        size = (cache / name).stat().st_size
+        per_vector = size / index.ntotal
+        fits = 24 * 2**30 / per_vector
         print(f"\n{factory} over {index.ntotal:,} vectors: {built}")
-        print(f"{knobs:>9}  recall@10   p50 ms   p90 ms   p99 ms   (one query per call, 1 thread)")
+        print(
+            f"  {per_vector:.1f} bytes per vector ({size / 2**30:.2f} GiB); fits in 24 GiB: {fits / 1e6:,.0f}M vectors"
+        )
+        print(f"{knobs or '-':>9}  recall@10   p50 ms   p90 ms   p99 ms   (one query per call, 1 thread)")
         faiss.omp_set_num_threads(1)
         space = faiss.ParameterSpace()
         for value in values:
-            space.set_index_parameter(index, knobs, value)
+            if knobs:
+                space.set_index_parameter(index, knobs, value)
             one_at_a_time(index, queries[:50], 10)  # warm-up: page the index in
             rows, times = one_at_a_time(index, queries, 10)
             p50, p90, p99 = np.percentile(times, [50, 90, 99])
-            print(f"{value:>9}  {recall_at_k(rows, truth):>9.4f}  {p50:7.3f}  {p90:7.3f}  {p99:7.3f}")
+            print(f"{value or '-':>9}  {recall_at_k(rows, truth):>9.4f}  {p50:7.3f}  {p90:7.3f}  {p99:7.3f}")
         del index
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"\npeak RSS {peak:.1f} GiB; load after: {os.getloadavg()}")
