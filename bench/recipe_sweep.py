@@ -22,6 +22,31 @@ import torch
 OUT = Path(sys.argv[1])
 QUEUE = OUT / "queue.txt"
 RESULTS = OUT / "results.jsonl"
+
+
+def report() -> None:
+    """``recipe_sweep.py OUT --report``: the results as the README's markdown table."""
+    print(
+        "| recipe | steps (best) | dev nDCG@10 candidates | dev nDCG@10 | test nDCG@10 | test R@100 "
+        "| hybrid w | hybrid test nDCG@10 | hybrid test R@100 | min |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for line in RESULTS.read_text().splitlines():
+        row = json.loads(line)
+        if "error" in row:
+            continue
+        steps = f"{row['steps']} ({row['best_step']})" if row.get("steps") else "–"
+        cand = f"{row['best_dev_cand']:.4f}" if row.get("best_dev_cand") else "–"
+        print(
+            f"| {row['name']} | {steps} | {cand} | {row['dev']['ndcg@10']:.4f} | {row['test']['ndcg@10']:.4f} "
+            f"| {row['test']['recall@100']:.4f} | {row['hybrid_w']} | {row['hybrid_test']['ndcg@10']:.4f} "
+            f"| {row['hybrid_test']['recall@100']:.4f} | {row['total_min']:.1f} |"
+        )
+
+
+if sys.argv[2:] == ["--report"]:
+    report()
+    sys.exit(0)
 torch.set_num_threads(2)
 
 import datasets  # noqa: E402

@@ -49,7 +49,8 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert set(summary["dev_metrics"]) == {"trained", "hybrid", "zero-shot", "bm25"}
     dev_curve = client.get_metric_history(run.info.run_id, "train.dev_ndcg_at_10")
     assert len(dev_curve) >= 2
-    assert run.data.tags["train.selection"] == "best dev checkpoint"
+    # The tiny random model may not beat its start on 6 dev queries: then the base model is kept, also a selection.
+    assert run.data.tags["train.selection"] in {"best dev checkpoint", "base model (no checkpoint beat it on dev)"}
     assert {"zeroshot.ndcg_at_10", "bm25.recall_at_100", "ingest.rejected_rows"} <= set(run.data.metrics)
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"train_examples.jsonl", "rejects.jsonl", "evaluation", "plots"} <= artifacts
