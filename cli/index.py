@@ -81,6 +81,7 @@ def cmd_index_list(args: argparse.Namespace) -> int:
     rows = [
         ["*" if v["current"] else "", v["version"], str(v["created_at"])[:19], str(v["model"]), str(v["index_type"]),
          str(v["count"]), "" if v["recall_at_10"] is None else f"{v['recall_at_10']:.4f}"]
+        if not v["broken"] else ["*" if v["current"] else "", v["version"], "BROKEN", v["broken"], "", "", ""]
         for v in versions
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]

@@ -36,13 +36,25 @@ def _connect(args: argparse.Namespace) -> str:
 
 
 def _publish(args: argparse.Namespace, name: str, version: str) -> dict:
+    """Publish ``version``'s index over the corpus it was trained on (its run's ingested dataset in the workspace);
+    when that is not available, over ``--config``'s data (else the bundled SciFact), saying so on stderr."""
     from denseflow.flows.publish_index import run_publish
-    from denseflow.model.config import PublishConfig
+    from denseflow.model.config import DataConfig, PublishConfig, RetrainConfig
+    from denseflow.registry.resolve import trained_dataset_dir
 
-    tracking = _tracking(args)
-    config = PublishConfig(workspace=workspace_dir(args.workspace), model=f"{name}/{version}", tracking=tracking)
+    workspace = workspace_dir(args.workspace)
+    corpus, why = trained_dataset_dir(name, version, workspace)
+    if corpus is None:
+        corpus = RetrainConfig.from_yaml(args.config).data.path if args.config else None
+        print(
+            f"denseflow {args.command}: {why}; indexing {corpus or 'the bundled SciFact corpus'} instead",
+            file=sys.stderr,
+        )
+    data = DataConfig(path=corpus)
+    config = PublishConfig(workspace=workspace, model=f"{name}/{version}", data=data, tracking=_tracking(args))
     result = run_publish(config)
-    return {key: result[key] for key in ("name", "version", "path", "documents")}
+    published = {key: result[key] for key in ("name", "version", "path", "documents")}
+    return published | {"corpus": str(corpus) if corpus else "bundled SciFact"}
 
 
 def format_versions(rows: list[dict]) -> str:

@@ -58,3 +58,34 @@ def resolve_model(reference: str, workspace: Path | None = None, default_name: s
             shutil.copytree(model_root, staging)
             staging.replace(local_dir)
     return ResolvedModel(name=name, version=str(found.version), run_id=found.run_id, local_dir=local_dir)
+
+
+def trained_dataset_dir(name: str, version: str, workspace: Path | None = None) -> tuple[Path | None, str]:
+    """The dataset ``version`` was trained on, as ``retrain`` ingested it: ``<workspace>/runs/<run id>/data``.
+
+    Returned only when it is there and its fingerprint is the run's ``dataset_fingerprint`` tag (the folder may be
+    gone, from another workspace, or overwritten); otherwise ``(None, why)`` so the caller can say what it falls
+    back to. The second item always says which corpus this is.
+    """
+    from denseflow.model.data.assemble import dataset_fingerprint, read_skip_above
+    from denseflow.model.data.beir import load_beir
+    from denseflow.model.data.ingest import beir_splits
+    from denseflow.model.data.io import DataError, RejectLog
+
+    client = MlflowClient()
+    found = client.get_model_version(name, version)
+    if not found.run_id:
+        return None, f"{name} version {version} has no MLflow run"
+    folder = workspace_dir(workspace) / "runs" / found.run_id / "data"
+    expected = client.get_run(found.run_id).data.tags.get("dataset_fingerprint") or found.tags.get(
+        "dataset_fingerprint"
+    )
+    if expected is None:
+        return None, f"run {found.run_id} of {name} version {version} has no dataset_fingerprint tag"
+    try:
+        actual = dataset_fingerprint(load_beir(folder, beir_splits(folder), RejectLog()), read_skip_above(folder))
+    except DataError as err:
+        return None, f"the dataset {name} version {version} was trained on is not readable in this workspace ({err})"
+    if actual != expected:
+        return None, f"{folder} has fingerprint {actual}, not the {expected} {name} version {version} was trained on"
+    return folder, f"the corpus {name} version {version} was trained on ({folder}, fingerprint {expected})"

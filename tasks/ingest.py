@@ -6,8 +6,8 @@ from pathlib import Path
 
 from denseflow.model.config import DataConfig
 from denseflow.model.data import ingest as sources
-from denseflow.model.data.assemble import SourceReport, SourceResult
-from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir, remove_evaluation_leaks
+from denseflow.model.data.assemble import SourceResult
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir
 from denseflow.model.data.dev import carve_dev_split
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
 from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -24,8 +24,8 @@ def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
         splits = [data.train_split, data.eval_split]
         if any((folder / "qrels" / f"{data.dev_split}{suffix}").is_file() for suffix in (".tsv", ".tsv.gz")):
             splits.append(data.dev_split)
-        dataset = load_beir(folder, splits, rejects)
-        return SourceResult(dataset, {}, SourceReport(source="beir"))
+        # Same limits as every source (data.max_line_bytes, data.min_usable_share) and as `denseflow ingest`.
+        return sources.load_beir_source(data, rejects, splits)
     return sources.load_source(data, rejects)  # clicks / qa: see model/data/clicks.py, qa.py
 
 
@@ -38,7 +38,7 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     finally:  # a source below its usable-share floor fails here; its rejects say why
         rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
     dataset = loaded.dataset
-    leaks = remove_evaluation_leaks(dataset, data.train_split, [data.eval_split, data.dev_split], rejects)
+    leaks = sources.remove_leaks(loaded, data, rejects)  # the same removal as `denseflow ingest`
     dev_queries = carve_dev_split(dataset, data.train_split, data.dev_split, data.dev_share, data.min_dev_train_queries)
     if not dev_queries:
         run_logger().warning(
@@ -47,7 +47,6 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
             len(dataset.qrels[data.train_split]),
             data.dev_share,
         )
-    loaded.skip_above = {qid: docs for qid, docs in loaded.skip_above.items() if qid in dataset.queries}
     dataset_dir = sources.write_source(loaded, Path(run_dir) / "data")
     rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
     digest = loaded.fingerprint

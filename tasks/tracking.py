@@ -9,7 +9,7 @@ from pathlib import Path
 
 import mlflow
 from denseflow.model.config import TrackingConfig, flatten
-from denseflow.model.workspace import workspace_dir
+from denseflow.model.workspace import workspace_dir, workspace_lock
 from denseflow.registry.keys import metric_key
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger
@@ -21,17 +21,30 @@ def tracking_uri(config: TrackingConfig, workspace: Path) -> str:
     return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace / 'mlflow.db'}"
 
 
+# Workspace lock held while the store is opened (and, the first time, created) and the experiment looked up.
+STORE_LOCK = "mlflow-store"
+STORE_LOCK_TIMEOUT_SECONDS = 600.0
+
+
 def configure_tracking(config: TrackingConfig, workspace: Path | None = None) -> str:
-    """Point MLflow at the store and make sure the experiment exists; returns the tracking URI."""
+    """Point MLflow at the store and make sure the experiment exists; returns the tracking URI.
+
+    Opening a SQLite store the first time runs MLflow's schema migrations, and two processes doing that at once
+    collide (``table latest_metrics already exists``); two processes creating the experiment at once collide
+    too. Both happen under the workspace lock ``locks/mlflow-store.lock``, so the first concurrent runs on a
+    fresh workspace take turns here (milliseconds once the store exists).
+    """
     workspace = workspace_dir(workspace)
     uri = tracking_uri(config, workspace)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient(uri)
-    if client.get_experiment_by_name(config.experiment) is None:
-        # A local store keeps artifacts in the workspace; a server decides for itself.
-        location = (workspace / "mlartifacts").as_uri() if uri.startswith(("sqlite:", "file:", "/")) else None
-        client.create_experiment(config.experiment, artifact_location=location)
+    with workspace_lock(workspace, STORE_LOCK, timeout=STORE_LOCK_TIMEOUT_SECONDS):
+        client = MlflowClient(uri)  # opens the tracking store: creates the schema on a fresh SQLite file
+        client.search_registered_models(max_results=1)  # the registry store too, which MLflow opens lazily
+        if client.get_experiment_by_name(config.experiment) is None:
+            # A local store keeps artifacts in the workspace; a server decides for itself.
+            location = (workspace / "mlartifacts").as_uri() if uri.startswith(("sqlite:", "file:", "/")) else None
+            client.create_experiment(config.experiment, artifact_location=location)
     mlflow.set_experiment(config.experiment)
     return uri
 

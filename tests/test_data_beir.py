@@ -24,6 +24,7 @@ from denseflow.model.data.io import (
     DUPLICATE_JUDGMENT,
     EMPTY_TEXT,
     EVAL_LEAK,
+    LINE_TOO_LONG,
     MALFORMED,
     MISSING_FIELD,
     NOT_UTF8,
@@ -149,3 +150,18 @@ def test_bundled_scifact_is_complete():
     dataset = load_beir(bundled_scifact_dir(), ["train", "test"], rejects)
     assert (len(dataset.corpus), len(dataset.queries), len(rejects)) == (5183, 1109, 0)
     assert (len(dataset.qrels["train"]), len(dataset.qrels["test"])) == (809, 300)
+
+
+def test_lines_over_max_line_bytes_are_rejected_unread(tiny_beir_dir):
+    """A 5 MB corpus line used to be parsed whole: BEIR files now honour data.max_line_bytes like every source."""
+    huge = json.dumps({"_id": "huge", "title": "", "text": "x" * 5_000_000})
+    with (tiny_beir_dir / "corpus.jsonl").open("a") as out:
+        out.write(huge + "\n")
+    rejects = RejectLog()
+    dataset = load_beir(tiny_beir_dir, ["test"], rejects, max_line_bytes=1_048_576)
+    assert "huge" not in dataset.corpus
+    assert [(Path(row["file"]).name, row["line"], row["reason"]) for row in rejects.rows] == [
+        ("corpus.jsonl", 37, LINE_TOO_LONG)
+    ]
+    assert len(rejects.rows[0]["raw"]) <= 200
+    assert "huge" in load_beir(tiny_beir_dir, ["test"], RejectLog()).corpus  # no limit given: read whole

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 from denseflow.model.index.build import (
@@ -52,3 +53,21 @@ def test_check_embeddings_refuses_bad_rows() -> None:
         check_embeddings(bad)
     with pytest.raises(ValueError, match="non-empty"):
         check_embeddings(np.zeros((0, 4), dtype=np.float32))
+
+
+def test_a_factory_index_is_held_to_the_recall_floor_and_gets_its_search_params() -> None:
+    """index.factory used to leave type 'flat': no recall floor, and no nprobe/efSearch applied or recorded."""
+    docs = unit_rows(2000, 32, 5, clusters=200)
+    queries = unit_rows(50, 32, 6, clusters=200)
+    poor = IndexSpec(factory="IVF64,Flat", ivf_nprobe=1)
+    assert poor.approximate
+    assert poor.search_params() == {"nprobe": 1}
+    index = build_index(docs, poor)
+    assert faiss.extract_index_ivf(index).nprobe == 1
+    with pytest.raises(RecallTooLowError, match="'IVF64,Flat' index"):
+        check_recall(index, docs, poor, floor=0.99, queries=queries)
+
+    thorough = IndexSpec(factory="IVF64,Flat", ivf_nprobe=64)
+    assert check_recall(build_index(docs, thorough), docs, thorough, floor=0.99, queries=queries) == 1.0
+    assert IndexSpec(factory="HNSW16,Flat", hnsw_ef_search=48).search_params() == {"efSearch": 48}
+    assert not IndexSpec(factory="Flat").approximate

@@ -138,3 +138,64 @@ def test_nothing_published(tmp_path: Path) -> None:
     assert list_versions(tmp_path, "none") == []
     with pytest.raises(ValueError, match="index name"):
         load_current(tmp_path, "../escape")
+
+
+def test_a_version_whose_manifest_does_not_parse_is_listed_as_broken(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`index list` used to hide it: the damage went unseen while its number stayed taken."""
+    from denseflow.cli.main import main
+
+    for seed in (1, 2, 3):
+        publish_one(tmp_path / "indexes", model_dir, seed=seed)
+    (tmp_path / "indexes" / "test" / "v0002" / "manifest.json").write_text("{cut short")
+    versions = list_versions(tmp_path / "indexes", "test")
+    assert [(v.version, v.broken is not None) for v in versions] == [
+        ("v0001", False),
+        ("v0002", True),
+        ("v0003", False),
+    ]
+    assert "manifest is not valid JSON" in str(versions[1].broken)
+    # A broken version is never a rollback target: the default skips it, naming it is refused.
+    assert rollback(tmp_path / "indexes", "test").version == "v0001"
+    with pytest.raises(NoPublishedIndexError, match="'v0002' not found"):
+        rollback(tmp_path / "indexes", "test", to="v0002")
+
+    assert main(["index", "list", "--workspace", str(tmp_path), "--name", "test"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines if "v0002" in line] == [["v0002", "BROKEN"]]
+    assert main(["index", "list", "--workspace", str(tmp_path), "--name", "test", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [v["version"] for v in listed if v["broken"]] == ["v0002"]
+
+
+def test_history_is_written_before_the_pointer_so_a_crash_between_loses_no_line(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the pointer moved used to lose the move's history line; now the line comes first, and a
+    move that never landed is followed by an ``external`` line, so the history replays to ``current``."""
+    publish_one(tmp_path, model_dir, seed=1)
+
+    def crash(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(idx, "_move_pointer", crash)
+    with pytest.raises(KeyboardInterrupt):
+        publish_one(tmp_path, model_dir, seed=2)
+    monkeypatch.undo()
+    assert read_pointer(tmp_path, "test") == "v0001"
+    assert [(h["action"], h["from"], h["to"]) for h in idx.read_history(tmp_path, "test")] == [
+        ("publish", None, "v0001"),
+        ("publish", "v0001", "v0002"),
+    ]
+    publish_one(tmp_path, model_dir, seed=3)
+    (tmp_path / "test" / "current").write_text("v0002\n")  # a person points current by hand
+    rollback(tmp_path, "test", to="v0003")
+    moves = [(h["action"], h["from"], h["to"]) for h in idx.read_history(tmp_path, "test")]
+    assert moves[2:] == [
+        ("external", "v0002", "v0001"),
+        ("publish", "v0001", "v0003"),
+        ("external", "v0003", "v0002"),
+        ("rollback", "v0002", "v0003"),
+    ]
+    assert moves[-1][2] == read_pointer(tmp_path, "test")

@@ -61,6 +61,7 @@ class SourceReport:
     passages_deduplicated: int = 0
     duplicate_pairs: int = 0
     eval_queries_dropped: int = 0
+    leaked_queries_removed: int = 0
     first_timestamp: str | None = None
     last_timestamp: str | None = None
 

@@ -84,9 +84,9 @@ def _string_field(row: dict[str, Any], name: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def read_corpus(path: Path, rejects: RejectLog) -> dict[str, Document]:
+def read_corpus(path: Path, rejects: RejectLog, max_line_bytes: int | None = None) -> dict[str, Document]:
     corpus: dict[str, Document] = {}
-    for number, row in iter_jsonl(path, rejects):
+    for number, row in iter_jsonl(path, rejects, max_line_bytes):
         doc_id = _string_field(row, "_id")
         if not doc_id or not doc_id.strip():
             rejects.add(path, number, "_id", MISSING_FIELD, row)
@@ -108,9 +108,9 @@ def read_corpus(path: Path, rejects: RejectLog) -> dict[str, Document]:
     return corpus
 
 
-def read_queries(path: Path, rejects: RejectLog) -> dict[str, str]:
+def read_queries(path: Path, rejects: RejectLog, max_line_bytes: int | None = None) -> dict[str, str]:
     queries: dict[str, str] = {}
-    for number, row in iter_jsonl(path, rejects):
+    for number, row in iter_jsonl(path, rejects, max_line_bytes):
         query_id = _string_field(row, "_id")
         if not query_id or not query_id.strip():
             rejects.add(path, number, "_id", MISSING_FIELD, row)
@@ -132,10 +132,14 @@ def read_queries(path: Path, rejects: RejectLog) -> dict[str, str]:
 
 
 def read_qrels(
-    path: Path, queries: dict[str, str], corpus: dict[str, Document], rejects: RejectLog
+    path: Path,
+    queries: dict[str, str],
+    corpus: dict[str, Document],
+    rejects: RejectLog,
+    max_line_bytes: int | None = None,
 ) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
-    for number, line in iter_lines(path, rejects):
+    for number, line in iter_lines(path, rejects, max_line_bytes):
         cells = line.split("\t")
         if number == 1 and cells[0].strip().lower() in {"query-id", "query_id", "qid"}:
             continue
@@ -163,15 +167,25 @@ def read_qrels(
     return qrels
 
 
-def load_beir(folder: Path, splits: Iterable[str], rejects: RejectLog) -> Dataset:
-    """Read and validate a BEIR folder; only the named splits are read (each must exist)."""
+def beir_files(folder: Path, splits: Iterable[str]) -> list[Path]:
+    """The files :func:`load_beir` reads for ``splits``: corpus, queries, then each split's qrels."""
+    folder = Path(folder)
+    qrels = [find_file(folder / "qrels", f"{split}.tsv") for split in dict.fromkeys(splits)]
+    return [find_file(folder, "corpus.jsonl"), find_file(folder, "queries.jsonl"), *qrels]
+
+
+def load_beir(folder: Path, splits: Iterable[str], rejects: RejectLog, max_line_bytes: int | None = None) -> Dataset:
+    """Read and validate a BEIR folder; only the named splits are read (each must exist).
+
+    ``max_line_bytes`` rejects longer lines unread (``data.max_line_bytes``); None reads lines of any length.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(f"{folder}: dataset folder not found")
-    corpus = read_corpus(find_file(folder, "corpus.jsonl"), rejects)
-    queries = read_queries(find_file(folder, "queries.jsonl"), rejects)
+    corpus = read_corpus(find_file(folder, "corpus.jsonl"), rejects, max_line_bytes)
+    queries = read_queries(find_file(folder, "queries.jsonl"), rejects, max_line_bytes)
     qrels = {
-        split: read_qrels(find_file(folder / "qrels", f"{split}.tsv"), queries, corpus, rejects)
+        split: read_qrels(find_file(folder / "qrels", f"{split}.tsv"), queries, corpus, rejects, max_line_bytes)
         for split in dict.fromkeys(splits)
     }
     return Dataset(corpus=corpus, queries=queries, qrels=qrels)

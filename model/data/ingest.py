@@ -7,8 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from denseflow.model.config import DataConfig
-from denseflow.model.data.assemble import SourceReport, SourceResult, write_source
-from denseflow.model.data.beir import bundled_scifact_dir, load_beir
+from denseflow.model.data.assemble import SourceReport, SourceResult, check_usable, write_source
+from denseflow.model.data.beir import beir_files, bundled_scifact_dir, load_beir, remove_evaluation_leaks
 from denseflow.model.data.clicks import load_clicks
 from denseflow.model.data.io import DataError, RejectLog
 from denseflow.model.data.qa import load_qa
@@ -23,12 +23,25 @@ def load_source(config: DataConfig, rejects: RejectLog) -> SourceResult:
         return load_clicks(config, rejects)
     if config.source == "qa":
         return load_qa(config, rejects)
+    return load_beir_source(config, rejects)
+
+
+def load_beir_source(config: DataConfig, rejects: RejectLog, splits: list[str] | None = None) -> SourceResult:
+    """A BEIR folder held to the same rules as every source: ``data.max_line_bytes`` and ``data.min_usable_share``.
+
+    ``splits`` defaults to every split the folder judges. The report counts rows: a usable row is a document, a
+    query or a judgment kept; a rejected row is one rejected from these files (a qrels header is neither).
+    """
     folder = Path(config.path) if config.path else bundled_scifact_dir()
-    splits = beir_splits(folder)
-    before = len(rejects)
-    dataset = load_beir(folder, splits, rejects)
-    report = SourceReport(source="beir", files=[str(folder)], rejected_rows=len(rejects) - before)
-    report.reject_reasons = rejects.counts()
+    splits = splits or beir_splits(folder)
+    files = beir_files(folder, splits) if folder.is_dir() else [folder]
+    dataset = load_beir(folder, splits, rejects, max_line_bytes=config.max_line_bytes)
+    report = SourceReport(source="beir", files=[str(path) for path in files])
+    report.usable_rows = len(dataset.corpus) + len(dataset.queries)
+    report.usable_rows += sum(len(docs) for judged in dataset.qrels.values() for docs in judged.values())
+    names = {str(path) for path in files}
+    report.rejected_rows = sum(1 for row in rejects.rows if row["file"] in names)
+    check_usable(report, rejects, files, config.min_usable_share)
     report.queries = len(dataset.queries)
     report.positives = sum(
         1 for split in dataset.qrels.values() for docs in split.values() for r in docs.values() if r > 0
@@ -46,6 +59,21 @@ def beir_splits(folder: Path) -> list[str]:
     if not names:
         raise DataError(f"{qrels}: no <split>.tsv files")
     return names
+
+
+def remove_leaks(result: SourceResult, config: DataConfig, rejects: RejectLog) -> int:
+    """The evaluation-leak removal ``retrain`` applies: training queries also evaluated (by id or text) are dropped.
+
+    A dataset without the training split (an evaluation-only BEIR folder) has nothing to leak.
+    """
+    dataset = result.dataset
+    if config.train_split not in dataset.qrels:
+        return 0
+    removed = remove_evaluation_leaks(dataset, config.train_split, [config.eval_split, config.dev_split], rejects)
+    result.report.leaked_queries_removed = removed
+    result.report.split_queries = {name: len(judged) for name, judged in dataset.qrels.items()}
+    result.skip_above = {qid: docs for qid, docs in result.skip_above.items() if qid in dataset.queries}
+    return removed
 
 
 @dataclass
@@ -66,6 +94,7 @@ def ingest(config: DataConfig, out: Path) -> IngestResult:
     rejects = RejectLog()
     try:
         result = load_source(config, rejects)
+        remove_leaks(result, config, rejects)
     finally:
         rejects.write(out / REJECTS_FILE)
     write_source(result, out)

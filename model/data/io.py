@@ -16,6 +16,7 @@ import gzip
 import io
 import json
 import math
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 MAX_REJECT_RAW_CHARS = 500
+UTF8_BOM = b"\xef\xbb\xbf"
 
 # Reject reasons, constant so that RejectLog.counts() groups them; details go in the row's ``raw``.
 NOT_UTF8 = "not valid UTF-8"
@@ -160,23 +162,27 @@ def iter_lines(path: Path, rejects: RejectLog, max_line_bytes: int | None = None
 
     Lines are decoded one by one so a bad byte rejects one row (:data:`NOT_UTF8`, the byte offset in
     ``raw``). With ``max_line_bytes`` a longer line is rejected (:data:`LINE_TOO_LONG`) and skipped in
-    bounded reads, never held whole, so one runaway line cannot exhaust memory.
+    bounded reads, never held whole, so one runaway line cannot exhaust memory. A UTF-8 byte order mark
+    at the start of the file (Windows editors write one) is dropped, not read as part of the first row. A
+    truncated or corrupt ``.gz`` file is a :class:`DataError` naming it, raised when the damage is reached.
     """
     limit = -1 if max_line_bytes is None else max_line_bytes + 2  # room for "\r\n"
     with open_stream(path) as stream:
         number = 0
         while True:
-            raw = stream.readline(limit)
+            raw = _read_line(stream, limit, path)
             if not raw:
                 return
             number += 1
             if len(raw) == limit and not raw.endswith(b"\n"):
                 head = raw[:200]
-                while (rest := stream.readline(limit)) and not rest.endswith(b"\n"):
+                while (rest := _read_line(stream, limit, path)) and not rest.endswith(b"\n"):
                     pass
                 rejects.add(path, number, None, LINE_TOO_LONG, head.decode("utf-8", "replace"))
                 continue
             body = raw.rstrip(b"\r\n")
+            if number == 1 and body.startswith(UTF8_BOM):
+                body = body[len(UTF8_BOM) :]
             if max_line_bytes is not None and len(body) > max_line_bytes:
                 rejects.add(path, number, None, LINE_TOO_LONG, body[:200].decode("utf-8", "replace"))
                 continue
@@ -187,6 +193,14 @@ def iter_lines(path: Path, rejects: RejectLog, max_line_bytes: int | None = None
                 continue
             if text.strip():
                 yield number, text
+
+
+def _read_line(stream: BinaryIO, limit: int, path: Path) -> bytes:
+    """One ``readline``; gzip's EOFError or zlib error on a damaged file becomes a DataError naming the file."""
+    try:
+        return stream.readline(limit)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataError(f"{path}: truncated or corrupt gzip file ({type(err).__name__}: {err})") from err
 
 
 def iter_jsonl(

@@ -18,6 +18,8 @@ import numpy as np
 from denseflow.model.index.topk import exact_search
 
 IndexType = Literal["flat", "hnsw", "ivf", "ivfpq", "hnsw_sq"]
+# index_factory strings that build an exact index: nothing to hold to a recall floor.
+EXACT_FACTORIES = frozenset({"Flat", "IDMap,Flat", "IDMap2,Flat"})
 
 
 class PublishedIndexError(RuntimeError):
@@ -79,11 +81,25 @@ class IndexSpec:
         """``pq_bits``, lowered for small corpora: k-means needs about 39 points per centroid (2^bits of them)."""
         return max(1, min(self.pq_bits, int(math.log2(max(count // 39, 2)))))
 
+    @property
+    def approximate(self) -> bool:
+        """Held to the recall floor: every type but flat, and any ``factory`` string but an exact flat one."""
+        if self.factory:
+            return self.factory.replace(" ", "") not in EXACT_FACTORIES
+        return self.type != "flat"
+
     def search_params(self) -> dict[str, int]:
-        """Parameters FAISS's ParameterSpace sets at load time; stored in the manifest."""
-        if self.type in ("hnsw", "hnsw_sq"):
+        """Parameters FAISS's ParameterSpace sets at load time; stored in the manifest.
+
+        A ``factory`` string gets those of the structure it names (``IVF...``: nprobe; ``HNSW...``: efSearch).
+        """
+        kind: str = self.type
+        if self.factory:
+            named = self.factory.upper()
+            kind = "ivf" if "IVF" in named else "hnsw" if "HNSW" in named else "flat"
+        if kind in ("hnsw", "hnsw_sq"):
             return {"efSearch": self.hnsw_ef_search}
-        if self.type in ("ivf", "ivfpq"):
+        if kind in ("ivf", "ivfpq"):
             return {"nprobe": self.ivf_nprobe}
         return {}
 
@@ -182,7 +198,7 @@ def check_recall(
 ) -> float:
     """recall@10 against exact search; raises :class:`RecallTooLowError` when an approximate index is short."""
     recall = verify_recall(index, embeddings, queries, k=10, sample=sample, seed=seed)
-    if spec.type != "flat" and recall < floor:
+    if spec.approximate and recall < floor:
         raise RecallTooLowError(recall, floor, spec.factory_string(len(embeddings), embeddings.shape[1]))
     return recall
 

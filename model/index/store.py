@@ -4,7 +4,8 @@ Layout of one published index (``root`` is usually ``<workspace>/indexes``)::
 
     root/<name>/
         current            one line: the served version (moved with os.replace, never edited in place)
-        history.jsonl      every pointer move: publish and rollback, with time and versions
+        history.jsonl      every pointer move: publish and rollback, with time and versions (written
+                           before the move; a move that did not land is followed by an external line)
         .lock              flock'd while publishing, rolling back or pruning
         v0007/
             index.faiss    the FAISS index; row i is the document doc_ids[i]
@@ -174,12 +175,14 @@ class VersionInfo:
     path: Path
     current: bool
     manifest: dict[str, Any] = field(default_factory=dict)
+    broken: str | None = None  # why the manifest could not be read; such a version is listed, never loaded
 
     def summary(self) -> dict[str, Any]:
         model = self.manifest.get("model", {})
         return {
             "version": self.version,
             "current": self.current,
+            "broken": self.broken,
             "created_at": self.manifest.get("created_at"),
             "model": model_label(model),
             "index_type": self.manifest.get("index", {}).get("type"),
@@ -228,14 +231,24 @@ def read_pointer(root: Path, name: str) -> str | None:
 
 
 def list_versions(root: Path, name: str) -> list[VersionInfo]:
-    """Complete versions (those with a manifest), oldest first; staging folders are not versions."""
+    """Every version folder, oldest first; staging folders are not versions.
+
+    A version whose manifest is missing or does not parse is listed with ``broken`` saying why (hiding it would
+    hide the damage, and its number is still taken); loading or rolling back to it is refused.
+    """
     home = index_home(root, name)
     current = read_pointer(root, name) if home.is_dir() else None
     found = []
     for path in sorted(home.iterdir() if home.is_dir() else [], key=lambda p: _version_number(p.name)):
-        if path.is_dir() and _VERSION_RE.match(path.name) and (path / MANIFEST).is_file():
-            with contextlib.suppress(PublishedIndexError):
-                found.append(VersionInfo(path.name, path, path.name == current, read_manifest(path)))
+        if path.is_dir() and _VERSION_RE.match(path.name):
+            try:
+                manifest = read_manifest(path)
+                if not isinstance(manifest, dict):
+                    raise ChecksumError(f"{path / MANIFEST}: manifest is not a JSON object")
+            except PublishedIndexError as err:
+                found.append(VersionInfo(path.name, path, path.name == current, broken=str(err)))
+                continue
+            found.append(VersionInfo(path.name, path, path.name == current, manifest))
     return found
 
 
@@ -328,10 +341,36 @@ def _move_pointer(home: Path, version: str) -> None:
     _fsync_dir(home)
 
 
+HISTORY = "history.jsonl"
+
+
+def read_history(root: Path, name: str) -> list[dict[str, Any]]:
+    """Every pointer move recorded, oldest first (a line cut short by a crash is skipped)."""
+    path = index_home(root, name) / HISTORY
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            entries.append(json.loads(line))
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
 def _log_history(home: Path, action: str, previous: str | None, version: str) -> None:
-    entry = {"time": datetime.now(UTC).isoformat(), "action": action, "from": previous, "to": version}
-    with (home / "history.jsonl").open("a", encoding="utf-8") as out:
-        out.write(json.dumps(entry) + "\n")
+    """Append a move, written (fsync'd) *before* the pointer moves, like the registry's alias history.
+
+    A crash between the two leaves a recorded move that did not happen; this reconciles first: when the last
+    line's ``to`` is not the pointer's version (that crash, or a person editing ``current``), an ``external``
+    line records what ``current`` really named, so the history always replays to the pointer.
+    """
+    now = datetime.now(UTC).isoformat()
+    entries = read_history(home.parent, home.name)
+    lines = []
+    if entries and entries[-1].get("to") != previous:
+        lines.append({"time": now, "action": "external", "from": entries[-1].get("to"), "to": previous})
+    lines.append({"time": now, "action": action, "from": previous, "to": version})
+    with (home / HISTORY).open("a", encoding="utf-8") as out:
+        out.write("".join(json.dumps(entry) + "\n" for entry in lines))
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def publish(
@@ -400,8 +439,8 @@ def publish(
             shutil.rmtree(staging, ignore_errors=True)
             raise
         previous = read_pointer(root, name)
+        _log_history(home, "publish", previous, version)  # before the move: a crash between loses no line
         _move_pointer(home, version)
-        _log_history(home, "publish", previous, version)
         prune(root, name, keep, _have_lock=True)
         return VersionInfo(version, final, True, full)
 
@@ -430,7 +469,7 @@ def rollback(root: Path, name: str, to: str | None = None) -> VersionInfo:
     home = index_home(root, name)
     with _locked(home):
         current = read_pointer(root, name)
-        versions = [v.version for v in list_versions(root, name)]
+        versions = [v.version for v in list_versions(root, name) if not v.broken]
         if to is None:
             older = [v for v in versions if current is None or _version_number(v) < _version_number(current)]
             if not older:
@@ -439,8 +478,8 @@ def rollback(root: Path, name: str, to: str | None = None) -> VersionInfo:
         elif to not in versions:
             raise NoPublishedIndexError(f"{home}: version {to!r} not found (have {', '.join(versions) or 'none'})")
         loaded = load_version(home / to, verify=True)
-        _move_pointer(home, to)
         _log_history(home, "rollback", current, to)
+        _move_pointer(home, to)
         return VersionInfo(to, loaded.path, True, loaded.manifest)
 
 

@@ -1,0 +1,52 @@
+"""MLflow wiring (tasks/tracking.py): the first runs on a fresh workspace create the store one at a time (issue 11
+item 8)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+# Imports first (slow on a loaded machine), then wait for the go file so every process opens the store at once.
+CONFIGURE = """
+import sys, time
+from pathlib import Path
+from denseflow.model.config import TrackingConfig
+from denseflow.tasks.tracking import configure_tracking
+workspace, go = Path(sys.argv[1]), Path(sys.argv[2])
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.005)
+configure_tracking(TrackingConfig(tracking_uri=f"sqlite:///{workspace / 'mlflow.db'}", experiment="race"), workspace)
+print("configured", flush=True)
+"""
+
+
+def test_concurrent_first_runs_on_a_fresh_workspace_create_the_store_once(tmp_path: Path) -> None:
+    """Without the workspace lock, MLflow's schema migrations race: 'table ... already exists' in all but one."""
+    workspace, go = tmp_path / "ws", tmp_path / "go"
+    workspace.mkdir()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONFIGURE, str(workspace), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    for process in processes:
+        assert process.stdout is not None
+        assert process.stdout.readline().strip() == "ready"
+    go.touch()
+    deadline = time.monotonic() + 300
+    results = [process.communicate(timeout=max(1.0, deadline - time.monotonic())) for process in processes]
+    failed = [err for (_, err), process in zip(results, processes, strict=True) if process.returncode]
+    errors = [err.strip().splitlines()[-1] if err.strip() else "no output" for err in failed]
+    assert errors == []
+    assert [out.split() for out, _ in results] == [["configured"]] * 2
+    experiments = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}").search_experiments()
+    assert [e.name for e in experiments if e.name == "race"] == ["race"]
