@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--max-seq-length", type=int, default=256, help="of the corpus embeddings")
     parser.add_argument("--queries", type=int, default=300, help="SciFact test queries sent, one at a time")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op threads to try")
-    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    parser.add_argument("--backends", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx", "onnx-int8"])
     parser.add_argument("--hnsw-m", type=int, default=32)
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--modes", nargs="+", default=["dense"], choices=["dense", "bm25", "hybrid"])
