@@ -104,27 +104,28 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                 run_id,
                 workspace,
             )
+        summary = {
+            "mlflow_run_id": run_id,
+            "registered_model": config.tracking.registered_model,
+            "version": version,
+            "dataset_fingerprint": data["fingerprint"],
+            "dev_split": dev_split,
+            "served_mode": config.promotion.mode,
+            "metrics": {item["label"]: item["metrics"] for item in evaluations},
+            "dev_metrics": {item["label"]: item["dev_metrics"] for item in evaluations if "dev_metrics" in item},
+            "promotion": promotion,
+        }
+        if "weight" in served:
+            summary["hybrid"] = {key: served[key] for key in ("weight", "method", "weight_chosen_by")}
+        if config.promotion.publish_on_promotion:
+            target = publish_target(config, promotion, workspace)
+            if target is not None:
+                summary["published"] = publish_version_of(config, target, dataset_dir, workspace)
     except BaseException:
         end_tracking_run(run_id, "FAILED")
         raise
+    # Ended after publication: a run killed while publishing must not read FINISHED.
     end_tracking_run(run_id)
-    summary = {
-        "mlflow_run_id": run_id,
-        "registered_model": config.tracking.registered_model,
-        "version": version,
-        "dataset_fingerprint": data["fingerprint"],
-        "dev_split": dev_split,
-        "served_mode": config.promotion.mode,
-        "metrics": {item["label"]: item["metrics"] for item in evaluations},
-        "dev_metrics": {item["label"]: item["dev_metrics"] for item in evaluations if "dev_metrics" in item},
-        "promotion": promotion,
-    }
-    if "weight" in served:
-        summary["hybrid"] = {key: served[key] for key in ("weight", "method", "weight_chosen_by")}
-    if config.promotion.publish_on_promotion:
-        target = publish_target(config, promotion, workspace)
-        if target is not None:
-            summary["published"] = publish_version_of(config, target, dataset_dir, workspace)
     create_markdown_artifact(markdown=summary_markdown(summary, split), key="retrain-summary", description="retrain")
     get_run_logger().info(
         "registered %s version %s (MLflow run %s); served mode %s",

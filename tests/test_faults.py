@@ -6,8 +6,8 @@ would take minutes each on a loaded 2-core machine):
 0. the workspace starts with a published index (``v0001``, a model folder's), as if something was served already;
 1. a retrain is killed (SIGKILL) as soon as a training checkpoint folder appears, i.e. while it is written;
 2. the re-run resumes (or restarts) training, registers version 1, the gate promotes it, and it is killed as the
-   publish step starts: ``production`` has moved, its index is not published (its MLflow run already says
-   FINISHED: flows/retrain.py ends the run before publishing, a known gap kept as a strict xfail);
+   publish step starts: ``production`` has moved, its index is not published, and its MLflow run is not
+   FINISHED (retrain ends its run only after publication);
 3. two retrains start at once: both finish; each registers a version, the gate (under the workspace lock) keeps
    exactly one ``production``, the history has no lost move, and production's missing index is published.
 
@@ -266,13 +266,6 @@ def test_rerun_resumes_then_kill_9_as_publish_starts_leaves_the_previous_index_s
     assert served_model(ws) == "seed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="flows/retrain.py ends its MLflow run (FINISHED) after the gate, before the publish step, so a retrain "
-    "killed while publishing shows FINISHED; the publication is repaired by the next run (next case) but the run "
-    "should stay RUNNING or be FAILED until publication ends",
-)
 def test_the_run_killed_during_publish_is_not_marked_finished(ws: Workspace) -> None:
     assert ws.status(str(ws.notes["killed_in_publish"])) != "FINISHED"
 
