@@ -30,6 +30,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+
 from denseflow.model.index.build import recall_at_k
 from denseflow.model.workspace import workspace_dir
 

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
 from denseflow.model.index.bm25 import BM25Index, tokenize
 from denseflow.model.index.topk import top_k

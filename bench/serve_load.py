@@ -59,7 +59,6 @@ def build_tiny_index(workspace: Path, name: str) -> None:
     from denseflow.model.index.bm25 import BM25Index
     from denseflow.model.index.build import IndexSpec, build_index
     from denseflow.model.index.store import build_manifest, publish
-
     from tests.conftest import build_tiny_model
 
     model_dir = build_tiny_model(workspace / "tiny-model")

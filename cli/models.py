@@ -26,6 +26,7 @@ def _tracking(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.confi
 def _connect(args: argparse.Namespace) -> str:
     """Point MLflow at the same store ``retrain`` uses; returns the registered model's name."""
     import mlflow
+
     from denseflow.tasks.tracking import tracking_uri
 
     tracking = _tracking(args)
@@ -89,9 +90,10 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from denseflow.model.workspace import LockTimeout
     from denseflow.registry.aliases import ProductionChanged, promote
-    from mlflow.exceptions import MlflowException
 
     name = _connect(args)
     try:
@@ -109,10 +111,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+
     from denseflow.model.promotion import NoPreviousProduction
     from denseflow.model.workspace import LockTimeout
     from denseflow.registry.aliases import ProductionChanged, rollback
-    from mlflow.exceptions import MlflowException
 
     name = _connect(args)
     try:

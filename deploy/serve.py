@@ -36,9 +36,10 @@ def deployment_spec(name: str = "retrain", prefect_file: Path = PREFECT_FILE) ->
 
 def serve_options(spec: dict[str, Any], config_override: dict[str, Any] | None = None) -> dict[str, Any]:
     """``Flow.serve`` keyword arguments equivalent to the prefect.yaml deployment ``spec``."""
-    from denseflow.cli.overrides import merge
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.schedules import Cron
+
+    from denseflow.cli.overrides import merge
 
     parameters = dict(spec.get("parameters") or {})
     if config_override:

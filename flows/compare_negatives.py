@@ -13,6 +13,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
 from denseflow.model.config import CompareConfig
 from denseflow.model.context import RunContext, build_context
 from denseflow.model.encoder import resolve_base_model
@@ -25,8 +28,6 @@ from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, start_tracking_run
 from denseflow.tasks.train import train
-from prefect import flow, get_run_logger
-from prefect.runtime import flow_run
 
 
 @flow(name="compare_negatives")

@@ -13,6 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from prefect import flow, unmapped
+from prefect.futures import as_completed
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from tqdm.auto import tqdm
+
 from denseflow.model.config import DataConfig, EncodeConfig, PublishConfig, RunnerConfig, TrackingConfig
 from denseflow.model.workspace import workspace_dir
 from denseflow.tasks.publish import (
@@ -25,10 +30,6 @@ from denseflow.tasks.publish import (
     resolve_model_version,
     reuse_cached_embeddings,
 )
-from prefect import flow, unmapped
-from prefect.futures import as_completed
-from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
-from tqdm.auto import tqdm
 
 
 def make_task_runner(runner: RunnerConfig) -> TaskRunner:

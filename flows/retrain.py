@@ -7,6 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
 from denseflow.flows.publish_index import publish_config_for, run_publish
 from denseflow.model.config import IndexConfig, RetrainConfig
 from denseflow.model.context import build_context
@@ -20,9 +24,6 @@ from denseflow.tasks.promotion import promotion_gate
 from denseflow.tasks.registry import register
 from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, metric_key, start_tracking_run
 from denseflow.tasks.train import train
-from prefect import flow, get_run_logger
-from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
 
 SUMMARY_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")
 

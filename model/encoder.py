@@ -17,10 +17,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from denseflow.model.checksums import model_fingerprint as model_fingerprint  # cache keys name the model by it
-from denseflow.model.data.beir import Document, corpus_fingerprint
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Router
+
+from denseflow.model.checksums import model_fingerprint as model_fingerprint  # cache keys name the model by it
+from denseflow.model.data.beir import Document, corpus_fingerprint
 
 Role = Literal["query", "document"]
 Precision = Literal["auto", "bf16", "fp32", "int8"]

@@ -21,12 +21,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from denseflow.model.promotion import Move, dump_history, parse_history, reconcile, record, rollback_target
-from denseflow.model.workspace import workspace_dir, workspace_lock
-from denseflow.registry.keys import HISTORY_TAG, KEY_METRICS, LAST_MOVE_TAG, PRODUCTION, metric_key
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from denseflow.model.promotion import Move, dump_history, parse_history, reconcile, record, rollback_target
+from denseflow.model.workspace import workspace_dir, workspace_lock
+from denseflow.registry.keys import HISTORY_TAG, KEY_METRICS, LAST_MOVE_TAG, PRODUCTION, metric_key
 
 
 class ProductionChanged(RuntimeError):

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+from mlflow.tracking import MlflowClient
+
 from denseflow.model.workspace import workspace_dir
 from denseflow.registry.keys import CANDIDATE, PRODUCTION
-from mlflow.tracking import MlflowClient
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+from prefect import task
+from prefect.artifacts import create_table_artifact
+
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.evaluation.metrics import read_trec_run
 from denseflow.model.evaluation.plots import plot_negatives
@@ -27,9 +31,6 @@ from denseflow.model.evaluation.runs import bm25_run
 from denseflow.model.evaluation.study import ArmRunConfig, ArmSpec
 from denseflow.model.mining.negatives import mining_summary, mix_examples, read_examples, write_examples
 from denseflow.tasks.tracking import log_artifact, log_metrics, start_tracking_run
-from mlflow.tracking import MlflowClient
-from prefect import task
-from prefect.artifacts import create_table_artifact
 
 
 def start_arm_run(config: ArmRunConfig, spec: ArmSpec, flow_run_id: str | None, parent_run_id: str) -> str:

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+from prefect import task
+
 from denseflow.model.config import EvalConfig
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
@@ -14,8 +17,6 @@ from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.runs import Evaluation, bm25_run, dense_run, score_run
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
-from mlflow.tracking import MlflowClient
-from prefect import task
 
 BM25 = "bm25"
 HYBRID = "hybrid"

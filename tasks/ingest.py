@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import MlflowClient
+from mlflow.tracking.fluent import _create_dataset_input
+from prefect import task
+
 from denseflow.model.config import DataConfig
 from denseflow.model.data import ingest as sources
 from denseflow.model.data.assemble import SourceResult
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir
 from denseflow.model.data.dev import carve_dev_split
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.tracking import MlflowClient
-from mlflow.tracking.fluent import _create_dataset_input
-from prefect import task
 
 
 def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from prefect import task
+
 from denseflow.model.config import MiningConfig
 from denseflow.model.data.assemble import read_skip_above
 from denseflow.model.data.beir import RejectLog, assert_no_leak, load_beir
@@ -12,7 +14,6 @@ from denseflow.model.evaluation.plots import plot_negatives
 from denseflow.model.mining.filters import load_teacher
 from denseflow.model.mining.negatives import make_scorer, mine_negatives, mining_summary, write_examples
 from denseflow.tasks.tracking import log_artifact, log_metrics
-from prefect import task
 
 
 def resolve_teacher(teacher: str, base_model: str, workspace: Path | None = None) -> str | None:

@@ -20,6 +20,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.tracking import MlflowClient
+from prefect import task
+
 from denseflow.model.config import EvalConfig, PromotionConfig
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs
@@ -29,9 +33,6 @@ from denseflow.registry.aliases import ProductionChanged, move_production, now, 
 from denseflow.registry.keys import metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.tasks.tracking import log_artifact, log_metrics
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.tracking import MlflowClient
-from prefect import task
 
 EVAL_SPLIT_TAG = "eval_split"
 

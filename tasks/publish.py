@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prefect import task
+from prefect.logging import get_run_logger
+from sentence_transformers import SentenceTransformer
+
 from denseflow.model.config import EncodeConfig, IndexConfig, PublishConfig
 from denseflow.model.data.beir import (
     RejectLog,
@@ -47,9 +51,6 @@ from denseflow.model.index.store import (
     publish,
     search_settings,
 )
-from prefect import task
-from prefect.logging import get_run_logger
-from sentence_transformers import SentenceTransformer
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter:
@@ -408,8 +409,9 @@ def log_index_artifact(published: dict[str, Any], model: dict[str, Any], config:
     if not model["run_id"]:
         _logger().info("model %s has no MLflow run: index not logged", model["name"])
         return None
-    from denseflow.tasks.tracking import configure_tracking
     from mlflow.tracking import MlflowClient
+
+    from denseflow.tasks.tracking import configure_tracking
 
     configure_tracking(config.tracking, config.workspace)
     client = MlflowClient()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import mlflow
-from denseflow.model.encoder import load_encoder, tower_type
-from denseflow.registry.keys import CANDIDATE, metric_key
 from mlflow.tracking import MlflowClient
 from prefect import task
+
+from denseflow.model.encoder import load_encoder, tower_type
+from denseflow.registry.keys import CANDIDATE, metric_key
 
 
 @task(name="register", retries=2, retry_delay_seconds=5)

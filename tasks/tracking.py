@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 
 import mlflow
-from denseflow.model.config import TrackingConfig, flatten
-from denseflow.model.workspace import workspace_dir, workspace_lock
-from denseflow.registry.keys import metric_key
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
+
+from denseflow.model.config import TrackingConfig, flatten
+from denseflow.model.workspace import workspace_dir, workspace_lock
+from denseflow.registry.keys import metric_key
 
 
 def tracking_uri(config: TrackingConfig, workspace: Path) -> str:

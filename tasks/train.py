@@ -6,6 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from filelock import FileLock
+from mlflow.tracking import MlflowClient
+from prefect import task
+
 from denseflow.model.config import TrainConfig
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
@@ -13,9 +17,6 @@ from denseflow.model.encoder import model_fingerprint, resolve_base_model
 from denseflow.model.mining.negatives import read_examples
 from denseflow.model.training.trainer import train_bi_encoder
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
-from filelock import FileLock
-from mlflow.tracking import MlflowClient
-from prefect import task
 
 
 def training_key(examples_path: Path, settings: TrainConfig, dataset_fingerprint: str, dev_split: str | None) -> str:

@@ -25,10 +25,11 @@ TOPICS = {
 def build_tiny_model(folder: Path) -> Path:
     """A 2-layer, 32-dim random BERT with all-MiniLM-L6-v2's tokenizer, saved as a sentence-transformers folder."""
     import torch
-    from denseflow.model.encoder import bundled_model_path
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from denseflow.model.encoder import bundled_model_path
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(bundled_model_path())

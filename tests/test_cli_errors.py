@@ -7,9 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
-from denseflow.cli.main import MLFLOW_HTTP_DEFAULTS, main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from denseflow.cli.main import MLFLOW_HTTP_DEFAULTS, main
 
 
 def closed_port() -> int:

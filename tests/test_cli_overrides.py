@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+
 from denseflow.cli import overrides
 from denseflow.cli.main import build_parser
 from denseflow.model.config import PublishConfig, RetrainConfig

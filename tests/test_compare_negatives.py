@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from denseflow.model.config import CompareConfig
 from mlflow.tracking import MlflowClient
+
+from denseflow.model.config import CompareConfig
 
 ARMS = ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard", "dense-remined", "bm25-old"]
 HARD = ["bm25-hard", "dense-hard", "dense-remined", "bm25-old"]

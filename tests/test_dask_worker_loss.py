@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from denseflow.model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, RunnerConfig
 from denseflow.model.index.store import load_current
 
@@ -54,6 +55,7 @@ def test_worker_killed_mid_shard_is_retried_and_the_index_is_identical(
     tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
 ) -> None:
     from dask.distributed import LocalCluster
+
     from denseflow.flows.publish_index import run_publish
 
     local = run_publish(make_config(tmp_path / "local", tiny_model_dir, tiny_beir_dir, RunnerConfig()))

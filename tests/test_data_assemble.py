@@ -13,7 +13,6 @@ from denseflow.model.data.assemble import (
 )
 from denseflow.model.data.beir import Dataset, RejectLog
 from denseflow.model.data.qa import load_qa
-
 from tests.click_logs import write_jsonl
 
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from denseflow.model.data.beir import (
     DataError,
     RejectLog,

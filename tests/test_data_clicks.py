@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from denseflow.model.config import ClickConfig, DataConfig
 from denseflow.model.data import io as reasons
 from denseflow.model.data.assemble import (
@@ -19,7 +20,6 @@ from denseflow.model.data.ingest import ingest
 from denseflow.model.data.io import REASONS
 from denseflow.model.data.qa import load_qa
 from denseflow.model.mining.negatives import mine_negatives, read_examples, write_examples
-
 from tests.click_logs import click_config, page, positives_of, write_jsonl
 
 

@@ -6,6 +6,7 @@ import gzip
 import json
 
 import pytest
+
 from denseflow.cli.main import main
 from denseflow.model.config import DataConfig
 from denseflow.model.data.assemble import (
@@ -17,7 +18,6 @@ from denseflow.model.data.beir import DataError, RejectLog, load_beir
 from denseflow.model.data.ingest import ingest
 from denseflow.model.data.io import EVAL_LEAK, LINE_TOO_LONG, MALFORMED
 from denseflow.tasks.ingest import load_source as task_load_source
-
 from tests.click_logs import page, write_jsonl
 
 

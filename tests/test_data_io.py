@@ -6,13 +6,13 @@ import csv
 import gzip
 
 import pytest
+
 from denseflow.model.data import io as reasons
 from denseflow.model.data.assemble import (
     query_id,
 )
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.data.clicks import load_clicks
-
 from tests.click_logs import click_config, page, write_jsonl
 
 

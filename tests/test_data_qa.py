@@ -11,7 +11,6 @@ from denseflow.model.data.assemble import (
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.data.clicks import load_clicks
 from denseflow.model.data.qa import load_qa
-
 from tests.click_logs import click_config, page, positives_of, write_jsonl
 
 

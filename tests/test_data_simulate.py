@@ -6,6 +6,7 @@ import json
 from collections import defaultdict
 
 import numpy as np
+
 from denseflow.model.config import DataConfig
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.data.clicks import load_clicks

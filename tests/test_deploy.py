@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from denseflow.model.config import RetrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from mlflow.tracking import MlflowClient
+
 from denseflow.model.config import TrackingConfig
 from denseflow.model.encoder import encode, is_asymmetric, load_encoder, make_asymmetric, tower_type
-from mlflow.tracking import MlflowClient
 
 TEXTS = ["heart failure and blood pressure", "tumor metastasis after chemotherapy"]
 
@@ -45,6 +46,7 @@ def test_asymmetric_towers_start_equal_and_route_by_role(tiny_model_dir):
 
 def test_asymmetric_model_round_trips_through_mlflow(tiny_model_dir, tmp_path, monkeypatch):
     import mlflow.sentence_transformers
+
     from denseflow.registry.resolve import resolve_model
     from denseflow.tasks.registry import register
     from denseflow.tasks.tracking import configure_tracking

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from denseflow.model.config import EvalConfig
 from denseflow.model.evaluation.hybrid import fuse_query, fuse_runs, tune_weight
-from pydantic import ValidationError
 
 DENSE = {"a": 0.9, "b": 0.8, "c": 0.1}
 BM25 = {"c": 12.0, "d": 11.0, "a": 2.0}

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+
 from denseflow.model.evaluation.metrics import (
     evaluate_run,
     read_trec_run,

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+
 from denseflow.model.evaluation.report import (
     RunResult,
     bm25_positive_ranks,

@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+
 from denseflow.model.evaluation.stats import average_over_seeds, holm, mean_std, paired_test
 
 

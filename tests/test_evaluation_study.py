@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
+from pydantic import ValidationError
+
 from denseflow.model.config import CompareConfig, TrainConfig
 from denseflow.model.evaluation.study import (
     ArmSpec,
@@ -15,7 +17,6 @@ from denseflow.model.evaluation.study import (
     run_config,
     split_steps,
 )
-from pydantic import ValidationError
 
 
 def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tmp_path):

@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from denseflow.registry.keys import HISTORY_TAG
 from mlflow.tracking import MlflowClient
 
+from denseflow.registry.keys import HISTORY_TAG
 from tests.conftest import write_tiny_beir
 
 pytestmark = pytest.mark.faults

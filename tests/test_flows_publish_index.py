@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from denseflow.model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, RunnerConfig
 from denseflow.model.index.store import list_versions, load_current
 from denseflow.model.serving.search import Searcher
@@ -39,7 +40,6 @@ def embeddings_of(result: dict) -> np.ndarray:
 def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     """One publication under Prefect's default runner; the tests below compare against it or build on it."""
     from denseflow.flows.publish_index import run_publish
-
     from tests.conftest import write_tiny_beir
 
     root = tmp_path_factory.mktemp("publish")
@@ -112,10 +112,11 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
     tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mlflow
+    from mlflow.tracking import MlflowClient
+
     from denseflow.flows.publish_index import run_publish
     from denseflow.model.config import TrackingConfig
     from denseflow.tasks.tracking import configure_tracking
-    from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracking = TrackingConfig()

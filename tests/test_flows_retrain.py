@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
+
 from denseflow.flows.retrain import retrain
 from denseflow.model.config import RetrainConfig
-from mlflow.tracking import MlflowClient
 
 
 def tiny_config(tmp_path: Path, beir_dir: Path, model_dir: Path) -> RetrainConfig:

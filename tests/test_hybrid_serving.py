@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
 from denseflow.model.config import IndexConfig, PublishConfig
 from denseflow.model.data.beir import RejectLog, find_file, read_corpus, read_queries
 from denseflow.model.encoder import encode, load_encoder
@@ -25,8 +28,6 @@ from denseflow.model.index.store import (
 )
 from denseflow.model.serving.search import QueryError, Searcher
 from denseflow.model.serving.service import create_app
-from fastapi.testclient import TestClient
-from pydantic import ValidationError
 
 
 def publish_tiny(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+
 from denseflow.model.index.build import (
     IndexSpec,
     RecallTooLowError,
@@ -13,7 +14,6 @@ from denseflow.model.index.build import (
     check_recall,
     search,
 )
-
 from tests.vectors import unit_rows
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 import pytest
+
 from denseflow.model.config import IndexConfig
 from denseflow.model.index.build import RecallTooLowError, build_index, check_recall
 

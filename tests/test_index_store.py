@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from denseflow.model.checksums import model_fingerprint
 from denseflow.model.index import store as idx
 from denseflow.model.index.build import (
@@ -23,7 +24,6 @@ from denseflow.model.index.store import (
     read_pointer,
     rollback,
 )
-
 from tests.vectors import unit_rows
 
 

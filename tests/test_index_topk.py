@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from denseflow.model.index.topk import exact_search, top_k
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from denseflow.model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig
 from denseflow.model.encoder import encode, load_encoder, make_asymmetric
 from denseflow.model.index.build import embedding_agreement

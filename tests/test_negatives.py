@@ -6,6 +6,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from denseflow.model.config import CompareConfig, MiningConfig, RetrainConfig
 from denseflow.model.data.beir import Dataset, Document, RejectLog, load_beir
 from denseflow.model.mining.candidates import random_documents, ranked_candidates
@@ -21,7 +23,6 @@ from denseflow.model.mining.negatives import (
     write_examples,
 )
 from denseflow.tasks.mine import resolve_teacher
-from pydantic import ValidationError
 
 
 @pytest.fixture()

@@ -15,6 +15,8 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
+
 from denseflow.cli.main import main as cli_main
 from denseflow.flows.retrain import summary_markdown
 from denseflow.model.config import EvalConfig, PromotionConfig, RetrainConfig, TrackingConfig
@@ -40,7 +42,6 @@ from denseflow.registry.keys import HISTORY_TAG
 from denseflow.registry.resolve import resolve_model
 from denseflow.tasks import promotion as gate_module
 from denseflow.tasks.promotion import reevaluation_tag, run_gate
-from mlflow.tracking import MlflowClient
 
 NAME = "retriever"
 

@@ -17,6 +17,8 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
+
 from denseflow.model.config import EvalConfig, PromotionConfig, TrackingConfig
 from denseflow.model.promotion import decide
 from denseflow.registry import aliases
@@ -30,7 +32,6 @@ from denseflow.registry.aliases import (
 )
 from denseflow.tasks import promotion as gate_module
 from denseflow.tasks.promotion import run_gate
-from mlflow.tracking import MlflowClient
 
 NAME = "retriever"
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
+
 from denseflow.cli.main import main
 from denseflow.model.config import DataConfig, TrackingConfig
 from denseflow.model.data.ingest import ingest
 from denseflow.registry.resolve import trained_dataset_dir
 from denseflow.tasks.tracking import configure_tracking
-from mlflow.tracking import MlflowClient
 
 NAME = "retriever"
 

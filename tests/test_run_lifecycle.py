@@ -10,12 +10,13 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
+from prefect.logging import disable_run_logger
+
 from denseflow.model.config import DataConfig, TrackingConfig
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.registry import register
 from denseflow.tasks.tracking import configure_tracking
-from mlflow.tracking import MlflowClient
-from prefect.logging import disable_run_logger
 
 
 @pytest.fixture()

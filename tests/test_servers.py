@@ -264,11 +264,12 @@ def test_prefect_yaml_deploys_to_the_server(servers):
 
 def test_retrain_against_mlflow_server_reads_back_over_rest(servers, tmp_path, tiny_beir_dir, tiny_model_dir):
     """A tiny retrain in this process, with Prefect on the server above and MLflow on its tracking server."""
-    from denseflow.flows.retrain import retrain
-    from denseflow.model.config import RetrainConfig
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from denseflow.flows.retrain import retrain
+    from denseflow.model.config import RetrainConfig
 
     url = servers.mlflow_url
     config = yaml.safe_load(tiny_retrain_yaml(tmp_path, tiny_beir_dir, tiny_model_dir, "remote", True).read_text())

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from denseflow.model.serving.search import Searcher
-from denseflow.model.serving.service import MAX_BODY_BYTES, create_app
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from denseflow.model.serving.search import Searcher
+from denseflow.model.serving.service import MAX_BODY_BYTES, create_app
 from tests.conftest import write_tiny_beir
 from tests.test_serving_search import publish_corpus
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from denseflow.model.data.beir import RejectLog, find_file, read_corpus, read_queries
 from denseflow.model.encoder import encode, load_encoder, make_asymmetric
 from denseflow.model.index.build import IndexSpec, build_index

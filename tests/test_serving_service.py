@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from denseflow.model.serving.search import Searcher
-from denseflow.model.serving.service import create_app
 from fastapi.testclient import TestClient
 
+from denseflow.model.serving.search import Searcher
+from denseflow.model.serving.service import create_app
 from tests.test_serving_search import publish_corpus
 
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
+from mlflow.tracking import MlflowClient
+
 from denseflow.model.config import DataConfig, MiningConfig, TrackingConfig
 from denseflow.model.data.assemble import query_id
 from denseflow.model.data.ingest import REJECTS_FILE
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.tracking import configure_tracking
-from mlflow.tracking import MlflowClient
-
 from tests.click_logs import page, write_jsonl
 
 

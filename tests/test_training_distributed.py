@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from denseflow.model.config import TrainConfig
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.encoder import load_encoder

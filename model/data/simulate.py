@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
+
 from denseflow.model.data.beir import Dataset, normalise_text
 from denseflow.model.index.bm25 import BM25Index
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
+
 from denseflow.model.evaluation.metrics import evaluate_run, ranked
 
 Run = Mapping[str, Mapping[str, float]]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from denseflow.model.config import CompareConfig
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.stats import PairedTest, average_over_seeds, holm, mean_std, paired_test

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from denseflow.model.data.beir import Dataset
 from denseflow.model.encoder import Precision, cached_corpus_embeddings, encode, load_encoder
 from denseflow.model.evaluation.metrics import (

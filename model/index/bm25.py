@@ -23,9 +23,10 @@ from typing import Any
 
 import bm25s
 import numpy as np
+from tqdm.auto import tqdm
+
 from denseflow.model.data.beir import Document
 from denseflow.model.index.topk import top_k
-from tqdm.auto import tqdm
 
 # bm25s sets its own logger to DEBUG at import; keep its per-call chatter out of service and flow logs.
 logging.getLogger("bm25s").setLevel(logging.WARNING)

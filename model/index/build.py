@@ -15,6 +15,7 @@ from typing import Literal
 
 import faiss
 import numpy as np
+
 from denseflow.model.index.topk import exact_search
 
 IndexType = Literal["flat", "hnsw", "ivf", "ivfpq", "hnsw_sq"]

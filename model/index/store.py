@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import faiss
+
 from denseflow.model.checksums import folder_checksums, model_checksum
 from denseflow.model.index.bm25 import META_FILE as BM25_META_FILE
 from denseflow.model.index.bm25 import BM25FormatError, BM25Index

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from denseflow.model.data.beir import Dataset
 
 Scorer = Callable[[str], np.ndarray]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from denseflow.model.data.beir import Dataset
 from denseflow.model.mining.candidates import Candidate
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from denseflow.model.config import MiningConfig
 from denseflow.model.data.beir import Dataset
 from denseflow.model.mining.candidates import (

@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from sentence_transformers import SentenceTransformer
+
 from denseflow.model import onnx_runtime
 from denseflow.model.encoder import encode, is_asymmetric
 from denseflow.model.onnx_runtime import OnnxPrecision
 from denseflow.model.onnx_runtime import OnnxTransformer as OnnxTransformer
-from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 

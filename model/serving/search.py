@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from sentence_transformers import SentenceTransformer
+
 from denseflow.model.checksums import model_fingerprint
 from denseflow.model.encoder import encode, load_encoder, native_bf16, tower_type
 from denseflow.model.evaluation.hybrid import fuse_query
@@ -41,7 +43,6 @@ from denseflow.model.index.store import (
 )
 from denseflow.model.index.store import NoPublishedIndexError as NoPublishedIndexError
 from denseflow.model.serving.onnx_backend import use_onnx_for_queries
-from sentence_transformers import SentenceTransformer
 
 log = logging.getLogger(__name__)
 

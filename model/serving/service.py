@@ -16,8 +16,6 @@ import json
 import logging
 from typing import Any, Literal
 
-from denseflow.model.index.store import PublishedIndexError
-from denseflow.model.serving.search import QueryError, Searcher
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +23,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from denseflow.model.index.store import PublishedIndexError
+from denseflow.model.serving.search import QueryError, Searcher
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,11 @@ to *compare checkpoints*, never reported as the model's quality.
 
 from __future__ import annotations
 
-from denseflow.model.data.beir import Dataset
-from denseflow.model.index.bm25 import BM25Index
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import cos_sim
+
+from denseflow.model.data.beir import Dataset
+from denseflow.model.index.bm25 import BM25Index
 
 EVALUATOR_NAME = "dev"
 # The key the trainer logs: "eval_" + evaluator name + score function + metric.

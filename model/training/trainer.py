@@ -27,12 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-from denseflow.model.config import TrainConfig
-from denseflow.model.data.beir import Dataset
-from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
-from denseflow.model.mining.negatives import TrainExample
-from denseflow.model.training import distributed
-from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
@@ -41,6 +35,13 @@ from sentence_transformers.sentence_transformer.losses import (
 )
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
 from transformers import EarlyStoppingCallback, TrainerCallback
+
+from denseflow.model.config import TrainConfig
+from denseflow.model.data.beir import Dataset
+from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
+from denseflow.model.mining.negatives import TrainExample
+from denseflow.model.training import distributed
+from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
