@@ -13,7 +13,7 @@ from prefect.runtime import flow_run
 
 from denseflow.flows.publish_index import publish_config_for, run_publish
 from denseflow.model.config import IndexConfig, RetrainConfig
-from denseflow.model.context import build_context
+from denseflow.model.context import EvaluationData, build_context
 from denseflow.model.encoder import resolve_base_model
 from denseflow.model.index.store import published_model_label
 from denseflow.model.workspace import workspace_dir
@@ -92,18 +92,12 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         if config.promotion.enabled:
             promotion = promotion_gate(
                 version,
-                config.tracking.registered_model,
-                config.promotion,
                 served["metrics"],
-                data["fingerprint"],
-                dataset_dir,
-                split,
+                EvaluationData(Path(dataset_dir), data["fingerprint"], split),
+                config.promotion,
                 config.eval,
-                context.max_seq_length,
-                context.run_dir / "evaluation",
-                context.cache_dir,
-                run_id,
-                workspace,
+                config.tracking.registered_model,
+                context,
             )
         summary = {
             "mlflow_run_id": run_id,

@@ -49,3 +49,12 @@ def build_context(
         train_batch_size=train_batch_size,
         eval_batch_size=eval_batch_size,
     )
+
+
+@dataclass(frozen=True)
+class EvaluationData:
+    """The ingested dataset a decision is measured on: where it is, its fingerprint and the judged split."""
+
+    dataset_dir: Path
+    fingerprint: str
+    split: str

@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from denseflow.model.config import EvalConfig, PromotionConfig
+from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs
 from denseflow.model.evaluation.runs import bm25_run, dense_run, score_run
@@ -73,18 +74,12 @@ def _production_figure(
 
 def run_gate(
     version: str,
-    registered_model: str,
-    settings: PromotionConfig,
     candidate_metrics: dict[str, float],
-    dataset_fingerprint: str,
-    dataset_dir: Path,
-    split: str,
+    data: EvaluationData,
+    settings: PromotionConfig,
     eval_settings: EvalConfig,
-    max_seq_length: int | None,
-    out_dir: Path,
-    cache_dir: Path,
-    run_id: str,
-    workspace: Path,
+    registered_model: str,
+    context: RunContext,
 ) -> dict:
     """Decide, record the decision, and move ``production`` when the candidate wins. Returns the decision."""
     metric = settings.metric
@@ -92,8 +87,10 @@ def run_gate(
         raise ValueError(f"promotion.metric {metric!r} was not evaluated; available: {sorted(candidate_metrics)}")
     client = MlflowClient()
     version = str(version)
+    dataset_fingerprint, dataset_dir, split = data.fingerprint, data.dataset_dir, data.split
+    run_id, workspace = context.run_id, context.workspace
     client.set_model_version_tag(registered_model, version, EVAL_SPLIT_TAG, split)
-    out_dir = Path(out_dir)
+    out_dir = context.run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def reevaluate(production: str) -> dict[str, float]:
@@ -103,10 +100,10 @@ def run_gate(
             resolved.local_dir,
             dataset,
             split,
-            cache_dir,
-            max_seq_length,
+            context.cache_dir,
+            context.max_seq_length,
             eval_settings.batch_size,
-            eval_settings.precision,
+            context.precision,
         )
         if settings.mode == "hybrid":
             # Production as it would be served: fused with BM25 at its own registered weight and method.
@@ -176,31 +173,11 @@ def run_gate(
 @task(name="promotion-gate")
 def promotion_gate(
     version: str,
-    registered_model: str,
-    settings: PromotionConfig,
     candidate_metrics: dict[str, float],
-    dataset_fingerprint: str,
-    dataset_dir: Path,
-    split: str,
+    data: EvaluationData,
+    settings: PromotionConfig,
     eval_settings: EvalConfig,
-    max_seq_length: int | None,
-    out_dir: Path,
-    cache_dir: Path,
-    run_id: str,
-    workspace: Path,
+    registered_model: str,
+    context: RunContext,
 ) -> dict:
-    return run_gate(
-        version,
-        registered_model,
-        settings,
-        candidate_metrics,
-        dataset_fingerprint,
-        dataset_dir,
-        split,
-        eval_settings,
-        max_seq_length,
-        out_dir,
-        cache_dir,
-        run_id,
-        workspace,
-    )
+    return run_gate(version, candidate_metrics, data, settings, eval_settings, registered_model, context)

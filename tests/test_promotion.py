@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from denseflow.cli.main import main as cli_main
 from denseflow.flows.retrain import summary_markdown
 from denseflow.model.config import EvalConfig, PromotionConfig, RetrainConfig, TrackingConfig
+from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.encoder import encode, encode_corpus, load_encoder
 from denseflow.model.evaluation.metrics import evaluate_run, run_from_search
@@ -212,21 +213,15 @@ def add_version(store, metrics: dict[str, float], fingerprint: str = "fp") -> st
 
 def gate(store, version: str, metrics: dict[str, float], fingerprint="fp", dataset_dir=None, **settings) -> dict:
     run = store.client.create_run(store.experiment)
-    out = store.workspace / "runs" / run.info.run_id / "evaluation"
+    context = RunContext(workspace=store.workspace, run_id=run.info.run_id, precision="fp32", max_seq_length=32)
     return run_gate(
         version,
-        NAME,
-        PromotionConfig(**({"mode": "dense"} | settings)),
         metrics,
-        fingerprint,
-        dataset_dir or store.workspace,
-        "test",
+        EvaluationData(Path(dataset_dir or store.workspace), fingerprint, "test"),
+        PromotionConfig(**({"mode": "dense"} | settings)),
         EvalConfig(batch_size=16),
-        32,
-        out,
-        store.workspace / "cache",
-        run.info.run_id,
-        store.workspace,
+        NAME,
+        context,
     ) | {"run_id": run.info.run_id}
 
 

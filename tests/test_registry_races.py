@@ -20,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from denseflow.model.config import EvalConfig, PromotionConfig, TrackingConfig
+from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.promotion import decide
 from denseflow.registry import aliases
 from denseflow.registry.aliases import (
@@ -73,20 +74,15 @@ def add_version(store, value: float) -> str:
 
 def gate(store, version: str, value: float, workspace: Path) -> dict:
     run = store.client.create_run(store.experiment)
+    context = RunContext(workspace=workspace, run_id=run.info.run_id, precision="fp32", max_seq_length=32)
     return run_gate(
         version,
-        NAME,
-        PromotionConfig(margin=0.0, mode="dense"),
         {"ndcg@10": value},
-        "fp",
-        workspace,
-        "test",
+        EvaluationData(workspace, "fp", "test"),
+        PromotionConfig(margin=0.0, mode="dense"),
         EvalConfig(batch_size=16),
-        32,
-        workspace / "runs" / run.info.run_id,
-        workspace / "cache",
-        run.info.run_id,
-        workspace,
+        NAME,
+        context,
     )
 
 

@@ -76,3 +76,26 @@ def test_when_no_checkpoint_beats_the_base_model_on_dev_the_base_model_ships(tmp
     result = train_bi_encoder(examples, dataset, settings, tmp_path / "out", dev_split="dev", progress=False)
     assert result.kept_base_model is True
     assert (result.model_dir / "modules.json").is_file()
+
+
+def test_a_stopped_run_with_dev_selection_resumes_from_its_checkpoint(tmp_path, tiny_beir_dir, tiny_model_dir):
+    dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
+    carve_dev_split(dataset, "train", "dev", 0.25, 20)
+    doc_ids = list(dataset.corpus)
+    examples = [
+        TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])
+        for qid, judged in dataset.qrels["train"].items()
+        for doc_id in judged
+    ]
+    common = {"base_model": str(tiny_model_dir), "batch_size": 4, "max_seq_length": 32, "patience": 10}
+    # The first attempt stops after 2 steps (as if killed right after its first dev checkpoint) ...
+    first = train_bi_encoder(
+        examples, dataset, TrainConfig(**common, max_steps=2, evals_per_epoch=2), tmp_path / "out", "dev", False
+    )
+    assert first.steps == 2
+    # ... and the re-run continues from checkpoint-2 instead of starting over.
+    second = train_bi_encoder(
+        examples, dataset, TrainConfig(**common, max_steps=4, evals_per_epoch=2), tmp_path / "out", "dev", False
+    )
+    assert second.resumed_from == str(tmp_path / "out" / "checkpoints" / "checkpoint-2")
+    assert second.steps == 4
