@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from denseflow.cli import overrides
 from denseflow.cli.compare import add_compare_commands
@@ -148,8 +148,20 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _printable(text: str) -> str:
+    """Control characters escaped: an argument holding a newline or carriage return must not split the error."""
+    return "".join(char if char.isprintable() or char == " " else repr(char)[1:-1] for char in text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with the user's own argument text escaped in its one-line errors (sub-commands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(_printable(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="denseflow", description=__doc__)
+    parser = _Parser(prog="denseflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     retrain = commands.add_parser("retrain", help="ingest → mine → train → evaluate → register (the default run)")

@@ -36,7 +36,9 @@ def test_retrain_against_an_unreachable_tracking_server_fails_fast_in_one_line(h
     assert main(["retrain"]) == 2
     assert time.monotonic() - started < 30
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "unreachable" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert "unreachable" in err
+    assert "Traceback" not in err
 
 
 def test_mlflow_http_retries_are_bounded_unless_the_user_chose(home, monkeypatch):
@@ -54,7 +56,9 @@ def test_retrain_on_unusable_data_prints_the_ingest_line(home, capsys):
     config.write_text(f"data:\n  source: qa\n  path: {garbage}\n")
     assert main(["retrain", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("denseflow retrain: error:") and "Traceback" not in err
+    assert len(err.splitlines()) == 1
+    assert err.startswith("denseflow retrain: error:")
+    assert "Traceback" not in err
 
 
 def test_non_utf8_argument_is_one_line(home, capsys):
@@ -67,7 +71,9 @@ def test_non_utf8_argument_is_one_line(home, capsys):
 def test_unexpected_errors_are_one_line_unless_debugging(home, capsys, monkeypatch):
     assert main(["retrain", "--config", str(home / "missing.yaml")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "FileNotFoundError" in err and "DENSEFLOW_DEBUG" in err
+    assert len(err.splitlines()) == 1
+    assert "FileNotFoundError" in err
+    assert "DENSEFLOW_DEBUG" in err
     monkeypatch.setenv("DENSEFLOW_DEBUG", "1")
     with pytest.raises(FileNotFoundError):
         main(["retrain", "--config", str(home / "missing.yaml")])
@@ -77,7 +83,7 @@ def test_unexpected_errors_are_one_line_unless_debugging(home, capsys, monkeypat
 COMMANDS = ["retrain", "ingest", "config", "index", "search", "simulate-clicks", "frobnicate", "--help-me", ""]
 ARGUMENT = st.one_of(
     st.sampled_from(["--config", "--source", "beir", "--out", "--path", "list", "rollback", "-k", "0", "--mode"]),
-    st.text(max_size=12),  # includes lone surrogates: how Python hands over non-UTF-8 argv bytes
+    st.text(max_size=12),  # includes lone surrogates (non-UTF-8 argv bytes) and control characters
 )
 
 
@@ -95,3 +101,10 @@ def test_any_arguments_end_with_a_status_and_no_traceback(home, capsys, command,
     if status:
         lines = [line for line in captured.err.splitlines() if line.strip()]
         assert lines and lines[-1].startswith("denseflow"), (argv, captured.err)
+
+
+def test_a_newline_in_an_argument_does_not_split_the_error_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["retrain", "bad\nline"])
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "denseflow: error: unrecognized arguments: bad\\nline"
