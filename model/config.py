@@ -193,7 +193,7 @@ class TrainConfig(Section):
         32, ge=2, description="Examples per step; each query gets batch_size - 1 in-batch negatives."
     )
     learning_rate: float = Field(
-        5e-5, gt=0, description="Peak AdamW learning rate (linear decay); chosen on dev (README, recipe sweep)."
+        1e-4, gt=0, description="Peak AdamW learning rate (linear decay); chosen on dev (README, recipe sweep)."
     )
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps spent warming up the learning rate.")
     max_seq_length: int = Field(

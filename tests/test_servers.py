@@ -304,7 +304,10 @@ def test_retrain_against_mlflow_server_reads_back_over_rest(servers, tmp_path, t
     version = version["model_version"]
     assert version["version"] == "1" and version["run_id"] == run_id
     version_tags = {item["key"]: item["value"] for item in version["tags"]}
-    assert version_tags["ndcg_at_10"] == f"{metrics['ndcg_at_10']:.6f}"
+    # The version carries the served mode's figures (hybrid by default) and the dense model's own beside them.
+    assert version_tags["served.mode"] == "hybrid"
+    assert version_tags["ndcg_at_10"] == f"{metrics['hybrid.ndcg_at_10']:.6f}"
+    assert version_tags["trained.ndcg_at_10"] == f"{metrics['ndcg_at_10']:.6f}"
     assert version_tags["promotion.decision"] == "promoted" and version_tags["promotion.production_version"] == "none"
     model = rest.get("/registered-models/get", params={"name": "retriever"}).json()["registered_model"]
     assert {alias["alias"] for alias in model["aliases"]} == {"candidate", "production"}

@@ -137,7 +137,12 @@ def test_any_query_string_is_answered_without_5xx(client, q, k):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(query=st.text(max_size=40), k=st.one_of(st.integers(-5, 2000), st.booleans(), st.floats(), st.text(max_size=3)))
+@given(
+    query=st.text(max_size=40),
+    k=st.one_of(
+        st.integers(-5, 2000), st.booleans(), st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=3)
+    ),
+)
 def test_any_json_query_is_answered_without_5xx(client, query, k):
     response = client.post("/search", json={"query": query, "k": k})
     assert response.status_code < 500, (query, k, response.text)
