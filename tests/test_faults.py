@@ -61,7 +61,8 @@ class Workspace:
         return self.home / "indexes"
 
     def client(self) -> MlflowClient:
-        return MlflowClient(self.uri)
+        # Both URIs: an earlier test in the same process may have set MLflow's global registry URI.
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     def new_runs(self) -> list[str]:
         """MLflow runs created since the last call, oldest first."""

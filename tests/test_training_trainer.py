@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from denseflow.model.config import TrainConfig
-from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.data.beir import Dataset, RejectLog, load_beir
 from denseflow.model.data.dev import carve_dev_split
 from denseflow.model.mining.negatives import Negative, TrainExample
 from denseflow.model.training.trainer import last_complete_checkpoint, train_bi_encoder
@@ -19,6 +19,19 @@ def make_checkpoint(folder: Path, step: int, complete: bool) -> Path:
     if complete:
         (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     return checkpoint
+
+
+def tiny_training_data(beir_dir: Path) -> tuple[Dataset, list[TrainExample]]:
+    """The tiny dataset with a quarter of its train queries carved into dev, and one random negative per pair."""
+    dataset = load_beir(beir_dir, ["train"], RejectLog())
+    assert carve_dev_split(dataset, "train", "dev", 0.25, 20) > 0
+    doc_ids = list(dataset.corpus)
+    examples = [
+        TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])
+        for qid, judged in dataset.qrels["train"].items()
+        for doc_id in judged
+    ]
+    return dataset, examples
 
 
 def test_resume_skips_a_checkpoint_cut_short_by_a_crash(tmp_path):
@@ -40,14 +53,7 @@ def test_no_checkpoint_folder_means_a_fresh_start(tmp_path):
 
 
 def test_training_with_dev_keeps_the_best_checkpoint_and_records_the_curve(tmp_path, tiny_beir_dir, tiny_model_dir):
-    dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
-    assert carve_dev_split(dataset, "train", "dev", 0.25, 20) > 0
-    doc_ids = list(dataset.corpus)
-    examples = [
-        TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])
-        for qid, judged in dataset.qrels["train"].items()
-        for doc_id in judged
-    ]
+    dataset, examples = tiny_training_data(tiny_beir_dir)
     settings = TrainConfig(
         base_model=str(tiny_model_dir), batch_size=4, epochs=2, max_seq_length=32, evals_per_epoch=2, patience=10
     )
@@ -61,14 +67,7 @@ def test_training_with_dev_keeps_the_best_checkpoint_and_records_the_curve(tmp_p
 
 
 def test_when_no_checkpoint_beats_the_base_model_on_dev_the_base_model_ships(tmp_path, tiny_beir_dir, tiny_model_dir):
-    dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
-    carve_dev_split(dataset, "train", "dev", 0.25, 20)
-    doc_ids = list(dataset.corpus)
-    examples = [
-        TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])
-        for qid, judged in dataset.qrels["train"].items()
-        for doc_id in judged
-    ]
+    dataset, examples = tiny_training_data(tiny_beir_dir)
     # A learning rate below fp32's resolution: the weights never move, so no checkpoint can beat the start.
     settings = TrainConfig(
         base_model=str(tiny_model_dir), batch_size=4, epochs=1, max_seq_length=32, learning_rate=1e-30, patience=10
@@ -79,14 +78,7 @@ def test_when_no_checkpoint_beats_the_base_model_on_dev_the_base_model_ships(tmp
 
 
 def test_a_stopped_run_with_dev_selection_resumes_from_its_checkpoint(tmp_path, tiny_beir_dir, tiny_model_dir):
-    dataset = load_beir(tiny_beir_dir, ["train"], RejectLog())
-    carve_dev_split(dataset, "train", "dev", 0.25, 20)
-    doc_ids = list(dataset.corpus)
-    examples = [
-        TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])
-        for qid, judged in dataset.qrels["train"].items()
-        for doc_id in judged
-    ]
+    dataset, examples = tiny_training_data(tiny_beir_dir)
     common = {"base_model": str(tiny_model_dir), "batch_size": 4, "max_seq_length": 32, "patience": 10}
     # The first attempt stops after 2 steps (as if killed right after its first dev checkpoint) ...
     first = train_bi_encoder(
