@@ -11,7 +11,7 @@ from prefect import task
 
 from denseflow.model.config import EvalConfig
 from denseflow.model.context import RunContext
-from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.data.beir import Dataset, RejectLog, load_beir
 from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs, tune_weight
 from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
 from denseflow.model.evaluation.plots import plot_recall_curves
@@ -20,6 +20,16 @@ from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
 
 BM25 = "bm25"
 HYBRID = "hybrid"
+
+
+def _splits_and_folder(
+    dataset_dir: Path, split: str, dev_split: str | None, context: RunContext
+) -> tuple[list[str], Dataset, Path]:
+    """The evaluated split (then dev, when there is one), the dataset judged on them, and the output folder."""
+    splits = [split] + ([dev_split] if dev_split else [])
+    out_dir = context.run_dir / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return splits, load_beir(Path(dataset_dir), splits, RejectLog()), out_dir
 
 
 def _record(evaluation: Evaluation, split: str, out_dir: Path, run_id: str, prefix: str, stem: str) -> Path:
@@ -52,10 +62,7 @@ def evaluate(
     Metrics of ``split`` are logged as ``<prefix><metric>``, dev's as ``dev.<prefix><metric>``. Returns the
     metrics, the recall curve and the run files (the hybrid reads them).
     """
-    splits = [split] + ([dev_split] if dev_split else [])
-    dataset = load_beir(Path(dataset_dir), splits, RejectLog())
-    out_dir = context.run_dir / "evaluation"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    splits, dataset, out_dir = _splits_and_folder(dataset_dir, split, dev_split, context)
     result: dict = {"label": label}
     for name in splits:
         if target == BM25:
@@ -98,9 +105,7 @@ def hybrid(
     context: RunContext,
 ) -> dict:
     """BM25 + dense fusion of two evaluations' runs; the dense weight is tuned on dev unless configured."""
-    splits = [split] + ([dev_split] if dev_split else [])
-    dataset = load_beir(Path(dataset_dir), splits, RejectLog())
-    out_dir = context.run_dir / "evaluation"
+    splits, dataset, out_dir = _splits_and_folder(dataset_dir, split, dev_split, context)
     if settings.fusion_weight is not None:
         weight, chosen_by = settings.fusion_weight, "configured"
     elif dev_split and "dev_run_file" in dense and "dev_run_file" in bm25:

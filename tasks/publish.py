@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import logging
 import os
 import time
 import uuid
@@ -20,7 +19,6 @@ from typing import Any
 
 import numpy as np
 from prefect import task
-from prefect.logging import get_run_logger
 from sentence_transformers import SentenceTransformer
 
 from denseflow.model.config import EncodeConfig, IndexConfig, PublishConfig
@@ -51,13 +49,7 @@ from denseflow.model.index.store import (
     publish,
     search_settings,
 )
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    try:
-        return get_run_logger()
-    except Exception:  # called outside a flow or task run (plain Python use)
-        return logging.getLogger(__name__)
+from denseflow.tasks.tracking import run_logger
 
 
 @functools.lru_cache(maxsize=2)
@@ -107,7 +99,7 @@ def resolve_model_version(config: PublishConfig) -> dict[str, Any]:
 
     configure_tracking(config.tracking, config.workspace)
     resolved = resolve_model(config.model, config.workspace, default_name=config.tracking.registered_model)
-    _logger().info("model %s resolved to %s (run %s)", config.model, resolved.uri, resolved.run_id)
+    run_logger().info("model %s resolved to %s (run %s)", config.model, resolved.uri, resolved.run_id)
     from mlflow.tracking import MlflowClient
 
     tags = MlflowClient().get_model_version(resolved.name, resolved.version).tags or {}
@@ -147,7 +139,7 @@ def plan_shards(config: PublishConfig, model: dict[str, Any], work_root: str) ->
     rejects = RejectLog()
     corpus = read_corpus(find_file(folder, "corpus.jsonl"), rejects)
     if rejects:
-        _logger().warning("corpus %s: %d rows rejected %s", folder, len(rejects), rejects.counts())
+        run_logger().warning("corpus %s: %d rows rejected %s", folder, len(rejects), rejects.counts())
     try:
         queries = list(read_queries(find_file(folder, "queries.jsonl"), RejectLog()).values())
     except ValueError:
@@ -223,14 +215,16 @@ def choose_precision(model_dir: str, plan: dict[str, Any], encode_config: Encode
         candidate = encode(model, texts, "document", encode_config.batch_size, wanted)
     except Exception as err:  # int8 needs an ONNX export; a model that will not export is encoded in fp32
         reason = f"{wanted} encoding failed: {err}"
-        _logger().warning("%s: encoding in fp32", reason)
+        run_logger().warning("%s: encoding in fp32", reason)
         return {"precision": "fp32", "requested": encode_config.precision, "agreement": None, "fallback": reason}
     agreement = embedding_agreement(reference, candidate)
     reason = precision_verdict(agreement, wanted, encode_config)
     if reason:
-        _logger().warning("%s embeddings drift from fp32 on %d docs (%s): encoding in fp32", wanted, len(texts), reason)
+        run_logger().warning(
+            "%s embeddings drift from fp32 on %d docs (%s): encoding in fp32", wanted, len(texts), reason
+        )
     else:
-        _logger().info("%s kept: %s on %d docs", wanted, agreement, len(texts))
+        run_logger().info("%s kept: %s on %d docs", wanted, agreement, len(texts))
     return {
         "precision": "fp32" if reason else wanted,
         "requested": encode_config.precision,
@@ -264,7 +258,7 @@ def reuse_cached_embeddings(
         rows = cached[start : start + len(shard_ids)]
         _atomic_write_bytes(shard_output(shard, precision), functools.partial(_save_npy, array=rows))
         start += len(shard_ids)
-    _logger().info("%d of %d shards taken from %s", len(missing), len(plan["shards"]), path.name)
+    run_logger().info("%d of %d shards taken from %s", len(missing), len(plan["shards"]), path.name)
     return len(missing)
 
 
@@ -297,7 +291,7 @@ def encode_shard(
     embeddings = encode(model, texts, "document", batch_size, precision)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     _atomic_write_bytes(output, functools.partial(_save_npy, array=embeddings))
-    _logger().info(
+    run_logger().info(
         "shard %d: %d docs in %.1fs (%.1f docs/s)", shard["number"], len(texts), seconds, len(texts) / seconds
     )
     return str(output)
@@ -338,7 +332,7 @@ def build_and_verify(
     recall = check_recall(
         index, embeddings, spec, index_config.recall_floor, query_embeddings, index_config.verify_queries
     )
-    _logger().info("index %s built in %.2fs; recall@10 vs exact %.4f", spec.type, build_seconds, recall)
+    run_logger().info("index %s built in %.2fs; recall@10 vs exact %.4f", spec.type, build_seconds, recall)
 
     build_dir = Path(plan["work_dir"]) / f"build-{uuid.uuid4().hex[:8]}"
     build_dir.mkdir()
@@ -350,7 +344,7 @@ def build_and_verify(
     bm25_start = time.perf_counter()
     texts = (text for shard in plan["shards"] for text in json.loads(Path(shard["input"]).read_text("utf-8"))["texts"])
     BM25Index.from_texts(doc_ids, texts).save(build_dir / BM25_FOLDER)
-    _logger().info("BM25 index over %d documents built in %.2fs", len(doc_ids), time.perf_counter() - bm25_start)
+    run_logger().info("BM25 index over %d documents built in %.2fs", len(doc_ids), time.perf_counter() - bm25_start)
     encoder_model = _cached_encoder(model["model_dir"], encode_info["max_seq_length"])
     model_info = {
         "name": model["name"],
@@ -397,7 +391,7 @@ def publish_version(built: dict[str, Any], model: dict[str, Any], index_root: st
         index_config.keep_versions,
         bm25_dir=build_dir / BM25_FOLDER,
     )
-    _logger().info(
+    run_logger().info(
         "published %s/%s (%d documents)", index_config.name, info.version, manifest.get("count", len(doc_ids))
     )
     return {"name": index_config.name, "version": info.version, "path": str(info.path), "count": len(doc_ids)}
@@ -407,7 +401,7 @@ def publish_version(built: dict[str, Any], model: dict[str, Any], index_root: st
 def log_index_artifact(published: dict[str, Any], model: dict[str, Any], config: PublishConfig) -> str | None:
     """Attach index, ids and manifest to the model version's MLflow run (the model itself is already there)."""
     if not model["run_id"]:
-        _logger().info("model %s has no MLflow run: index not logged", model["name"])
+        run_logger().info("model %s has no MLflow run: index not logged", model["name"])
         return None
     from mlflow.tracking import MlflowClient
 
