@@ -15,12 +15,15 @@ from denseflow.flows.publish_index import publish_config_for, run_publish
 from denseflow.model.config import IndexConfig, RetrainConfig
 from denseflow.model.context import EvaluationData, build_context
 from denseflow.model.encoder import resolve_base_model
+from denseflow.model.evaluation.partition import PARTITIONS
+from denseflow.model.evaluation.served import choose_served_mode
 from denseflow.model.index.store import published_model_label
 from denseflow.model.workspace import workspace_dir
-from denseflow.tasks.evaluate import BM25, HYBRID, evaluate, hybrid, plot_recall
+from denseflow.registry.keys import BASE_MODEL_TAG, SERVED_MODE_TAG
+from denseflow.tasks.evaluate import BASE_HYBRID, BM25, HYBRID, evaluate, hybrid, plot_recall
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
-from denseflow.tasks.promotion import promotion_gate
+from denseflow.tasks.promotion import promotion_gate, ship_base_model
 from denseflow.tasks.registry import register
 from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, metric_key, start_tracking_run
 from denseflow.tasks.train import train
@@ -43,14 +46,22 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         config.eval.batch_size,
     )
     base_model = resolve_base_model(config.train.base_model)
-    split = config.data.eval_split
+    split, train_split = config.data.eval_split, config.data.train_split
     try:
         data = ingest(config.data, context.run_dir, run_id)
         dataset_dir, dev_split = data["dataset_dir"], data["dev_split"]
+        # A dev split of a few queries is reported, but choosing on it would choose by noise: priors instead.
+        selection_split = dev_split if data["dev_queries"] >= config.data.min_dev_queries else None
+        if dev_split and selection_split is None:
+            get_run_logger().warning(
+                "%d dev queries (< data.min_dev_queries %d): no choice is made on dev; documented priors are used",
+                data["dev_queries"],
+                config.data.min_dev_queries,
+            )
         examples = mine(
             dataset_dir,
             config.mining,
-            config.data.train_split,
+            train_split,
             split,
             context.run_dir,
             run_id,
@@ -61,32 +72,34 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             workspace=workspace,
         )
         model_dir = train(
-            dataset_dir, examples, config.train, config.data.train_split, dev_split, data["fingerprint"], context
+            dataset_dir, examples, config.train, train_split, selection_split, data["fingerprint"], context
         )
-        trained = evaluate(model_dir, "trained", dataset_dir, split, dev_split, config.eval, context)
-        evaluations = [trained]
-        bm25 = None
-        if config.eval.baselines or config.promotion.mode == "hybrid":
-            bm25 = evaluate(BM25, "bm25", dataset_dir, split, dev_split, config.eval, context, "bm25.")
-            evaluations.append(hybrid(trained, bm25, dataset_dir, split, dev_split, config.eval, context))
-        if config.eval.baselines:
-            zero_shot = evaluate(
-                base_model, "zero-shot", dataset_dir, split, dev_split, config.eval, context, "zeroshot."
-            )
-            evaluations.append(zero_shot)
-            gains = {name: trained["metrics"][name] - zero_shot["metrics"][name] for name in SUMMARY_METRICS}
-            log_metrics(run_id, gains, prefix="gain_over_zeroshot.")
-        if bm25 is not None:
-            evaluations.append(bm25)
+        tune = selection_split is not None
+        splits = dict(dataset_dir=dataset_dir, split=split, dev_split=dev_split, settings=config.eval, context=context)
+        trained = evaluate(model_dir, "trained", **splits, train_split=train_split)
+        bm25 = evaluate(BM25, "bm25", **splits, metric_prefix="bm25.", train_split=train_split)
+        fused = hybrid(trained, bm25, **splits, tune_on_dev=tune, train_split=train_split)
+        # The base model's own system: what the gate must beat, so a retrain never ships worse than doing nothing.
+        zero_shot = evaluate(base_model, "zero-shot", **splits, metric_prefix="zeroshot.", train_split=train_split)
+        base_fused = hybrid(zero_shot, bm25, **splits, label=BASE_HYBRID, tune_on_dev=tune, train_split=train_split)
+        evaluations = [fused, trained, base_fused, zero_shot, bm25]
+        gains = {name: trained["metrics"][name] - zero_shot["metrics"][name] for name in SUMMARY_METRICS}
+        log_metrics(run_id, gains, prefix="gain_over_zeroshot.")
         plot_recall(evaluations, context, f"recall@k on {split}")
-        served = served_evaluation(evaluations, config.promotion.mode)
+        mode, mode_reason = served_mode_of(trained, fused, config.promotion.mode, tune)
+        base_mode, base_reason = served_mode_of(zero_shot, base_fused, config.promotion.mode, tune)
+        served = fused if mode == "hybrid" else trained
+        base_served = base_fused if base_mode == "hybrid" else zero_shot
+        get_run_logger().info(
+            "served mode %s (%s); base model's system %s (%s)", mode, mode_reason, base_mode, base_reason
+        )
         version = register(
             model_dir,
             run_id,
             config.tracking.registered_model,
             served["metrics"],
             data["fingerprint"],
-            registration_tags(evaluations, config.promotion.mode),
+            registration_tags(served, trained, fused, mode, mode_reason),
         )
         promotion = {"decision": "skipped", "promote": False, "reason": "promotion.enabled is false"}
         if config.promotion.enabled:
@@ -98,20 +111,40 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                 config.eval,
                 config.tracking.registered_model,
                 context,
+                base_served["metrics"],
             )
+            if promotion.get("ship_base"):
+                base_version = register(
+                    base_model,
+                    run_id,
+                    config.tracking.registered_model,
+                    base_served["metrics"],
+                    data["fingerprint"],
+                    registration_tags(base_served, zero_shot, base_fused, base_mode, base_reason)
+                    | {BASE_MODEL_TAG: "true"},
+                    artifact_name="base_model",
+                    alias=None,
+                )
+                promotion = ship_base_model(promotion, base_version, config.tracking.registered_model, context)
         summary = {
             "mlflow_run_id": run_id,
             "registered_model": config.tracking.registered_model,
             "version": version,
             "dataset_fingerprint": data["fingerprint"],
             "dev_split": dev_split,
-            "served_mode": config.promotion.mode,
+            "dev_method": data["dev_method"],
+            "selection_split": selection_split,
+            "served_mode": mode,
+            "served_mode_chosen_by": mode_reason,
+            "base_served_mode": base_mode,
             "metrics": {item["label"]: item["metrics"] for item in evaluations},
+            "partitions": {item["label"]: item["partitions"] for item in evaluations},
             "dev_metrics": {item["label"]: item["dev_metrics"] for item in evaluations if "dev_metrics" in item},
+            "dev_intervals": {item["label"]: item["dev"]["interval"] for item in evaluations if "dev" in item},
             "promotion": promotion,
         }
-        if "weight" in served:
-            summary["hybrid"] = {key: served[key] for key in ("weight", "method", "weight_chosen_by")}
+        if mode == "hybrid":
+            summary["hybrid"] = {key: fused[key] for key in ("weight", "method", "weight_chosen_by")}
         if config.promotion.publish_on_promotion:
             target = publish_target(config, promotion, workspace)
             if target is not None:
@@ -127,33 +160,41 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         summary["registered_model"],
         version,
         run_id,
-        config.promotion.mode,
+        mode,
     )
     return summary
 
 
-def served_evaluation(evaluations: list[dict], mode: str) -> dict:
-    """The evaluation of the mode that will be served: the trained model alone, or its hybrid with BM25."""
-    label = HYBRID if mode == "hybrid" else "trained"
-    return next(item for item in evaluations if item["label"] == label)
+def served_mode_of(dense: dict, fused: dict, configured: str, can_choose: bool) -> tuple[str, str]:
+    return choose_served_mode(configured, dense.get("dev_metrics"), fused.get("dev_metrics"), can_choose)
 
 
-def registration_tags(evaluations: list[dict], mode: str) -> dict[str, str]:
-    """What serving needs to reproduce the registered figures, and the other systems' figures beside them."""
-    tags = {"served.mode": mode}
-    for item in evaluations:
-        if item["label"] == HYBRID:
-            tags |= {"hybrid.weight": f"{item['weight']:.4f}", "hybrid.method": item["method"]}
-        if item["label"] in ("trained", HYBRID):
-            tags |= {metric_key(name, f"{item['label']}."): f"{value:.6f}" for name, value in item["metrics"].items()}
+def registration_tags(served: dict, dense: dict, fused: dict, mode: str, mode_reason: str) -> dict[str, str]:
+    """What serving needs to reproduce the registered figures, and each mode's own figures beside them (all
+    queries and each seen-/unseen-document partition)."""
+    tags = {SERVED_MODE_TAG: mode, "served.mode_chosen_by": mode_reason[:250]}
+    if mode == "hybrid":
+        tags |= {"hybrid.weight": f"{fused['weight']:.4f}", "hybrid.method": fused["method"]}
+    for role, item in (("trained", dense), (HYBRID, fused), ("", served)):
+        prefix = f"{role}." if role else ""
+        if role:
+            tags |= {metric_key(name, prefix): f"{value:.6f}" for name, value in item["metrics"].items()}
+        for part, entry in item["partitions"].items():
+            if entry["metrics"] is not None:
+                tags[metric_key("ndcg@10", f"{prefix}{part}.")] = f"{entry['metrics']['ndcg@10']:.6f}"
+            tags[f"{prefix}{part}.queries"] = str(entry["queries"])
     return tags
 
 
 def summary_markdown(summary: dict, split: str) -> str:
-    header = "| system | " + " | ".join(SUMMARY_METRICS) + " |"
-    rule = "|---" * (len(SUMMARY_METRICS) + 1) + "|"
+    header = "| system | " + " | ".join(SUMMARY_METRICS) + " | nDCG@10 seen-doc | nDCG@10 unseen-doc | dev nDCG@10 |"
+    rule = "|---" * (len(SUMMARY_METRICS) + 4) + "|"
     rows = [
-        f"| {label} | " + " | ".join(f"{metrics[name]:.4f}" for name in SUMMARY_METRICS) + " |"
+        f"| {label} | "
+        + " | ".join(f"{metrics[name]:.4f}" for name in SUMMARY_METRICS)
+        + " | "
+        + " | ".join(partition_cell(summary["partitions"][label][part]) for part in PARTITIONS)
+        + f" | {dev_cell(summary, label)} |"
         for label, metrics in summary["metrics"].items()
     ]
     return "\n".join(
@@ -174,11 +215,31 @@ def summary_markdown(summary: dict, split: str) -> str:
     )
 
 
+def partition_cell(entry: dict) -> str:
+    """A partition's nDCG@10, or its query count when it is too small for a figure."""
+    if entry["metrics"] is None:
+        return f"({entry['queries']} queries)"
+    return f"{entry['metrics']['ndcg@10']:.4f} (n={entry['queries']})"
+
+
+def dev_cell(summary: dict, label: str) -> str:
+    if label not in summary["dev_metrics"]:
+        return "–"
+    low, high = summary["dev_intervals"][label]
+    return f"{summary['dev_metrics'][label]['ndcg@10']:.4f} [{low:.3f}, {high:.3f}]"
+
+
 def selection_markdown(summary: dict) -> list[str]:
     """Which split the choices were made on, and what will be served."""
-    dev = summary.get("dev_split")
+    dev, chosen_on = summary.get("dev_split"), summary.get("selection_split")
     lines = [
-        f"Checkpoint and fusion weight chosen on split `{dev}`; `{summary.get('served_mode')}` is the served mode."
+        f"Dev split `{dev}` ({summary.get('dev_method')}). "
+        + (
+            f"Checkpoint, interpolation and fusion weight chosen on `{chosen_on}`"
+            if chosen_on
+            else "Too few dev queries to choose on: priors used (last checkpoint, α prior, even fusion mix)"
+        )
+        + f"; `{summary.get('served_mode')}` is the served mode ({summary.get('served_mode_chosen_by')})."
         if dev
         else "No dev split: the last checkpoint was kept and the hybrid uses the even mix."
     ]
@@ -194,7 +255,11 @@ def selection_markdown(summary: dict) -> list[str]:
 
 def promotion_markdown(promotion: dict, published: dict | None) -> list[str]:
     lines = [f"## promotion gate: **{promotion['decision']}**", "", promotion["reason"]]
-    figures = [("candidate", promotion.get("candidate")), ("production", promotion.get("production_figure"))]
+    figures = [
+        ("candidate", promotion.get("candidate")),
+        ("production", promotion.get("production_figure")),
+        ("base model's system", promotion.get("base_figure")),
+    ]
     rows = [
         f"| {role} | {item['version']} | {item['value']:.4f} | `{item['dataset_fingerprint']}` | "
         f"{'yes' if item['reevaluated'] else 'no'} |"
@@ -230,6 +295,8 @@ def publish_target(config: RetrainConfig, promotion: dict, workspace: Path) -> s
     if promotion.get("promote"):
         return str(promotion["version"])
     production = promotion.get("production")
+    if production is not None and str(production) == str(promotion.get("base_version")):
+        return str(production)  # the base model's system won the gate
     if production is None:
         return None
     label = published_model_label(workspace / "indexes", IndexConfig().name)

@@ -76,6 +76,13 @@ class DataConfig(Section):
     min_dev_train_queries: int = Field(
         20, ge=2, description="Below this many train queries no dev split is carved: training runs without selection."
     )
+    min_dev_queries: int = Field(
+        30,
+        ge=1,
+        description="Fewer dev queries than this choose nothing (a figure over a few queries decides by noise): "
+        "training runs its epochs to the end and the documented priors are used (train.interpolation_prior, "
+        "the even fusion mix, hybrid served); dev is still reported, with its bootstrap interval.",
+    )
     fields: dict[str, str] = Field({}, description="clicks/qa: our field name -> the file's column name.")
     min_usable_share: float = Field(0.8, ge=0, le=1, description="Fail when fewer source rows than this are usable.")
     max_line_bytes: int = Field(1_048_576, ge=64, description="Longer lines are rejected without being parsed.")
@@ -173,8 +180,10 @@ class MiningConfig(Section):
 
 class TrainConfig(Section):
     base_model: str | None = Field(None, description="Model folder or name; None = bundled all-MiniLM-L6-v2.")
-    towers: Literal["siamese", "asymmetric"] = Field(
-        "siamese", description="siamese: shared weights; asymmetric: separate query and document towers (Router)."
+    towers: Literal["siamese", "asymmetric", "query_only"] = Field(
+        "siamese",
+        description="siamese: shared weights; asymmetric: separate query and document towers (Router); query_only: "
+        "asymmetric with the document tower frozen at the base model.",
     )
     loss: Literal["mnrl", "cached_mnrl", "gist"] = Field(
         "mnrl",
@@ -212,9 +221,32 @@ class TrainConfig(Section):
         3, ge=1, description="Stop after this many dev evaluations without a better nDCG@10 (early stopping)."
     )
     dev_candidates: int = Field(
-        10, ge=1, description="Dev evaluation corpus: the dev positives plus each dev query's BM25 top-N."
+        10,
+        ge=1,
+        description="Dev evaluation corpus: the dev positives, each dev query's BM25 top-N, and the training positives.",
+    )
+    interpolation: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="WiSE-FT weight of the fine-tuned model in (1-α)·base + α·tuned; None = chosen on dev from "
+        "interpolation_grid (interpolation_prior without enough dev queries); 1 = no merge.",
+    )
+    interpolation_grid: list[float] = Field(
+        [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="α values tried on dev (0 = the base model)."
+    )
+    interpolation_prior: float = Field(
+        0.5, ge=0, le=1, description="α without enough dev queries to choose (WiSE-FT's recommended even mix)."
     )
     seed: int = Field(42, description="Seed of model init, data order and dropout.")
+
+    @field_validator("interpolation_grid")
+    @classmethod
+    def _grid_in_unit_interval(cls, grid: list[float]) -> list[float]:
+        if any(not 0 <= alpha <= 1 for alpha in grid):
+            raise ValueError(f"train.interpolation_grid: every α must lie in [0, 1], got {grid}")
+        return grid
+
     # Data-parallel training (model/training/distributed.py); batch_size above stays the global batch.
     launcher: Literal["none", "torchrun"] = Field(
         "none", description="none: one process; torchrun: nproc_per_node processes, in-batch negatives gathered."
@@ -246,7 +278,8 @@ class TrackingConfig(Section):
 
 
 class PromotionConfig(Section):
-    """The gate at the end of ``retrain``: ``production`` moves only to a version that beats it."""
+    """The gate at the end of ``retrain``: ``production`` moves only to a version that beats it and the base
+    model's own system (zero-shot, alone or fused with BM25 at its own dev-chosen weight)."""
 
     enabled: bool = Field(True, description="False = register the candidate and leave production alone.")
     metric: str = Field(
@@ -256,8 +289,10 @@ class PromotionConfig(Section):
         0.005, ge=0, description="The candidate must beat production by more than this (absolute, same data)."
     )
     publish_on_promotion: bool = Field(True, description="Run publish_index for the version the gate promotes.")
-    mode: Literal["dense", "hybrid"] = Field(
-        "hybrid", description="The search mode that will be served: the gate compares candidates in this mode."
+    mode: Literal["auto", "dense", "hybrid"] = Field(
+        "auto",
+        description="The search mode that will be served, and the gate compares in: auto = hybrid only when it "
+        "beats dense on dev (hybrid without a dev split large enough to choose on).",
     )
 
 

@@ -49,6 +49,14 @@ class Decision:
     margin: float
     candidate: Scored
     production: Scored | None
+    base: Scored | None = None
+    ship_base: bool = False  # the candidate lost, and the base model's system beats production: ship the base
+
+    @property
+    def base_delta(self) -> float | None:
+        if self.base is None:
+            return None
+        return round(self.candidate.value, DECIMALS) - round(self.base.value, DECIMALS)
 
     @property
     def delta(self) -> float | None:
@@ -58,7 +66,7 @@ class Decision:
 
     @property
     def outcome(self) -> str:
-        return "promoted" if self.promote else "rejected"
+        return "promoted" if self.promote else "base model shipped" if self.ship_base else "rejected"
 
     def as_tags(self) -> dict[str, str]:
         """The decision as registry tags on the candidate version (strings, 6 decimals)."""
@@ -75,6 +83,9 @@ class Decision:
             tags["promotion.production_value"] = f"{self.production.value:.6f}"
             tags["promotion.delta"] = f"{self.delta:+.6f}"
             tags["promotion.production_reevaluated"] = str(self.production.reevaluated).lower()
+        if self.base is not None:
+            tags["promotion.base_value"] = f"{self.base.value:.6f}"
+            tags["promotion.base_delta"] = f"{self.base_delta:+.6f}"
         return tags
 
     def as_dict(self) -> dict:
@@ -87,43 +98,89 @@ class Decision:
             "delta": self.delta,
             "candidate": asdict(self.candidate),
             "production_figure": asdict(self.production) if self.production else None,
+            "base_figure": asdict(self.base) if self.base else None,
+            "base_delta": self.base_delta,
+            "ship_base": self.ship_base,
         }
 
 
-def decide(candidate: Scored, production: Scored | None, metric: str, margin: float) -> Decision:
-    """Promote when there is no production yet, or when the candidate beats it by more than ``margin``."""
+def _shown(delta: float) -> str:
+    return f"{delta:+.4f}" if delta == 0 or abs(delta) >= 5e-5 else f"{delta:+.6f}"  # never "-0.0000"
+
+
+def _versus(candidate: Scored, other: Scored, name: str, metric: str, margin: float) -> tuple[float, str]:
+    delta = round(candidate.value, DECIMALS) - round(other.value, DECIMALS)
+    return delta, (
+        f"{metric} {candidate.value:.4f} vs {name} {other.value:.4f} (delta {_shown(delta)}, margin {margin:g})"
+    )
+
+
+def _verdict(delta: float, margin: float) -> str:
+    if delta - margin > TOLERANCE:
+        return "better"
+    if abs(delta) <= TOLERANCE:
+        return "tie"
+    if delta >= -TOLERANCE:
+        return "not better by more than the margin"
+    return "worse"
+
+
+def decide(
+    candidate: Scored, production: Scored | None, metric: str, margin: float, base: Scored | None = None
+) -> Decision:
+    """Promote when the candidate beats production (if any) *and* the base model's own system (if measured) by
+    more than ``margin``: a retrain never ships search worse than doing nothing.
+
+    When the candidate loses and the base model's system beats production by the margin (or there is no
+    production), the decision is ``ship_base``: the caller registers the base model and makes it production, so
+    search serves the best system measured.
+    """
     if margin < 0 or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     if not math.isfinite(candidate.value):
         raise ValueError(f"candidate version {candidate.version}: {metric} is {candidate.value}")
+    for role, other in (("production", production), ("the base model", base)):
+        if other is not None and other.dataset_fingerprint != candidate.dataset_fingerprint:
+            raise NotComparable(
+                f"{metric} of candidate {candidate.version} comes from dataset {candidate.dataset_fingerprint}, "
+                f"{role} {other.version}'s from {other.dataset_fingerprint}: re-evaluate {role} first"
+            )
 
-    def made(promote: bool, reason: str) -> Decision:
-        return Decision(promote, reason, metric, margin, candidate, production)
+    def made(promote: bool, reason: str, ship_base: bool = False) -> Decision:
+        return Decision(promote, reason, metric, margin, candidate, production, base, ship_base)
 
-    if production is None:
-        return made(True, f"no production version yet; {metric} {candidate.value:.4f}")
-    if production.version == candidate.version:
+    if production is not None and production.version == candidate.version:
         return made(False, f"version {candidate.version} is already production")
-    if production.dataset_fingerprint != candidate.dataset_fingerprint:
-        raise NotComparable(
-            f"{metric} of candidate {candidate.version} comes from dataset {candidate.dataset_fingerprint}, "
-            f"production {production.version}'s from {production.dataset_fingerprint}: re-evaluate production first"
+    reasons: list[str] = []
+    beats_production = True
+    if production is not None and math.isfinite(production.value):
+        delta, figures = _versus(candidate, production, f"production v{production.version}", metric, margin)
+        verdict = _verdict(delta, margin)
+        beats_production = verdict == "better"
+        reasons.append(f"{verdict}: {figures}")
+    elif production is not None:
+        reasons.append(f"production version {production.version} has no usable {metric} ({production.value})")
+    else:
+        reasons.append("no production version yet")
+    beats_base = True
+    if base is not None:
+        delta, figures = _versus(candidate, base, "the base model's system", metric, margin)
+        verdict = _verdict(delta, margin)
+        beats_base = verdict == "better"
+        reasons.append(f"{verdict}: {figures}")
+    reason = "; ".join(reasons)
+    if beats_production and beats_base:
+        return made(
+            True, reason if base is not None or production is not None else f"{reason}; {metric} {candidate.value:.4f}"
         )
-    if not math.isfinite(production.value):
-        return made(True, f"production version {production.version} has no usable {metric} ({production.value})")
-    delta = round(candidate.value, DECIMALS) - round(production.value, DECIMALS)
-    shown = f"{delta:+.4f}" if delta == 0 or abs(delta) >= 5e-5 else f"{delta:+.6f}"  # never "-0.0000"
-    figures = (
-        f"{metric} {candidate.value:.4f} vs production v{production.version} {production.value:.4f} "
-        f"(delta {shown}, margin {margin:g})"
+    base_beats_production = base is not None and (
+        production is None
+        or not math.isfinite(production.value)
+        or _verdict(round(base.value, DECIMALS) - round(production.value, DECIMALS), margin) == "better"
     )
-    if delta - margin > TOLERANCE:
-        return made(True, f"better: {figures}")
-    if abs(delta) <= TOLERANCE:
-        return made(False, f"tie: {figures}")
-    if delta >= -TOLERANCE:
-        return made(False, f"not better by more than the margin: {figures}")
-    return made(False, f"worse: {figures}")
+    if base_beats_production:
+        return made(False, f"{reason}: the base model's system ships", ship_base=True)
+    return made(False, reason)
 
 
 # ------------------------------------------------------------------------------------------ history

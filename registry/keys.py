@@ -12,3 +12,8 @@ KEY_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100")
 def metric_key(name: str, prefix: str = "") -> str:
     """MLflow metric names cannot hold ``@``: ``ndcg@10`` is logged as ``ndcg_at_10``."""
     return f"{prefix}{name.replace('@', '_at_')}"
+
+
+SERVED_MODE_TAG = "served.mode"
+# On a version registered from the untouched base model, because it beat the trained candidate.
+BASE_MODEL_TAG = "denseflow.base_model"

@@ -40,14 +40,17 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
         rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
     dataset = loaded.dataset
     leaks = sources.remove_leaks(loaded, data, rejects)  # the same removal as `denseflow ingest`
-    dev_queries = carve_dev_split(dataset, data.train_split, data.dev_split, data.dev_share, data.min_dev_train_queries)
-    if not dev_queries:
+    dev = carve_dev_split(dataset, data.train_split, data.dev_split, data.dev_share, data.min_dev_train_queries)
+    dev_queries = dev.queries
+    if dev.method == "none":
         run_logger().warning(
-            "no dev split (%d train queries; data.dev_share %.2f): training runs without checkpoint selection and "
-            "the fusion weight is not tuned",
-            len(dataset.qrels[data.train_split]),
-            data.dev_share,
+            "no dev split (%s): training runs without checkpoint selection and the fusion weight is not tuned",
+            dev.reason,
         )
+    elif dev.method == "query hash":
+        run_logger().warning("dev split by query hash: %s", dev.reason)
+    else:
+        run_logger().info("dev split (%s, %d queries): %s", dev.method, dev.queries, dev.reason)
     dataset_dir = sources.write_source(loaded, Path(run_dir) / "data")
     rejects_path = rejects.write(Path(run_dir) / "rejects.jsonl")
     digest = loaded.fingerprint
@@ -70,11 +73,14 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     # retrain killed later would show a finished run with no metrics.
     client = MlflowClient()
     client.set_tag(run_id, "dataset_fingerprint", digest)
+    for key, value in dev.as_tags().items():
+        client.set_tag(run_id, key, value)
     meta = MetaDataset(resolve_dataset_source(source), name=Path(source).name, digest=digest)
     client.log_inputs(run_id, datasets=[_create_dataset_input(meta, context="training")])
     return {
         "dataset_dir": str(dataset_dir),
         "dev_split": data.dev_split if dev_queries else None,
+        "dev_method": dev.method,
         "rejects_path": str(rejects_path),
         "fingerprint": digest,
         "reject_reasons": rejects.counts(),

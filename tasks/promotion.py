@@ -31,14 +31,11 @@ from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs
 from denseflow.model.evaluation.runs import bm25_run, dense_run, score_run
 from denseflow.model.promotion import Decision, Scored, decide
 from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
-from denseflow.registry.keys import metric_key
+from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.tasks.tracking import log_artifact, log_metrics
 
 EVAL_SPLIT_TAG = "eval_split"
-
-
-SERVED_MODE_TAG = "served.mode"
 
 
 def reevaluation_tag(fingerprint: str, split: str, mode: str = "dense") -> str:
@@ -80,8 +77,13 @@ def run_gate(
     eval_settings: EvalConfig,
     registered_model: str,
     context: RunContext,
+    base_metrics: dict[str, float] | None = None,
 ) -> dict:
-    """Decide, record the decision, and move ``production`` when the candidate wins. Returns the decision."""
+    """Decide, record the decision, and move ``production`` when the candidate wins. Returns the decision.
+
+    ``base_metrics``: the base model's own system on the same data, in its served mode; the candidate must beat
+    it too. Production is measured as it is served (its registered ``served.mode``).
+    """
     metric = settings.metric
     if metric not in candidate_metrics:
         raise ValueError(f"promotion.metric {metric!r} was not evaluated; available: {sorted(candidate_metrics)}")
@@ -105,9 +107,9 @@ def run_gate(
             eval_settings.batch_size,
             context.precision,
         )
-        if settings.mode == "hybrid":
-            # Production as it would be served: fused with BM25 at its own registered weight and method.
-            tags = client.get_model_version(registered_model, production).tags
+        tags = client.get_model_version(registered_model, production).tags
+        if tags.get(SERVED_MODE_TAG, "dense") == "hybrid":
+            # Production as it is served: fused with BM25 at its own registered weight and method.
             weight = float(tags.get("hybrid.weight", NEUTRAL_WEIGHT))
             method = tags.get("hybrid.method", eval_settings.fusion)
             run = fuse_runs(
@@ -122,14 +124,23 @@ def run_gate(
         return evaluation.metrics
 
     candidate = Scored(version, float(candidate_metrics[metric]), dataset_fingerprint)
+    base = Scored("base", float(base_metrics[metric]), dataset_fingerprint) if base_metrics else None
     with production_lock(registered_model, workspace):
         current = production_version(client, registered_model)
         production = (
-            _production_figure(client, current, metric, dataset_fingerprint, split, reevaluate, settings.mode)
+            _production_figure(
+                client,
+                current,
+                metric,
+                dataset_fingerprint,
+                split,
+                reevaluate,
+                current.tags.get(SERVED_MODE_TAG, "dense"),
+            )
             if current
             else None
         )
-        decision: Decision = decide(candidate, production, metric, settings.margin)
+        decision: Decision = decide(candidate, production, metric, settings.margin, base)
         outcome = decision.as_dict()
         tags = decision.as_tags()
         moved = None
@@ -179,5 +190,28 @@ def promotion_gate(
     eval_settings: EvalConfig,
     registered_model: str,
     context: RunContext,
+    base_metrics: dict[str, float] | None = None,
 ) -> dict:
-    return run_gate(version, candidate_metrics, data, settings, eval_settings, registered_model, context)
+    return run_gate(version, candidate_metrics, data, settings, eval_settings, registered_model, context, base_metrics)
+
+
+@task(name="ship-base-model")
+def ship_base_model(gate: dict, base_version: str, registered_model: str, context: RunContext) -> dict:
+    """Make the registered base model production after a gate said ``ship_base``; compare-and-set on the
+    production that gate read, so a move made meanwhile wins and this one stands down (``conflict``)."""
+    client = MlflowClient()
+    reason = f"base model's system ships: {gate['reason']}"[:480]
+    expected = gate.get("previous_production")
+    with production_lock(registered_model, context.workspace):
+        try:
+            moved = move_production(client, registered_model, base_version, "gate", reason, expected=expected)
+        except ProductionChanged as err:
+            result = gate | {"decision": "conflict", "reason": f"conflict: {err}", "base_version": base_version}
+        else:
+            result = gate | {"production": moved["production"], "base_version": base_version, "promote": False}
+    for key, value in {"promotion.decision": result["decision"], "promotion.reason": result["reason"]}.items():
+        client.set_model_version_tag(registered_model, base_version, key, value)
+    path = context.run_dir / "evaluation" / "promotion.json"
+    path.write_text(json.dumps(result, indent=2))
+    log_artifact(context.run_id, path)
+    return result

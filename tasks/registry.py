@@ -1,4 +1,5 @@
-"""Register: log the model with MLflow's sentence_transformers flavour, register it, point ``candidate`` at it."""
+"""Register: log the model with MLflow's sentence_transformers flavour, register it, point ``candidate`` at it
+(not for the base model registered because it beat the candidate: ``candidate`` stays the last trained)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def register(
     metrics: dict[str, float],
     dataset_fingerprint: str,
     extra_tags: dict[str, str] | None = None,
+    artifact_name: str = "model",
+    alias: str | None = CANDIDATE,
 ) -> str:
     """Log and register the model from ``model_dir``; alias ``candidate`` moves to the new version.
 
@@ -28,7 +31,7 @@ def register(
     towers = tower_type(model)
     info = mlflow.sentence_transformers.log_model(
         model,
-        name="model",
+        name=artifact_name,
         run_id=run_id,  # no active run: leaving ``with start_run`` would mark the run FINISHED
         registered_model_name=registered_model,
         # The flavour's own pinned list: inferring requirements re-imports the model in a
@@ -44,5 +47,6 @@ def register(
     tags |= extra_tags or {}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
-    client.set_registered_model_alias(registered_model, CANDIDATE, version)
+    if alias:
+        client.set_registered_model_alias(registered_model, alias, version)
     return version

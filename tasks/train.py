@@ -60,13 +60,13 @@ def train(
             result_path.write_text(result.to_json())
     record = json.loads(result_path.read_text())
     if record.get("kept_base_model"):
-        run_logger().warning("no checkpoint beat the base model on dev: the base model is kept")
-    if not record.get("dev_split"):
-        run_logger().warning("no dev split: trained %d steps without checkpoint selection", record["steps"])
+        run_logger().warning("α 0 was best on dev: the base model's weights are kept")
+    run_logger().info("training selection: %s", record["selection"])
     summary = {
         "steps": record["steps"],
         "seconds": record["seconds"],
         "median_step_seconds": record["median_step_seconds"],
+        "interpolation": record["interpolation"],
     }
     if record.get("best_step") is not None:
         summary |= {"best_step": record["best_step"], "best_dev_ndcg_at_10": record["best_dev_ndcg"]}
@@ -74,17 +74,12 @@ def train(
     client = MlflowClient()
     for step, loss in record["loss_history"]:
         client.log_metric(context.run_id, f"{metric_prefix}loss", loss, step=step)
-    # The dev curve as a metric history: MLflow draws it as a chart on the run page.
+    # The dev curves as metric histories: MLflow draws them as charts on the run page.
     for step, value in record.get("dev_curve", []):
         client.log_metric(context.run_id, f"{metric_prefix}dev_ndcg_at_10", value, step=step)
-    client.set_tag(
-        context.run_id,
-        f"{metric_prefix}selection",
-        "base model (no checkpoint beat it on dev)"
-        if record.get("kept_base_model")
-        else "best dev checkpoint"
-        if record.get("dev_split")
-        else "none (no dev split)",
-    )
+    for position, (alpha, value) in enumerate(record.get("interpolation_curve", [])):
+        client.log_metric(context.run_id, f"{metric_prefix}interpolation_dev_ndcg_at_10", value, step=position)
+        client.log_metric(context.run_id, f"{metric_prefix}interpolation_alpha", alpha, step=position)
+    client.set_tag(context.run_id, f"{metric_prefix}selection", record["selection"])
     log_artifact(context.run_id, result_path)
     return record["model_dir"]

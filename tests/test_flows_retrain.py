@@ -12,24 +12,32 @@ from denseflow.flows.retrain import retrain
 from denseflow.model.config import RetrainConfig
 
 
-def tiny_config(tmp_path: Path, beir_dir: Path, model_dir: Path) -> RetrainConfig:
-    return RetrainConfig.model_validate(
+def tiny_config(tmp_path: Path, beir_dir: Path, model_dir: Path, **sections: dict) -> RetrainConfig:
+    config = RetrainConfig.model_validate(
         {
             "workspace": str(tmp_path / "ws"),
-            # 24 train queries: a quarter carved into dev leaves enough of both.
-            "data": {"path": str(beir_dir), "dev_share": 0.25},
+            # 24 train queries, each judging its own document: a quarter of the groups carved into dev leaves
+            # enough of both; on 6 dev queries choices are made only because min_dev_queries is lowered.
+            "data": {"path": str(beir_dir), "dev_share": 0.25, "min_dev_queries": 2},
             "mining": {"candidates": "bm25", "rank_end": 10},
             "train": {"base_model": str(model_dir), "batch_size": 8, "epochs": 1, "max_seq_length": 32},
             "eval": {"batch_size": 16},
             "tracking": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "test"},
         }
     )
+    return config.model_copy(
+        update={name: getattr(config, name).model_copy(update=values) for name, values in sections.items()}
+    )
+
+
+def client_of(tmp_path: Path) -> MlflowClient:
+    return MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
 
 
 def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir):
     summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir))
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = client_of(tmp_path)
     candidate = client.get_model_version_by_alias("retriever", "candidate")
     assert str(candidate.version) == summary["version"] == "1"
     assert candidate.run_id == summary["mlflow_run_id"]
@@ -39,19 +47,22 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert run.data.params["train.batch_size"] == "8"
     trained = summary["metrics"]["trained"]
     assert run.data.metrics["ndcg_at_10"] == pytest.approx(trained["ndcg@10"])
-    # The registered figures are the served mode's (hybrid by default), with the weight serving needs.
-    hybrid = summary["metrics"]["hybrid"]
-    assert summary["served_mode"] == "hybrid"
-    assert candidate.tags["ndcg_at_10"] == f"{hybrid['ndcg@10']:.6f}"
+    # The registered figures are the served mode's, chosen on dev, with what serving needs to reproduce them.
+    served = summary["served_mode"]
+    assert served in {"dense", "hybrid"}
+    assert candidate.tags["served.mode"] == served
+    served_label = "hybrid" if served == "hybrid" else "trained"
+    assert candidate.tags["ndcg_at_10"] == f"{summary['metrics'][served_label]['ndcg@10']:.6f}"
     assert candidate.tags["trained.ndcg_at_10"] == f"{trained['ndcg@10']:.6f}"
-    assert 0.0 <= float(candidate.tags["hybrid.weight"]) <= 1.0
-    # Choices were made on a dev split carved from train; its curve is a metric history (a chart in MLflow).
+    assert candidate.tags["served.mode_chosen_by"].startswith("dev ndcg@10")
+    # Choices were made on a dev split carved by document groups; its curve is a metric history (a chart).
     assert summary["dev_split"] == "dev"
-    assert set(summary["dev_metrics"]) == {"trained", "hybrid", "zero-shot", "bm25"}
+    assert run.data.tags["data.dev_method"] == "document groups"
+    assert set(summary["dev_metrics"]) == {"trained", "hybrid", "zero-shot", "zero-shot+bm25", "bm25"}
     dev_curve = client.get_metric_history(run.info.run_id, "train.dev_ndcg_at_10")
     assert len(dev_curve) >= 2
-    # The tiny random model may not beat its start on 6 dev queries: then the base model is kept, also a selection.
-    assert run.data.tags["train.selection"] in {"best dev checkpoint", "base model (no checkpoint beat it on dev)"}
+    assert "chosen on dev" in run.data.tags["train.selection"]
+    assert len(client.get_metric_history(run.info.run_id, "train.interpolation_dev_ndcg_at_10")) == 6
     assert {"zeroshot.ndcg_at_10", "bm25.recall_at_100", "ingest.rejected_rows"} <= set(run.data.metrics)
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"train_examples.jsonl", "rejects.jsonl", "evaluation", "plots"} <= artifacts
@@ -62,10 +73,43 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert dev_queries > 0
     assert len(examples) == 24 - dev_queries
     assert all(json.loads(line)["negatives"] for line in examples)
-    # The first version is promoted and published from the corpus embeddings evaluation already computed.
+    # Every test query judges a document no train query judges: the seen partition is empty, and 12 unseen
+    # queries are too few for a figure, which the report says instead of printing one.
+    unseen = summary["partitions"]["trained"]["unseen_docs"]
+    assert (unseen["queries"], unseen["metrics"]) == (12, None)
+    assert "too few" in unseen["note"]
+    assert summary["partitions"]["trained"]["seen_docs"]["queries"] == 0
+    # The gate compared with the base model's own system too, and named all the figures it read.
+    promotion = summary["promotion"]
+    assert promotion["base_figure"]["value"] == pytest.approx(
+        summary["metrics"]["zero-shot+bm25" if summary["base_served_mode"] == "hybrid" else "zero-shot"]["ndcg@10"]
+    )
+    assert "base model" in promotion["reason"]
+    # Whichever system won is production, published from the corpus embeddings evaluation already computed.
+    production = client.get_model_version_by_alias("retriever", "production")
+    assert str(production.version) == str(promotion["production"])
     published = summary["published"]
     assert published["documents"] == 36
     assert published["shards_reused"] == published["shards"] > 0
+
+
+def test_a_candidate_no_better_than_its_base_model_is_not_shipped_the_base_is(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    """α 0 makes the trained model the base model itself: a tie with the base system, so the base ships."""
+    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train={"interpolation": 0.0})
+    summary = retrain(config)
+    promotion = summary["promotion"]
+    assert promotion["decision"] == "base model shipped"
+    assert promotion["promote"] is False
+    client = client_of(tmp_path)
+    base_version = client.get_model_version_by_alias("retriever", "production")
+    assert str(base_version.version) == promotion["base_version"] != summary["version"]
+    assert base_version.tags["denseflow.base_model"] == "true"
+    # `candidate` stays the trained version; the published index serves the base model's version.
+    assert str(client.get_model_version_by_alias("retriever", "candidate").version) == summary["version"]
+    manifest = json.loads((Path(summary["published"]["path"]) / "manifest.json").read_text())
+    assert str(manifest["model"]["version"]) == promotion["base_version"]
 
 
 def test_second_run_registers_a_new_version_and_reuses_training(
@@ -74,38 +118,57 @@ def test_second_run_registers_a_new_version_and_reuses_training(
     config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir)
     first = retrain(config)
     second = retrain(config)
-    assert (first["version"], second["version"]) == ("1", "2")
+    assert int(second["version"]) > int(first["version"])
     # Same examples and settings: the second run reuses the trained model, so the metrics are identical.
     assert first["metrics"]["trained"] == second["metrics"]["trained"]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert str(client.get_model_version_by_alias("retriever", "candidate").version) == "2"
+    assert str(client_of(tmp_path).get_model_version_by_alias("retriever", "candidate").version) == second["version"]
 
 
 def test_production_left_without_an_index_is_published_by_the_next_run(
     prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
 ):
     """A crash between the gate's move and publication: the re-run publishes production even on a tie."""
-    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir)
+    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train={"interpolation": 0.0})
     unpublished = config.model_copy(
         update={"promotion": config.promotion.model_copy(update={"publish_on_promotion": False})}
     )
     first = retrain(unpublished)
-    assert first["promotion"]["promote"] is True
+    production = first["promotion"]["production"]
+    assert production is not None
     assert "published" not in first
     second = retrain(config)
-    assert second["promotion"]["promote"] is False  # same training reused: a tie
+    assert second["promotion"]["promote"] is False  # same model again: a tie with production and the base
     assert second["published"]["documents"] == 36
     manifest = json.loads((Path(second["published"]["path"]) / "manifest.json").read_text())
-    assert str(manifest["model"]["version"]) == first["version"]
+    assert str(manifest["model"]["version"]) == str(production)
+
+
+def test_a_dev_split_too_small_to_choose_on_uses_the_priors_and_says_so(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, data={"min_dev_queries": 30})
+    summary = retrain(config)
+    assert summary["dev_split"] == "dev"
+    assert summary["selection_split"] is None
+    run = client_of(tmp_path).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["train.selection"].startswith("none (no dev split to select on)")
+    assert run.data.metrics["train.interpolation"] == 0.5
+    assert summary["served_mode"] == "hybrid"
+    assert summary["served_mode_chosen_by"].startswith("prior")
+    assert summary["hybrid"]["weight"] == 0.5
+    assert summary["hybrid"]["weight_chosen_by"].startswith("prior")
+    # Dev is still reported, with its bootstrap interval around the figure.
+    low, high = summary["dev_intervals"]["trained"]
+    assert low <= summary["dev_metrics"]["trained"]["ndcg@10"] <= high
 
 
 def test_too_few_train_queries_train_without_selection_and_say_so(
     prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
 ):
-    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir)
-    config = config.model_copy(update={"data": config.data.model_copy(update={"min_dev_train_queries": 1000})})
+    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, data={"min_dev_train_queries": 1000})
     summary = retrain(config)
     assert summary["dev_split"] is None
-    run = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(summary["mlflow_run_id"])
-    assert run.data.tags["train.selection"] == "none (no dev split)"
+    run = client_of(tmp_path).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["train.selection"].startswith("none (no dev split")
+    assert run.data.tags["data.dev_method"] == "none"
     assert summary["hybrid"]["weight"] == 0.5

@@ -1,12 +1,15 @@
 """Dev evaluation during training on a candidate corpus, so a 2-core CPU can afford it every half epoch.
 
 Encoding the whole corpus per evaluation costs minutes on a CPU; the candidate corpus (each dev query's judged
-positives plus its BM25 top-N) costs seconds and ranks checkpoints the same way in what was measured (README,
+positives plus its BM25 top-N, plus the training positives) costs seconds and ranks checkpoints the same way in what was measured (README,
 "dev on a candidate corpus"). The figure is higher than the full-corpus one (fewer distractors), so it is used
 to *compare checkpoints*, never reported as the model's quality.
 """
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
 
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import cos_sim
@@ -17,20 +20,42 @@ from denseflow.model.index.bm25 import BM25Index
 EVALUATOR_NAME = "dev"
 # The key the trainer logs: "eval_" + evaluator name + score function + metric.
 DEV_METRIC = f"eval_{EVALUATOR_NAME}_cosine_ndcg@10"
+# Enough to hold every training positive of collections of a few thousand judged queries; encoding them costs
+# seconds per dev evaluation on a 2-core CPU.
+MAX_TRAINING_POSITIVES = 4000
 
 
-def candidate_corpus(dataset: Dataset, split: str, candidates: int) -> dict[str, str]:
-    """Judged positives of every query of ``split`` plus each query's BM25 top-``candidates``."""
+def candidate_corpus(
+    dataset: Dataset, split: str, candidates: int, training_positives: Iterable[str] = ()
+) -> dict[str, str]:
+    """Judged positives of every query of ``split``, each query's BM25 top-``candidates``, and the training
+    positives.
+
+    The training positives are the documents a fine-tuned model drags up for every query (they become attractors);
+    without them in the candidate corpus, over-ranking them would cost nothing on dev and the recipe that
+    memorises most would win. Above ``MAX_TRAINING_POSITIVES`` a stable hash sample of them is kept.
+    """
     queries = dataset.split_queries(split)
     bm25 = BM25Index(dataset.corpus)
-    doc_ids: set[str] = set()
+    doc_ids: set[str] = set(
+        stable_sample(sorted(set(training_positives) & set(dataset.corpus)), MAX_TRAINING_POSITIVES)
+    )
     for query_id, text in queries.items():
         doc_ids |= {doc_id for doc_id, score in dataset.qrels[split][query_id].items() if score > 0}
         doc_ids |= {doc_id for doc_id, _ in bm25.search(text, candidates)}
     return {doc_id: dataset.corpus[doc_id].full_text for doc_id in sorted(doc_ids)}
 
 
-def dev_evaluator(dataset: Dataset, split: str, candidates: int, batch_size: int = 32) -> InformationRetrievalEvaluator:
+def stable_sample(doc_ids: list[str], limit: int) -> list[str]:
+    """At most ``limit`` ids, chosen by a hash of each id: the same id stays in when more are added."""
+    if len(doc_ids) <= limit:
+        return doc_ids
+    return sorted(doc_ids, key=lambda doc_id: hashlib.sha256(doc_id.encode()).hexdigest())[:limit]
+
+
+def dev_evaluator(
+    dataset: Dataset, split: str, candidates: int, batch_size: int = 32, training_positives: Iterable[str] = ()
+) -> InformationRetrievalEvaluator:
     """sentence-transformers' IR evaluator over the candidate corpus of ``split``; its main score is nDCG@10."""
     relevant = {
         query_id: {doc_id for doc_id, score in judged.items() if score > 0}
@@ -38,7 +63,7 @@ def dev_evaluator(dataset: Dataset, split: str, candidates: int, batch_size: int
     }
     return InformationRetrievalEvaluator(
         queries=dataset.split_queries(split),
-        corpus=candidate_corpus(dataset, split, candidates),
+        corpus=candidate_corpus(dataset, split, candidates, training_positives),
         relevant_docs=relevant,
         name=EVALUATOR_NAME,
         ndcg_at_k=[10],

@@ -13,6 +13,17 @@ steps, training stops after ``patience`` evaluations without a better dev nDCG@1
 model that is saved (``load_best_model_at_end``). Without one it trains for the configured epochs and keeps the
 last weights.
 
+After training, the fine-tuned weights are interpolated with the base model's (WiSE-FT, Wortsman et al. 2022,
+"Robust fine-tuning of zero-shot models"): ``θ = (1 − α)·θ_base + α·θ_tuned``. Fine-tuning on a few hundred
+judged queries moves every document embedding, and the ones trained on become attractors for unseen queries; the
+merge keeps most of the gain on the training distribution and the base model's behaviour elsewhere. α is chosen
+on dev from ``interpolation_grid`` (α = 0 is the base model itself, so a retrain never keeps weights below its
+base on dev), or fixed by ``train.interpolation``.
+
+Without a dev split to select on (none, or fewer queries than ``data.min_dev_queries``, where a dev figure
+decides by noise) the configured epochs run to the end and α is the prior ``interpolation_prior`` (0.5, the
+mix WiSE-FT recommends), said in the result's ``selection``.
+
 Training runs in ``output_dir/checkpoints``; a re-run with the same ``output_dir`` resumes from the newest
 *complete* checkpoint (a crash while one was being written leaves it without ``trainer_state.json``: it is moved
 aside, not resumed from), and the finished model is saved to ``output_dir/model``.
@@ -20,6 +31,7 @@ aside, not resumed from), and the finished model is saved to ``output_dir/model`
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -27,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
@@ -60,6 +73,9 @@ class TrainResult:
     best_step: int | None = None
     best_dev_ndcg: float | None = None
     kept_base_model: bool = False
+    interpolation: float = 1.0
+    interpolation_curve: list[tuple[float, float]] = field(default_factory=list)
+    selection: str = "none (no dev split)"
 
     @property
     def median_step_seconds(self) -> float:
@@ -85,8 +101,43 @@ def to_hf_dataset(examples: list[TrainExample], data: Dataset) -> datasets.Datas
 
 
 def build_model(settings: TrainConfig) -> SentenceTransformer:
+    """The base model in the configured towers; ``query_only`` freezes the document tower (it stays the base)."""
     model = load_encoder(resolve_base_model(settings.base_model), settings.max_seq_length)
-    return make_asymmetric(model) if settings.towers == "asymmetric" else model
+    if settings.towers == "siamese":
+        return model
+    model = make_asymmetric(model)
+    if settings.towers == "query_only":
+        for parameter in model[0].sub_modules["document"].parameters():
+            parameter.requires_grad_(False)
+    return model
+
+
+def interpolate(base: SentenceTransformer, tuned: SentenceTransformer, weight: float) -> SentenceTransformer:
+    """WiSE-FT: ``(1 − weight)·base + weight·tuned``, parameter by parameter (same architecture)."""
+    if not 0 <= weight <= 1:
+        raise ValueError(f"train.interpolation {weight} is outside [0, 1]")
+    merged = copy.deepcopy(tuned)
+    base_state = base.state_dict()
+    merged.load_state_dict(
+        {
+            name: torch.lerp(base_state[name].to(value.dtype), value, weight) if value.is_floating_point() else value
+            for name, value in tuned.state_dict().items()
+        }
+    )
+    return merged
+
+
+def choose_interpolation(
+    base: SentenceTransformer,
+    tuned: SentenceTransformer,
+    evaluator,
+    grid: list[float],  # noqa: ANN001
+) -> tuple[float, list[tuple[float, float]]]:
+    """The α of ``grid`` with the best dev nDCG@10 (ties to the smaller α: nearer the base), and the curve."""
+    metric = DEV_METRIC.removeprefix("eval_")
+    curve = [(alpha, float(evaluator(interpolate(base, tuned, alpha))[metric])) for alpha in sorted(set(grid))]
+    best = max(curve, key=lambda point: (round(point[1], 6), -point[0]))
+    return best[0], curve
 
 
 def build_loss(model: SentenceTransformer, settings: TrainConfig) -> MultipleNegativesRankingLoss:
@@ -159,14 +210,19 @@ def train_bi_encoder(
     dev_split: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the best checkpoint on it."""
+    """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the checkpoint and α on it."""
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
     train_dataset = to_hf_dataset(examples, data)
     model = build_model(settings)
     precision = resolve_precision(settings.precision)
     columns = train_dataset.column_names
-    evaluator = dev_evaluator(data, dev_split, settings.dev_candidates) if dev_split else None
+    training_positives = {example.positive_id for example in examples}
+    evaluator = (
+        dev_evaluator(data, dev_split, settings.dev_candidates, training_positives=training_positives)
+        if dev_split
+        else None
+    )
     if evaluator is not None:
         eval_steps = max(1, math.ceil(len(train_dataset) / settings.batch_size / settings.evals_per_epoch))
         schedule = {
@@ -221,12 +277,18 @@ def train_bi_encoder(
     dev_curve = baseline + [
         (int(entry["step"]), float(entry[DEV_METRIC])) for entry in trainer.state.log_history if DEV_METRIC in entry
     ]
-    # On data where fine-tuning only hurts, the best checkpoint can still be worse than the starting point:
-    # then the base model is what ships, so a retrain never registers a model below its base on dev.
-    best = trainer.state.best_metric
-    kept_base = bool(baseline) and best is not None and best <= baseline[0][1]
+    base = build_model(settings)
+    curve: list[tuple[float, float]] = []
+    if settings.interpolation is not None:
+        alpha, selection = settings.interpolation, f"α {settings.interpolation:g} configured"
+    elif evaluator is not None:
+        alpha, curve = choose_interpolation(base, trainer.model, evaluator, settings.interpolation_grid)
+        selection = f"best dev checkpoint, α {alpha:g} chosen on {dev_split}"
+    else:
+        alpha = settings.interpolation_prior
+        selection = f"none (no dev split to select on): last checkpoint, prior α {alpha:g}"
     if trainer.is_world_process_zero():  # data-parallel hook: one process writes the model
-        (build_model(settings) if kept_base else trainer.model).save(str(model_dir))
+        interpolate(base, trainer.model, alpha).save(str(model_dir))
     return TrainResult(
         model_dir=model_dir,
         steps=trainer.state.global_step,
@@ -239,5 +301,8 @@ def train_bi_encoder(
         dev_curve=dev_curve,
         best_step=trainer.state.best_global_step if evaluator else None,
         best_dev_ndcg=trainer.state.best_metric if evaluator else None,
-        kept_base_model=kept_base,
+        kept_base_model=alpha == 0,
+        interpolation=alpha,
+        interpolation_curve=curve,
+        selection=selection,
     )
