@@ -110,6 +110,8 @@ def compare_arm(
     )
     arm_dir = Path(run_dir) / "arms" / spec.slug
     dataset_dir, dev_split, split = data["dataset_dir"], data.get("dev_split"), config.data.eval_split
+    # As in retrain: a dev split too small to choose on is reported, not chosen on.
+    selection_split = dev_split if data.get("dev_queries", 0) >= config.data.min_dev_queries else None
     started = time.perf_counter()
     base_model = resolve_base_model(config.train.base_model)
     examples_paths: dict[str, str] = {}
@@ -131,7 +133,7 @@ def compare_arm(
                     examples,
                     settings,
                     config.data.train_split,
-                    dev_split,
+                    selection_split,
                     data["fingerprint"],
                     context,
                     f"train.{stage}",
@@ -140,8 +142,10 @@ def compare_arm(
                     evaluate(
                         target, f"{spec.slug}_round{number}", dataset_dir, split, None, config.eval, context, stage
                     )
-        # Test only: the arms are compared on test; dev already chose each model's checkpoint.
-        result = evaluate(target, spec.slug, dataset_dir, split, None, config.eval, context)
+        # The arms are compared on test; dev (which chose each model's checkpoint and α) is reported beside it.
+        result = evaluate(
+            target, spec.slug, dataset_dir, split, dev_split, config.eval, context, train_split=config.data.train_split
+        )
         seconds = time.perf_counter() - started
         log_metrics(run_id, {"seconds": seconds}, prefix="study.")
     except BaseException:

@@ -15,7 +15,39 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 class Section(BaseModel):
+    """A settings section. A nested section given as a mapping merges key by key over *this* section's default
+    for it, not over the nested class's own defaults: ``{"mining": {"rank_end": 20}}`` changes that key of
+    retrain's mining defaults and nothing else (retrain's ``teacher: none`` stays)."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_over_section_defaults(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, info in cls.model_fields.items():
+            given = merged.get(name)
+            if not isinstance(given, dict):
+                continue
+            default = info.get_default(call_default_factory=True)
+            if isinstance(default, BaseModel):
+                merged[name] = _merge_section(default.model_dump(), given, type(default))
+        return merged
+
+
+def _merge_section(default: dict, given: dict, section: type[BaseModel]) -> dict:
+    """``given`` over ``default``. Where ``given`` uses a section's old name for a key, the default under the new
+    name is left out so the section's own validator can translate the old one."""
+    merged = default | given
+    for old, new in RENAMED_KEYS.get(section.__name__, {}).items():
+        if old in given and new not in given:
+            merged.pop(new, None)
+    return merged
+
+
+RENAMED_KEYS: dict[str, dict[str, str]] = {"MiningConfig": {"strategy": "candidates"}}
 
 
 class ClickConfig(Section):
@@ -234,6 +266,14 @@ class TrainConfig(Section):
     )
     interpolation_grid: list[float] = Field(
         [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="α values tried on dev (0 = the base model)."
+    )
+    pseudo_queries: Literal["none", "title", "ict"] = Field(
+        "none",
+        description="Self-supervised pairs from the corpus mixed into training: title → text, or a sentence → the "
+        "rest of its document (inverse cloze), so every document is trained on, not only the judged ones.",
+    )
+    pseudo_query_ratio: float = Field(
+        0.5, ge=0, le=1, description="Pseudo pairs per judged training pair (with pseudo_queries other than none)."
     )
     interpolation_prior: float = Field(
         0.5, ge=0, le=1, description="α without enough dev queries to choose (WiSE-FT's recommended even mix)."

@@ -53,6 +53,33 @@ def scored(version: str, value: float, fingerprint: str = "fp") -> Scored:
     return Scored(version, value, fingerprint)
 
 
+def test_a_first_candidate_that_loses_to_the_base_model_is_rejected_and_the_base_ships():
+    decision = decide(scored("1", 0.60), None, "ndcg@10", 0.005, base=scored("base", 0.63))
+    assert not decision.promote
+    assert decision.ship_base
+    assert decision.outcome == "base model shipped"
+    assert "0.6000 vs the base model's system 0.6300" in decision.reason
+    assert decision.as_tags()["promotion.base_value"] == "0.630000"
+
+
+def test_a_candidate_must_beat_production_and_the_base_model_both():
+    base = scored("base", 0.63)
+    beats_both = decide(scored("3", 0.70), scored("2", 0.65), "ndcg@10", 0.005, base=base)
+    assert beats_both.promote
+    within_margin_of_base = decide(scored("3", 0.633), scored("2", 0.60), "ndcg@10", 0.005, base=base)
+    assert not within_margin_of_base.promote
+    assert within_margin_of_base.base_delta == pytest.approx(0.003)
+    loses_to_production = decide(scored("3", 0.64), scored("2", 0.70), "ndcg@10", 0.005, base=base)
+    assert not loses_to_production.promote
+    assert not loses_to_production.ship_base  # production beats the base: it stays
+
+
+def test_the_base_ships_over_a_production_it_beats_by_the_margin():
+    decision = decide(scored("3", 0.60), scored("2", 0.58), "ndcg@10", 0.005, base=scored("base", 0.63))
+    assert decision.ship_base
+    assert "production v2" in decision.reason
+
+
 def test_no_production_yet_promotes():
     decision = decide(scored("1", 0.40), None, "ndcg@10", 0.005)
     assert decision.promote and decision.outcome == "promoted"

@@ -24,7 +24,7 @@ def make_checkpoint(folder: Path, step: int, complete: bool) -> Path:
 def tiny_training_data(beir_dir: Path) -> tuple[Dataset, list[TrainExample]]:
     """The tiny dataset with a quarter of its train queries carved into dev, and one random negative per pair."""
     dataset = load_beir(beir_dir, ["train"], RejectLog())
-    assert carve_dev_split(dataset, "train", "dev", 0.25, 20) > 0
+    assert carve_dev_split(dataset, "train", "dev", 0.25, 20).queries > 0
     doc_ids = list(dataset.corpus)
     examples = [
         TrainExample(query_id=qid, positive_id=doc_id, negatives=[Negative(doc_ids[-1], None, None, "random")])

@@ -55,6 +55,7 @@ from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_
 from denseflow.model.mining.negatives import TrainExample
 from denseflow.model.training import distributed
 from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
+from denseflow.model.training.pseudo import PseudoPair, pseudo_pairs
 
 CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -74,6 +75,7 @@ class TrainResult:
     best_dev_ndcg: float | None = None
     kept_base_model: bool = False
     interpolation: float = 1.0
+    pseudo_pairs: int = 0
     interpolation_curve: list[tuple[float, float]] = field(default_factory=list)
     selection: str = "none (no dev split)"
 
@@ -87,8 +89,11 @@ class TrainResult:
         return json.dumps(data, indent=2)
 
 
-def to_hf_dataset(examples: list[TrainExample], data: Dataset) -> datasets.Dataset:
-    """Columns ``anchor, positive, negative_1..n``: the layout MultipleNegativesRankingLoss reads."""
+def to_hf_dataset(
+    examples: list[TrainExample], data: Dataset, pseudo: list[PseudoPair] | None = None
+) -> datasets.Dataset:
+    """Columns ``anchor, positive, negative_1..n``: the layout MultipleNegativesRankingLoss reads. Pseudo pairs
+    (their one negative repeated into every negative column) follow the judged ones; the sampler shuffles."""
     num_negatives = min(len(example.negatives) for example in examples)
     columns: dict[str, list[str]] = {"anchor": [], "positive": []}
     columns |= {f"negative_{i + 1}": [] for i in range(num_negatives)}
@@ -97,6 +102,11 @@ def to_hf_dataset(examples: list[TrainExample], data: Dataset) -> datasets.Datas
         columns["positive"].append(data.corpus[example.positive_id].full_text)
         for i, negative in enumerate(example.negatives[:num_negatives]):
             columns[f"negative_{i + 1}"].append(data.corpus[negative.doc_id].full_text)
+    for pair in pseudo or []:
+        columns["anchor"].append(pair.query)
+        columns["positive"].append(pair.positive)
+        for i in range(num_negatives):
+            columns[f"negative_{i + 1}"].append(pair.negative)
     return datasets.Dataset.from_dict(columns)
 
 
@@ -130,12 +140,19 @@ def interpolate(base: SentenceTransformer, tuned: SentenceTransformer, weight: f
 def choose_interpolation(
     base: SentenceTransformer,
     tuned: SentenceTransformer,
-    evaluator,
-    grid: list[float],  # noqa: ANN001
+    evaluator,  # noqa: ANN001 - sentence-transformers' evaluator
+    grid: list[float],
+    precision: str = "fp32",
 ) -> tuple[float, list[tuple[float, float]]]:
-    """The α of ``grid`` with the best dev nDCG@10 (ties to the smaller α: nearer the base), and the curve."""
+    """The α of ``grid`` with the best dev nDCG@10 (ties to the smaller α: nearer the base), and the curve.
+
+    Encoded under bf16 autocast where training ran in bf16: the numerics of the checkpoints' own evaluations.
+    """
     metric = DEV_METRIC.removeprefix("eval_")
-    curve = [(alpha, float(evaluator(interpolate(base, tuned, alpha))[metric])) for alpha in sorted(set(grid))]
+    curve = []
+    for alpha in sorted(set(grid)):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            curve.append((alpha, float(evaluator(interpolate(base, tuned, alpha))[metric])))
     best = max(curve, key=lambda point: (round(point[1], 6), -point[0]))
     return best[0], curve
 
@@ -213,7 +230,10 @@ def train_bi_encoder(
     """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the checkpoint and α on it."""
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
-    train_dataset = to_hf_dataset(examples, data)
+    pseudo = pseudo_pairs(
+        data.corpus, settings.pseudo_queries, round(settings.pseudo_query_ratio * len(examples)), settings.seed
+    )
+    train_dataset = to_hf_dataset(examples, data, pseudo)
     model = build_model(settings)
     precision = resolve_precision(settings.precision)
     columns = train_dataset.column_names
@@ -282,7 +302,7 @@ def train_bi_encoder(
     if settings.interpolation is not None:
         alpha, selection = settings.interpolation, f"α {settings.interpolation:g} configured"
     elif evaluator is not None:
-        alpha, curve = choose_interpolation(base, trainer.model, evaluator, settings.interpolation_grid)
+        alpha, curve = choose_interpolation(base, trainer.model, evaluator, settings.interpolation_grid, precision)
         selection = f"best dev checkpoint, α {alpha:g} chosen on {dev_split}"
     else:
         alpha = settings.interpolation_prior
@@ -303,6 +323,7 @@ def train_bi_encoder(
         best_dev_ndcg=trainer.state.best_metric if evaluator else None,
         kept_base_model=alpha == 0,
         interpolation=alpha,
+        pseudo_pairs=len(pseudo),
         interpolation_curve=curve,
         selection=selection,
     )
