@@ -77,7 +77,16 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
         split = config.data.eval_split
         title = f"negatives study: recall@k on {split}"
         summary = report(
-            runs, run_dir / "report", parent_id, title, config.permutations, notes, data["dataset_dir"], split
+            runs,
+            run_dir / "report",
+            parent_id,
+            title,
+            config.permutations,
+            notes,
+            data["dataset_dir"],
+            split,
+            config.data.train_split,
+            data.get("dev_split"),
         )
         log_metrics(parent_id, {"wall_minutes": (time.perf_counter() - started) / 60}, prefix="study.")
     except BaseException:

@@ -15,13 +15,22 @@ from prefect.artifacts import create_table_artifact
 
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.evaluation.metrics import read_trec_run
+from denseflow.model.evaluation.partition import (
+    MIN_PARTITION_QUERIES,
+    UNSEEN,
+    attractor_count,
+    judged_documents,
+    seen_document_split,
+)
 from denseflow.model.evaluation.plots import plot_negatives
 from denseflow.model.evaluation.report import (
+    ATTRACTORS,
     RunResult,
     VariantSummary,
     bm25_positive_ranks,
     comparison_markdown,
     plot_study,
+    restrict_runs,
     summarise_runs,
     table_rows,
     where_it_helps,
@@ -68,17 +77,22 @@ def mix(
     return str(path)
 
 
-def _run_result(item: dict, client: MlflowClient) -> RunResult:
-    """A flow's per-run record, completed with what mining and training logged to its MLflow run."""
+def _run_result(item: dict, client: MlflowClient, unseen_queries: list[str], training_positives: set[str]) -> RunResult:
+    """A flow's per-run record, completed with what mining and training logged to its MLflow run and the
+    attractor count of its unseen-document test queries."""
     logged = client.get_run(item["run_id"]).data.metrics
     # train.seconds, or train.round1.seconds + train.round2.seconds ... for the rounds of a dense arm
     train_seconds = sum(v for k, v in logged.items() if k.startswith("train.") and k.endswith(".seconds"))
     mining = {key.removeprefix("mine."): value for key, value in logged.items() if key.startswith("mine.")}
     per_query = json.loads(Path(item["per_query_path"]).read_text(encoding="utf-8"))
+    metrics = dict(item["metrics"])
+    run_path = item.get("run_path")
+    if unseen_queries and run_path and Path(run_path).is_file():
+        metrics[ATTRACTORS] = attractor_count(read_trec_run(Path(run_path)), unseen_queries, training_positives)
     return RunResult(
         spec=ArmSpec(**item["spec"]),
         run_id=item["run_id"],
-        metrics=item["metrics"],
+        metrics=metrics,
         per_query=per_query,
         recall_curve=item["recall_curve"],
         seconds=item["seconds"],
@@ -122,16 +136,33 @@ def report(
     notes: list[str],
     dataset_dir: Path,
     split: str,
+    train_split: str = "train",
+    dev_split: str | None = None,
 ) -> dict:
     """Table (markdown, CSV), where-does-it-help counts, recall@k and negatives plots, per-variant metrics on
-    the parent run; a Prefect table."""
+    the parent run; a Prefect table. Every table also per seen-/unseen-document partition of the test queries,
+    with its own paired tests against random (Holm-corrected within the partition)."""
     client = MlflowClient()
-    summaries = summarise_runs([_run_result(item, client) for item in runs], permutations)
+    dataset = load_beir(Path(dataset_dir), [split, train_split] + ([dev_split] if dev_split else []), RejectLog())
+    used = [dataset.qrels[train_split]] + ([dataset.qrels[dev_split]] if dev_split else [])
+    parts = seen_document_split(dataset.qrels[split], used)
+    training_positives = judged_documents([dataset.qrels[train_split]])
+    results = [_run_result(item, client, parts[UNSEEN], training_positives) for item in runs]
+    summaries = summarise_runs(results, permutations)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    helps = where_it_helps(summaries, _bm25_ranks(runs, dataset_dir, split))
+    ranks = _bm25_ranks(runs, dataset_dir, split)
+    helps = where_it_helps(summaries, ranks)
     plots = _negatives_plots(summaries, out_dir)
-    markdown = comparison_markdown(summaries, title, notes, helps, plots)
+    partitions = []
+    for name, queries in parts.items():
+        if len(queries) < MIN_PARTITION_QUERIES:
+            continue
+        part_summaries = summarise_runs(restrict_runs(results, queries), permutations)
+        part_helps = where_it_helps(part_summaries, ranks)
+        partitions.append((name, len(queries), part_summaries, part_helps))
+        write_csv(part_summaries, out_dir / f"comparison_{name}.csv", part_helps)
+    markdown = comparison_markdown(summaries, title, notes, helps, plots, partitions)
     (out_dir / "comparison.md").write_text(markdown, encoding="utf-8")
     write_csv(summaries, out_dir / "comparison.csv", helps)
     plot_study(summaries, out_dir / "recall_at_k.png", title)
@@ -147,6 +178,17 @@ def report(
             "run_seconds": s.seconds,
             "mining": s.mining,
             "where_it_helps": [row for row in helps if row["variant"] == s.variant],
+            "partitions": {
+                name: {
+                    "queries": count,
+                    "metrics": {m: {"mean": v, "std": sd} for m, (v, sd) in ps.metrics.items()},
+                    "tests": {m: t.as_dict() | {"p_holm": ps.p_holm[m]} for m, t in ps.tests.items()},
+                    "where_it_helps": [row for row in ph if row["variant"] == s.variant],
+                }
+                for name, count, part, ph in partitions
+                for ps in part
+                if ps.variant == s.variant
+            },
         }
         for s in summaries
     ]

@@ -11,11 +11,12 @@ def defaults_of(model: type) -> dict[str, str]:
 
 def test_study_reference_shows_the_study_training_defaults_not_the_retrain_ones() -> None:
     study, retrain = defaults_of(CompareConfig), defaults_of(RetrainConfig)
-    # Every trained arm: a fixed step budget at make run's sequence length, so arms compare at equal cost.
-    assert study["train.max_steps"] == "80"
+    # Every trained arm: a fixed step budget on make run's recipe, so arms compare at equal cost.
+    assert study["train.max_steps"] == "52"
     assert study["train.max_seq_length"] == retrain["train.max_seq_length"] == "128"
+    assert study["train.learning_rate"] == retrain["train.learning_rate"]
     assert retrain["train.max_steps"] == "-1"
-    assert CompareConfig().train.max_steps == 80
+    assert CompareConfig().train.max_steps == 52
     assert RetrainConfig().train.max_steps == -1
 
 
@@ -25,3 +26,29 @@ def test_every_nested_setting_is_listed_with_a_description() -> None:
     assert len(keys) == len(set(keys))
     assert {"data.path", "train.batch_size", "eval.precision"} <= set(keys)
     assert not [key for key, _, description in rows if key.startswith("train.") and not description]
+
+
+def test_a_section_override_changes_that_key_and_keeps_the_flows_own_defaults() -> None:
+    # retrain mines BM25's top negatives without the teacher filter; one mining key must not turn the filter on.
+    config = RetrainConfig.model_validate({"mining": {"rank_end": 20}})
+    assert config.mining.rank_end == 20
+    assert config.mining.teacher == "none"
+
+
+def test_the_study_keeps_its_step_budget_when_its_train_section_is_overridden() -> None:
+    config = CompareConfig.model_validate({"train": {"seed": 3}})
+    assert (config.train.seed, config.train.max_steps) == (3, 52)
+
+
+def test_removed_and_out_of_range_settings_are_named() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="eval.baselines was removed"):
+        RetrainConfig.model_validate({"eval": {"baselines": False}})
+    with pytest.raises(ValidationError, match="interpolation"):
+        RetrainConfig.model_validate({"train": {"interpolation": 1.5}})
+    with pytest.raises(ValidationError, match="pseudo_query_ratio"):
+        RetrainConfig.model_validate({"train": {"pseudo_query_ratio": -0.1}})
+    with pytest.raises(ValidationError, match="interpolation_grid"):
+        RetrainConfig.model_validate({"train": {"interpolation_grid": [0.5, 2.0]}})

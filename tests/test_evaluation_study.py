@@ -21,9 +21,9 @@ from denseflow.model.evaluation.study import (
 
 def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tmp_path):
     config = CompareConfig()
-    # make run's sequence length, ~3 epochs of SciFact's train pairs at batch 32, 3 seeds
+    # make run's recipe and sequence length, 2 epochs of SciFact's train pairs at batch 32, 3 seeds
     assert (config.train.max_seq_length, config.train.max_steps, config.seeds) == (
-        TrainConfig().max_seq_length, 80, [0, 1, 2],
+        TrainConfig().max_seq_length, 52, [0, 1, 2],
     )  # fmt: skip
     specs = plan_study(config)
     assert [spec.slug for spec in specs[:3]] == ["zero-shot", "bm25-alone", "random_siamese_seed0"]
@@ -38,7 +38,7 @@ def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tm
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"train": {"batch_size": 16}, "towers": ["siamese", "asymmetric"]}))
     loaded = CompareConfig.from_yaml(path)
-    assert (loaded.train.batch_size, loaded.train.learning_rate, loaded.train.max_steps) == (16, 5e-5, 80)
+    assert (loaded.train.batch_size, loaded.train.learning_rate, loaded.train.max_steps) == (16, 1e-4, 52)
     assert len(plan_study(loaded)) == 2 + 5 * 3 * 2
     for bad in ({"arms": ["bm25"]}, {"seeds": [1, 1]}, {"train": {"max_steps": -1}}, {"typo": 1}):
         with pytest.raises(ValidationError):

@@ -213,8 +213,11 @@ def ws(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, prefect_h
                     "epochs": 1,
                     "max_seq_length": 32,
                     "save_steps": 1,  # a checkpoint at every step: the kill in case 1 lands inside one
+                    # α 0: the trained model is the base model itself, so every gate's outcome is fixed: the first
+                    # ships the base model (version 2 beside candidate 1), later ones tie with it.
+                    "interpolation": 0.0,
                 },
-                "eval": {"batch_size": 16, "baselines": False},
+                "eval": {"batch_size": 16},
                 "tracking": {"experiment": "faults"},
             }
         )
@@ -252,8 +255,8 @@ def test_kill_9_while_a_checkpoint_is_written_leaves_the_served_index_alone(ws: 
 
 def test_rerun_resumes_then_kill_9_as_publish_starts_leaves_the_previous_index_serving(ws: Workspace) -> None:
     """The re-run gets past the cut-short checkpoint (item 1: renamed ``incomplete-checkpoint-*``, resumed from a
-    complete one when there is one, else restarted), registers and promotes version 1, and is killed as its publish
-    step starts: production points at a version without an index (item 2's state); the previously published
+    complete one when there is one, else restarted), registers version 1, loses to the base model, which ships as
+    version 2, and is killed as its publish step starts: production points at a version without an index (item 2's state); the previously published
     version keeps serving, and the run killed in training is still RUNNING."""
     attempt = start_retrain(ws, "2-killed-in-publish")
     kill_when(attempt, lambda: publishing(ws, attempt), "the publish step")
@@ -263,7 +266,7 @@ def test_rerun_resumes_then_kill_9_as_publish_starts_leaves_the_previous_index_s
     (killed,) = ws.new_runs()
     ws.notes["killed_in_publish"] = killed
     assert ws.status(str(ws.notes["killed_in_training"])) == "RUNNING"
-    assert production(ws) == ["1"]
+    assert production(ws) == ["2"]
     assert served_model(ws) == "seed"
 
 
@@ -283,13 +286,13 @@ def test_two_retrains_at_once_both_finish_with_one_production_and_its_index_publ
     finished = ws.new_runs()
     assert sorted(ws.status(run) for run in finished) == ["FINISHED", "FINISHED"]
     assert ws.status(str(ws.notes["killed_in_training"])) == "RUNNING"  # not rewritten by later runs
-    assert production(ws) == ["1"]
+    assert production(ws) == ["2"]
     history = json.loads(ws.client().get_registered_model("retriever").tags[HISTORY_TAG])
-    assert [(move["version"], move["action"]) for move in history] == [("1", "gate")]
+    assert [(move["version"], move["action"]) for move in history] == [("2", "gate")]
     versions = sorted(str(v.version) for v in ws.client().search_model_versions("name = 'retriever'"))
-    assert versions == ["1", "2", "3"]
+    assert versions == ["1", "2", "3", "4"]
 
-    assert served_model(ws) == "retriever@1"
+    assert served_model(ws) == "retriever@2"
     from denseflow.model.index.store import list_versions
 
     listed = list_versions(ws.indexes, INDEX)
@@ -297,5 +300,5 @@ def test_two_retrains_at_once_both_finish_with_one_production_and_its_index_publ
     assert listed[0].manifest["model"]["name"] == "seed"
     assert not [v.version for v in listed if v.broken]
     answer = search_answers(ws)
-    assert answer["model"] == "retriever@1"
+    assert answer["model"] == "retriever@2"
     assert len(answer["hits"]) == 3

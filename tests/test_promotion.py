@@ -238,7 +238,9 @@ def add_version(store, metrics: dict[str, float], fingerprint: str = "fp") -> st
     return str(found.version)
 
 
-def gate(store, version: str, metrics: dict[str, float], fingerprint="fp", dataset_dir=None, **settings) -> dict:
+def gate(
+    store, version: str, metrics: dict[str, float], fingerprint="fp", dataset_dir=None, base_metrics=None, **settings
+) -> dict:
     run = store.client.create_run(store.experiment)
     context = RunContext(workspace=store.workspace, run_id=run.info.run_id, precision="fp32", max_seq_length=32)
     return run_gate(
@@ -249,6 +251,7 @@ def gate(store, version: str, metrics: dict[str, float], fingerprint="fp", datas
         EvalConfig(batch_size=16),
         NAME,
         context,
+        base_metrics,
     ) | {"run_id": run.info.run_id}
 
 
@@ -349,16 +352,29 @@ def test_gate_reevaluates_production_on_new_data_and_caches_it(store, tiny_beir_
     assert result["delta"] == pytest.approx(0.05, abs=1e-6)
 
 
-def test_gate_in_hybrid_mode_reevaluates_a_production_registered_dense(store, tiny_beir_dir):
-    """Same data, other mode: production's dense figure must not be compared with a hybrid candidate."""
-    v1 = add_version(store, {"ndcg@10": 0.99})
-    gate(store, v1, {"ndcg@10": 0.99})
+def test_production_is_measured_as_it_is_served(store, tiny_beir_dir):
+    """A production served hybrid, registered on other data, is re-measured here fused with BM25 at its weight."""
+    v1 = add_version(store, {"ndcg@10": 0.99}, fingerprint="other-data")
+    for key, value in {"served.mode": "hybrid", "hybrid.weight": "0.5", "hybrid.method": "convex"}.items():
+        store.client.set_model_version_tag(NAME, v1, key, value)
+    promote(NAME, v1)
     v2 = add_version(store, {"ndcg@10": 0.10})
-    result = gate(store, v2, {"ndcg@10": 0.10}, dataset_dir=tiny_beir_dir, mode="hybrid")
+    result = gate(store, v2, {"ndcg@10": 0.10}, dataset_dir=tiny_beir_dir)
     assert result["production_figure"]["reevaluated"] is True
     assert result["production_figure"]["value"] < 0.99
     cached = store.client.get_model_version(NAME, v1).tags
     assert reevaluation_tag("fp", "test", "hybrid") in cached
+
+
+def test_the_gate_names_the_base_model_figure_and_refuses_a_candidate_below_it(store):
+    v1 = add_version(store, {"ndcg@10": 0.40})
+    result = gate(store, v1, {"ndcg@10": 0.40}, base_metrics={"ndcg@10": 0.45})
+    assert result["promote"] is False
+    assert result["ship_base"] is True
+    assert result["base_figure"]["value"] == 0.45
+    assert alias(store) is None  # the flow registers the base and moves production to it (test_flows_retrain)
+    tags = store.client.get_model_version(NAME, v1).tags
+    assert tags["promotion.base_value"] == "0.450000"
 
 
 # ----------------------------------------------------------------------------- promote and rollback
@@ -473,6 +489,10 @@ def test_prefect_summary_shows_the_decision_and_figures():
         "version": "2",
         "dataset_fingerprint": "fp",
         "metrics": {"trained": metrics},
+        "partitions": {
+            "trained": {"seen_docs": {"queries": 3, "metrics": None}, "unseen_docs": {"queries": 0, "metrics": None}}
+        },
+        "dev_metrics": {},
         "promotion": promotion,
     }
     text = summary_markdown(summary, "test")

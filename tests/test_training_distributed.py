@@ -48,7 +48,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(
     examples = [replace(example, negatives=[]) for example in mined]
     settings = TrainConfig(
         base_model=str(model_dir), batch_size=8, max_steps=2, learning_rate=1e-3, warmup_ratio=0,
-        max_seq_length=32, precision="fp32", save_steps=1, seed=0,
+        max_seq_length=32, precision="fp32", save_steps=1, seed=0, interpolation=1.0,
     )  # fmt: skip
     single = train_bi_encoder(examples, dataset, settings, tmp_path / "one", progress=False)
     parallel = distributed.train(

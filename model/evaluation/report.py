@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,8 @@ GUARD_COLUMNS = (
 # (label, CSV key, lowest rank, highest rank or None): BM25's rank of the best-ranked positive.
 BM25_BUCKETS = (("top 3", "top3", 1, 3), ("4–20", "4to20", 4, 20), ("below 20", "below20", 21, None))
 HELP_METRICS = ("ndcg@10", "recall@1")
+# Mean count of training-positive documents in the top 10 of unseen-document test queries (attractors).
+ATTRACTORS = "train_positives_in_top10_unseen"
 
 
 @dataclass
@@ -103,6 +105,23 @@ def summarise_runs(
     return summaries
 
 
+def restrict_runs(results: Sequence[RunResult], queries: Sequence[str]) -> list[RunResult]:
+    """The runs with their per-query values and metric means over ``queries`` only (a partition of test);
+    metrics not measured per query (the attractor count) are kept as they are."""
+    chosen = set(queries)
+    restricted = []
+    for result in results:
+        per_query = {
+            name: {query: value for query, value in values.items() if query in chosen}
+            for name, values in result.per_query.items()
+        }
+        metrics = dict(result.metrics) | {
+            name: float(np.mean(list(values.values()))) for name, values in per_query.items() if values
+        }
+        restricted.append(replace(result, per_query=per_query, metrics=metrics))
+    return restricted
+
+
 def _summarise_group(runs: list[RunResult]) -> VariantSummary:
     spec = runs[0].spec
     names = list(runs[0].metrics)
@@ -159,6 +178,8 @@ def table_rows(summaries: Sequence[VariantSummary]) -> list[dict[str, str]]:
         row = {"arm": summary.variant, "seeds": str(runs)}
         row |= {name: _mean_std(summary.metrics[name], runs) for name in TABLE_METRICS if name in summary.metrics}
         row |= {f"Δ {name} vs random": _difference(summary, name) for name in TEST_METRICS}
+        if ATTRACTORS in summary.metrics:
+            row["train positives in top 10, unseen-doc"] = f"{summary.metrics[ATTRACTORS][0]:.2f}"
         row["train min"] = f"{summary.train_seconds / 60:.1f}" if summary.train_seconds else "–"
         row["run min"] = f"{summary.seconds / 60:.1f}"
         rows.append(row)
@@ -195,8 +216,10 @@ def comparison_markdown(
     notes: Sequence[str] = (),
     helps: Sequence[dict] = (),
     plots: dict[str, str] | None = None,
+    partitions: Sequence[tuple[str, int, Sequence[VariantSummary], Sequence[dict]]] = (),
 ) -> str:
-    """The report page; ``helps`` from :func:`where_it_helps`, ``plots`` maps a variant to its negatives plot."""
+    """The report page; ``helps`` from :func:`where_it_helps`, ``plots`` maps a variant to its negatives plot,
+    ``partitions`` holds (name, queries, summaries, helps) per seen-/unseen-document partition of test."""
     tested = next((s for s in summaries if s.tests), None)
     queries = next(iter(tested.tests.values())).queries if tested else 0
     lines = [
@@ -210,6 +233,25 @@ def comparison_markdown(
         "* = significant at 0.05 after Holm's correction over the arms tested. train min: the training time "
         "recorded with the model (also when a re-run reused it); run min: this run's wall time.",
     ]
+    for name, count, part_summaries, part_helps in partitions:
+        label = "unseen-document" if name == "unseen_docs" else "seen-document"
+        lines += [
+            "",
+            f"## On the {count} {label} test queries",
+            "",
+            "(no judged document shared with a train or dev query)"
+            if name == "unseen_docs"
+            else "(a judged document also judged for a train or dev query)",
+            "",
+            markdown_table(table_rows(part_summaries)),
+        ]
+        if part_helps:
+            lines += [
+                "",
+                f"Where does it help, {label} queries:",
+                "",
+                markdown_table([_help_cells(r) for r in part_helps]),
+            ]
     guards = guard_rows(summaries)
     if guards:
         lines += [
