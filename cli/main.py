@@ -83,7 +83,12 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from denseflow.flows.retrain import retrain
 
     result = retrain(config)
-    print(json.dumps(result, indent=2, default=str))
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        from denseflow.cli.render import print_retrain_summary
+
+        print_retrain_summary(result)
     return 0
 
 
@@ -139,12 +144,16 @@ CONFIGS = {"retrain": "RetrainConfig", "publish": "PublishConfig", "compare-nega
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    """Every setting of a flow's configuration with its default and meaning, as a markdown table."""
+    """Every setting of a flow's configuration as a run with these arguments would use it, with its meaning, as
+    a markdown table (the flow's defaults when no --config or --set is given)."""
     from denseflow.model import config
 
-    print("| key | default | meaning |\n|---|---|---|")
-    for key, default, description in config.describe(getattr(config, CONFIGS[args.flow])):
-        print(f"| `{key}` | `{default}` | {description} |")
+    model = getattr(config, CONFIGS[args.flow])
+    effective = model.model_validate(overrides.build(args.config, sets=args.overrides))
+    given = bool(args.config or args.overrides)
+    print(f"| key | {'value' if given else 'default'} | meaning |\n|---|---|---|")
+    for key, value, description in config.describe(model, defaults=effective):
+        print(f"| `{key}` | `{value}` | {description} |")
     return 0
 
 
@@ -166,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     retrain = commands.add_parser("retrain", help="ingest → mine → train → evaluate → register (the default run)")
     retrain.add_argument("--config", type=Path, help="YAML configuration (defaults: bundled SciFact + MiniLM)")
+    retrain.add_argument("--json", action="store_true", help="print the whole summary as JSON instead of tables")
     overrides.add_set_argument(retrain)
     retrain.set_defaults(handler=cmd_retrain)
 
@@ -198,8 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0)
     simulate.set_defaults(handler=cmd_simulate_clicks)
 
-    reference = commands.add_parser("config", help="print every setting of a flow's configuration, with defaults")
+    reference = commands.add_parser(
+        "config", help="print every setting a flow would run with (its defaults, or with --config / --set applied)"
+    )
     reference.add_argument("flow", choices=list(CONFIGS), nargs="?", default="retrain")
+    reference.add_argument("--config", type=Path, help="YAML configuration to apply over the defaults")
+    overrides.add_set_argument(reference)
     reference.set_defaults(handler=cmd_config)
 
     add_index_commands(commands)  # publish, index list|rollback, search, serve

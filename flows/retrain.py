@@ -15,17 +15,23 @@ from denseflow.flows.publish_index import publish_config_for, run_publish
 from denseflow.model.config import IndexConfig, RetrainConfig
 from denseflow.model.context import EvaluationData, build_context
 from denseflow.model.encoder import resolve_base_model
-from denseflow.model.evaluation.partition import PARTITIONS
 from denseflow.model.evaluation.served import choose_served_mode
+from denseflow.model.evaluation.summary import summary_markdown
 from denseflow.model.index.store import published_model_label
 from denseflow.model.workspace import workspace_dir
-from denseflow.registry.keys import BASE_MODEL_TAG, SERVED_MODE_TAG
+from denseflow.registry.keys import BASE_MODEL_TAG, SERVED_MODE_TAG, metric_key
 from denseflow.tasks.evaluate import BASE_HYBRID, BM25, HYBRID, evaluate, hybrid, plot_recall
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.promotion import promotion_gate, ship_base_model
 from denseflow.tasks.registry import register
-from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, metric_key, start_tracking_run
+from denseflow.tasks.tracking import (
+    configure_tracking,
+    end_tracking_run,
+    log_metrics,
+    run_url,
+    start_tracking_run,
+)
 from denseflow.tasks.train import train
 
 SUMMARY_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")
@@ -128,6 +134,7 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                 promotion = ship_base_model(promotion, base_version, config.tracking.registered_model, context)
         summary = {
             "mlflow_run_id": run_id,
+            "mlflow_run_url": run_url(run_id),
             "registered_model": config.tracking.registered_model,
             "version": version,
             "dataset_fingerprint": data["fingerprint"],
@@ -184,106 +191,6 @@ def registration_tags(served: dict, dense: dict, fused: dict, mode: str, mode_re
                 tags[metric_key("ndcg@10", f"{prefix}{part}.")] = f"{entry['metrics']['ndcg@10']:.6f}"
             tags[f"{prefix}{part}.queries"] = str(entry["queries"])
     return tags
-
-
-def summary_markdown(summary: dict, split: str) -> str:
-    header = "| system | " + " | ".join(SUMMARY_METRICS) + " | nDCG@10 seen-doc | nDCG@10 unseen-doc | dev nDCG@10 |"
-    rule = "|---" * (len(SUMMARY_METRICS) + 4) + "|"
-    rows = [
-        f"| {label} | "
-        + " | ".join(f"{metrics[name]:.4f}" for name in SUMMARY_METRICS)
-        + " | "
-        + " | ".join(partition_cell(summary["partitions"][label][part]) for part in PARTITIONS)
-        + f" | {dev_cell(summary, label)} |"
-        for label, metrics in summary["metrics"].items()
-    ]
-    return "\n".join(
-        [
-            f"# retrain: {summary['registered_model']} version {summary['version']}",
-            "",
-            f"MLflow run `{summary['mlflow_run_id']}`; dataset fingerprint `{summary['dataset_fingerprint']}`; "
-            f"split `{split}`. Metric keys in MLflow: `{metric_key('ndcg@10')}` etc.",
-            "",
-            header,
-            rule,
-            *rows,
-            "",
-            *selection_markdown(summary),
-            "",
-            *promotion_markdown(summary["promotion"], summary.get("published")),
-        ]
-    )
-
-
-def partition_cell(entry: dict) -> str:
-    """A partition's nDCG@10, or its query count when it is too small for a figure."""
-    if entry["metrics"] is None:
-        return f"({entry['queries']} queries)"
-    return f"{entry['metrics']['ndcg@10']:.4f} (n={entry['queries']})"
-
-
-def dev_cell(summary: dict, label: str) -> str:
-    if label not in summary["dev_metrics"]:
-        return "–"
-    low, high = summary["dev_intervals"][label]
-    return f"{summary['dev_metrics'][label]['ndcg@10']:.4f} [{low:.3f}, {high:.3f}]"
-
-
-def selection_markdown(summary: dict) -> list[str]:
-    """Which split the choices were made on, and what will be served."""
-    dev, chosen_on = summary.get("dev_split"), summary.get("selection_split")
-    lines = [
-        f"Dev split `{dev}` ({summary.get('dev_method')}). "
-        + (
-            f"Checkpoint, interpolation and fusion weight chosen on `{chosen_on}`"
-            if chosen_on
-            else "Too few dev queries to choose on: priors used (last checkpoint, α prior, even fusion mix)"
-        )
-        + f"; `{summary.get('served_mode')}` is the served mode ({summary.get('served_mode_chosen_by')})."
-        if dev
-        else "No dev split: the last checkpoint was kept and the hybrid uses the even mix."
-    ]
-    hybrid_settings = summary.get("hybrid")
-    if hybrid_settings:
-        lines += [
-            "",
-            f"Hybrid: {hybrid_settings['method']} fusion, dense weight {hybrid_settings['weight']:.2f} "
-            f"({hybrid_settings['weight_chosen_by']}).",
-        ]
-    return lines
-
-
-def promotion_markdown(promotion: dict, published: dict | None) -> list[str]:
-    lines = [f"## promotion gate: **{promotion['decision']}**", "", promotion["reason"]]
-    figures = [
-        ("candidate", promotion.get("candidate")),
-        ("production", promotion.get("production_figure")),
-        ("base model's system", promotion.get("base_figure")),
-    ]
-    rows = [
-        f"| {role} | {item['version']} | {item['value']:.4f} | `{item['dataset_fingerprint']}` | "
-        f"{'yes' if item['reevaluated'] else 'no'} |"
-        for role, item in figures
-        if item
-    ]
-    if rows:
-        lines += [
-            "",
-            f"| role | version | {promotion['metric']} | dataset | re-evaluated here |",
-            "|---|---|---|---|---|",
-        ]
-        lines += rows
-        if promotion.get("delta") is not None:
-            lines += ["", f"delta {promotion['delta']:+.4f}, margin {promotion['margin']:g}."]
-    if promotion.get("production") is not None:
-        lines += ["", f"`production` → version {promotion['production']}."]
-    if published:
-        lines += [
-            "",
-            f"Published index `{published['name']}` version `{published['version']}`, serving "
-            f"`{published.get('mode')}` search by default.",
-        ]
-    return lines
 
 
 def publish_target(config: RetrainConfig, promotion: dict, workspace: Path) -> str | None:

@@ -68,6 +68,14 @@ def start_tracking_run(
     return run.info.run_id
 
 
+def run_url(run_id: str, ui_address: str = "http://127.0.0.1:5000") -> str:
+    """Where the run's page is: on the tracking server itself, or on ``denseflow ui`` for a local store."""
+    uri = mlflow.get_tracking_uri()
+    experiment = MlflowClient().get_run(run_id).info.experiment_id
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else ui_address
+    return f"{base}/#/experiments/{experiment}/runs/{run_id}"
+
+
 def end_tracking_run(run_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(run_id, status=status)
 

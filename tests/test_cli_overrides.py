@@ -70,3 +70,41 @@ def test_deploy_serve_merges_the_same_way() -> None:
         {"name": "x", "parameters": {"config": {"data": {"path": "p"}}}}, {"data": {"corpus": "c"}}
     )
     assert options["parameters"]["config"] == {"data": {"path": "p", "corpus": "c"}}
+
+
+def config_table(capsys: pytest.CaptureFixture, *argv: str) -> dict[str, str]:
+    from denseflow.cli.main import main
+
+    assert main(["config", *argv]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()[2:]]
+    return {row[0].strip("| `"): row[1].strip("`") for row in rows}
+
+
+def test_config_prints_the_settings_a_run_with_these_arguments_would_use(capsys, tmp_path: Path) -> None:
+    shown = config_table(capsys, "retrain", "--set", "mining.rank_end=20")
+    assert shown["mining.rank_end"] == "20"
+    assert shown["mining.teacher"] == '"none"'  # the flow's own default, not MiningConfig's
+    path = tmp_path / "retrain.yaml"
+    path.write_text("train:\n  learning_rate: 2.0e-05\n")
+    shown = config_table(capsys, "retrain", "--config", str(path), "--set", "eval.batch_size=8")
+    assert (shown["train.learning_rate"], shown["eval.batch_size"], shown["train.epochs"]) == ("2e-05", "8", "2.0")
+
+
+@pytest.mark.parametrize(
+    ("flow", "setting", "value", "untouched", "expected"),
+    [
+        ("retrain", "data.dev_share", "0.2", "data.min_dev_queries", "30"),
+        ("retrain", "train.epochs", "1.0", "train.learning_rate", "0.0001"),
+        ("retrain", "promotion.margin", "0.01", "promotion.mode", '"auto"'),
+        ("publish", "index.keep_versions", "5", "index.hnsw_m", "32"),
+        ("publish", "encode.batch_size", "8", "encode.precision", '"auto"'),
+        ("compare-negatives", "train.seed", "3", "train.max_steps", "52"),
+        ("compare-negatives", "mining.rank_end", "20", "mining.teacher", '"base"'),
+    ],
+)
+def test_one_key_of_a_section_changes_that_key_and_nothing_else(
+    capsys, flow: str, setting: str, value: str, untouched: str, expected: str
+) -> None:
+    shown = config_table(capsys, flow, "--set", f"{setting}={value}")
+    assert shown[setting] == value
+    assert shown[untouched] == expected

@@ -18,7 +18,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from denseflow.cli.main import main as cli_main
-from denseflow.flows.retrain import summary_markdown
 from denseflow.model.config import EvalConfig, PromotionConfig, RetrainConfig, TrackingConfig
 from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
@@ -477,25 +476,3 @@ def test_ui_command_points_mlflow_at_the_workspace_store(tmp_path):
     assert command[command.index("--backend-store-uri") + 1] == "sqlite:///x/mlflow.db"
     assert command[command.index("--default-artifact-root") + 1] == (tmp_path / "mlartifacts").as_uri()
     assert command[-6:] == ["--workers", "1", "--host", "127.0.0.1", "--port", "5123"]
-
-
-def test_prefect_summary_shows_the_decision_and_figures():
-    promotion = decide(scored("2", 0.52), Scored("1", 0.5, "fp", reevaluated=True), "ndcg@10", 0.005).as_dict()
-    promotion |= {"production": "2", "previous_production": "1"}
-    metrics = {name: 0.5 for name in ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")}
-    summary = {
-        "mlflow_run_id": "abc",
-        "registered_model": NAME,
-        "version": "2",
-        "dataset_fingerprint": "fp",
-        "metrics": {"trained": metrics},
-        "partitions": {
-            "trained": {"seen_docs": {"queries": 3, "metrics": None}, "unseen_docs": {"queries": 0, "metrics": None}}
-        },
-        "dev_metrics": {},
-        "promotion": promotion,
-    }
-    text = summary_markdown(summary, "test")
-    assert "MLflow run `abc`" in text and "## promotion gate: **promoted**" in text
-    assert "| candidate | 2 | 0.5200 | `fp` | no |" in text and "| production | 1 | 0.5000 | `fp` | yes |" in text
-    assert "delta +0.0200, margin 0.005" in text and "`production` → version 2" in text

@@ -1,0 +1,46 @@
+"""Terminal rendering of what the flows return: rich tables on a terminal, the same text plain elsewhere."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from denseflow.model.evaluation.summary import (
+    GATE_HEADER,
+    SYSTEM_HEADER,
+    choice_lines,
+    gate_rows,
+    outcome_lines,
+    system_rows,
+)
+
+
+def _table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for position, name in enumerate(header):
+        table.add_column(name, justify="left" if position == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def print_retrain_summary(summary: dict, console: Console | None = None) -> None:
+    """The systems side by side, the choices made on dev, the gate's figures and what is served now."""
+    console = console or Console()
+    split = "test"
+    console.print(
+        _table(
+            f"{summary['registered_model']} version {summary['version']} — {split}", SYSTEM_HEADER, system_rows(summary)
+        )
+    )
+    for line in choice_lines(summary):
+        console.print(line)
+    promotion = summary["promotion"]
+    rows = gate_rows(promotion)
+    if rows:
+        header = (GATE_HEADER[0], GATE_HEADER[1], promotion.get("metric", "metric"), GATE_HEADER[3])
+        console.print(_table(f"promotion gate: {promotion['decision']}", header, rows))
+    for line in outcome_lines(summary):
+        console.print(line)
+    if summary.get("mlflow_run_url"):
+        console.print(f"MLflow run: {summary['mlflow_run_url']}")

@@ -1,0 +1,159 @@
+"""The retrain summary a person reads: one table of the systems, the choices made on dev, the gate's decision.
+
+Pure functions over the flow's summary dict. The same rows feed the Prefect markdown artifact and the
+terminal table ``denseflow retrain`` prints (cli/render.py), so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from denseflow.model.evaluation.partition import SEEN, UNSEEN
+
+SYSTEM_ORDER = ("hybrid", "trained", "zero-shot+bm25", "zero-shot", "bm25")
+DESCRIPTIONS = {
+    "hybrid": "trained + BM25",
+    "trained": "trained dense",
+    "zero-shot+bm25": "base model + BM25",
+    "zero-shot": "base model dense",
+    "bm25": "BM25",
+}
+SYSTEM_HEADER = (
+    "system",
+    "test nDCG@10",
+    "seen-doc",
+    "unseen-doc",
+    "R@10",
+    "R@100",
+    "dev nDCG@10 [95% CI]",
+    "",
+)
+
+
+def partition_cell(entry: dict | None) -> str:
+    """A partition's nDCG@10 with its query count, or the count alone when it is too small for a figure."""
+    if not entry:
+        return "–"
+    if entry["metrics"] is None:
+        return f"– ({entry['queries']} q)"
+    return f"{entry['metrics']['ndcg@10']:.4f} ({entry['queries']} q)"
+
+
+def dev_cell(summary: dict, label: str) -> str:
+    metrics = summary.get("dev_metrics", {}).get(label)
+    if not metrics:
+        return "–"
+    interval = summary.get("dev_intervals", {}).get(label)
+    shown = f"{metrics['ndcg@10']:.4f}"
+    return f"{shown} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else shown
+
+
+def role_of(summary: dict, label: str) -> str:
+    served = "hybrid" if summary.get("served_mode") == "hybrid" else "trained"
+    base = "zero-shot+bm25" if summary.get("base_served_mode") == "hybrid" else "zero-shot"
+    return "candidate (served mode)" if label == served else "base system" if label == base else ""
+
+
+def system_rows(summary: dict) -> list[tuple[str, ...]]:
+    """One row per system: test all / seen-document / unseen-document nDCG@10, recall, dev with its interval."""
+    metrics, partitions = summary["metrics"], summary.get("partitions", {})
+    labels = [label for label in SYSTEM_ORDER if label in metrics] + [
+        label for label in metrics if label not in SYSTEM_ORDER
+    ]
+    rows = []
+    for label in labels:
+        values, parts = metrics[label], partitions.get(label, {})
+        rows.append(
+            (
+                DESCRIPTIONS.get(label, label),
+                f"{values['ndcg@10']:.4f}",
+                partition_cell(parts.get(SEEN)),
+                partition_cell(parts.get(UNSEEN)),
+                f"{values['recall@10']:.4f}",
+                f"{values['recall@100']:.4f}",
+                dev_cell(summary, label),
+                role_of(summary, label),
+            )
+        )
+    return rows
+
+
+def choice_lines(summary: dict) -> list[str]:
+    """Which split the choices were made on, what was chosen, and what will be served."""
+    dev, chosen_on = summary.get("dev_split"), summary.get("selection_split")
+    if not dev:
+        lines = ["No dev split: the last checkpoint was kept and the hybrid uses the even mix."]
+    elif chosen_on:
+        lines = [f"Dev split `{dev}` ({summary.get('dev_method')}): checkpoint, α and fusion weight chosen on it."]
+    else:
+        lines = [
+            f"Dev split `{dev}` ({summary.get('dev_method')}) is too small to choose on: priors used (last "
+            "checkpoint, α prior, even fusion mix, hybrid served)."
+        ]
+    lines.append(f"Served mode: {summary.get('served_mode')} ({summary.get('served_mode_chosen_by', 'configured')}).")
+    hybrid = summary.get("hybrid")
+    if hybrid:
+        lines.append(
+            f"Hybrid: {hybrid['method']} fusion, dense weight {hybrid['weight']:.2f} ({hybrid['weight_chosen_by']})."
+        )
+    return lines
+
+
+GATE_HEADER = ("role", "version", "metric", "re-evaluated here")
+
+
+def gate_rows(promotion: dict) -> list[tuple[str, ...]]:
+    figures = [
+        ("candidate", promotion.get("candidate")),
+        ("production", promotion.get("production_figure")),
+        ("base model's system", promotion.get("base_figure")),
+    ]
+    return [
+        (role, str(item["version"]), f"{item['value']:.4f}", "yes" if item.get("reevaluated") else "no")
+        for role, item in figures
+        if item
+    ]
+
+
+def outcome_lines(summary: dict) -> list[str]:
+    promotion = summary["promotion"]
+    lines = [f"Gate: {promotion['decision']}. {promotion['reason']}"]
+    if promotion.get("production") is not None:
+        lines.append(f"production → version {promotion['production']}.")
+    published = summary.get("published")
+    if published:
+        lines.append(
+            f"Published index {published['name']} {published['version']} ({published['documents']} documents), "
+            f"serving {published.get('mode')} search."
+        )
+    return lines
+
+
+def _markdown_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *["| " + " | ".join(row) + " |" for row in rows],
+    ]
+
+
+def summary_markdown(summary: dict, split: str) -> str:
+    """The Prefect artifact: the same tables as the terminal."""
+    promotion = summary["promotion"]
+    lines = [
+        f"# retrain: {summary['registered_model']} version {summary['version']}",
+        "",
+        f"MLflow run `{summary['mlflow_run_id']}`; dataset fingerprint `{summary['dataset_fingerprint']}`; "
+        f"split `{split}`.",
+        "",
+        *_markdown_table(SYSTEM_HEADER, system_rows(summary)),
+        "",
+        *choice_lines(summary),
+        "",
+        f"## promotion gate: **{promotion['decision']}**",
+        "",
+    ]
+    rows = gate_rows(promotion)
+    if rows:
+        header = (GATE_HEADER[0], GATE_HEADER[1], promotion.get("metric", "metric"), GATE_HEADER[3])
+        lines += [*_markdown_table(header, rows), ""]
+    lines += outcome_lines(summary)
+    return "\n".join(lines)
