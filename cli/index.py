@@ -105,14 +105,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from denseflow.model.serving.search import Searcher
 
     searcher = Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend, mode=args.mode)
-    result = searcher.search(args.query, args.k)
+    fields = ("title", "snippet", "text") if args.text else ("title", "snippet")
+    result = searcher.search(args.query, args.k, fields=fields)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
-    print(f"index {args.name}/{result.index_version}, mode {result.mode}, model {result.model}, "
-          f"encode {result.encode_ms:.1f} ms, search {result.search_ms:.2f} ms")  # fmt: skip
-    for hit in result.hits:
-        print(f"{hit.rank:>4}  {hit.score:.4f}  {hit.doc_id}")
+    from denseflow.cli.render import print_search_result
+
+    print_search_result(result, args.name)
     return 0
 
 
@@ -166,7 +166,8 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     search = commands.add_parser("search", help="search the published index with one query")
     search.add_argument("query")
     search.add_argument("-k", type=int, default=10)
-    search.add_argument("--json", action="store_true")
+    search.add_argument("--json", action="store_true", help="the result as JSON (id, score, title, snippet)")
+    search.add_argument("--text", action="store_true", help="also each hit's whole text")
     search.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
     search.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="query tower runtime")
     search.add_argument("--mode", choices=MODES, help="dense, bm25 or hybrid (default: what was published)")

@@ -44,3 +44,28 @@ def print_retrain_summary(summary: dict, console: Console | None = None) -> None
         console.print(line)
     if summary.get("mlflow_run_url"):
         console.print(f"MLflow run: {summary['mlflow_run_url']}")
+
+
+def print_search_result(result, index_name: str, console: Console | None = None) -> None:  # noqa: ANN001 - SearchResult
+    """Rank, score, id, title and a snippet with the query's terms highlighted (plain text when not a TTY)."""
+    from rich.text import Text
+
+    console = console or Console(highlight=False)
+    console.print(
+        f"index {index_name}/{result.index_version}, mode {result.mode}, model {result.model}, "
+        f"encode {result.encode_ms:.1f} ms, search {result.search_ms:.2f} ms",
+        style="dim",
+    )
+    for hit in result.hits:
+        header = Text(f"{hit.rank:>3}  {hit.score:.4f}  {hit.doc_id}  ")
+        header.append(hit.title or "", style="bold")
+        console.print(header)
+        if hit.snippet is not None:
+            body = Text(("…" if hit.snippet.leading else "") + hit.snippet.text + ("…" if hit.snippet.trailing else ""))
+            offset = 1 if hit.snippet.leading else 0
+            for start, end in hit.snippet.spans:
+                body.stylize("bold yellow", start + offset, end + offset)
+            body.pad_left(5)
+            console.print(body)
+        if hit.text is not None:
+            console.print(Text(hit.text), style="dim")

@@ -41,6 +41,7 @@ from denseflow.model.encoder import (
 )
 from denseflow.model.index.bm25 import BM25Index
 from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
+from denseflow.model.index.documents import DOCS_FILE, write_documents
 from denseflow.model.index.store import (
     BM25_FOLDER,
     DOC_IDS_FILE,
@@ -164,7 +165,11 @@ def plan_shards(config: PublishConfig, model: dict[str, Any], work_root: str) ->
         shards.append({"number": number, "input": str(path), "count": len(ids)})
     queries_path = work / "verify_queries.json"
     queries_path.write_text(json.dumps(queries), encoding="utf-8")
+    documents = work / DOCS_FILE
+    if not documents.is_file():
+        write_documents(documents, ((doc_id, doc.title, doc.text) for doc_id, doc in corpus.items()))
     return {
+        "documents_file": str(documents),
         "corpus_dir": str(folder),
         "corpus_fingerprint": fingerprint,
         "documents": len(doc_ids),
@@ -369,7 +374,12 @@ def build_and_verify(
         },
     )
     (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")
-    return {"build_dir": str(build_dir), "recall_at_10": recall, "build_seconds": build_seconds}
+    return {
+        "build_dir": str(build_dir),
+        "recall_at_10": recall,
+        "build_seconds": build_seconds,
+        "documents_file": plan.get("documents_file"),
+    }
 
 
 @task(name="publish-index")
@@ -390,6 +400,7 @@ def publish_version(built: dict[str, Any], model: dict[str, Any], index_root: st
         manifest,
         index_config.keep_versions,
         bm25_dir=build_dir / BM25_FOLDER,
+        documents_file=Path(built["documents_file"]) if built.get("documents_file") else None,
     )
     run_logger().info(
         "published %s/%s (%d documents)", index_config.name, info.version, manifest.get("count", len(doc_ids))

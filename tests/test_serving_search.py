@@ -161,3 +161,32 @@ def test_onnx_swap_is_undone_when_it_does_not_match(tiny_model_dir: Path, monkey
     monkeypatch.setattr(onnx_backend, "PROBES", ["x", "y y"])
     assert not onnx_backend.use_onnx_for_queries(model, tolerance=-1.0)  # nothing can be within a negative bound
     assert onnx_backend.query_transformer(model).model is original
+
+
+def test_hits_carry_the_title_and_a_snippet_from_the_stored_documents(
+    tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+) -> None:
+    from denseflow.model.index.documents import write_documents
+
+    model = load_encoder(tiny_model_dir)
+    corpus = read_corpus(find_file(tiny_beir_dir, "corpus.jsonl"), RejectLog())
+    doc_ids = list(corpus)
+    embeddings = encode(model, [corpus[d].full_text for d in doc_ids], "document")
+    spec = IndexSpec()
+    identity = {"name": "retriever", "version": "1", "run_id": None, "tower_type": None}
+    manifest = build_manifest(spec, len(doc_ids), embeddings.shape[1], identity, "fp", 0.0, 1.0, 0)
+    documents = write_documents(tmp_path / "docs.sqlite", ((d, corpus[d].title, corpus[d].text) for d in doc_ids))
+    publish(tmp_path / "indexes", "tiny", build_index(embeddings, spec), doc_ids, tiny_model_dir, manifest,
+            documents_file=documents)  # fmt: skip
+    searcher = Searcher(tmp_path / "indexes", "tiny", reload_interval_s=0)
+    result = searcher.search("bone fracture", k=3)
+    first = result.hits[0]
+    assert first.title == corpus[first.doc_id].title
+    assert first.snippet is not None and first.snippet.plain()
+    assert first.text is None  # only asked for
+    row = result.as_dict()["hits"][0]
+    assert set(row) == {"rank", "doc_id", "score", "title", "snippet", "highlights"}
+    with_text = searcher.search("bone fracture", k=1, fields="title,text").hits[0]
+    assert with_text.text == corpus[with_text.doc_id].text and with_text.snippet is None
+    with pytest.raises(QueryError, match="fields must be among"):
+        searcher.search("bone", k=1, fields="body")

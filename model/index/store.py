@@ -12,6 +12,7 @@ Layout of one published index (``root`` is usually ``<workspace>/indexes``)::
             doc_ids.json   original document ids in row order
             model/         the exact model folder that encoded the corpus (queries must use it too)
             bm25/          the BM25 index over the same documents in the same row order (bm25s files)
+            docs.sqlite    the documents themselves (id, title, text): search answers with text
             manifest.json  model name/version/run id, corpus fingerprint, dimension, metric, count,
                            index type and parameters, recall check, build time, BM25 parameters, the
                            search mode to serve (dense | bm25 | hybrid, with the fusion weight and
@@ -46,6 +47,7 @@ from denseflow.model.checksums import folder_checksums, model_checksum
 from denseflow.model.index.bm25 import META_FILE as BM25_META_FILE
 from denseflow.model.index.bm25 import BM25FormatError, BM25Index
 from denseflow.model.index.build import IndexSpec, PublishedIndexError, apply_search_params
+from denseflow.model.index.documents import DOCS_FILE, DocumentStore
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
@@ -151,6 +153,7 @@ class LoadedIndex:
     doc_ids: list[str]
     manifest: dict[str, Any]
     bm25: BM25Index | None = None
+    documents: DocumentStore | None = None  # None for versions published before documents were stored
 
     @property
     def version(self) -> str:
@@ -274,6 +277,8 @@ def load_version(version_dir: Path, verify: bool = True) -> LoadedIndex:
             loaded.bm25 = BM25Index.load(folder, doc_ids)
         except (OSError, ValueError, BM25FormatError) as err:  # bm25s raises plain errors on a damaged file
             raise ChecksumError(f"{folder}: refusing to load the BM25 index, {err}") from err
+    if manifest.get("documents"):
+        loaded.documents = DocumentStore(version_dir / manifest["documents"].get("file", DOCS_FILE))
     check_search_settings(loaded.search, f"{version_dir / MANIFEST}")
     if loaded.search["mode"] not in loaded.modes():
         raise SearchSettingsError(f"{version_dir}: manifest serves {loaded.search['mode']!r} but has no BM25 index")
@@ -383,13 +388,15 @@ def publish(
     manifest: Mapping[str, Any],
     keep: int = 3,
     bm25_dir: Path | None = None,
+    documents_file: Path | None = None,
 ) -> VersionInfo:
     """Write a new version, verify it by reading it back, rename it into place, then move ``current``.
 
     ``manifest`` carries what the caller knows (model identity, corpus fingerprint, build and
     verification figures); this adds version, count, dimension, metric, creation time and checksums.
     ``bm25_dir``, a folder :meth:`BM25Index.save` wrote over ``doc_ids`` in the same order, is copied in as
-    ``bm25/`` so both indexes share one manifest, one set of checksums and one ``current`` move.
+    ``bm25/`` so both indexes share one manifest, one set of checksums and one ``current`` move;
+    ``documents_file`` (:func:`~denseflow.model.index.documents.write_documents`) is copied in the same way.
     """
     if index.ntotal != len(doc_ids):
         raise ValueError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids were given")
@@ -413,6 +420,9 @@ def publish(
                 described["bm25"] = {"folder": BM25_FOLDER, **meta}
             elif manifest.get("bm25"):
                 raise ValueError("the manifest describes a BM25 index but no bm25_dir was given")
+            if documents_file is not None:
+                shutil.copyfile(documents_file, staging / DOCS_FILE)
+                described["documents"] = {"file": DOCS_FILE, "count": DocumentStore(staging / DOCS_FILE).count()}
             # Without BM25 only dense can be served, whatever the caller's default would have been.
             described["search"] = manifest.get("search") or search_settings("hybrid" if bm25_dir else "dense")
             files = folder_checksums(staging, skip=(MANIFEST,))

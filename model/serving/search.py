@@ -43,6 +43,7 @@ from denseflow.model.index.store import (
 )
 from denseflow.model.index.store import NoPublishedIndexError as NoPublishedIndexError
 from denseflow.model.serving.onnx_backend import use_onnx_for_queries
+from denseflow.model.serving.snippets import MAX_TEXT_CHARS, Snippet, make_snippet
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,62 @@ class QueryError(ValueError):
     """The query or k cannot be served; the message says why (a 4xx for the HTTP service)."""
 
 
+FIELDS = ("title", "snippet", "text")
+DEFAULT_FIELDS = ("title", "snippet")
+MAX_TITLE_CHARS = 300
+
+
+def validate_fields(fields: Any) -> tuple[str, ...]:
+    if fields is None:
+        return ()
+    if isinstance(fields, str):
+        fields = [part.strip() for part in fields.split(",") if part.strip()]
+    unknown = [field for field in fields if field not in FIELDS]
+    if unknown:
+        raise QueryError(f"fields must be among {', '.join(FIELDS)}, got {', '.join(map(str, unknown))}")
+    return tuple(fields)
+
+
+def with_documents(
+    hits: list[Hit], stored: dict[str, tuple[str, str]], query: str, fields: tuple[str, ...]
+) -> list[Hit]:
+    """The hits with the asked fields filled from their stored documents, each bounded in size."""
+    filled = []
+    for hit in hits:
+        if hit.doc_id not in stored:
+            filled.append(hit)
+            continue
+        title, body = stored[hit.doc_id]
+        filled.append(
+            replace(
+                hit,
+                title=title[:MAX_TITLE_CHARS] if "title" in fields else None,
+                snippet=make_snippet(body, query) if "snippet" in fields else None,
+                text=body[:MAX_TEXT_CHARS] if "text" in fields else None,
+            )
+        )
+    return filled
+
+
 @dataclass(frozen=True)
 class Hit:
     rank: int
     doc_id: str
     score: float
+    title: str | None = None
+    snippet: Snippet | None = None
+    text: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        row: dict[str, Any] = {"rank": self.rank, "doc_id": self.doc_id, "score": self.score}
+        if self.title is not None:
+            row["title"] = self.title
+        if self.snippet is not None:
+            row["snippet"] = self.snippet.plain()
+            row["highlights"] = [list(span) for span in self.snippet.spans]
+        if self.text is not None:
+            row["text"] = self.text
+        return row
 
 
 @dataclass(frozen=True)
@@ -81,7 +133,7 @@ class SearchResult:
             "model": self.model,
             "encode_ms": round(self.encode_ms, 3),
             "search_ms": round(self.search_ms, 3),
-            "hits": [{"rank": h.rank, "doc_id": h.doc_id, "score": h.score} for h in self.hits],
+            "hits": [hit.as_dict() for hit in self.hits],
         }
 
 
@@ -277,8 +329,13 @@ class Searcher:
             raise QueryError(f"index {self.name}/{state.index.version} has no BM25 index: it serves dense only")
         return mode
 
-    def search(self, query: Any, k: Any = 10, mode: Any = None) -> SearchResult:
-        """Top ``k`` for ``query`` in ``mode`` (None: the searcher's mode, else the version's published one)."""
+    def search(self, query: Any, k: Any = 10, mode: Any = None, fields: Any = DEFAULT_FIELDS) -> SearchResult:
+        """Top ``k`` for ``query`` in ``mode`` (None: the searcher's mode, else the version's published one).
+
+        ``fields``: what each hit carries beside id and score, from the version's stored documents: ``title``,
+        ``snippet`` (a window around the query's terms) and ``text`` (the whole text, bounded); versions
+        published before documents were stored answer with ids only."""
+        fields = validate_fields(fields)
         text, k = validate_query(query, k, self.max_k, self.max_query_chars)
         self.maybe_reload()
         if self.pointer_error is not None:
@@ -307,6 +364,8 @@ class Searcher:
             ranking = sparse if mode == "bm25" else fuse_query(dense, sparse, fusion["weight"], fusion["method"])
         done = time.perf_counter()
         hits = [Hit(rank, doc_id, ranking[doc_id]) for rank, doc_id in enumerate(ranked(ranking)[:k], start=1)]
+        if fields and state.index.documents is not None:
+            hits = with_documents(hits, state.index.documents.get_many([hit.doc_id for hit in hits]), text, fields)
         return SearchResult(
             text,
             k,

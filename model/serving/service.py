@@ -46,6 +46,9 @@ class SearchRequest(BaseModel):
     mode: Literal["dense", "bm25", "hybrid"] | None = Field(
         None, description="Search mode; None = the service's mode (by default the one the index was published with)."
     )
+    fields: list[Literal["title", "snippet", "text"]] = Field(
+        ["title", "snippet"], description="What each hit carries beside id and score (text: the whole document)."
+    )
 
 
 async def _reply(send: Send, status: int, message: str) -> None:
@@ -145,12 +148,16 @@ def create_app(searcher: Searcher) -> FastAPI:
     @app.post("/search")
     async def search_post(request: SearchRequest) -> dict[str, Any]:
         # Encoding is CPU-bound torch work: off the event loop, so /health stays responsive.
-        result = await run_in_threadpool(searcher.search, _valid_unicode(request.query), request.k, request.mode)
+        result = await run_in_threadpool(
+            searcher.search, _valid_unicode(request.query), request.k, request.mode, tuple(request.fields)
+        )
         return result.as_dict()
 
     @app.get("/search")
-    async def search_get(q: str, k: int = 10, mode: Literal["dense", "bm25", "hybrid"] | None = None) -> dict[str, Any]:
-        result = await run_in_threadpool(searcher.search, _valid_unicode(q), k, mode)
+    async def search_get(
+        q: str, k: int = 10, mode: Literal["dense", "bm25", "hybrid"] | None = None, fields: str = "title,snippet"
+    ) -> dict[str, Any]:
+        result = await run_in_threadpool(searcher.search, _valid_unicode(q), k, mode, fields)
         return result.as_dict()
 
     return app
