@@ -89,6 +89,27 @@ def cmd_models_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_show(args: argparse.Namespace) -> int:
+    """A version's model card (its registry description), aliases and tags."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name = _connect(args)
+    client = MlflowClient()
+    try:
+        version = client.get_model_version(name, args.version)
+    except MlflowException as err:
+        print(f"denseflow models show: {name} version {args.version}: {err.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps({"version": version.version, "aliases": list(version.aliases), "tags": version.tags,
+                          "card": version.description}, indent=2))  # fmt: skip
+        return 0
+    print(version.description or f"{name} version {version.version} has no model card (registered before cards).")
+    print(f"\naliases: {', '.join(version.aliases) or 'none'}; run {version.run_id}")
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
@@ -193,6 +214,11 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true")
     registry(listing)
     listing.set_defaults(handler=cmd_models_list)
+    show = actions.add_parser("show", help="a version's model card: data, negatives, recipe, figures, gate decision")
+    show.add_argument("version")
+    show.add_argument("--json", action="store_true")
+    registry(show)
+    show.set_defaults(handler=cmd_models_show)
 
     promote = commands.add_parser("promote", help="point production at VERSION (recorded in the history)")
     promote.add_argument("version")

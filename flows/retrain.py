@@ -24,7 +24,7 @@ from denseflow.tasks.evaluate import BASE_HYBRID, BM25, HYBRID, evaluate, hybrid
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.promotion import promotion_gate, ship_base_model
-from denseflow.tasks.registry import register
+from denseflow.tasks.registry import describe_version, register
 from denseflow.tasks.tracking import (
     configure_tracking,
     end_tracking_run,
@@ -152,6 +152,14 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         }
         if mode == "hybrid":
             summary["hybrid"] = {key: fused[key] for key in ("weight", "method", "weight_chosen_by")}
+        describe_version(
+            version,
+            model_dir,
+            summary | {"run_dir": str(context.run_dir)},
+            examples,
+            config.model_dump(mode="json"),
+            config.tracking.registered_model,
+        )
         if config.promotion.publish_on_promotion:
             target = publish_target(config, promotion, workspace)
             if target is not None:

@@ -3,12 +3,18 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import task
 
 from denseflow.model.encoder import load_encoder, tower_type
+from denseflow.model.mining.negatives import mining_summary, read_examples
+from denseflow.model.training.model_card import full_card, pipeline_section
 from denseflow.registry.keys import CANDIDATE, metric_key
+from denseflow.tasks.tracking import run_logger
 
 
 @task(name="register", retries=2, retry_delay_seconds=5)
@@ -50,3 +56,32 @@ def register(
     if alias:
         client.set_registered_model_alias(registered_model, alias, version)
     return version
+
+
+MODEL_CARD_FILE = "model_card.md"
+
+
+@task(name="model-card")
+def describe_version(
+    version: str, model_dir: str, summary: dict, examples_path: str, config: dict, registered_model: str
+) -> str | None:
+    """The version's model card: its description in the registry and a ``model_card.md`` artifact of its run.
+
+    A card that cannot be made never fails the run: the version is registered and gated already.
+    """
+    try:
+        folder = Path(model_dir)
+        record = folder.parent / "train_result.json"
+        training = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        mining = dict(mining_summary(read_examples(Path(examples_path))))
+        card = full_card(folder, pipeline_section(summary, training, mining, config))
+        client = MlflowClient()
+        # The registry keeps descriptions up to 5000 characters in SQL stores: the whole card is the artifact.
+        client.update_model_version(registered_model, version, description=card[-5000:])
+        path = Path(summary["run_dir"]) / MODEL_CARD_FILE
+        path.write_text(card, encoding="utf-8")
+        client.log_artifact(summary["mlflow_run_id"], str(path))
+        return str(path)
+    except Exception as err:  # noqa: BLE001 - the card is documentation; the version stands without it
+        run_logger().warning("model card for %s version %s not written: %s", registered_model, version, err)
+        return None

@@ -54,7 +54,15 @@ def train(
         if not result_path.is_file():
             splits = [train_split] + ([dev_split] if dev_split else [])
             dataset = load_beir(Path(dataset_dir), splits, RejectLog())
-            result = train_bi_encoder(read_examples(Path(examples_path)), dataset, settings, output_dir, dev_split)
+            result = train_bi_encoder(
+                read_examples(Path(examples_path)),
+                dataset,
+                settings,
+                output_dir,
+                dev_split,
+                data_name=f"dataset {dataset_fingerprint}",
+                data_fingerprint=dataset_fingerprint,
+            )
             if result.resumed_from:
                 run_logger().info("training resumed from %s", result.resumed_from)
             result_path.write_text(result.to_json())

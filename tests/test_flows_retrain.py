@@ -91,6 +91,12 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     published = summary["published"]
     assert published["documents"] == 36
     assert published["shards_reused"] == published["shards"] > 0
+    # The version's model card: sentence-transformers' card and the pipeline's section, shown by `models show`.
+    card = candidate.description
+    assert "MultipleNegativesRankingLoss" in card
+    assert "## denseflow: how this version was made" in card
+    assert "WiSE-FT α" in card and "### Promotion gate" in card
+    assert "model_card.md" in artifacts
 
 
 def test_a_candidate_no_better_than_its_base_model_is_not_shipped_the_base_is(

@@ -55,6 +55,7 @@ from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_
 from denseflow.model.mining.negatives import TrainExample
 from denseflow.model.training import distributed
 from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
+from denseflow.model.training.model_card import describe_training_data
 from denseflow.model.training.pseudo import PseudoPair, pseudo_pairs
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -226,6 +227,8 @@ def train_bi_encoder(
     output_dir: Path,
     dev_split: str | None = None,
     progress: bool = True,
+    data_name: str = "training data",
+    data_fingerprint: str = "",
 ) -> TrainResult:
     """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the checkpoint and α on it."""
     output_dir = Path(output_dir)
@@ -308,7 +311,11 @@ def train_bi_encoder(
         alpha = settings.interpolation_prior
         selection = f"none (no dev split to select on): last checkpoint, prior α {alpha:g}"
     if trainer.is_world_process_zero():  # data-parallel hook: one process writes the model
-        interpolate(base, trainer.model, alpha).save(str(model_dir))
+        merged = interpolate(base, trainer.model, alpha)
+        describe_training_data(
+            merged, data_name, data_fingerprint, resolve_base_model(settings.base_model) == resolve_base_model(None)
+        )
+        merged.save(str(model_dir))
     return TrainResult(
         model_dir=model_dir,
         steps=trainer.state.global_step,
