@@ -140,3 +140,23 @@ def test_negatives_plot_is_drawn(tmp_path):
     random = [TrainExample("q", "d0", [Negative("d7", None, None, "random", 0.1)], 0.8)]
     path = plot_negatives({"round1": examples, "random": random}, tmp_path / "neg.png", "negatives")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_each_partition_has_its_own_means_and_tests_and_the_attractor_column():
+    from denseflow.model.evaluation.report import ATTRACTORS, restrict_runs
+
+    results = [run("random", 0, 0.5), run("bm25-hard", 0, 0.95)]
+    results[1].metrics[ATTRACTORS] = 1.25
+    first_half = QUERIES[:30]
+    restricted = restrict_runs(results, first_half)
+    assert set(restricted[1].per_query["ndcg@10"]) == set(first_half)
+    expected = np.mean([results[1].per_query["ndcg@10"][q] for q in first_half])
+    assert restricted[1].metrics["ndcg@10"] == pytest.approx(expected)
+    assert restricted[1].metrics[ATTRACTORS] == 1.25  # not a per-query figure: kept
+    part = summarise_runs(restricted, permutations=200)
+    assert part[1].tests["ndcg@10"].queries == 30
+    markdown = comparison_markdown(
+        summarise_runs(results, permutations=200), "t", partitions=[("unseen_docs", 30, part, [])]
+    )
+    assert "## On the 30 unseen-document test queries" in markdown
+    assert "| 1.25 |" in markdown

@@ -173,13 +173,15 @@ def _difference(summary: VariantSummary, metric: str) -> str:
 def table_rows(summaries: Sequence[VariantSummary]) -> list[dict[str, str]]:
     """The comparison as rows of strings: the markdown table and the Prefect table artifact."""
     rows = []
+    with_attractors = any(ATTRACTORS in summary.metrics for summary in summaries)
     for summary in summaries:
         runs = len(summary.seeds)
         row = {"arm": summary.variant, "seeds": str(runs)}
         row |= {name: _mean_std(summary.metrics[name], runs) for name in TABLE_METRICS if name in summary.metrics}
         row |= {f"Δ {name} vs random": _difference(summary, name) for name in TEST_METRICS}
-        if ATTRACTORS in summary.metrics:
-            row["train positives in top 10, unseen-doc"] = f"{summary.metrics[ATTRACTORS][0]:.2f}"
+        if with_attractors:
+            value = summary.metrics.get(ATTRACTORS)
+            row["train positives in top 10, unseen-doc"] = f"{value[0]:.2f}" if value else "–"
         row["train min"] = f"{summary.train_seconds / 60:.1f}" if summary.train_seconds else "–"
         row["run min"] = f"{summary.seconds / 60:.1f}"
         rows.append(row)
