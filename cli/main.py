@@ -73,6 +73,11 @@ def preflight_retrain(config) -> None:  # noqa: ANN001 - denseflow.model.config.
         load_source(config.data, RejectLog())
     except DataError as err:
         raise UserError(f"{err} (run `denseflow ingest` on it to see the rejected rows)") from err
+    # The gate compares every candidate with the base model's own system: a base that cannot be loaded would
+    # fail the run after training, so it fails here, before anything is registered.
+    base = config.train.base_model
+    if base is not None and not (Path(base) / "modules.json").is_file():
+        raise UserError(f"train.base_model {base}: not a sentence-transformers model folder (no modules.json)")
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:

@@ -61,6 +61,14 @@ def test_retrain_on_unusable_data_prints_the_ingest_line(home, capsys):
     assert "Traceback" not in err
 
 
+def test_a_base_model_that_cannot_be_loaded_fails_before_anything_is_registered(home, capsys):
+    assert main(["retrain", "--set", f"train.base_model={home / 'no-such-model'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "train.base_model" in err and "no-such-model" in err
+    assert not (home / "ws" / "mlflow.db").exists()
+
+
 def test_non_utf8_argument_is_one_line(home, capsys):
     bad = b"caf\xe9".decode("utf-8", "surrogateescape")  # what Python makes of a Latin-1 byte in argv
     assert main(["search", bad]) == 2
