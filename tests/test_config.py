@@ -52,3 +52,12 @@ def test_removed_and_out_of_range_settings_are_named() -> None:
         RetrainConfig.model_validate({"train": {"pseudo_query_ratio": -0.1}})
     with pytest.raises(ValidationError, match="interpolation_grid"):
         RetrainConfig.model_validate({"train": {"interpolation_grid": [0.5, 2.0]}})
+
+
+def test_the_committed_configuration_reference_is_what_the_code_generates() -> None:
+    from pathlib import Path
+
+    from denseflow.cli.main import configuration_reference
+
+    committed = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert committed == configuration_reference(), "regenerate: denseflow config --markdown > docs/configuration.md"
