@@ -500,7 +500,7 @@ class CompareConfig(Section):
         min_length=1,
         description="Arms to run (docs/negatives_study.md).",
     )
-    towers: list[Literal["siamese", "asymmetric"]] = Field(
+    towers: list[Literal["siamese", "asymmetric", "query_only"]] = Field(
         ["siamese"], min_length=1, description="Tower types crossed with every trained arm."
     )
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="Each trained arm runs once per seed.")

@@ -178,3 +178,32 @@ def test_too_few_train_queries_train_without_selection_and_say_so(
     assert run.data.tags["train.selection"].startswith("none (no dev split")
     assert run.data.tags["data.dev_method"] == "none"
     assert summary["hybrid"]["weight"] == 0.5
+
+
+def test_a_query_tower_only_retrain_registers_and_publishes_the_asymmetric_model(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    import torch
+
+    from denseflow.model.encoder import load_encoder
+
+    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train={"towers": "query_only"}))
+    client = client_of(tmp_path)
+    candidate = client.get_model_version_by_alias("retriever", "candidate")
+    assert candidate.tags["towers"] == "asymmetric"
+    assert summary["published"]["documents"] == 36
+    # The document tower never trained (and the WiSE-FT merge of two equal towers is that tower): it is the
+    # base model's, weight for weight, while the query tower moved.
+    (model_dir,) = (tmp_path / "ws" / "training").glob("*/model")
+    towers = load_encoder(model_dir)[0].sub_modules
+    base = load_encoder(tiny_model_dir).state_dict()
+    document, query = towers["document"].state_dict(), towers["query"].state_dict()
+    assert set(document) == set(base)
+    assert all(torch.equal(value, base[name]) for name, value in document.items())
+    assert summary["promotion"]["decision"] in {"promoted", "base model shipped"}
+    if run_alpha(tmp_path, summary) > 0:
+        assert not all(torch.equal(value, base[name]) for name, value in query.items())
+
+
+def run_alpha(tmp_path: Path, summary: dict) -> float:
+    return client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.metrics["train.interpolation"]
