@@ -26,7 +26,7 @@ def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tm
         TrainConfig().max_seq_length, 52, [0, 1, 2],
     )  # fmt: skip
     specs = plan_study(config)
-    assert [spec.slug for spec in specs[:3]] == ["zero-shot", "bm25-alone", "random_siamese_seed0"]
+    assert [spec.slug for spec in specs[:3]] == ["zero-shot", "bm25-alone", "random_query_only_seed0"]
     assert [spec.arm for spec in specs[2:7]] == ["random", "bm25-hard", "dense-hard", "dense-remined", "bm25-old"]
     assert len(specs) == 2 + 5 * 3
     # SciFact: 5,183 documents, 809 train and 300 test queries; a 2-core CPU with native bf16.
@@ -73,7 +73,7 @@ def test_batch_sweep_uses_gradcache_and_labels_each_size():
     config = CompareConfig(arms=["random", "bm25-hard"], seeds=[0], batch_sizes=[16, 128])
     specs = plan_study(config)
     assert [spec.variant for spec in specs] == [
-        "random/siamese/b16", "bm25-hard/siamese/b16", "random/siamese/b128", "bm25-hard/siamese/b128",
+        "random/query_only/b16", "bm25-hard/query_only/b16", "random/query_only/b128", "bm25-hard/query_only/b128",
     ]  # fmt: skip
     settings = specs[-1].train_settings(config.train)
     assert (settings.batch_size, settings.loss, settings.seed) == (128, "cached_mnrl", 0)
