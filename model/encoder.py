@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -178,6 +179,35 @@ def read_cached_embeddings(path: Path, doc_ids: Sequence[str]) -> np.ndarray | N
     return np.load(path)[[row[doc_id] for doc_id in doc_ids]]
 
 
+_DOCUMENT_ENCODERS: dict[str, str] = {}
+
+
+def document_encoder_fingerprint(model_dir: str | Path) -> str:
+    """What a corpus embedding depends on: the modules a document passes through (their types, configurations
+    and weights) and the tokenizer's vocabulary — not the query tower.
+
+    A query-tower-only fine-tune leaves the document tower equal to the base model, so its corpus embeddings
+    are the base model's: keyed by this, evaluation and publication reuse them instead of encoding the corpus
+    again. Computed once per model folder checksum (a model load and a hash of its weights).
+    """
+    checksum = model_fingerprint(model_dir)
+    if checksum not in _DOCUMENT_ENCODERS:
+        model = load_encoder(model_dir)
+        modules = list(model[0].sub_modules["document"]) if is_asymmetric(model) else list(model)
+        digest = hashlib.sha256()
+        for module in modules:
+            config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
+            digest.update(f"{type(module).__name__}|{json.dumps(config, sort_keys=True, default=str)}\n".encode())
+            for name, tensor in sorted(module.state_dict().items()):
+                digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+                digest.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
+            tokenizer = getattr(module, "tokenizer", None)
+            if tokenizer is not None:
+                digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+        _DOCUMENT_ENCODERS[checksum] = "doc-" + digest.hexdigest()
+    return _DOCUMENT_ENCODERS[checksum]
+
+
 def cached_corpus_embeddings(
     model_dir: str | Path,
     corpus: Mapping[str, Document],
@@ -187,9 +217,10 @@ def cached_corpus_embeddings(
     precision: Precision = "fp32",
     progress: bool = True,
 ) -> tuple[list[str], np.ndarray]:
-    """Corpus embeddings of a saved model in corpus order, computed once per (model, corpus, length, precision)."""
+    """Corpus embeddings of a saved model in corpus order, computed once per (document encoder, corpus, length,
+    precision): models that share a document tower share them."""
     path = embedding_cache_path(
-        cache_dir, model_fingerprint(model_dir), corpus_fingerprint(dict(corpus)), max_seq_length, precision
+        cache_dir, document_encoder_fingerprint(model_dir), corpus_fingerprint(dict(corpus)), max_seq_length, precision
     )
     doc_ids = list(corpus)
     cached = read_cached_embeddings(path, doc_ids)

@@ -31,10 +31,10 @@ from denseflow.model.data.beir import (
     read_queries,
 )
 from denseflow.model.encoder import (
+    document_encoder_fingerprint,
     embedding_cache_path,
     encode,
     load_encoder,
-    model_fingerprint,
     read_cached_embeddings,
     resolve_precision,
     tower_type,
@@ -151,7 +151,7 @@ def plan_shards(config: PublishConfig, model: dict[str, Any], work_root: str) ->
 
     fingerprint = corpus_fingerprint(corpus)
     settings = config.encode.model_dump(include={"max_seq_length", "shard_size", "batch_size"})
-    key_text = json.dumps([model_fingerprint(model["model_dir"]), fingerprint, settings], sort_keys=True)
+    key_text = json.dumps([document_encoder_fingerprint(model["model_dir"]), fingerprint, settings], sort_keys=True)
     work = Path(work_root) / hashlib.sha256(key_text.encode()).hexdigest()[:16]
     work.mkdir(parents=True, exist_ok=True)
     doc_ids = list(corpus)
@@ -252,7 +252,7 @@ def reuse_cached_embeddings(
     if not missing:
         return 0
     path = embedding_cache_path(
-        Path(cache_dir), model_fingerprint(model_dir), plan["corpus_fingerprint"], max_seq_length, precision
+        Path(cache_dir), document_encoder_fingerprint(model_dir), plan["corpus_fingerprint"], max_seq_length, precision
     )
     ids = [json.loads(Path(shard["input"]).read_text(encoding="utf-8"))["ids"] for shard in missing]
     cached = read_cached_embeddings(path, [doc_id for shard_ids in ids for doc_id in shard_ids])

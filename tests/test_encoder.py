@@ -121,3 +121,24 @@ def test_cached_corpus_embeddings_follow_the_callers_document_order(tiny_model_d
     reordered_ids, second = cached_corpus_embeddings(tiny_model_dir, reordered, tmp_path, progress=False)
     assert reordered_ids == ids[::-1] and len(list(tmp_path.glob("*.npy"))) == 1
     np.testing.assert_array_equal(second, first[::-1])
+
+
+def test_a_query_tower_only_model_shares_its_base_models_corpus_embeddings(tiny_model_dir, tmp_path):
+    """The document encoder's fingerprint ignores the query tower, so the corpus embeddings cache is shared."""
+    import torch
+
+    from denseflow.model.encoder import document_encoder_fingerprint, load_encoder, make_asymmetric
+
+    model = make_asymmetric(load_encoder(tiny_model_dir))
+    model.save(str(tmp_path / "same-documents"))
+    with torch.no_grad():
+        for parameter in model[0].sub_modules["query"].parameters():
+            parameter.add_(0.01)
+    model.save(str(tmp_path / "query-moved"))
+    for parameter in model[0].sub_modules["document"].parameters():
+        parameter.data.add_(0.01)
+    model.save(str(tmp_path / "documents-moved"))
+    base = document_encoder_fingerprint(tiny_model_dir)
+    assert document_encoder_fingerprint(tmp_path / "same-documents") == base
+    assert document_encoder_fingerprint(tmp_path / "query-moved") == base
+    assert document_encoder_fingerprint(tmp_path / "documents-moved") != base
