@@ -72,6 +72,7 @@ def _record(
     per_query_file = out_dir / f"per_query_{stem}.json"
     per_query_file.write_text(json.dumps(evaluation.per_query))
     log_metrics(run_id, evaluation.metrics, prefix=prefix)
+    log_metrics(run_id, {"ndcg_at_10_ci_low": interval[0], "ndcg_at_10_ci_high": interval[1]}, prefix=prefix)
     # Partition keys name the system even for the trained model (logged unprefixed): trained.unseen_docs.ndcg_at_10.
     system_prefix = prefix if prefix.removeprefix("dev.") else f"{prefix}trained."
     for part, entry in partitions.items():
