@@ -52,7 +52,34 @@ def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflo
     budget = config.estimate.budget_minutes
     verdict = "within" if estimate.total_seconds <= budget * 60 else "OVER"
     print(f"{len(specs)} runs; {verdict} the {budget:.0f} min budget on this CPU\n{estimate.describe()}")
+    if verdict == "OVER":
+        reduced = reduced_config(config)
+        minutes = (
+            estimate_study(
+                reduced,
+                len(dataset.corpus),
+                len(dataset.qrels.get(config.data.train_split, {})),
+                len(dataset.qrels.get(config.data.eval_split, {})),
+                plan_study(reduced),
+                rates,
+            ).total_seconds
+            / 60
+        )
+        fits = "fits" if minutes <= budget else "does not fit either"
+        print(
+            f"\nreduced plan ({len(plan_study(reduced))} runs, {minutes:.0f} min: {fits}): a config file with\n"
+            f"  arms: {json.dumps(reduced.arms)}\n  seeds: {json.dumps(reduced.seeds)}"
+        )
     return 0
+
+
+REDUCED_ARMS = ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-remined", "bm25-old"]
+
+
+def reduced_config(config):  # noqa: ANN001, ANN201 - CompareConfig in, CompareConfig out
+    """The plan to run where the whole one does not fit: seeds 0 and 1 of the arms the verdict needs."""
+    arms = [arm for arm in config.arms if arm in REDUCED_ARMS] or REDUCED_ARMS
+    return config.model_copy(update={"arms": arms, "seeds": config.seeds[:2]})
 
 
 def add_compare_commands(commands: argparse._SubParsersAction) -> None:

@@ -119,3 +119,17 @@ def test_cli_plan_prints_the_estimate(tmp_path, tiny_beir_dir, tiny_model_dir, c
     out = capsys.readouterr().out
     assert "7 runs" in out and "dense-remined_asymmetric_seed0" in out and "total" in out
     assert "rates (configured" in out and "budget on this CPU" in out
+
+
+def test_a_plan_over_its_budget_names_the_reduced_plan_that_fits(tmp_path, tiny_beir_dir, tiny_model_dir, capsys):
+    from denseflow.cli.main import main
+
+    study = tiny_study(tmp_path, tiny_beir_dir, tiny_model_dir) | {"seeds": [0, 1, 2]}
+    study["estimate"] = {"budget_minutes": 0.4, "step_seconds_at_128": 1.0, "bf16_step_seconds_at_128": 1.0}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    assert main(["compare-negatives", "--config", str(path), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "OVER the 0 min budget" in out
+    assert "reduced plan" in out and "seeds: [0, 1]" in out
+    assert '"dense-hard"' not in out.split("reduced plan")[1]
