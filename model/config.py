@@ -227,8 +227,7 @@ class TrainConfig(Section):
     epochs: float = Field(
         2.0,
         gt=0,
-        description="Passes over the training examples (an upper bound with dev). 2 fits make run's 25 min on a "
-        "2-core AVX2 CPU; SciFact's dev curve still rises slowly to 3 (README, recipe sweep).",
+        description="Passes over the training examples (an upper bound with dev: the best checkpoint is kept).",
     )
     max_steps: int = Field(-1, description="Stop after this many steps (overrides epochs when > 0).")
     batch_size: int = Field(

@@ -7,8 +7,8 @@ stay sentence-transformers', so every caller still encodes through ``encode``.
 
 int8 is ONNX Runtime *dynamic* quantization: weights are stored as per-channel int8 once, activations are
 quantized per batch at run time, so it needs no calibration data. The plain export is quantized, not one
-pre-fused by ONNX Runtime's BERT optimizer: on the 2-core AVX2 EPYC the fused graphs ran slower (fp32 and
-int8 alike), and the session applies its own fusions at load time anyway. int8 drifts from fp32 (on
+pre-fused by ONNX Runtime's BERT optimizer for *batch corpus encoding*: there the pre-fused graphs were not
+faster (``bench/encode_throughput.py``), and the session applies its own fusions at load time anyway. int8 drifts from fp32 (on
 all-MiniLM-L6-v2 about 0.994 mean cosine), so its callers check it before use.
 
 Why not OpenVINO (sentence-transformers' other int8 backend): it exports through ``optimum-intel``, which,

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from denseflow.model.data.beir import Dataset
 from denseflow.model.encoder import Precision, cached_corpus_embeddings, encode, load_encoder
 from denseflow.model.evaluation.metrics import (
@@ -62,8 +60,3 @@ def bm25_run(
     dataset: Dataset, split: str, depth: int = CURVE_DEPTH, progress: bool = True
 ) -> dict[str, dict[str, float]]:
     return BM25Index(dataset.corpus).search_many(dataset.split_queries(split), depth, progress)
-
-
-def paired_gain(candidate: Evaluation, baseline: Evaluation, metric: str) -> float:
-    values = candidate.per_query[metric]
-    return float(np.mean([values[q] - baseline.per_query[metric][q] for q in values]))

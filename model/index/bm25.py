@@ -2,8 +2,8 @@
 
 One implementation for all three, on bm25s (Lù 2024): the index is a sparse (documents × terms) matrix of
 precomputed term scores, so a query sums a few columns instead of scoring every document in Python the way
-rank-bm25 does. On a 2-core AVX2 EPYC that is the difference between ~1 s and a few ms per query at 1M
-documents (``bench/bm25_latency.py``), and it saves and loads as plain ``.npy`` files that a published
+rank-bm25 does: at 1M documents, seconds against milliseconds per query (``bench/bm25_latency.py`` measures
+it on the machine at hand), and it saves and loads as plain ``.npy`` files that a published
 index version carries beside ``index.faiss``.
 
 The formula is Okapi BM25 exactly as rank-bm25's ``BM25Okapi`` computed it before (k1 = 1.5, b = 0.75,

@@ -1,8 +1,9 @@
 """Run a model's query tower on ONNX Runtime, inside the same sentence-transformers pipeline.
 
 Single-query encoding is latency-bound: PyTorch eager spends most of a short query's time in
-small-matrix GEMMs and per-op dispatch, where ONNX Runtime's fused BERT graph is about 2-3x faster
-on this CPU. Only the transformer of the query tower is swapped; tokenisation, pooling,
+small-matrix GEMMs and per-op dispatch, which ONNX Runtime's fused BERT graph cuts for *one short query*
+(``bench/query_latency.py`` measures the ratio on the machine at hand; batch encoding is another matter, see
+``model/onnx_runtime.py``). Only the transformer of the query tower is swapped; tokenisation, pooling,
 normalisation and the Router that picks the tower stay sentence-transformers', so queries still go
 through :func:`denseflow.model.encoder.encode` with ``role="query"`` for siamese and asymmetric models alike.
 
