@@ -28,6 +28,7 @@ from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
 from denseflow.model.encoder import bundled_model_path, cached_corpus_embeddings
 from denseflow.model.index.bm25 import BM25Index
 from denseflow.model.index.build import IndexSpec, build_index, recall_at_k
+from denseflow.model.index.documents import write_documents
 from denseflow.model.index.store import build_manifest, publish
 from denseflow.model.index.topk import exact_search
 from denseflow.model.serving.search import Searcher
@@ -50,6 +51,12 @@ def main() -> None:
     parser.add_argument("--ef-search", type=int, default=64)
     parser.add_argument("--modes", nargs="+", default=["dense"], choices=["dense", "bm25", "hybrid"])
     parser.add_argument("--indexes", nargs="+", default=["flat", "hnsw"], choices=["flat", "hnsw"])
+    parser.add_argument(
+        "--fields",
+        nargs="+",
+        default=["title,snippet"],
+        help="hit fields per run, compared side by side ('' = ids only, as before documents were stored)",
+    )
     args = parser.parse_args()
 
     model_dir = Path(args.model or bundled_model_path())
@@ -66,6 +73,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="denseflow-latency-"))
     specs = {"flat": IndexSpec("flat"), "hnsw": IndexSpec("hnsw", hnsw_m=args.hnsw_m, hnsw_ef_search=args.ef_search)}
     specs = {name: spec for name, spec in specs.items() if name in args.indexes}
+    documents = write_documents(
+        root / "docs.sqlite", ((d, dataset.corpus[d].title, dataset.corpus[d].text) for d in doc_ids)
+    )
     bm25_dir = root / "bm25-build"
     BM25Index.from_texts(doc_ids, [dataset.corpus[d].full_text for d in doc_ids]).save(bm25_dir)
     identity = {"name": "bench", "version": model_dir.name, "run_id": None, "max_seq_length": args.max_seq_length}
@@ -73,7 +83,7 @@ def main() -> None:
         started = time.perf_counter()
         index = build_index(embeddings, spec)
         manifest = build_manifest(spec, len(doc_ids), embeddings.shape[1], identity, "scifact", 0.0, None, 0)
-        publish(root, name, index, doc_ids, model_dir, manifest, bm25_dir=bm25_dir)
+        publish(root, name, index, doc_ids, model_dir, manifest, bm25_dir=bm25_dir, documents_file=documents)
         print(f"{name}: built and published in {time.perf_counter() - started:.1f}s ({spec.factory_string(0, 0)})")
 
     print(f"\n{len(queries)} SciFact test queries, one at a time, k=10; milliseconds")
@@ -83,37 +93,32 @@ def main() -> None:
         torch.set_num_threads(threads)
         searcher = Searcher(root, name, reload_interval_s=1.0, threads=threads, backend=backend)
         row_of = {doc_id: row for row, doc_id in enumerate(searcher._state.index.doc_ids)}
-        for mode in args.modes:
+        for mode, fields in itertools.product(args.modes, args.fields):
             for query in queries[:10]:
-                searcher.search(query, 10, mode=mode)  # warm-up
+                searcher.search(query, 10, mode=mode, fields=fields)  # warm-up
             total, encode_ms, search_ms, rows = [], [], [], []
             for query in queries:
                 started = time.perf_counter()
-                result = searcher.search(query, 10, mode=mode)
+                result = searcher.search(query, 10, mode=mode, fields=fields)
                 total.append((time.perf_counter() - started) * 1e3)
                 encode_ms.append(result.encode_ms)
                 search_ms.append(result.search_ms)
                 rows.append([row_of[hit.doc_id] for hit in result.hits])
             if mode == "dense":
                 retrieved[f"{name} ({backend})"] = rows
-            label = f"{backend:<5} threads {threads}  {name:<5} {mode:<6}"
+            label = f"{backend:<5} threads {threads}  {name:<5} {mode:<6} fields {fields or 'ids':<12}"
             p50s[label] = float(np.percentile(total, 50))
             print(f"{label} total  {percentiles(total)}")
             print(f"{label} encode {percentiles(encode_ms)}")
             print(f"{label} search {percentiles(search_ms)}")
-    if len(args.modes) > 1:
-        print("\np50 total relative to the first mode of each configuration:")
+    per_configuration = len(args.modes) * len(args.fields)
+    if per_configuration > 1:
+        print("\np50 total against the first mode and fields of each configuration:")
         labels = list(p50s)
-        for start in range(0, len(labels), len(args.modes)):
+        for start in range(0, len(labels), per_configuration):
             base = p50s[labels[start]]
-            print(
-                "  "
-                + ", ".join(
-                    f"{label.split()[-1]} {p50s[label] / base:.2f}x"
-                    for label in labels[start : start + len(args.modes)]
-                )
-                + f"  ({labels[start].rsplit(' ', 1)[0].strip()})"
-            )
+            group = labels[start : start + per_configuration]
+            print("  " + ", ".join(f"[{label.split(None, 4)[-1]}] {p50s[label] - base:+.2f} ms" for label in group))
     query_vectors = np.concatenate([searcher.encode_query(q) for q in queries])
     exact = exact_search(query_vectors, embeddings, 10)[0]
     # The same profile bench/ann_1m.py prints for its synthetic vectors, so the two can be compared.
