@@ -163,21 +163,27 @@ def test_onnx_swap_is_undone_when_it_does_not_match(tiny_model_dir: Path, monkey
     assert onnx_backend.query_transformer(model).model is original
 
 
-def test_hits_carry_the_title_and_a_snippet_from_the_stored_documents(
-    tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
-) -> None:
+def publish_with_documents(root: Path, model_dir: Path, beir_dir: Path) -> dict:
+    """The tiny corpus published as ``tiny`` with its documents stored; returns the corpus."""
     from denseflow.model.index.documents import write_documents
 
-    model = load_encoder(tiny_model_dir)
-    corpus = read_corpus(find_file(tiny_beir_dir, "corpus.jsonl"), RejectLog())
+    model = load_encoder(model_dir)
+    corpus = read_corpus(find_file(beir_dir, "corpus.jsonl"), RejectLog())
     doc_ids = list(corpus)
     embeddings = encode(model, [corpus[d].full_text for d in doc_ids], "document")
     spec = IndexSpec()
     identity = {"name": "retriever", "version": "1", "run_id": None, "tower_type": None}
     manifest = build_manifest(spec, len(doc_ids), embeddings.shape[1], identity, "fp", 0.0, 1.0, 0)
-    documents = write_documents(tmp_path / "docs.sqlite", ((d, corpus[d].title, corpus[d].text) for d in doc_ids))
-    publish(tmp_path / "indexes", "tiny", build_index(embeddings, spec), doc_ids, tiny_model_dir, manifest,
-            documents_file=documents)  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
+    documents = write_documents(root / "docs.sqlite", ((d, corpus[d].title, corpus[d].text) for d in doc_ids))
+    publish(root, "tiny", build_index(embeddings, spec), doc_ids, model_dir, manifest, documents_file=documents)
+    return corpus
+
+
+def test_hits_carry_the_title_and_a_snippet_from_the_stored_documents(
+    tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+) -> None:
+    corpus = publish_with_documents(tmp_path / "indexes", tiny_model_dir, tiny_beir_dir)
     searcher = Searcher(tmp_path / "indexes", "tiny", reload_interval_s=0)
     result = searcher.search("bone fracture", k=3)
     first = result.hits[0]
@@ -190,3 +196,31 @@ def test_hits_carry_the_title_and_a_snippet_from_the_stored_documents(
     assert with_text.text == corpus[with_text.doc_id].text and with_text.snippet is None
     with pytest.raises(QueryError, match="fields must be among"):
         searcher.search("bone", k=1, fields="body")
+
+
+def test_a_version_published_without_documents_serves_ids_and_says_so_once(
+    tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    publish_corpus(tmp_path, tiny_model_dir, tiny_beir_dir)  # no documents file: a version from before
+    with caplog.at_level("WARNING"):
+        searcher = Searcher(tmp_path, "tiny", reload_interval_s=0)
+        hits = searcher.search("bone", k=2).hits
+        searcher.search("heart", k=2)
+    assert [hit.title for hit in hits] == [None, None]
+    assert set(searcher.search("bone", k=1).as_dict()["hits"][0]) == {"rank", "doc_id", "score"}
+    warnings = [record for record in caplog.records if "without its documents" in record.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_a_documents_file_that_fails_its_checksum_is_refused_like_the_index(
+    tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+) -> None:
+    from denseflow.model.index.store import ChecksumError, load_version
+
+    publish_with_documents(tmp_path / "indexes", tiny_model_dir, tiny_beir_dir)
+    version = tmp_path / "indexes" / "tiny" / read_pointer(tmp_path / "indexes", "tiny")
+    with (version / "docs.sqlite").open("r+b") as handle:
+        handle.seek(200)
+        handle.write(b"tampered")
+    with pytest.raises(ChecksumError, match="docs.sqlite"):
+        load_version(version)

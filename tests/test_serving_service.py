@@ -55,6 +55,7 @@ def test_search_post_and_get(client: TestClient) -> None:
         ({"k": 5}, 422, "query: Field required"),
         ({"query": "ok", "extra": 1}, 422, "extra: Extra inputs are not permitted"),
         ({"query": ["a"], "k": 5}, 422, "query: Input should be a valid string"),
+        ({"query": "ok", "fields": ["body"]}, 422, "fields"),
     ],
 )
 def test_bad_input_gets_4xx_with_message(client: TestClient, payload: dict, status: int, message: str) -> None:
@@ -71,3 +72,22 @@ def test_malformed_json_and_oversized_body(client: TestClient) -> None:
     assert response.status_code == 413
     assert client.get("/search", params={"q": "", "k": 3}).status_code == 422
     assert client.get("/search", params={"q": "ok", "k": "x"}).status_code == 422
+
+
+def test_an_unknown_field_in_a_get_is_named(client: TestClient) -> None:
+    response = client.get("/search", params={"q": "bone", "fields": "title,body"})
+    assert response.status_code == 422
+    assert "body" in response.json()["error"]
+
+
+def test_hits_carry_title_and_snippet_and_text_only_when_asked(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from tests.conftest import write_tiny_beir
+    from tests.test_serving_search import publish_with_documents
+
+    publish_with_documents(tmp_path / "indexes", tiny_model_dir, write_tiny_beir(tmp_path / "beir"))
+    app = TestClient(create_app(Searcher(tmp_path / "indexes", "tiny", reload_interval_s=0)))
+    hit = app.post("/search", json={"query": "bone fracture", "k": 1}).json()["hits"][0]
+    assert hit["title"].startswith(("bone", "heart", "brain", "cancer", "virus", "gene"))
+    assert hit["snippet"] and "text" not in hit
+    full = app.post("/search", json={"query": "bone fracture", "k": 1, "fields": ["text"]}).json()["hits"][0]
+    assert set(full) == {"rank", "doc_id", "score", "text"}

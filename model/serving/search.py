@@ -285,6 +285,13 @@ class Searcher:
             raise ModelMismatchError(f"{loaded.path}: manifest says {expected_towers} towers, model is not")
         precision = "bf16" if manifest.get("encode", {}).get("precision") == "bf16" and native_bf16() else "fp32"
         log.info("serving index %s/%s with model %s", self.name, version, model.source or named.get("name"))
+        if loaded.documents is None:
+            log.warning(
+                "index %s/%s was published without its documents: hits carry ids and scores only (publish again "
+                "to serve titles and snippets)",
+                self.name,
+                version,
+            )
         return _State(loaded, model, precision)
 
     def maybe_reload(self, force: bool = False) -> bool:
