@@ -19,7 +19,7 @@ from denseflow.model.evaluation.served import choose_served_mode
 from denseflow.model.evaluation.summary import summary_markdown
 from denseflow.model.index.store import published_model_label
 from denseflow.model.workspace import workspace_dir
-from denseflow.registry.keys import BASE_MODEL_TAG, SERVED_MODE_TAG, metric_key
+from denseflow.registry.keys import BASE_MODEL_TAG, HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, metric_key
 from denseflow.tasks.evaluate import BASE_HYBRID, BM25, HYBRID, evaluate, hybrid, plot_recall
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
@@ -189,7 +189,7 @@ def registration_tags(served: dict, dense: dict, fused: dict, mode: str, mode_re
     queries and each seen-/unseen-document partition)."""
     tags = {SERVED_MODE_TAG: mode, "served.mode_chosen_by": mode_reason[:250]}
     if mode == "hybrid":
-        tags |= {"hybrid.weight": f"{fused['weight']:.4f}", "hybrid.method": fused["method"]}
+        tags |= {HYBRID_WEIGHT_TAG: f"{fused['weight']:.4f}", HYBRID_METHOD_TAG: fused["method"]}
     for role, item in (("trained", dense), (HYBRID, fused), ("", served)):
         prefix = f"{role}." if role else ""
         if role:

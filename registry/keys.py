@@ -14,6 +14,10 @@ def metric_key(name: str, prefix: str = "") -> str:
     return f"{prefix}{name.replace('@', '_at_')}"
 
 
+# What serving needs to reproduce a version's registered figures (written at registration, read by the gate
+# and by publication).
 SERVED_MODE_TAG = "served.mode"
+HYBRID_WEIGHT_TAG = "hybrid.weight"
+HYBRID_METHOD_TAG = "hybrid.method"
 # On a version registered from the untouched base model, because it beat the trained candidate.
 BASE_MODEL_TAG = "denseflow.base_model"

@@ -31,7 +31,7 @@ from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs
 from denseflow.model.evaluation.runs import bm25_run, dense_run, score_run
 from denseflow.model.promotion import Decision, Scored, decide
 from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
-from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
+from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.tasks.tracking import log_artifact, log_metrics
 
@@ -110,8 +110,8 @@ def run_gate(
         tags = client.get_model_version(registered_model, production).tags
         if tags.get(SERVED_MODE_TAG, "dense") == "hybrid":
             # Production as it is served: fused with BM25 at its own registered weight and method.
-            weight = float(tags.get("hybrid.weight", NEUTRAL_WEIGHT))
-            method = tags.get("hybrid.method", eval_settings.fusion)
+            weight = float(tags.get(HYBRID_WEIGHT_TAG, NEUTRAL_WEIGHT))
+            method = tags.get(HYBRID_METHOD_TAG, eval_settings.fusion)
             run = fuse_runs(
                 run, bm25_run(dataset, split), weight, method, eval_settings.rrf_k, eval_settings.fusion_depth
             )

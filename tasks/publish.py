@@ -50,6 +50,7 @@ from denseflow.model.index.store import (
     publish,
     search_settings,
 )
+from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG
 from denseflow.tasks.tracking import run_logger
 
 
@@ -117,15 +118,15 @@ def published_search(index_config: IndexConfig, tags: dict[str, str]) -> dict[st
     """The manifest's ``search`` section: the config's choice, else the version's tags (retrain records the
     served mode and the dev-tuned fusion as ``served.mode``, ``hybrid.weight``, ``hybrid.method``), else
     hybrid at 0.5 convex. A tag outside the allowed values fails here, before anything is encoded."""
-    weight = tags.get("hybrid.weight")
+    weight = tags.get(HYBRID_WEIGHT_TAG)
     try:
         weight_value = float(weight) if weight is not None else None
     except ValueError as err:
         raise ValueError(f"model version tag hybrid.weight={weight!r} is not a number") from err
     return search_settings(
-        index_config.search_mode or tags.get("served.mode"),
+        index_config.search_mode or tags.get(SERVED_MODE_TAG),
         index_config.fusion_weight if index_config.fusion_weight is not None else weight_value,
-        index_config.fusion_method or tags.get("hybrid.method"),
+        index_config.fusion_method or tags.get(HYBRID_METHOD_TAG),
         index_config.fusion_depth,
     )
 
