@@ -14,6 +14,7 @@ from denseflow.model.config import TrainConfig
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.encoder import model_fingerprint, resolve_base_model
+from denseflow.model.evaluation.plots import plot_dev_selection
 from denseflow.model.mining.negatives import read_examples
 from denseflow.model.training.trainer import train_bi_encoder
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
@@ -89,5 +90,13 @@ def train(
         client.log_metric(context.run_id, f"{metric_prefix}interpolation_dev_ndcg_at_10", value, step=position)
         client.log_metric(context.run_id, f"{metric_prefix}interpolation_alpha", alpha, step=position)
     client.set_tag(context.run_id, f"{metric_prefix}selection", record["selection"])
+    if record.get("dev_curve") or record.get("interpolation_curve"):
+        plot = plot_dev_selection(
+            record.get("dev_curve", []),
+            record.get("interpolation_curve", []),
+            context.run_dir / f"{metric_prefix}dev_selection.png",
+            f"choices on dev: {record['selection']}",
+        )
+        log_artifact(context.run_id, plot, "plots")
     log_artifact(context.run_id, result_path)
     return record["model_dir"]

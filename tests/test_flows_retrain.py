@@ -66,6 +66,8 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert {"zeroshot.ndcg_at_10", "bm25.recall_at_100", "ingest.rejected_rows"} <= set(run.data.metrics)
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"train_examples.jsonl", "rejects.jsonl", "evaluation", "plots"} <= artifacts
+    plots = {item.path for item in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/recall_at_k.png", "plots/train.dev_selection.png"} <= plots
     # 12 test queries of 36 docs: recall@100 covers the whole corpus, so every system finds every positive.
     assert trained["recall@100"] == 1.0
     examples = (tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "train_examples.jsonl").read_text().splitlines()
