@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -26,7 +28,8 @@ def _table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]]) -> 
 
 def print_retrain_summary(summary: dict, console: Console | None = None) -> None:
     """The systems side by side, the choices made on dev, the gate's figures and what is served now."""
-    console = console or Console()
+    # Piped or logged (not a terminal), rich would wrap at 80 columns: give the table room instead.
+    console = console or Console(width=None if sys.stdout.isatty() else 132)
     split = "test"
     console.print(
         _table(

@@ -280,6 +280,16 @@ class TrainConfig(Section):
     )
     seed: int = Field(42, description="Seed of model init, data order and dropout.")
 
+    @model_validator(mode="after")
+    def _launcher_supports_towers(self) -> TrainConfig:
+        # DDP over a Router (one tower per column, called once per column) fails in backward with "Expected to
+        # mark a variable ready only once"; only the shared-weights model is data-parallel here.
+        if self.launcher == "torchrun" and self.towers != "siamese":
+            raise ValueError(
+                f"train.launcher torchrun trains siamese towers only; set train.towers: siamese (got {self.towers})"
+            )
+        return self
+
     @field_validator("interpolation_grid")
     @classmethod
     def _grid_in_unit_interval(cls, grid: list[float]) -> list[float]:

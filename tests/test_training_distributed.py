@@ -48,7 +48,7 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(
     examples = [replace(example, negatives=[]) for example in mined]
     settings = TrainConfig(
         base_model=str(model_dir), batch_size=8, max_steps=2, learning_rate=1e-3, warmup_ratio=0,
-        max_seq_length=32, precision="fp32", save_steps=1, seed=0, interpolation=1.0,
+        max_seq_length=32, precision="fp32", save_steps=1, seed=0, interpolation=1.0, towers="siamese",
     )  # fmt: skip
     single = train_bi_encoder(examples, dataset, settings, tmp_path / "one", progress=False)
     parallel = distributed.train(
@@ -69,3 +69,8 @@ def test_two_gloo_processes_match_one_process_at_the_same_global_batch(
     assert moved > 1e-3  # training did move the weights ...
     assert differ < 1e-4  # ... and both runs moved them alike
     assert all(torch.isfinite(tensor).all() for tensor in trained_two.values())
+
+
+def test_data_parallel_training_of_a_router_model_is_refused_with_the_setting_named() -> None:
+    with pytest.raises(ValueError, match="train.towers: siamese"):
+        TrainConfig(launcher="torchrun", nproc_per_node=2, towers="query_only")
