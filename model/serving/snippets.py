@@ -38,21 +38,48 @@ def query_terms(query: str) -> list[str]:
     return list(seen)
 
 
+def term_matches(text: str, terms: list[str]) -> list[tuple[int, int, str]]:
+    """``(start, end, term)`` of every word of ``text`` that starts with a term (str.find: C speed, no regex)."""
+    lowered = text.lower()
+    matches = []
+    for term in terms:
+        position = lowered.find(term)
+        while position >= 0:
+            if position == 0 or not lowered[position - 1].isalnum():
+                end = position + len(term)
+                while end < len(lowered) and lowered[end].isalnum():
+                    end += 1
+                matches.append((position, end, term))
+            position = lowered.find(term, position + len(term))
+    return matches
+
+
 def make_snippet(text: str, query: str, width: int = DEFAULT_WIDTH) -> Snippet:
-    """The best ``width``-character window of ``text`` for ``query`` and its term spans."""
+    """The best ``width``-character window of ``text`` for ``query`` and its term spans.
+
+    ``str.find`` finds the term matches and one sliding window over them counts distinct terms, so a hit's
+    snippet costs tens of microseconds (search answers ten per query).
+    """
     text = " ".join(text[:MAX_TEXT_CHARS].split())
     terms = query_terms(query)
-    words = [(match.start(), match.end(), match.group().lower()) for match in _WORD.finditer(text)]
-    hits = [(start, end, term) for start, end, word in words for term in terms if word.startswith(term)]
+    hits = sorted(term_matches(text, terms))
     start = 0
     if hits and len(text) > width:
-        best = (-1, 0)
+        best_count, best_start = -1, 0
+        counts: dict[str, int] = {}
+        left = right = 0
         for anchor, _, _ in hits:
             begin = max(0, anchor - width // 4)
-            found = {term for s, e, term in hits if s >= begin and e <= begin + width}
-            if len(found) > best[0]:
-                best = (len(found), begin)
-        start = best[1]
+            while right < len(hits) and hits[right][1] <= begin + width:
+                counts[hits[right][2]] = counts.get(hits[right][2], 0) + 1
+                right += 1
+            while left < right and hits[left][0] < begin:
+                counts[hits[left][2]] -= 1
+                left += 1
+            distinct = sum(1 for count in counts.values() if count > 0)
+            if distinct > best_count:
+                best_count, best_start = distinct, begin
+        start = best_start
     end = min(len(text), start + width)
     if start > 0:
         space = text.find(" ", start)
@@ -61,5 +88,5 @@ def make_snippet(text: str, query: str, width: int = DEFAULT_WIDTH) -> Snippet:
         space = text.rfind(" ", start, end)
         end = space if space > start else end
     window = text[start:end]
-    spans = tuple((s - start, e - start) for s, e, _ in hits if s >= start and e <= end)
+    spans = tuple((s_ - start, e - start) for s_, e, _ in hits if s_ >= start and e <= end)
     return Snippet(window, spans, start > 0, end < len(text))
