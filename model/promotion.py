@@ -170,9 +170,7 @@ def decide(
         reasons.append(f"{verdict}: {figures}")
     reason = "; ".join(reasons)
     if beats_production and beats_base:
-        return made(
-            True, reason if base is not None or production is not None else f"{reason}; {metric} {candidate.value:.4f}"
-        )
+        return made(True, reason)
     base_beats_production = base is not None and (
         production is None
         or not math.isfinite(production.value)

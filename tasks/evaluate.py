@@ -54,16 +54,16 @@ def _record(
     run_id: str,
     prefix: str,
     stem: str,
-    partitions: dict[str, dict],
+    figures: dict,
 ) -> Path:
     """Run file, metrics (all queries, each partition, nDCG@10's bootstrap interval) and per-query figures."""
     run_file = write_trec_run(evaluation.run, out_dir / f"run_{stem}.trec", tag=evaluation.label)
     metrics_file = out_dir / f"metrics_{stem}.json"
-    interval = bootstrap_interval(list(evaluation.per_query.get("ndcg@10", {}).values()))
+    interval, partitions = figures["interval"], figures["partitions"]
     payload = {
         "label": evaluation.label,
         "split": split,
-        "queries": len(next(iter(evaluation.per_query.values()), {})),
+        "queries": figures["queries"],
         "metrics": evaluation.metrics,
         "ndcg@10_interval": interval,
         "partitions": partitions,
@@ -103,7 +103,7 @@ def _scored(
 
 
 def _figures(evaluation: Evaluation, partitions: dict[str, dict]) -> dict:
-    """What the flow and the gate read of one split's evaluation."""
+    """What the flow and the gate read of one split's evaluation, and what ``_record`` writes of it."""
     return {
         "metrics": evaluation.metrics,
         "partitions": partitions,
@@ -149,8 +149,8 @@ def evaluate(
         on_dev = name != split
         stem = f"{label}.{name}" if on_dev else label
         prefix = f"dev.{metric_prefix}" if on_dev else metric_prefix
-        run_file = _record(evaluation, name, out_dir, context.run_id, prefix, stem, partitions)
         figures = _figures(evaluation, partitions)
+        run_file = _record(evaluation, name, out_dir, context.run_id, prefix, stem, figures)
         if on_dev:
             result |= {"dev": figures, "dev_metrics": evaluation.metrics, "dev_run_file": str(run_file)}
         else:
@@ -209,8 +209,8 @@ def hybrid(
         evaluation, partitions = _scored(label, run, dataset, name, split, dev_split, train_split, settings.ks)
         stem = f"{label}.{name}" if on_dev else label
         prefix = f"dev.{metric_label(label)}." if on_dev else f"{metric_label(label)}."
-        _record(evaluation, name, out_dir, context.run_id, prefix, stem, partitions)
         figures = _figures(evaluation, partitions)
+        _record(evaluation, name, out_dir, context.run_id, prefix, stem, figures)
         if on_dev:
             result |= {"dev": figures, "dev_metrics": evaluation.metrics}
         else:

@@ -57,8 +57,7 @@ class DevSplit:
 def judgment_groups(qrels: Mapping[str, Mapping[str, int]]) -> list[list[str]]:
     """Query ids grouped by the connected components of the query–document graph of positive judgments.
 
-    Groups are listed by their key (the smallest document hash), queries inside a group sorted; a query with no
-    positive judgment is a group of its own.
+    Queries inside a group are sorted; a query with no positive judgment is a group of its own.
     """
     parent: dict[str, str] = {}
 
@@ -86,8 +85,7 @@ def judgment_groups(qrels: Mapping[str, Mapping[str, int]]) -> list[list[str]]:
         kind, name = node.split("\0", 1)
         if kind == "q":
             members.setdefault(find(node), []).append(name)
-    groups = [sorted(queries) for queries in members.values()]
-    return sorted(groups, key=lambda group: _group_key(group, qrels))
+    return [sorted(queries) for queries in members.values()]
 
 
 def _group_key(group: list[str], qrels: Mapping[str, Mapping[str, int]]) -> str:
