@@ -1,7 +1,7 @@
 """One way to build a configuration from a YAML file, flags and ``--set key=value`` overrides.
 
 Every command that takes a configuration (``retrain``, ``publish``, ``compare-negatives``, ``ingest``'s data
-section) and ``deploy/serve.py`` merge the same way, in this order, later winning:
+section) and ``deploy/schedule.py`` merge the same way, in this order, later winning:
 
 1. the YAML file (``--config``), or nothing;
 2. the command's own flags, each naming one dotted setting (``--precision`` is ``encode.precision``);

@@ -57,11 +57,11 @@ def test_retrain_and_publish_take_set(tmp_path: Path) -> None:
     assert published.index.name == "n1"
 
 
-def test_deploy_serve_merges_the_same_way() -> None:
+def test_deploy_schedule_merges_the_same_way() -> None:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "deploy" / "serve.py"
-    spec = importlib.util.spec_from_file_location("deploy_serve", path)
+    path = Path(__file__).resolve().parents[1] / "deploy" / "schedule.py"
+    spec = importlib.util.spec_from_file_location("deploy_schedule", path)
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -1,4 +1,4 @@
-"""deploy/: prefect.yaml and serve.py describe the same deployment; every compose key is one something reads."""
+"""deploy/: prefect.yaml and schedule.py describe the same deployment; every compose key is one something reads."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 
 
-def load_serve():
-    spec = importlib.util.spec_from_file_location("deploy_serve", DEPLOY / "serve.py")
+def load_schedule():
+    spec = importlib.util.spec_from_file_location("deploy_schedule", DEPLOY / "schedule.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -40,10 +40,10 @@ def test_prefect_yaml_is_valid_for_prefect_and_weekly_with_one_run_at_a_time():
     assert config.promotion.enabled
 
 
-def test_serve_uses_the_same_schedule_limit_and_parameters(tmp_path):
-    serve = load_serve()
-    spec = serve.deployment_spec("retrain")
-    options = serve.serve_options(spec)
+def test_schedule_uses_the_same_schedule_limit_and_parameters(tmp_path):
+    schedule = load_schedule()
+    spec = schedule.deployment_spec("retrain")
+    options = schedule.serve_options(spec)
     assert options["name"] == "retrain"
     (schedule,) = options["schedules"]
     assert (schedule.cron, schedule.timezone) == (spec["schedules"][0]["cron"], spec["schedules"][0]["timezone"])
@@ -53,14 +53,14 @@ def test_serve_uses_the_same_schedule_limit_and_parameters(tmp_path):
     assert options["parameters"] == spec["parameters"]
 
     override = {"data": {"path": str(tmp_path)}, "promotion": {"margin": 0.01}}
-    merged = serve.serve_options(spec, override)["parameters"]["config"]
+    merged = schedule.serve_options(spec, override)["parameters"]["config"]
     config = RetrainConfig.model_validate(merged)
     assert config.data.path == tmp_path  # merged, not replaced
     assert config.data.eval_split == "test"
     assert config.promotion.margin == 0.01
     assert config.promotion.publish_on_promotion
     with pytest.raises(SystemExit, match="no deployment named"):
-        serve.deployment_spec("nightly")
+        schedule.deployment_spec("nightly")
 
 
 # Keys that third-party images read (not Python code we can inspect), and the services allowed to set them.
@@ -78,7 +78,7 @@ IMAGE_KEYS = {
 
 def read_by_python(key: str) -> str | None:
     """Who reads ``key``: denseflow's own code, Prefect's settings, MLflow's or Hugging Face's environment."""
-    own = [REPO / "model", REPO / "tasks", REPO / "flows", DEPLOY / "serve.py"]
+    own = [REPO / "model", REPO / "tasks", REPO / "flows", DEPLOY / "schedule.py"]
     for root in own:
         for path in [root] if root.is_file() else root.rglob("*.py"):
             if re.search(rf"\b{key}\b", path.read_text()):

@@ -92,7 +92,7 @@ def base_env(tmp: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": str(START_TIMEOUT),
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # no GenAI job workers: 8 fewer processes per server
-        "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # serve.py picks a triggered run up within 2 s, not 10
+        "PREFECT_RUNNER_POLL_FREQUENCY": "2",  # schedule.py picks a triggered run up within 2 s, not 10
         "HF_HUB_OFFLINE": "1",
         "TOKENIZERS_PARALLELISM": "false",
     }
@@ -195,9 +195,9 @@ def test_served_deployment_runs_retrain_and_registers_a_version(servers, tmp_pat
     config = tiny_retrain_yaml(tmp_path, tiny_beir_dir, tiny_model_dir, "served", publish=False)
 
     serve_started = time.monotonic()
-    serve = Process([sys.executable, "deploy/serve.py", "--config", str(config)], tmp_path / "serve.log", env)
+    serve = Process([sys.executable, "deploy/schedule.py", "--config", str(config)], tmp_path / "serve.log", env)
     try:
-        # The deployment exists once serve.py has registered it with our parameters.
+        # The deployment exists once schedule.py has registered it with our parameters.
         deadline = time.monotonic() + START_TIMEOUT
         deployment = None
         while time.monotonic() < deadline and deployment is None:
@@ -249,7 +249,7 @@ def test_served_deployment_runs_retrain_and_registers_a_version(servers, tmp_pat
     assert run.info.status == "FINISHED" and run.data.tags["prefect.flow_run_id"] == runs[0]["id"]
     assert f"MLflow run `{run.info.run_id}`" in summary["data"]
     print(
-        f"\nservers up in {servers.start_s:.0f}s; serve.py registered the deployment in "
+        f"\nservers up in {servers.start_s:.0f}s; schedule.py registered the deployment in "
         f"{registered_s:.0f}s; `prefect deployment run --watch` to completion {run_seconds:.0f}s"
     )
 

@@ -1,13 +1,13 @@
-"""One-machine scheduled retraining: ``python deploy/serve.py`` serves the ``retrain`` deployment itself.
+"""One-machine scheduled retraining: ``python deploy/schedule.py`` serves the ``retrain`` deployment itself.
 
 The schedule, parameters and concurrency limit are read from deploy/prefect.yaml, so both paths run the
 same deployment; here no work pool or worker is needed: this process polls the Prefect server and runs
 each scheduled or triggered flow run in a subprocess. It needs a server (``prefect server start``, then
 ``PREFECT_API_URL=http://127.0.0.1:4200/api``); stop it with Ctrl-C.
 
-    python deploy/serve.py                      # weekly, parameters as in prefect.yaml
-    python deploy/serve.py --config my.yaml     # a retrain YAML merged over those parameters
-    python deploy/serve.py --set train.max_steps=40   # one setting, the same way as the denseflow command
+    python deploy/schedule.py                      # weekly, parameters as in prefect.yaml
+    python deploy/schedule.py --config my.yaml     # a retrain YAML merged over those parameters
+    python deploy/schedule.py --set train.max_steps=40   # one setting, the same way as the denseflow command
     prefect deployment run retrain/retrain      # trigger a run now
 """
 
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not get_current_settings().api.url:
         print(
-            "deploy/serve.py needs a Prefect server: run `prefect server start` and set PREFECT_API_URL",
+            "deploy/schedule.py needs a Prefect server: run `prefect server start` and set PREFECT_API_URL",
             file=sys.stderr,
         )
         return 2
