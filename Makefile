@@ -4,14 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test test-stack stack stack-down lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first: the on-disk build; an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,stack]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -19,8 +19,19 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/denseflow retrain $(if $(CONFIG),--config $(CONFIG),)
 
+# The stack tests start PostgreSQL, MLflow, Prefect and workers: `make test-stack` (and .ci/run) runs them.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests -m "not stack"
+
+test-stack: $(STAMP)
+	$(BIN)/python -m pytest -q -m stack tests/deploy
+
+# The local stack (deploy/stack.py): PostgreSQL, MLflow and Prefect servers, a work pool and two workers.
+stack: $(STAMP)
+	$(BIN)/python deploy/stack.py up
+
+stack-down:
+	$(BIN)/python deploy/stack.py down
 
 lint: $(STAMP)
 	$(BIN)/ruff check cli flows tasks registry model tests bench deploy

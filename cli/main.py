@@ -42,6 +42,8 @@ MLFLOW_HTTP_DEFAULTS = {
 }
 # Commands that run a Prefect flow, and so may start Prefect's temporary API server.
 FLOW_COMMANDS = ("retrain", "publish", "compare-negatives", "promote", "rollback")
+# Commands that open the MLflow store (retrain checks the URI its configuration resolves to, in its preflight).
+STORE_COMMANDS = ("publish", "compare-negatives", "promote", "rollback", "models", "ui")
 DEBUG_ENV = "DENSEFLOW_DEBUG"
 
 
@@ -49,8 +51,16 @@ class UserError(Exception):
     """Ends the command with one line on stderr and exit status 2."""
 
 
+# Tracking URIs that name a database server (MLflow's SQLAlchemy store), optionally with a driver: postgresql+psycopg2.
+DATABASE_SCHEMES = ("postgresql", "mysql", "mssql")
+
+
 def check_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
-    """An ``http(s)://`` tracking URI must answer within ``timeout``; a local store needs no check."""
+    """An ``http(s)://`` tracking URI must answer within ``timeout``, a database one must accept its credentials;
+    a local store needs no check."""
+    if uri.split("://", 1)[0].split("+", 1)[0] in DATABASE_SCHEMES:
+        check_tracking_database(uri, timeout)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import httpx
@@ -59,6 +69,36 @@ def check_tracking_reachable(uri: str, timeout: float = 5.0) -> None:
         httpx.get(uri.rstrip("/") + "/health", timeout=timeout)
     except httpx.HTTPError as err:
         raise UserError(f"MLflow tracking server {uri} is unreachable ({type(err).__name__}: {err})") from err
+
+
+def check_tracking_database(uri: str, timeout: float = 5.0) -> None:
+    """Connect once, without MLflow: MLflow retries a refused database connection for about 100 s, printing the
+    driver's multi-line error each time, before the command could say anything."""
+    import sqlalchemy
+
+    try:
+        url = sqlalchemy.engine.make_url(uri)
+    except sqlalchemy.exc.ArgumentError as err:
+        raise UserError(f"MLflow tracking URI is not a database URL: {err}") from err
+    shown = url.render_as_string(hide_password=True)
+    connect_args = {"connect_timeout": max(1, int(timeout))} if url.get_backend_name() != "mssql" else {}
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as err:
+        hint = " (or name psycopg2 in the URI: postgresql+psycopg2://)" if err.name == "psycopg" else ""
+        raise UserError(f"MLflow tracking store {shown} needs the database driver {err.name!r}{hint}") from err
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = _one_line(getattr(err, "orig", None) or err)
+        raise UserError(f"MLflow tracking store {shown} refused the connection: {reason}") from err
+
+
+def check_tracking_env(command: str) -> None:
+    """``MLFLOW_TRACKING_URI`` checked before a command that opens the store (a retrain checks its config's URI)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and command in STORE_COMMANDS:
+        check_tracking_reachable(uri)
 
 
 def preflight_retrain(config) -> None:  # noqa: ANN001 - denseflow.model.config.RetrainConfig
@@ -281,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         guard_prefect_server()
     handler: Handler = args.handler
     try:
+        check_tracking_env(args.command)
         return handler(args)
     except UserError as err:
         print(f"denseflow {args.command}: error: {err}", file=sys.stderr)

@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     overrides.add_set_argument(parser)
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    spec = deployment_spec(args.name)
+    # The runs' environment, as a worker would give them prefect.yaml's job variables (unless set here already).
+    for key, value in ((spec.get("work_pool") or {}).get("job_variables") or {}).get("env", {}).items():
+        os.environ.setdefault(key, str(value))
     from prefect.settings import get_current_settings
 
     if not get_current_settings().api.url:
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
         raw = overrides.build(args.config, sets=args.overrides)
         override = RetrainConfig.model_validate(raw).model_dump(mode="json", exclude_unset=True)
-    options = serve_options(deployment_spec(args.name), override)
+    options = serve_options(spec, override)
 
     # Runs start in this process's working directory: the repository, like a worker after `prefect deploy`.
     os.chdir(REPO)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 import mlflow
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
@@ -15,6 +19,48 @@ from prefect.exceptions import MissingContextError
 from denseflow.model.config import TrackingConfig, flatten
 from denseflow.model.workspace import workspace_dir, workspace_lock
 from denseflow.registry.keys import metric_key
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class TrackingServerUnreachable(RuntimeError):
+    """The MLflow tracking server stopped answering (after MLflow's own retries): one line naming it."""
+
+
+def _connection_error(err: BaseException) -> BaseException | None:
+    """The connection failure behind an MLflow exception: MLflow raises its own inside ``except`` (implicit
+    chaining), so the requests/urllib3 error is in the context chain, not the message alone."""
+    import requests
+
+    seen = err
+    while seen is not None:
+        if isinstance(seen, requests.exceptions.ConnectionError | ConnectionError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def names_the_server(function: Callable[P, R]) -> Callable[P, R]:
+    """A tracking call that fails because the server is down raises ``TrackingServerUnreachable`` naming the
+    tracking URI, instead of MLflow's multi-line urllib3 message about one endpoint."""
+
+    @functools.wraps(function)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except MlflowException as err:
+            cause = _connection_error(err)
+            if cause is None:
+                raise
+            reason = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+            if "Connection refused" in str(cause):
+                reason = "connection refused"
+            raise TrackingServerUnreachable(
+                f"MLflow tracking server {mlflow.get_tracking_uri()} is unreachable ({reason})"
+            ) from err
+
+    return wrapped
 
 
 def tracking_uri(config: TrackingConfig, workspace: Path) -> str:
@@ -50,6 +96,7 @@ def configure_tracking(config: TrackingConfig, workspace: Path | None = None) ->
     return uri
 
 
+@names_the_server
 def start_tracking_run(
     config, flow_run_id: str | None, run_name: str | None = None, parent_run_id: str | None = None
 ) -> str:  # noqa: ANN001 - any flow config with .tracking
@@ -77,9 +124,17 @@ def run_url(run_id: str, ui_address: str = "http://127.0.0.1:5000") -> str:
 
 
 def end_tracking_run(run_id: str, status: str = "FINISHED") -> None:
-    MlflowClient().set_terminated(run_id, status=status)
+    """Mark the run ended. A run ending in failure because the server is gone stays RUNNING there (never
+    FINISHED): the error that failed it is the one worth raising, not a second one from this call."""
+    try:
+        names_the_server(MlflowClient().set_terminated)(run_id, status=status)
+    except TrackingServerUnreachable as err:
+        if status == "FINISHED":
+            raise
+        run_logger().warning("MLflow run %s not marked %s: %s", run_id, status, err)
 
 
+@names_the_server
 def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: int = 0) -> None:
     client = MlflowClient()
     batch = [
@@ -89,6 +144,7 @@ def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: 
     client.log_batch(run_id, metrics=batch)
 
 
+@names_the_server
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     client = MlflowClient()
     if Path(path).is_dir():

@@ -1,0 +1,623 @@
+"""The local stack: PostgreSQL, an MLflow tracking server and a Prefect server on it, a work pool and workers.
+
+``deploy/docker-compose.yml`` is the production recipe; this is the same layout as plain processes on one
+machine, on loopback, so the multi-machine path (a database server, a tracking server with proxied artifacts,
+a Prefect server, workers that pick up deployment runs) can be run and tested without Docker::
+
+    python deploy/stack.py up        # start what is not running, wait for health, print URLs and the env
+    python deploy/stack.py status    # each service: running, answering, or stale (a killed `up`)
+    python deploy/stack.py down      # stop every process `up` started (by the pids it recorded); data stays
+
+Everything lives in one folder (``--dir``, else ``$DENSEFLOW_STACK_DIR``, else ``.denseflow/stack`` in the
+repository)::
+
+    stack.json        ports, the database password, and each started process's pid (the state `down` reads)
+    pg/               the PostgreSQL cluster (owned by the ``postgres`` user when this runs as root)
+    artifacts/        MLflow's artifact store, served by the tracking server (``--serve-artifacts``): the S3 stand-in
+    workspace/        DENSEFLOW_HOME of the workers (runs, checkpoints, published indexes, locks)
+    prefect-home/     PREFECT_HOME of the server and the workers
+    logs/<service>.log
+
+The settings are the compose file's names: ``PREFECT_API_DATABASE_CONNECTION_URL`` (asyncpg) on the Prefect
+server, ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL`` and ``DENSEFLOW_HOME`` on the workers; the work pool is
+``denseflow`` and the deployments are those of ``deploy/prefect.yaml``, registered with ``prefect deploy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+BIN = Path(sys.executable).parent
+STATE_FILE = "stack.json"
+STACK_DIR_ENV = "DENSEFLOW_STACK_DIR"
+PG_BIN_ENV = "DENSEFLOW_PG_BIN"
+PG_USER = "denseflow"
+DATABASES = ("mlflow", "prefect")
+POOL = "denseflow"
+# The ports docker-compose.yml publishes; a taken one moves to the next free port, and `up` says so.
+DEFAULT_PORTS = {"postgres": 5432, "mlflow": 5000, "prefect": 4200}
+# Server start-up is mostly imports and, the first time, schema migrations: slow on a loaded small machine.
+START_TIMEOUT_SECONDS = 300.0
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+class StackError(Exception):
+    """Ends the command with one line on stderr."""
+
+
+@dataclass
+class Stack:
+    """Paths and recorded state of one stack folder."""
+
+    root: Path
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / STATE_FILE
+
+    @property
+    def pg_dir(self) -> Path:
+        return self.root / "pg"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts"
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.root / "prefect-home"
+
+    def log(self, service: str) -> Path:
+        return self.root / "logs" / f"{service}.log"
+
+    def read(self) -> dict[str, Any]:
+        if not self.state_path.is_file():
+            return {}
+        return json.loads(self.state_path.read_text(encoding="utf-8"))
+
+    def write(self, state: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".tmp")
+        # The file holds the database password: readable by this user only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(state, out, indent=2)
+        os.replace(tmp, self.state_path)
+
+
+def stack_dir(override: Path | str | None = None) -> Path:
+    return Path(override or os.environ.get(STACK_DIR_ENV) or REPO / ".denseflow" / "stack").expanduser().resolve()
+
+
+# --- the environment a client, a worker and the servers see -------------------------------------------------
+
+
+def urls(state: dict[str, Any]) -> dict[str, str]:
+    ports = state["ports"]
+    auth = f"{PG_USER}:{state['password']}@127.0.0.1:{ports['postgres']}"
+    return {
+        "postgres": f"postgresql://{auth}",
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the driver installed here is psycopg2.
+        "mlflow_store": f"postgresql+psycopg2://{auth}/mlflow",
+        "prefect_store": f"postgresql+asyncpg://{auth}/prefect",
+        "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
+        "prefect_api": f"http://127.0.0.1:{ports['prefect']}/api",
+        "prefect_ui": f"http://127.0.0.1:{ports['prefect']}",
+    }
+
+
+def client_env(stack: Stack, state: dict[str, Any]) -> dict[str, str]:
+    """What to export to use the stack from a shell: the keys of deploy/.env.example's client block."""
+    found = urls(state)
+    return {
+        "PREFECT_API_URL": found["prefect_api"],
+        "MLFLOW_TRACKING_URI": found["mlflow"],
+        "DENSEFLOW_HOME": str(stack.workspace),
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def process_env(stack: Stack, state: dict[str, Any]) -> dict[str, str]:
+    env = dict(os.environ)
+    # A client profile or an exported stack env must not point the servers at another store.
+    for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "MLFLOW_TRACKING_URI", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(key, None)
+    env |= {
+        "PREFECT_HOME": str(stack.prefect_home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # MLflow 3's GenAI job processes: unused here
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return env
+
+
+# --- processes: started in their own session, recorded by pid, recognised by their command line -------------
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (exited, not yet reaped) is not running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def is_ours(record: dict[str, Any]) -> bool:
+    """The recorded pid is alive and still runs the command we started (a pid can be reused after a crash)."""
+    pid = int(record["pid"])
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return record["marker"] in cmdline
+
+
+def start_process(
+    stack: Stack, name: str, command: list[str], env: dict[str, str], marker: str, as_user: str | None = None
+) -> dict[str, Any]:
+    log = stack.log(name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    if as_user:
+        entry = pwd.getpwnam(as_user)
+        extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    with log.open("ab") as out:
+        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
+        out.flush()
+        popen = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,  # its own process group: `down` stops it and its children together
+            **extra,
+        )
+    return {"pid": popen.pid, "marker": marker, "log": str(log), "started_at": time.time()}
+
+
+def stop_process(record: dict[str, Any], stop_signal: int) -> bool:
+    """Stop the process group we started (by its recorded pid); SIGKILL after the timeout. True if it was running."""
+    pid = int(record["pid"])
+    if not is_ours(record):
+        kill_group(pid, signal.SIGKILL)  # children a killed leader left behind
+        return False
+    kill_group(pid, stop_signal)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.2)
+    kill_group(pid, signal.SIGKILL)
+    return True
+
+
+def kill_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_port(service: str, wanted: int, taken: set[int]) -> int:
+    port = wanted
+    while port in taken or not port_free(port):
+        port += 1
+    if port != wanted:
+        print(f"stack: port {wanted} is in use: {service} on {port}")
+    return port
+
+
+def http_ok(url: str, timeout: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def wait_for(what: str, check, record: dict[str, Any], timeout: float = START_TIMEOUT_SECONDS) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not pid_alive(int(record["pid"])):
+            raise StackError(f"{what} exited during start-up; see {record['log']}")
+        time.sleep(1)
+    raise StackError(f"{what} did not answer within {timeout:.0f}s; see {record['log']}")
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------------------------
+
+
+def postgres_bin() -> Path:
+    """The folder holding initdb and postgres: $DENSEFLOW_PG_BIN, else Debian's newest, else PATH."""
+    wanted = ("initdb", "postgres", "pg_isready")
+    override = os.environ.get(PG_BIN_ENV)
+    candidates = [Path(override)] if override else sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+    if not override and shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb")).parent)
+    for folder in candidates:
+        if all((folder / name).is_file() for name in wanted):
+            return folder
+    where = f"{PG_BIN_ENV}={override}" if override else "/usr/lib/postgresql/*/bin or PATH"
+    raise StackError(
+        f"PostgreSQL server binaries (initdb, postgres) not found in {where}: install PostgreSQL 15 "
+        f"(Debian: apt-get install postgresql-15) or set {PG_BIN_ENV} to its bin folder"
+    )
+
+
+def postgres_user() -> str | None:
+    """initdb and postgres refuse to run as root: as root they run as the ``postgres`` OS user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError as err:
+        raise StackError("running as root, and there is no `postgres` OS user to run PostgreSQL as") from err
+    return "postgres"
+
+
+def reachable_by(user: str, path: Path) -> bool:
+    """Can ``user`` traverse every folder above ``path``? (pytest's and mkdtemp's folders are private.)"""
+    entry = pwd.getpwnam(user)
+    for folder in [*reversed(path.parents)]:
+        info = folder.stat()
+        mode = info.st_mode
+        if info.st_uid == entry.pw_uid:
+            ok = mode & 0o100
+        elif info.st_gid == entry.pw_gid:
+            ok = mode & 0o010
+        else:
+            ok = mode & 0o001
+        if not ok:
+            return False
+    return True
+
+
+def init_postgres(stack: Stack, state: dict[str, Any], pg_bin: Path, user: str | None) -> None:
+    """A new cluster in pg/ with password authentication for the ``denseflow`` role, on first `up` only."""
+    if (stack.pg_dir / "PG_VERSION").is_file():
+        return
+    if user and not reachable_by(user, stack.root):
+        raise StackError(f"{stack.root}: the `{user}` OS user cannot reach this folder (a parent is private)")
+    stack.pg_dir.mkdir(parents=True, exist_ok=True)
+    stack.pg_dir.chmod(0o700)
+    pwfile = stack.root / ".pgpass-init"
+    pwfile.write_text(state["password"] + "\n")
+    pwfile.chmod(0o600)
+    try:
+        if user:
+            entry = pwd.getpwnam(user)
+            os.chown(stack.pg_dir, entry.pw_uid, entry.pw_gid)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
+        command = [str(pg_bin / "initdb"), "-D", str(stack.pg_dir), "-U", PG_USER, "--pwfile", str(pwfile)]
+        command += ["--auth", "scram-sha-256", "-E", "UTF8", "--locale", "C.UTF-8"]
+        done = subprocess.run(command, capture_output=True, text=True, user=user, cwd="/")
+        if done.returncode != 0:
+            last = (done.stderr or done.stdout).strip().splitlines()
+            raise StackError(f"initdb failed: {last[-1] if last else done.returncode}")
+    finally:
+        pwfile.unlink(missing_ok=True)
+
+
+def postgres_ready(pg_bin: Path, port: int) -> bool:
+    done = subprocess.run(
+        [str(pg_bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-q"], capture_output=True, timeout=10
+    )
+    return done.returncode == 0
+
+
+def create_databases(state: dict[str, Any]) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(urls(state)["postgres"] + "/postgres", connect_timeout=10)
+    connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+    try:
+        with connection.cursor() as cursor:
+            for name in DATABASES:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone() is None:
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        connection.close()
+
+
+# --- the services ----------------------------------------------------------------------------------------------
+
+
+def start_postgres(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
+    pg_bin = postgres_bin()
+    user = postgres_user()
+    init_postgres(stack, state, pg_bin, user)
+    port = state["ports"]["postgres"]
+    # Loopback TCP only; no Unix socket (its default folder, /var/run/postgresql, belongs to the system cluster).
+    command = [str(pg_bin / "postgres"), "-D", str(stack.pg_dir), "-h", "127.0.0.1", "-p", str(port), "-k", ""]
+    return start_process(stack, "postgres", command, process_env(stack, state), str(stack.pg_dir), as_user=user)
+
+
+def start_mlflow(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
+    stack.artifacts.mkdir(parents=True, exist_ok=True)
+    port = state["ports"]["mlflow"]
+    command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", urls(state)["mlflow_store"]]
+    command += ["--serve-artifacts", "--artifacts-destination", str(stack.artifacts)]
+    return start_process(stack, "mlflow", command, process_env(stack, state), f"--port {port}")
+
+
+def start_prefect(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
+    port = state["ports"]["prefect"]
+    env = process_env(stack, state) | {
+        "PREFECT_API_DATABASE_CONNECTION_URL": urls(state)["prefect_store"],
+        "PREFECT_UI_API_URL": urls(state)["prefect_api"],
+    }
+    command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    return start_process(stack, "prefect", command, env, f"--port {port}")
+
+
+def worker_env(stack: Stack, state: dict[str, Any]) -> dict[str, str]:
+    stack.workspace.mkdir(parents=True, exist_ok=True)
+    # The runs get deploy/prefect.yaml's job variables on top (MLflow's HTTP retry settings among them).
+    return process_env(stack, state) | client_env(stack, state)
+
+
+def start_worker(stack: Stack, state: dict[str, Any], name: str) -> dict[str, Any]:
+    command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process", "--name", name]
+    return start_process(stack, name, command, worker_env(stack, state), f"--name {name}")
+
+
+def prefect_cli(stack: Stack, state: dict[str, Any], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "prefect"), *args],
+        env=worker_env(stack, state),
+        cwd=REPO,  # `prefect deploy` records this folder; the workers start each run in it
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_SECONDS,
+    )
+
+
+def deploy(stack: Stack, state: dict[str, Any], prefect_file: Path) -> None:
+    """The ``denseflow`` process work pool and the deployments of ``prefect_file`` (both idempotent)."""
+    if prefect_cli(stack, state, "work-pool", "inspect", POOL).returncode != 0:
+        created = prefect_cli(stack, state, "work-pool", "create", POOL, "--type", "process")
+        if created.returncode != 0:
+            raise StackError(f"prefect work-pool create {POOL} failed: {last_line(created)}")
+    done = prefect_cli(stack, state, "--no-prompt", "deploy", "--prefect-file", str(prefect_file), "--all")
+    if done.returncode != 0:
+        raise StackError(f"prefect deploy --prefect-file {prefect_file} failed: {last_line(done)}")
+
+
+def last_line(done: subprocess.CompletedProcess) -> str:
+    lines = [line for line in (done.stderr + done.stdout).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else f"exit status {done.returncode}"
+
+
+def workers_online(state: dict[str, Any], names: list[str]) -> bool:
+    request = urllib.request.Request(
+        f"{urls(state)['prefect_api']}/work_pools/{POOL}/workers/filter",
+        data=b"{}",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            found = {item["name"]: item["status"] for item in json.load(response)}
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+    return all(found.get(name) == "ONLINE" for name in names)
+
+
+# Each service's health: what `status` reports and what `up` waits for.
+def healthy(stack: Stack, state: dict[str, Any], name: str) -> bool:
+    found = urls(state)
+    if name == "postgres":
+        try:
+            return postgres_ready(postgres_bin(), state["ports"]["postgres"])
+        except StackError:
+            return False
+    if name == "mlflow":
+        return http_ok(f"{found['mlflow']}/health")
+    if name == "prefect":
+        return http_ok(f"{found['prefect_api']}/health")
+    return workers_online(state, [name])
+
+
+# Stop order is the reverse: workers before the servers they call, PostgreSQL last.
+SERVERS = ("postgres", "mlflow", "prefect")
+STOP_SIGNALS = {"postgres": signal.SIGINT, "mlflow": signal.SIGTERM}  # SIGINT: PostgreSQL's fast shutdown
+
+
+def worker_names(state: dict[str, Any]) -> list[str]:
+    return [f"worker-{number}" for number in range(1, int(state.get("workers", 2)) + 1)]
+
+
+def service_order(state: dict[str, Any]) -> list[str]:
+    return [*SERVERS, *worker_names(state)]
+
+
+# --- the commands ----------------------------------------------------------------------------------------------
+
+
+def inspect(stack: Stack) -> tuple[dict[str, Any], dict[str, str]]:
+    """The recorded state and each recorded service's condition: running, not answering, or stale."""
+    state = stack.read()
+    conditions = {}
+    for name in service_order(state) if state else []:
+        record = state.get("services", {}).get(name)
+        if record is None:
+            conditions[name] = "stopped"
+        elif not is_ours(record):
+            conditions[name] = f"stale (pid {record['pid']} is not running)"
+        elif not healthy(stack, state, name):
+            conditions[name] = f"not answering (pid {record['pid']})"
+        else:
+            conditions[name] = f"running (pid {record['pid']})"
+    return state, conditions
+
+
+def cmd_status(stack: Stack, as_json: bool = False) -> int:
+    state, conditions = inspect(stack)
+    if not state:
+        print(f"stack: nothing in {stack.root} (run `python deploy/stack.py up`)")
+        return 3
+    if as_json:
+        print(json.dumps({"dir": str(stack.root), "services": conditions, "env": client_env(stack, state)}, indent=2))
+    else:
+        for name, condition in conditions.items():
+            print(f"{name:<10} {condition}")
+    stale = [name for name, condition in conditions.items() if condition.startswith("stale")]
+    if stale:
+        print(f"stack: stale state from a stopped or killed `up` ({', '.join(stale)}): `up` restarts them")
+    running = all(condition.startswith("running") for condition in conditions.values())
+    if running and not as_json:
+        print_env(stack, state)
+    return 0 if running else 1
+
+
+def print_env(stack: Stack, state: dict[str, Any]) -> None:
+    found = urls(state)
+    print(f"MLflow      {found['mlflow']}")
+    print(f"Prefect UI  {found['prefect_ui']}")
+    print(f"PostgreSQL  127.0.0.1:{state['ports']['postgres']} (user {PG_USER}, password in {stack.state_path})")
+    print("# to use the stack from this shell:")
+    for key, value in client_env(stack, state).items():
+        print(f"export {key}={value}")
+
+
+def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
+    started = time.monotonic()
+    try:
+        import asyncpg  # noqa: F401 - the Prefect server's driver
+        import psycopg2  # noqa: F401 - MLflow's driver and database creation
+    except ImportError as err:
+        raise StackError(f"{err.name} is missing: pip install -e '.[stack]' (psycopg2-binary, asyncpg)") from err
+    postgres_bin()  # fail before anything starts when PostgreSQL is not installed
+    state, conditions = inspect(stack)
+    for name, condition in conditions.items():
+        if condition.startswith("stale"):
+            print(f"stack: {name} from an earlier `up` is not running: restarting it")
+    state.setdefault("password", secrets.token_urlsafe(18))
+    state["workers"] = workers
+    services: dict[str, Any] = state.setdefault("services", {})
+    # Keep what runs and answers; anything else is cleaned up (its process group) and started again.
+    keep = {name for name, condition in conditions.items() if condition.startswith("running")}
+    for name in list(services):
+        if name not in keep:
+            stop_process(services.pop(name), STOP_SIGNALS.get(name, signal.SIGINT))
+    ports = state.setdefault("ports", {})
+    taken: set[int] = set()
+    for name, wanted in DEFAULT_PORTS.items():
+        if name not in keep:
+            ports[name] = pick_port(name, ports.get(name, wanted), taken | {ports[n] for n in keep if n in ports})
+        taken.add(ports[name])
+    stack.write(state)
+
+    def launch(name: str, starter) -> dict[str, Any]:  # noqa: ANN001
+        record = starter(stack, state) if name in SERVERS else start_worker(stack, state, name)
+        services[name] = record
+        stack.write(state)
+        return record
+
+    if "postgres" not in keep:
+        record = launch("postgres", start_postgres)
+        wait_for("PostgreSQL", lambda: healthy(stack, state, "postgres"), record)
+    create_databases(state)
+    # MLflow and Prefect start side by side: start-up is mostly imports and migrations.
+    pending = [(name, launch(name, starter)) for name, starter in (("mlflow", start_mlflow), ("prefect", start_prefect))
+               if name not in keep]  # fmt: skip
+    for name, record in pending:
+        wait_for(name, lambda name=name: healthy(stack, state, name), record)
+    deploy(stack, state, prefect_file)
+    new_workers = [name for name in worker_names(state) if name not in keep]
+    for name in new_workers:
+        launch(name, None)
+    for name in new_workers:
+        wait_for(name, lambda name=name: healthy(stack, state, name), services[name])
+    state["up_seconds"] = round(time.monotonic() - started, 1)
+    stack.write(state)
+    print(f"stack: up in {state['up_seconds']:.0f}s ({stack.root})")
+    print_env(stack, state)
+    return 0
+
+
+def cmd_down(stack: Stack) -> int:
+    state = stack.read()
+    services = state.get("services", {})
+    if not services:
+        print(f"stack: nothing running from {stack.root}")
+        return 0
+    for name in reversed(service_order(state)):
+        record = services.pop(name, None)
+        if record is None:
+            continue
+        was_running = stop_process(record, STOP_SIGNALS.get(name, signal.SIGINT))
+        print(f"stack: {name} {'stopped' if was_running else 'was not running'} (pid {record['pid']})")
+        stack.write(state)
+    print(f"stack: down; data kept in {stack.root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("--dir", type=Path, help=f"stack folder (default: ${STACK_DIR_ENV} or .denseflow/stack)")
+    parser.add_argument("--workers", type=int, default=2, help="process workers on the pool (default: %(default)s)")
+    parser.add_argument("--prefect-file", type=Path, default=HERE / "prefect.yaml", help="deployments to register")
+    parser.add_argument("--json", action="store_true", help="status as JSON")
+    args = parser.parse_args(argv)
+    stack = Stack(stack_dir(args.dir))
+    try:
+        if args.command == "up":
+            return cmd_up(stack, args.workers, args.prefect_file.resolve())
+        if args.command == "down":
+            return cmd_down(stack)
+        return cmd_status(stack, args.json)
+    except StackError as err:
+        print(f"stack {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"stack {args.command}: interrupted; `status` shows what runs, `down` stops it", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
