@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from denseflow.cli import overrides
-from denseflow.cli.compare import add_compare_commands
+from denseflow.cli.compare_negatives import add_compare_negatives_command
 from denseflow.cli.index import add_index_commands
 from denseflow.cli.models import add_model_commands
 from denseflow.model.workspace import workspace_dir
@@ -185,7 +185,7 @@ def cmd_simulate_clicks(args: argparse.Namespace) -> int:
     return 0
 
 
-CONFIGS = {"retrain": "RetrainConfig", "publish": "PublishConfig", "compare-negatives": "CompareConfig"}
+CONFIGS = {"retrain": "RetrainConfig", "publish": "PublishConfig", "compare-negatives": "CompareNegativesConfig"}
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -286,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_index_commands(commands)  # publish, index list|rollback, search, serve
     add_model_commands(commands)  # models list, promote, rollback, ui
-    add_compare_commands(commands)  # compare-negatives: the negatives study
+    add_compare_negatives_command(commands)  # compare-negatives: the negatives study
 
     return parser
 

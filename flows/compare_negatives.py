@@ -1,6 +1,6 @@
 """The ``compare_negatives`` flow: the study of negatives, one parent MLflow run and a child run per arm and seed.
 
-Order only: ingest once; the plan (model/evaluation/study.py) lists the runs; each run is a subflow that
+Order only: ingest once; the plan (model/evaluation/compare_negatives/plan.py) lists the runs; each run is a subflow that
 mines, trains and evaluates with the retrain tasks under its own child run; the report task compares them.
 Caches make the arms cheap to share work: BM25 scores and the base model's corpus embeddings (teacher,
 zero-shot, first dense round) are computed once, and a re-run of the study reuses every finished training
@@ -10,20 +10,30 @@ zero-shot, first dense round) are computed once, and a re-run of the study reuse
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from denseflow.model.config import CompareConfig
+from denseflow.model.config import CompareNegativesConfig
 from denseflow.model.context import RunContext, build_context
+from denseflow.model.data.ingest import IngestedData
 from denseflow.model.encoder import resolve_base_model
-from denseflow.model.evaluation.report import study_note
-from denseflow.model.evaluation.study import ArmSpec, estimate_study, plan_study, rounds_of, run_config, split_steps
+from denseflow.model.evaluation.compare_negatives.plan import (
+    ArmResult,
+    ArmSpec,
+    estimate_study,
+    plan_study,
+    rounds_of,
+    run_config,
+    split_steps,
+)
+from denseflow.model.evaluation.compare_negatives.report import study_note
+from denseflow.model.evaluation.evaluate import BM25
+from denseflow.model.mining.negatives import MiningResult
 from denseflow.model.workspace import workspace_dir
-from denseflow.tasks.compare import mix, report, start_arm_run
-from denseflow.tasks.evaluate import BM25, evaluate
+from denseflow.tasks.compare_negatives import mix, report, start_arm_run
+from denseflow.tasks.evaluate import evaluate
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, start_tracking_run
@@ -31,8 +41,8 @@ from denseflow.tasks.train import train
 
 
 @flow(name="compare_negatives")
-def compare_negatives(config: CompareConfig | None = None) -> dict:
-    config = config or CompareConfig()
+def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
+    config = config or CompareNegativesConfig()
     logger = get_run_logger()
     workspace = workspace_dir(config.workspace)
     configure_tracking(config.tracking, workspace)
@@ -42,7 +52,7 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
     started = time.perf_counter()
     try:
         data = ingest(config.data, run_dir, parent_id)
-        estimate = estimate_study(config, data["documents"], data["train_queries"], data["eval_queries"], specs)
+        estimate = estimate_study(config, data.documents, data.train_queries, data.eval_queries, specs)
         logger.info(
             "study plan (%d runs), estimated on this machine's measured rates:\n%s", len(specs), estimate.describe()
         )
@@ -56,7 +66,7 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
         runs = []
         for done, spec in enumerate(specs, start=1):
             runs.append(
-                compare_arm.with_options(flow_run_name=spec.slug)(
+                compare_negatives_arm.with_options(flow_run_name=spec.slug)(
                     spec, config, data, str(run_dir), parent_id, workspace
                 )
             )
@@ -66,9 +76,9 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
                 done,
                 len(specs),
                 spec.slug,
-                runs[-1]["metrics"]["recall@10"],
-                runs[-1]["metrics"]["ndcg@10"],
-                runs[-1]["seconds"] / 60,
+                runs[-1].metrics["recall@10"],
+                runs[-1].metrics["ndcg@10"],
+                runs[-1].seconds / 60,
                 elapsed / 60,
                 estimate.remaining_seconds(done, elapsed) / 60,
             )
@@ -83,10 +93,10 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
             title,
             config.permutations,
             notes,
-            data["dataset_dir"],
+            data.dataset_dir,
             split,
             config.data.train_split,
-            data.get("dev_split"),
+            data.dev_split,
         )
         log_metrics(parent_id, {"wall_minutes": (time.perf_counter() - started) / 60}, prefix="study.")
     except BaseException:
@@ -98,9 +108,9 @@ def compare_negatives(config: CompareConfig | None = None) -> dict:
 
 
 @flow(name="compare_negatives_arm")
-def compare_arm(
-    spec: ArmSpec, config: CompareConfig, data: dict, run_dir: str, parent_id: str, workspace: Path
-) -> dict:
+def compare_negatives_arm(
+    spec: ArmSpec, config: CompareNegativesConfig, data: IngestedData, run_dir: str, parent_id: str, workspace: Path
+) -> ArmResult:
     """One child run: (mine → train) × rounds → evaluate, for one arm, tower type, batch size and seed.
 
     ``data`` is what ingest returned (dataset folder, dev split, fingerprint). Training selects its best
@@ -118,9 +128,9 @@ def compare_arm(
         config.eval.batch_size,
     )
     arm_dir = Path(run_dir) / "arms" / spec.slug
-    dataset_dir, dev_split, split = data["dataset_dir"], data.get("dev_split"), config.data.eval_split
+    dataset_dir, dev_split, split = data.dataset_dir, data.dev_split, config.data.eval_split
     # As in retrain: a dev split too small to choose on is reported, not chosen on.
-    selection_split = dev_split if data.get("dev_queries", 0) >= config.data.min_dev_queries else None
+    selection_split = data.selection_split(config.data.min_dev_queries)
     started = time.perf_counter()
     base_model = resolve_base_model(config.train.base_model)
     examples_paths: dict[str, str] = {}
@@ -135,15 +145,15 @@ def compare_arm(
             for number, steps in enumerate(split_steps(config.train.max_steps, rounds), start=1):
                 stage = f"round{number}." if rounds > 1 else ""
                 examples = mine_round(spec, config, dataset_dir, arm_dir / f"round{number}", context, target, stage)
-                examples_paths[stage.rstrip(".")] = examples
+                examples_paths[stage.rstrip(".")] = examples.examples_path
                 settings = train_settings.model_copy(update={"base_model": target, "max_steps": steps})
                 target = train(
                     dataset_dir,
-                    examples,
+                    examples.examples_path,
                     settings,
                     config.data.train_split,
                     selection_split,
-                    data["fingerprint"],
+                    data.fingerprint,
                     context,
                     f"train.{stage}",
                 )
@@ -161,28 +171,27 @@ def compare_arm(
         end_tracking_run(run_id, "FAILED")
         raise
     end_tracking_run(run_id)
-    out = context.run_dir / "evaluation"
-    return {
-        "spec": asdict(spec),
-        "run_id": run_id,
-        "metrics": result["metrics"],
-        "recall_curve": result["recall_curve"],
-        "per_query_path": str(out / f"per_query_{spec.slug}.json"),  # written by tasks/evaluate.py
-        "run_path": result.get("run_file", str(out / f"run_{spec.slug}.trec")),
-        "examples_paths": examples_paths,
-        "seconds": seconds,
-    }
+    return ArmResult(
+        spec=spec,
+        run_id=run_id,
+        metrics=result.metrics,
+        recall_curve=result.recall_curve,
+        per_query_path=str(context.run_dir / "evaluation" / f"per_query_{spec.slug}.json"),  # tasks/evaluate.py's
+        run_path=result.run_file,
+        examples_paths=examples_paths,
+        seconds=seconds,
+    )
 
 
 def mine_round(
     spec: ArmSpec,
-    config: CompareConfig,
+    config: CompareNegativesConfig,
     dataset_dir: str,
     round_dir: Path,
     context: RunContext,
     model_dir: str,
     stage: str,
-) -> str:
+) -> MiningResult:
     """``train_examples.jsonl`` of one round; dense candidates come from ``model_dir``, the round before's model.
 
     The teacher's ``base`` is the study's base model whatever the round, and its corpus embeddings are
@@ -190,46 +199,16 @@ def mine_round(
     """
     mining = run_config(config, spec).mining
     splits = (config.data.train_split, config.data.eval_split)
-    shared = {
-        "max_seq_length": context.max_seq_length,
-        "base_model": resolve_base_model(config.train.base_model),
-        "precision": context.precision,
-        "workspace": context.workspace,
-    }
-    run_id, cache_dir = context.run_id, context.cache_dir
+    base_model = resolve_base_model(config.train.base_model)
     if spec.arm != "mix-hard":
         return mine(
-            dataset_dir,
-            mining,
-            *splits,
-            round_dir,
-            run_id,
-            cache_dir,
-            model_dir,
-            metric_prefix=f"mine.{stage}",
-            **shared,
+            dataset_dir, mining, *splits, context, model_dir, base_model, round_dir, metric_prefix=f"mine.{stage}"
         )
     bm25_mining = mining.model_copy(update={"candidates": "bm25"})
     bm25 = mine(
-        dataset_dir,
-        bm25_mining,
-        *splits,
-        round_dir / "bm25",
-        run_id,
-        cache_dir,
-        model_dir,
-        metric_prefix=f"mine.{stage}bm25.",
-        **shared,
+        dataset_dir, bm25_mining, *splits, context, model_dir, base_model, round_dir / "bm25", f"mine.{stage}bm25."
     )
     dense = mine(
-        dataset_dir,
-        mining,
-        *splits,
-        round_dir / "dense",
-        run_id,
-        cache_dir,
-        model_dir,
-        metric_prefix=f"mine.{stage}dense.",
-        **shared,
+        dataset_dir, mining, *splits, context, model_dir, base_model, round_dir / "dense", f"mine.{stage}dense."
     )
-    return mix(bm25, dense, config.mix_dense_share, spec.seed, round_dir, run_id, f"mine.{stage}")
+    return mix(bm25, dense, config.mix_dense_share, spec.seed, round_dir, context.run_id, f"mine.{stage}")

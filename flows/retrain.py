@@ -15,12 +15,15 @@ from denseflow.flows.publish_index import publish_config_for, run_publish
 from denseflow.model.config import IndexConfig, RetrainConfig
 from denseflow.model.context import EvaluationData, build_context
 from denseflow.model.encoder import resolve_base_model
-from denseflow.model.evaluation.served import choose_served_mode
-from denseflow.model.evaluation.summary import summary_markdown
+from denseflow.model.evaluation.evaluate import BM25
+from denseflow.model.evaluation.served import served_system
+from denseflow.model.evaluation.summary import gains, retrain_summary, summary_markdown
 from denseflow.model.index.store import published_model_label
+from denseflow.model.promotion import GateOutcome
 from denseflow.model.workspace import workspace_dir
-from denseflow.registry.keys import BASE_MODEL_TAG, HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, metric_key
-from denseflow.tasks.evaluate import BASE_HYBRID, BM25, HYBRID, evaluate, hybrid, plot_recall
+from denseflow.registry.keys import BASE_MODEL_TAG
+from denseflow.registry.tags import registration_tags
+from denseflow.tasks.evaluate import BASE_HYBRID, evaluate, hybrid, plot_recall
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.promotion import promotion_gate, ship_base_model
@@ -33,8 +36,6 @@ from denseflow.tasks.tracking import (
     start_tracking_run,
 )
 from denseflow.tasks.train import train
-
-SUMMARY_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")
 
 
 @flow(name="retrain")
@@ -52,33 +53,21 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         config.eval.batch_size,
     )
     base_model = resolve_base_model(config.train.base_model)
+    registered_model = config.tracking.registered_model
     split, train_split = config.data.eval_split, config.data.train_split
     try:
         data = ingest(config.data, context.run_dir, run_id)
-        dataset_dir, dev_split = data["dataset_dir"], data["dev_split"]
-        # A dev split of a few queries is reported, but choosing on it would choose by noise: priors instead.
-        selection_split = dev_split if data["dev_queries"] >= config.data.min_dev_queries else None
+        dataset_dir, dev_split = data.dataset_dir, data.dev_split
+        selection_split = data.selection_split(config.data.min_dev_queries)
         if dev_split and selection_split is None:
             get_run_logger().warning(
                 "%d dev queries (< data.min_dev_queries %d): no choice is made on dev; documented priors are used",
-                data["dev_queries"],
+                data.dev_queries,
                 config.data.min_dev_queries,
             )
-        examples = mine(
-            dataset_dir,
-            config.mining,
-            train_split,
-            split,
-            context.run_dir,
-            run_id,
-            context.cache_dir,
-            model_dir=base_model,
-            max_seq_length=context.max_seq_length,
-            precision=context.precision,
-            workspace=workspace,
-        )
+        mined = mine(dataset_dir, config.mining, train_split, split, context, model_dir=base_model)
         model_dir = train(
-            dataset_dir, examples, config.train, train_split, selection_split, data["fingerprint"], context
+            dataset_dir, mined.examples_path, config.train, train_split, selection_split, data.fingerprint, context
         )
         tune = selection_split is not None
         splits = dict(dataset_dir=dataset_dir, split=split, dev_split=dev_split, settings=config.eval, context=context)
@@ -89,79 +78,70 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         zero_shot = evaluate(base_model, "zero-shot", **splits, metric_prefix="zeroshot.", train_split=train_split)
         base_fused = hybrid(zero_shot, bm25, **splits, label=BASE_HYBRID, tune_on_dev=tune, train_split=train_split)
         evaluations = [fused, trained, base_fused, zero_shot, bm25]
-        gains = {name: trained["metrics"][name] - zero_shot["metrics"][name] for name in SUMMARY_METRICS}
-        log_metrics(run_id, gains, prefix="gain_over_zeroshot.")
+        log_metrics(run_id, gains(trained, zero_shot), prefix="gain_over_zeroshot.")
         plot_recall(evaluations, context, f"recall@k on {split}")
-        mode, mode_reason = served_mode_of(trained, fused, config.promotion.mode, tune)
-        base_mode, base_reason = served_mode_of(zero_shot, base_fused, config.promotion.mode, tune)
-        served = fused if mode == "hybrid" else trained
-        base_served = base_fused if base_mode == "hybrid" else zero_shot
+        served, mode, mode_reason = served_system(trained, fused, config.promotion.mode, tune)
+        base_served, base_mode, base_reason = served_system(zero_shot, base_fused, config.promotion.mode, tune)
         get_run_logger().info(
             "served mode %s (%s); base model's system %s (%s)", mode, mode_reason, base_mode, base_reason
         )
         version = register(
             model_dir,
             run_id,
-            config.tracking.registered_model,
-            served["metrics"],
-            data["fingerprint"],
+            registered_model,
+            served.metrics,
+            data.fingerprint,
             registration_tags(served, trained, fused, mode, mode_reason),
         )
-        promotion = {"decision": "skipped", "promote": False, "reason": "promotion.enabled is false"}
+        promotion = GateOutcome.skipped("promotion.enabled is false")
         if config.promotion.enabled:
             promotion = promotion_gate(
                 version,
-                served["metrics"],
-                EvaluationData(Path(dataset_dir), data["fingerprint"], split),
+                served.metrics,
+                EvaluationData(Path(dataset_dir), data.fingerprint, split),
                 config.promotion,
                 config.eval,
-                config.tracking.registered_model,
+                registered_model,
                 context,
-                base_served["metrics"],
+                base_served.metrics,
             )
-            if promotion.get("ship_base"):
+            if promotion.ship_base:
                 base_version = register(
                     base_model,
                     run_id,
-                    config.tracking.registered_model,
-                    base_served["metrics"],
-                    data["fingerprint"],
+                    registered_model,
+                    base_served.metrics,
+                    data.fingerprint,
                     registration_tags(base_served, zero_shot, base_fused, base_mode, base_reason)
                     | {BASE_MODEL_TAG: "true"},
                     artifact_name="base_model",
                     alias=None,
                 )
-                promotion = ship_base_model(promotion, base_version, config.tracking.registered_model, context)
-        summary = {
-            "mlflow_run_id": run_id,
-            "mlflow_run_url": run_url(run_id),
-            "registered_model": config.tracking.registered_model,
-            "version": version,
-            "dataset_fingerprint": data["fingerprint"],
-            "dev_split": dev_split,
-            "dev_method": data["dev_method"],
-            "selection_split": selection_split,
-            "served_mode": mode,
-            "served_mode_chosen_by": mode_reason,
-            "base_served_mode": base_mode,
-            "metrics": {item["label"]: item["metrics"] for item in evaluations},
-            "partitions": {item["label"]: item["partitions"] for item in evaluations},
-            "dev_metrics": {item["label"]: item["dev_metrics"] for item in evaluations if "dev_metrics" in item},
-            "dev_intervals": {item["label"]: item["dev"]["interval"] for item in evaluations if "dev" in item},
-            "promotion": promotion,
-        }
-        if mode == "hybrid":
-            summary["hybrid"] = {key: fused[key] for key in ("weight", "method", "weight_chosen_by")}
+                promotion = ship_base_model(promotion, base_version, registered_model, context)
+        summary = retrain_summary(
+            run_id=run_id,
+            run_url=run_url(run_id),
+            registered_model=registered_model,
+            version=version,
+            data=data,
+            selection_split=selection_split,
+            served=served,
+            mode=mode,
+            mode_reason=mode_reason,
+            base_mode=base_mode,
+            evaluations=evaluations,
+            promotion=promotion,
+        )
         describe_version(
             version,
             model_dir,
             summary | {"run_dir": str(context.run_dir)},
-            examples,
+            mined.examples_path,
             config.model_dump(mode="json"),
-            config.tracking.registered_model,
+            registered_model,
         )
         if config.promotion.publish_on_promotion:
-            target = publish_target(config, promotion, workspace)
+            target = publish_target(config, summary["promotion"], workspace)
             if target is not None:
                 summary["published"] = publish_version_of(config, target, dataset_dir, workspace)
     except BaseException:
@@ -171,34 +151,9 @@ def retrain(config: RetrainConfig | None = None) -> dict:
     end_tracking_run(run_id)
     create_markdown_artifact(markdown=summary_markdown(summary, split), key="retrain-summary", description="retrain")
     get_run_logger().info(
-        "registered %s version %s (MLflow run %s); served mode %s",
-        summary["registered_model"],
-        version,
-        run_id,
-        mode,
+        "registered %s version %s (MLflow run %s); served mode %s", registered_model, version, run_id, mode
     )
     return summary
-
-
-def served_mode_of(dense: dict, fused: dict, configured: str, can_choose: bool) -> tuple[str, str]:
-    return choose_served_mode(configured, dense.get("dev_metrics"), fused.get("dev_metrics"), can_choose)
-
-
-def registration_tags(served: dict, dense: dict, fused: dict, mode: str, mode_reason: str) -> dict[str, str]:
-    """What serving needs to reproduce the registered figures, and each mode's own figures beside them (all
-    queries and each seen-/unseen-document partition)."""
-    tags = {SERVED_MODE_TAG: mode, "served.mode_chosen_by": mode_reason[:250]}
-    if mode == "hybrid":
-        tags |= {HYBRID_WEIGHT_TAG: f"{fused['weight']:.4f}", HYBRID_METHOD_TAG: fused["method"]}
-    for role, item in (("trained", dense), (HYBRID, fused), ("", served)):
-        prefix = f"{role}." if role else ""
-        if role:
-            tags |= {metric_key(name, prefix): f"{value:.6f}" for name, value in item["metrics"].items()}
-        for part, entry in item["partitions"].items():
-            if entry["metrics"] is not None:
-                tags[metric_key("ndcg@10", f"{prefix}{part}.")] = f"{entry['metrics']['ndcg@10']:.6f}"
-            tags[f"{prefix}{part}.queries"] = str(entry["queries"])
-    return tags
 
 
 def publish_target(config: RetrainConfig, promotion: dict, workspace: Path) -> str | None:

@@ -493,11 +493,11 @@ class EstimateConfig(Section):
     budget_minutes: float = Field(120.0, gt=0, description="Warn when the estimate exceeds this.")
 
 
-class CompareConfig(Section):
+class CompareNegativesConfig(Section):
     """The ``compare_negatives`` study: every arm on the same data, base model, steps, batch, lr and seeds.
 
     ``mining`` gives the hard arms' shared settings (teacher, margin, selection, window, negatives per pair);
-    each arm sets its ``candidates`` and ``seed``, and ``bm25-old`` the old setting (model/evaluation/study.py).
+    each arm sets its ``candidates`` and ``seed``, and ``bm25-old`` the old setting (model/evaluation/compare_negatives/plan.py).
     ``train`` gives the shared training settings, dev selection included where TrainConfig offers it; its
     ``seed``, ``towers`` and (in the sweep) ``batch_size``/``loss`` are set per run. Re-mined arms split
     ``train.max_steps`` over their rounds, so every trained arm takes the same number of optimizer steps.
@@ -538,7 +538,7 @@ class CompareConfig(Section):
         return STUDY_TRAIN_DEFAULTS | value if isinstance(value, dict) else value
 
     @model_validator(mode="after")
-    def _consistent(self) -> CompareConfig:
+    def _consistent(self) -> CompareNegativesConfig:
         for name in ("arms", "towers", "seeds", "batch_sizes"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
@@ -552,7 +552,7 @@ class CompareConfig(Section):
         return self
 
     @classmethod
-    def from_yaml(cls, path: Path) -> CompareConfig:
+    def from_yaml(cls, path: Path) -> CompareNegativesConfig:
         return cls.model_validate(load_yaml(path))
 
 

@@ -88,20 +88,67 @@ class Decision:
             tags["promotion.base_delta"] = f"{self.base_delta:+.6f}"
         return tags
 
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """What a gate did: its decision, the figures it compared, and where ``production`` points afterwards.
+
+    ``decision`` is the :attr:`Decision.outcome`, or ``conflict`` when production moved under the gate, or
+    ``skipped`` when no gate ran. ``base_version`` is set once the base model was registered and shipped.
+    """
+
+    decision: str
+    promote: bool
+    reason: str
+    metric: str | None = None
+    margin: float | None = None
+    delta: float | None = None
+    candidate: Scored | None = None
+    production_figure: Scored | None = None
+    base_figure: Scored | None = None
+    base_delta: float | None = None
+    ship_base: bool = False
+    version: str | None = None
+    production: str | None = None
+    previous_production: str | None = None
+    at: str | None = None
+    base_version: str | None = None
+
+    @classmethod
+    def skipped(cls, reason: str) -> GateOutcome:
+        return cls("skipped", False, reason)
+
+    @classmethod
+    def of(
+        cls, decision: Decision, version: str, production: str | None, previous_production: str | None, at: str
+    ) -> GateOutcome:
+        return cls(
+            decision=decision.outcome,
+            promote=decision.promote,
+            reason=decision.reason,
+            metric=decision.metric,
+            margin=decision.margin,
+            delta=decision.delta,
+            candidate=decision.candidate,
+            production_figure=decision.production,
+            base_figure=decision.base,
+            base_delta=decision.base_delta,
+            ship_base=decision.ship_base,
+            version=version,
+            production=production,
+            previous_production=previous_production,
+            at=at,
+        )
+
     def as_dict(self) -> dict:
-        return {
-            "decision": self.outcome,
-            "promote": self.promote,
-            "reason": self.reason,
-            "metric": self.metric,
-            "margin": self.margin,
-            "delta": self.delta,
-            "candidate": asdict(self.candidate),
-            "production_figure": asdict(self.production) if self.production else None,
-            "base_figure": asdict(self.base) if self.base else None,
-            "base_delta": self.base_delta,
-            "ship_base": self.ship_base,
-        }
+        """The outcome as JSON-ready data (``promotion.json``, the retrain summary): a skipped gate says only
+        that and why; ``base_version`` appears once the base model shipped (or conflicted)."""
+        if self.decision == "skipped":
+            return {"decision": self.decision, "promote": self.promote, "reason": self.reason}
+        data = asdict(self)
+        if self.base_version is None:
+            del data["base_version"]
+        return data
 
 
 def _shown(delta: float) -> str:

@@ -15,6 +15,7 @@ from denseflow.model.data import ingest as sources
 from denseflow.model.data.assemble import SourceResult
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir
 from denseflow.model.data.dev import carve_dev_split
+from denseflow.model.data.ingest import IngestedData
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
 
 
@@ -31,7 +32,7 @@ def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
 
 
 @task(name="ingest")
-def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
+def ingest(data: DataConfig, run_dir: Path, run_id: str) -> IngestedData:
     """Write ``run_dir/data`` (BEIR layout) and ``run_dir/rejects.jsonl``; returns paths and counts."""
     rejects = RejectLog()
     try:
@@ -65,9 +66,10 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
     }
     log_metrics(run_id, counts, prefix="ingest.")
     log_artifact(run_id, rejects_path)
+    skip_above_queries = None
     if data.source != "beir":
         log_metrics(run_id, loaded.report.as_metrics(), prefix=f"ingest.{data.source}.")
-        counts["skip_above_queries"] = len(loaded.skip_above)
+        skip_above_queries = len(loaded.skip_above)
     source = str(data.path or bundled_scifact_dir())
     # Client calls, not ``with mlflow.start_run(run_id=...)``: leaving that block ends the run as FINISHED, so a
     # retrain killed later would show a finished run with no metrics.
@@ -77,12 +79,13 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> dict:
         client.set_tag(run_id, key, value)
     meta = MetaDataset(resolve_dataset_source(source), name=Path(source).name, digest=digest)
     client.log_inputs(run_id, datasets=[_create_dataset_input(meta, context="training")])
-    return {
-        "dataset_dir": str(dataset_dir),
-        "dev_split": data.dev_split if dev_queries else None,
-        "dev_method": dev.method,
-        "rejects_path": str(rejects_path),
-        "fingerprint": digest,
-        "reject_reasons": rejects.counts(),
+    return IngestedData(
+        dataset_dir=str(dataset_dir),
+        fingerprint=digest,
+        dev_split=data.dev_split if dev_queries else None,
+        dev_method=dev.method,
+        rejects_path=str(rejects_path),
+        reject_reasons=rejects.counts(),
+        skip_above_queries=skip_above_queries,
         **counts,
-    }
+    )

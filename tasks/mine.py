@@ -7,12 +7,19 @@ from pathlib import Path
 from prefect import task
 
 from denseflow.model.config import MiningConfig
+from denseflow.model.context import RunContext
 from denseflow.model.data.assemble import read_skip_above
 from denseflow.model.data.beir import RejectLog, assert_no_leak, load_beir
 from denseflow.model.encoder import resolve_base_model
 from denseflow.model.evaluation.plots import plot_negatives
 from denseflow.model.mining.filters import load_teacher
-from denseflow.model.mining.negatives import make_scorer, mine_negatives, mining_summary, write_examples
+from denseflow.model.mining.negatives import (
+    MiningResult,
+    make_scorer,
+    mine_negatives,
+    mining_summary,
+    write_examples,
+)
 from denseflow.tasks.tracking import log_artifact, log_metrics
 
 
@@ -49,44 +56,44 @@ def mine(
     mining: MiningConfig,
     train_split: str,
     eval_split: str,
-    run_dir: Path,
-    run_id: str,
-    cache_dir: Path,
+    context: RunContext,
     model_dir: str | None = None,
-    max_seq_length: int | None = None,
-    metric_prefix: str = "mine.",
     base_model: str | None = None,
-    precision: str = "auto",
-    workspace: Path | None = None,
-) -> str:
-    """Returns the path of ``train_examples.jsonl``.
+    out_dir: Path | None = None,
+    metric_prefix: str = "mine.",
+) -> MiningResult:
+    """Write ``train_examples.jsonl`` to ``out_dir`` (default: the run's folder) and its negatives plot.
 
     ``model_dir`` ranks dense candidates (the base model, or the model of the round before when re-mining);
     ``base_model`` is what ``teacher: base`` means (default ``model_dir``). The teacher's corpus embeddings
-    use ``precision`` and ``max_seq_length`` so the evaluation of the same model reads them from the cache.
+    use the context's precision and sequence length so the evaluation of the same model reads them from the cache.
     """
+    out_dir = Path(out_dir) if out_dir is not None else context.run_dir
+    max_seq_length, precision, cache_dir = context.max_seq_length, context.precision, context.cache_dir
     dataset = load_beir(Path(dataset_dir), [train_split, eval_split], RejectLog())
     assert_no_leak(dataset.qrels[train_split], dataset, eval_split)
     base = base_model or model_dir or resolve_base_model(None)
-    teacher_dir = resolve_teacher(mining.teacher, base, workspace)
+    teacher_dir = resolve_teacher(mining.teacher, base, context.workspace)
     try:
         teacher = (
-            load_teacher(teacher_dir, dataset, train_split, Path(cache_dir), max_seq_length, precision)
+            load_teacher(teacher_dir, dataset, train_split, cache_dir, max_seq_length, precision)
             if teacher_dir is not None
             else None
         )
     except (OSError, ValueError) as error:
         raise ValueError(f"mining.teacher: cannot load {teacher_dir!r}: {error}") from error
     scorer = make_scorer(
-        mining.candidates, dataset, train_split, model_dir or base, Path(cache_dir), max_seq_length, precision
+        mining.candidates, dataset, train_split, model_dir or base, cache_dir, max_seq_length, precision
     )
     extras = read_skip_above(Path(dataset_dir)) if mining.skip_above_per_example else None
     examples, report = mine_negatives(dataset, train_split, mining, scorer, teacher, extras)
-    path = write_examples(examples, Path(run_dir) / "train_examples.jsonl")
-    log_metrics(run_id, report.as_metrics() | dict(mining_summary(examples)), prefix=metric_prefix)
-    log_artifact(run_id, path)
+    path = write_examples(examples, out_dir / "train_examples.jsonl")
+    log_metrics(context.run_id, report.as_metrics() | dict(mining_summary(examples)), prefix=metric_prefix)
+    log_artifact(context.run_id, path)
     title = f"{mining.candidates} negatives ({mining.selection}, {metric_prefix.rstrip('.')})"
     stage = metric_prefix.removeprefix("mine.").strip(".").replace(".", "_")
-    plot_path = Path(run_dir) / (f"negatives_{stage}.png" if stage else "negatives.png")
-    log_artifact(run_id, plot_negatives({mining.candidates: examples}, plot_path, title), "plots")
-    return str(path)
+    plot_path = plot_negatives(
+        {mining.candidates: examples}, out_dir / (f"negatives_{stage}.png" if stage else "negatives.png"), title
+    )
+    log_artifact(context.run_id, plot_path, "plots")
+    return MiningResult(str(path), len(examples), str(plot_path))

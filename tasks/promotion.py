@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
@@ -27,12 +28,12 @@ from prefect import task
 from denseflow.model.config import EvalConfig, PromotionConfig
 from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
-from denseflow.model.evaluation.hybrid import NEUTRAL_WEIGHT, fuse_runs
-from denseflow.model.evaluation.runs import bm25_run, dense_run, score_run
-from denseflow.model.promotion import Decision, Scored, decide
+from denseflow.model.evaluation.evaluate import evaluate_system
+from denseflow.model.promotion import Decision, GateOutcome, Scored, decide
 from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
-from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, metric_key
+from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
+from denseflow.registry.tags import served_fusion
 from denseflow.tasks.tracking import log_artifact, log_metrics
 
 EVAL_SPLIT_TAG = "eval_split"
@@ -78,8 +79,8 @@ def run_gate(
     registered_model: str,
     context: RunContext,
     base_metrics: dict[str, float] | None = None,
-) -> dict:
-    """Decide, record the decision, and move ``production`` when the candidate wins. Returns the decision.
+) -> GateOutcome:
+    """Decide, record the decision, and move ``production`` when the candidate wins. Returns the outcome.
 
     ``base_metrics``: the base model's own system on the same data, in its served mode; the candidate must beat
     it too. Production is measured as it is served (its registered ``served.mode``).
@@ -97,25 +98,16 @@ def run_gate(
 
     def reevaluate(production: str) -> dict[str, float]:
         resolved = resolve_model(f"{registered_model}/{production}", workspace, default_name=registered_model)
-        dataset = load_beir(Path(dataset_dir), [split], RejectLog())
-        run = dense_run(
-            resolved.local_dir,
-            dataset,
-            split,
-            context.cache_dir,
-            context.max_seq_length,
-            eval_settings.batch_size,
-            context.precision,
-        )
         tags = client.get_model_version(registered_model, production).tags
-        if tags.get(SERVED_MODE_TAG, "dense") == "hybrid":
-            # Production as it is served: fused with BM25 at its own registered weight and method.
-            weight = float(tags.get(HYBRID_WEIGHT_TAG, NEUTRAL_WEIGHT))
-            method = tags.get(HYBRID_METHOD_TAG, eval_settings.fusion)
-            run = fuse_runs(
-                run, bm25_run(dataset, split), weight, method, eval_settings.rrf_k, eval_settings.fusion_depth
-            )
-        evaluation = score_run("production", run, dataset.qrels[split], eval_settings.ks)
+        evaluation = evaluate_system(
+            "production",
+            str(resolved.local_dir),
+            load_beir(Path(dataset_dir), [split], RejectLog()),
+            split,
+            context,
+            eval_settings,
+            served_fusion(tags, eval_settings),
+        )
         path = out_dir / "metrics_production.json"
         payload = {"label": "production", "version": production, "split": split, "metrics": evaluation.metrics}
         path.write_text(json.dumps(payload, indent=2))
@@ -141,9 +133,8 @@ def run_gate(
             else None
         )
         decision: Decision = decide(candidate, production, metric, settings.margin, base)
-        outcome = decision.as_dict()
         tags = decision.as_tags()
-        moved = None
+        moved, conflict = None, None
         if decision.promote:
             try:
                 moved = move_production(
@@ -155,9 +146,8 @@ def run_gate(
                     expected=str(current.version) if current else None,
                 )
             except ProductionChanged as err:
-                reason = f"conflict: {err}"
-                outcome |= {"decision": "conflict", "promote": False, "reason": reason}
-                tags |= {"promotion.decision": "conflict", "promotion.reason": reason}
+                conflict = f"conflict: {err}"
+                tags |= {"promotion.decision": "conflict", "promotion.reason": conflict}
     at = now()
     tags |= {"promotion.at": at, "promotion.run_id": run_id}
     for key, value in tags.items():
@@ -166,19 +156,25 @@ def run_gate(
         client.set_tag(run_id, key, tags[key])
     if decision.delta is not None:
         log_metrics(run_id, {"promotion.delta": decision.delta})
-    latest = production_version(client, registered_model) if outcome["decision"] == "conflict" else None
-    result = outcome | {
-        "version": version,
-        "production": moved["production"]
-        if moved
-        else (str(latest.version) if latest else (production.version if production else None)),
-        "previous_production": production.version if production else None,
-        "at": at,
-    }
-    path = out_dir / "promotion.json"
-    path.write_text(json.dumps(result, indent=2))
-    log_artifact(run_id, path)
+    previous = production.version if production else None
+    if moved:
+        now_production = moved["production"]
+    elif conflict:
+        latest = production_version(client, registered_model)
+        now_production = str(latest.version) if latest else previous
+    else:
+        now_production = previous
+    result = GateOutcome.of(decision, version, now_production, previous, at)
+    if conflict:
+        result = replace(result, decision="conflict", promote=False, reason=conflict)
+    _write_outcome(result, context)
     return result
+
+
+def _write_outcome(outcome: GateOutcome, context: RunContext) -> None:
+    path = context.run_dir / "evaluation" / "promotion.json"
+    path.write_text(json.dumps(outcome.as_dict(), indent=2))
+    log_artifact(context.run_id, path)
 
 
 @task(name="promotion-gate")
@@ -191,27 +187,29 @@ def promotion_gate(
     registered_model: str,
     context: RunContext,
     base_metrics: dict[str, float] | None = None,
-) -> dict:
+) -> GateOutcome:
     return run_gate(version, candidate_metrics, data, settings, eval_settings, registered_model, context, base_metrics)
 
 
 @task(name="ship-base-model")
-def ship_base_model(gate: dict, base_version: str, registered_model: str, context: RunContext) -> dict:
+def ship_base_model(gate: GateOutcome, base_version: str, registered_model: str, context: RunContext) -> GateOutcome:
     """Make the registered base model production after a gate said ``ship_base``; compare-and-set on the
     production that gate read, so a move made meanwhile wins and this one stands down (``conflict``)."""
     client = MlflowClient()
-    reason = f"base model's system ships: {gate['reason']}"[:480]
-    expected = gate.get("previous_production")
+    reason = f"base model's system ships: {gate.reason}"[:480]
     with production_lock(registered_model, context.workspace):
         try:
-            moved = move_production(client, registered_model, base_version, "gate", reason, expected=expected)
+            moved = move_production(
+                client, registered_model, base_version, "gate", reason, expected=gate.previous_production
+            )
         except ProductionChanged as err:
-            result = gate | {"decision": "conflict", "reason": f"conflict: {err}", "base_version": base_version}
+            # Production is where the winner left it (the repair rule publishes it when its index is missing).
+            result = replace(
+                gate, decision="conflict", reason=f"conflict: {err}", base_version=base_version, production=err.found
+            )
         else:
-            result = gate | {"production": moved["production"], "base_version": base_version, "promote": False}
-    for key, value in {"promotion.decision": result["decision"], "promotion.reason": result["reason"]}.items():
+            result = replace(gate, production=moved["production"], base_version=base_version, promote=False)
+    for key, value in {"promotion.decision": result.decision, "promotion.reason": result.reason}.items():
         client.set_model_version_tag(registered_model, base_version, key, value)
-    path = context.run_dir / "evaluation" / "promotion.json"
-    path.write_text(json.dumps(result, indent=2))
-    log_artifact(context.run_id, path)
+    _write_outcome(result, context)
     return result

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from denseflow.model.config import CompareConfig
+from denseflow.model.config import CompareNegativesConfig
 
 ARMS = ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-hard", "dense-remined", "bm25-old"]
 HARD = ["bm25-hard", "dense-hard", "dense-remined", "bm25-old"]
@@ -48,7 +48,9 @@ def test_study_runs_every_arm_and_reports_tests_help_and_negatives(
 ):
     from denseflow.flows.compare_negatives import compare_negatives
 
-    summary = compare_negatives(CompareConfig.model_validate(tiny_study(tmp_path, tiny_beir_dir, tiny_model_dir)))
+    summary = compare_negatives(
+        CompareNegativesConfig.model_validate(tiny_study(tmp_path, tiny_beir_dir, tiny_model_dir))
+    )
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     parent = client.get_run(summary["mlflow_run_id"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from denseflow.model.config import CompareConfig, RetrainConfig, describe
+from denseflow.model.config import CompareNegativesConfig, RetrainConfig, describe
 
 
 def defaults_of(model: type) -> dict[str, str]:
@@ -10,13 +10,13 @@ def defaults_of(model: type) -> dict[str, str]:
 
 
 def test_study_reference_shows_the_study_training_defaults_not_the_retrain_ones() -> None:
-    study, retrain = defaults_of(CompareConfig), defaults_of(RetrainConfig)
+    study, retrain = defaults_of(CompareNegativesConfig), defaults_of(RetrainConfig)
     # Every trained arm: a fixed step budget on make run's recipe, so arms compare at equal cost.
     assert study["train.max_steps"] == "52"
     assert study["train.max_seq_length"] == retrain["train.max_seq_length"] == "128"
     assert study["train.learning_rate"] == retrain["train.learning_rate"]
     assert retrain["train.max_steps"] == "-1"
-    assert CompareConfig().train.max_steps == 52
+    assert CompareNegativesConfig().train.max_steps == 52
     assert RetrainConfig().train.max_steps == -1
 
 
@@ -36,7 +36,7 @@ def test_a_section_override_changes_that_key_and_keeps_the_flows_own_defaults() 
 
 
 def test_the_study_keeps_its_step_budget_when_its_train_section_is_overridden() -> None:
-    config = CompareConfig.model_validate({"train": {"seed": 3}})
+    config = CompareNegativesConfig.model_validate({"train": {"seed": 3}})
     assert (config.train.seed, config.train.max_steps) == (3, 52)
 
 

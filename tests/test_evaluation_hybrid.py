@@ -1,4 +1,4 @@
-"""BM25 + dense fusion (model/evaluation/hybrid.py)."""
+"""BM25 + dense fusion (model/fusion.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from denseflow.model.config import EvalConfig
-from denseflow.model.evaluation.hybrid import fuse_query, fuse_runs, tune_weight
+from denseflow.model.fusion import fuse_query, fuse_runs, tune_weight
 
 DENSE = {"a": 0.9, "b": 0.8, "c": 0.1}
 BM25 = {"c": 12.0, "d": 11.0, "a": 2.0}

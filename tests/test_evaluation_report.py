@@ -7,7 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from denseflow.model.evaluation.report import (
+from denseflow.model.evaluation.compare_negatives.plan import ArmSpec
+from denseflow.model.evaluation.compare_negatives.report import (
     RunResult,
     bm25_positive_ranks,
     bucket_of,
@@ -19,7 +20,6 @@ from denseflow.model.evaluation.report import (
     where_it_helps,
     write_csv,
 )
-from denseflow.model.evaluation.study import ArmSpec
 
 QUERIES = [f"q{i}" for i in range(60)]
 
@@ -143,7 +143,7 @@ def test_negatives_plot_is_drawn(tmp_path):
 
 
 def test_each_partition_has_its_own_means_and_tests_and_the_attractor_column():
-    from denseflow.model.evaluation.report import ATTRACTORS, restrict_runs
+    from denseflow.model.evaluation.compare_negatives.report import ATTRACTORS, restrict_runs
 
     results = [run("random", 0, 0.5), run("bm25-hard", 0, 0.95)]
     results[1].metrics[ATTRACTORS] = 1.25

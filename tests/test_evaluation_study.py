@@ -6,8 +6,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from denseflow.model.config import CompareConfig, TrainConfig
-from denseflow.model.evaluation.study import (
+from denseflow.model.config import CompareNegativesConfig, TrainConfig
+from denseflow.model.evaluation.compare_negatives.plan import (
     ArmSpec,
     Rates,
     cpu_rates,
@@ -20,7 +20,7 @@ from denseflow.model.evaluation.study import (
 
 
 def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tmp_path):
-    config = CompareConfig()
+    config = CompareNegativesConfig()
     # make run's recipe and sequence length, 2 epochs of SciFact's train pairs at batch 32, 3 seeds
     assert (config.train.max_seq_length, config.train.max_steps, config.seeds) == (
         TrainConfig().max_seq_length, 52, [0, 1, 2],
@@ -37,18 +37,18 @@ def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tm
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"train": {"batch_size": 16}, "towers": ["siamese", "asymmetric"]}))
-    loaded = CompareConfig.from_yaml(path)
+    loaded = CompareNegativesConfig.from_yaml(path)
     assert (loaded.train.batch_size, loaded.train.learning_rate, loaded.train.max_steps) == (16, 1e-4, 52)
     assert len(plan_study(loaded)) == 2 + 5 * 3 * 2
     for bad in ({"arms": ["bm25"]}, {"seeds": [1, 1]}, {"train": {"max_steps": -1}}, {"typo": 1}):
         with pytest.raises(ValidationError):
-            CompareConfig.model_validate(bad)
+            CompareNegativesConfig.model_validate(bad)
 
 
 def test_rates_follow_the_cpu_and_the_estimate_says_which(monkeypatch):
     import denseflow.model.encoder as encoder
 
-    config = CompareConfig()
+    config = CompareNegativesConfig()
     monkeypatch.setattr(encoder, "native_bf16", lambda: True)
     assert cpu_rates(config).step_seconds_at_128 == config.estimate.bf16_step_seconds_at_128
     monkeypatch.setattr(encoder, "native_bf16", lambda: False)
@@ -62,7 +62,7 @@ def test_measured_rates_come_from_real_steps_on_this_cpu(tiny_beir_dir, tiny_mod
     from denseflow.model.data.beir import RejectLog, load_beir
 
     train = {"base_model": str(tiny_model_dir), "batch_size": 4, "max_seq_length": 32, "precision": "fp32"}
-    config = CompareConfig.model_validate({"train": train, "eval": {"batch_size": 8, "precision": "fp32"}})
+    config = CompareNegativesConfig.model_validate({"train": train, "eval": {"batch_size": 8, "precision": "fp32"}})
     rates = measure_rates(config, load_beir(tiny_beir_dir, ["train"], RejectLog()), steps=2)
     assert rates.step_seconds_at_128 > 0
     assert rates.docs_per_second_at_128 > 0
@@ -70,7 +70,7 @@ def test_measured_rates_come_from_real_steps_on_this_cpu(tiny_beir_dir, tiny_mod
 
 
 def test_batch_sweep_uses_gradcache_and_labels_each_size():
-    config = CompareConfig(arms=["random", "bm25-hard"], seeds=[0], batch_sizes=[16, 128])
+    config = CompareNegativesConfig(arms=["random", "bm25-hard"], seeds=[0], batch_sizes=[16, 128])
     specs = plan_study(config)
     assert [spec.variant for spec in specs] == [
         "random/query_only/b16", "bm25-hard/query_only/b16", "random/query_only/b128", "bm25-hard/query_only/b128",
@@ -83,7 +83,7 @@ def test_batch_sweep_uses_gradcache_and_labels_each_size():
 
 
 def test_run_config_sets_candidates_seed_and_towers_per_run():
-    config = CompareConfig(arms=["zero-shot", "dense-remined"], towers=["asymmetric"], seeds=[7])
+    config = CompareNegativesConfig(arms=["zero-shot", "dense-remined"], towers=["asymmetric"], seeds=[7])
     untrained, remined = plan_study(config)
     assert run_config(config, untrained).train == config.train  # logged as is, not trained
     settings = run_config(config, remined)
@@ -96,7 +96,7 @@ def test_run_config_sets_candidates_seed_and_towers_per_run():
 
 
 def test_estimate_counts_encodings_steps_and_rounds():
-    config = CompareConfig.model_validate(
+    config = CompareNegativesConfig.model_validate(
         {"arms": ["random", "dense-remined"], "seeds": [0], "train": {"max_seq_length": 64}}
     )
     rates = Rates(docs_per_second_at_128=20.0, step_seconds_at_128=14.0, source="test")
@@ -119,4 +119,4 @@ def test_shipped_study_config_is_the_default():
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "deploy" / "configs" / "compare_negatives.yaml"
-    assert CompareConfig.from_yaml(path) == CompareConfig()
+    assert CompareNegativesConfig.from_yaml(path) == CompareNegativesConfig()

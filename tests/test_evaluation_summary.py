@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from denseflow.model.evaluation.summary import summary_markdown, system_rows
-from denseflow.model.promotion import Scored, decide
+from denseflow.model.promotion import GateOutcome, Scored, decide
 
 METRICS = {"ndcg@10": 0.5, "mrr@10": 0.5, "recall@1": 0.4, "recall@10": 0.7, "recall@100": 0.9}
 
@@ -34,7 +34,8 @@ def summary_with(promotion: dict) -> dict:
 
 
 def test_systems_are_listed_served_first_with_partitions_and_the_dev_interval():
-    promotion = decide(Scored("2", 0.55, "fp"), None, "ndcg@10", 0.005, base=Scored("base", 0.5, "fp")).as_dict()
+    decision = decide(Scored("2", 0.55, "fp"), None, "ndcg@10", 0.005, base=Scored("base", 0.5, "fp"))
+    promotion = GateOutcome.of(decision, "2", "2", None, "2026-12-03T00:00:00Z").as_dict()
     rows = system_rows(summary_with(promotion))
     assert [row[0] for row in rows] == ["trained + BM25", "trained dense", "base model + BM25"]
     hybrid = rows[0]
@@ -47,9 +48,10 @@ def test_systems_are_listed_served_first_with_partitions_and_the_dev_interval():
 
 
 def test_the_markdown_names_the_decision_and_all_three_figures():
-    promotion = decide(
+    decision = decide(
         Scored("2", 0.52, "fp"), Scored("1", 0.5, "fp", reevaluated=True), "ndcg@10", 0.005, Scored("base", 0.51, "fp")
-    ).as_dict() | {"production": "2", "previous_production": "1"}
+    )
+    promotion = GateOutcome.of(decision, "2", "2", "1", "2026-12-03T00:00:00Z").as_dict()
     text = summary_markdown(summary_with(promotion), "test")
     assert "## promotion gate: **promoted**" in text
     assert "| candidate | 2 | 0.5200 | no |" in text

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from denseflow.model.config import IndexConfig, PublishConfig
 from denseflow.model.data.beir import RejectLog, find_file, read_corpus, read_queries
 from denseflow.model.encoder import encode, load_encoder
-from denseflow.model.evaluation.hybrid import fuse_query
 from denseflow.model.evaluation.metrics import ranked
+from denseflow.model.fusion import fuse_query
 from denseflow.model.index.bm25 import BM25Index
 from denseflow.model.index.build import IndexSpec, build_index
 from denseflow.model.index.store import (

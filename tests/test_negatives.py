@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from denseflow.model.config import CompareConfig, MiningConfig, RetrainConfig
+from denseflow.model.config import CompareNegativesConfig, MiningConfig, RetrainConfig
 from denseflow.model.data.beir import Dataset, Document, RejectLog, load_beir
 from denseflow.model.mining.candidates import random_documents, ranked_candidates
 from denseflow.model.mining.filters import Teacher, load_teacher
@@ -305,9 +305,9 @@ def test_a_teacher_that_cannot_be_loaded_is_a_configuration_error(tmp_path, tiny
 
 
 def test_study_arms_set_their_candidates_and_the_control_arm_the_old_setting():
-    from denseflow.model.evaluation.study import plan_study, run_config
+    from denseflow.model.evaluation.compare_negatives.plan import plan_study, run_config
 
-    config = CompareConfig(seeds=[3])
+    config = CompareNegativesConfig(seeds=[3])
     by_arm = {spec.arm: run_config(config, spec).mining for spec in plan_study(config) if spec.trained}
     assert {arm: m.candidates for arm, m in by_arm.items()} == {
         "random": "random", "bm25-hard": "bm25", "dense-hard": "dense", "dense-remined": "dense", "bm25-old": "bm25",

@@ -251,7 +251,7 @@ def gate(
         NAME,
         context,
         base_metrics,
-    ) | {"run_id": run.info.run_id}
+    ).as_dict() | {"run_id": run.info.run_id}
 
 
 def alias(store, name: str = "production") -> str | None:

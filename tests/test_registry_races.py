@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from denseflow.model.config import EvalConfig, PromotionConfig, TrackingConfig
 from denseflow.model.context import EvaluationData, RunContext
-from denseflow.model.promotion import decide
+from denseflow.model.promotion import GateOutcome, decide
 from denseflow.registry import aliases
 from denseflow.registry.aliases import (
     ProductionChanged,
@@ -72,7 +72,7 @@ def add_version(store, value: float) -> str:
     return str(found.version)
 
 
-def gate(store, version: str, value: float, workspace: Path) -> dict:
+def gate(store, version: str, value: float, workspace: Path) -> GateOutcome:
     run = store.client.create_run(store.experiment)
     context = RunContext(workspace=workspace, run_id=run.info.run_id, precision="fp32", max_seq_length=32)
     return run_gate(
@@ -138,7 +138,7 @@ def assert_history_is_a_chain(store) -> list:
 
 def test_two_gates_on_one_workspace_run_one_after_another(store, slow_decide):
     v1 = add_version(store, 0.50)
-    assert gate(store, v1, 0.50, store.workspace)["decision"] == "promoted"
+    assert gate(store, v1, 0.50, store.workspace).decision == "promoted"
     v2, v3 = add_version(store, 0.60), add_version(store, 0.70)
 
     results = at_once(lambda: gate(store, v2, 0.60, store.workspace), lambda: gate(store, v3, 0.70, store.workspace))
@@ -146,7 +146,7 @@ def test_two_gates_on_one_workspace_run_one_after_another(store, slow_decide):
     # Serialised: whichever ran second compared against the first's outcome, so the best version is production
     # (v3 first → v2 rejected as worse; v2 first → v3 beats it too). Never the lower-scoring one.
     assert str(production_version(store.client, NAME).version) == v3
-    promoted = [result["version"] for result in results if result["decision"] == "promoted"]
+    promoted = [result.version for result in results if result.decision == "promoted"]
     history = assert_history_is_a_chain(store)
     assert [move.version for move in history[1:]] == sorted(promoted, key=lambda v: history_index(history, v))
     assert len(history) == 1 + len(promoted)
@@ -165,16 +165,16 @@ def test_two_gates_sharing_only_the_server_exactly_one_moves_and_the_loser_is_to
     results = at_once(
         lambda: gate(store, v2, 0.60, store.tmp / "ws-a"), lambda: gate(store, v3, 0.70, store.tmp / "ws-b")
     )
-    decisions = sorted(result["decision"] for result in results)
+    decisions = sorted(result.decision for result in results)
     assert decisions == ["conflict", "promoted"], results
-    winner = next(result for result in results if result["decision"] == "promoted")
-    loser = next(result for result in results if result["decision"] == "conflict")
-    assert str(production_version(store.client, NAME).version) == winner["version"]
-    assert "production moved" in loser["reason"] and loser["production"] == winner["version"]
-    tags = store.client.get_model_version(NAME, loser["version"]).tags
+    winner = next(result for result in results if result.decision == "promoted")
+    loser = next(result for result in results if result.decision == "conflict")
+    assert str(production_version(store.client, NAME).version) == winner.version
+    assert "production moved" in loser.reason and loser.production == winner.version
+    tags = store.client.get_model_version(NAME, loser.version).tags
     assert tags["promotion.decision"] == "conflict"
     history = assert_history_is_a_chain(store)
-    assert [(move.version, move.action) for move in history] == [(v1, "gate"), (winner["version"], "gate")]
+    assert [(move.version, move.action) for move in history] == [(v1, "gate"), (winner.version, "gate")]
 
 
 def test_two_gates_moving_in_the_same_instant_still_leave_one_winner(store, monkeypatch):
@@ -188,11 +188,11 @@ def test_two_gates_moving_in_the_same_instant_still_leave_one_winner(store, monk
         lambda: gate(store, v2, 0.60, store.tmp / "ws-a"), lambda: gate(store, v3, 0.70, store.tmp / "ws-b")
     )
     production = str(production_version(store.client, NAME).version)
-    assert production in {result["version"] for result in results if result["decision"] == "promoted"}, results
+    assert production in {result.version for result in results if result.decision == "promoted"}, results
     for result in results:
-        assert result["decision"] in ("promoted", "conflict")
-        if result["decision"] == "conflict":
-            assert result["production"] == production
+        assert result.decision in ("promoted", "conflict")
+        if result.decision == "conflict":
+            assert result.production == production
 
 
 def test_promote_racing_a_gate_is_not_overwritten_by_a_stale_decision(store, slow_decide):
@@ -206,7 +206,7 @@ def test_promote_racing_a_gate_is_not_overwritten_by_a_stale_decision(store, slo
 
     result, promoted = at_once(lambda: gate(store, v2, 0.60, store.tmp / "ws-a"), person)
     assert promoted["production"] == v3
-    assert result["decision"] == "conflict" and str(production_version(store.client, NAME).version) == v3
+    assert result.decision == "conflict" and str(production_version(store.client, NAME).version) == v3
     assert_history_is_a_chain(store)
 
 
@@ -221,7 +221,7 @@ def test_promote_on_the_same_workspace_waits_for_the_gate(store, slow_decide):
 
     result, promoted = at_once(lambda: gate(store, v2, 0.60, store.workspace), person)
     # The gate finished first (it held the lock), then the person's promotion landed on top: both recorded.
-    assert result["decision"] == "promoted" and promoted["previous"] == v2
+    assert result.decision == "promoted" and promoted["previous"] == v2
     assert str(production_version(store.client, NAME).version) == v3
     history = assert_history_is_a_chain(store)
     assert [(move.version, move.action) for move in history] == [(v1, "gate"), (v2, "gate"), (v3, "promote")]

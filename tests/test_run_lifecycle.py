@@ -35,8 +35,8 @@ def test_ingest_leaves_the_run_running(run_id, tiny_beir_dir, tmp_path):
         result = ingest.fn(DataConfig(path=tiny_beir_dir, eval_split="test"), tmp_path / "run", run_id)
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "RUNNING"
-    assert run.data.tags["dataset_fingerprint"] == result["fingerprint"]
-    assert [item.dataset.digest for item in run.inputs.dataset_inputs] == [result["fingerprint"]]
+    assert run.data.tags["dataset_fingerprint"] == result.fingerprint
+    assert [item.dataset.digest for item in run.inputs.dataset_inputs] == [result.fingerprint]
     assert mlflow.active_run() is None
 
 

@@ -7,6 +7,7 @@ import json
 from mlflow.tracking import MlflowClient
 
 from denseflow.model.config import DataConfig, MiningConfig, TrackingConfig
+from denseflow.model.context import RunContext
 from denseflow.model.data.assemble import query_id
 from denseflow.model.data.ingest import REJECTS_FILE
 from denseflow.tasks.ingest import ingest
@@ -33,20 +34,21 @@ def test_clicks_source_through_ingest_and_mine_tasks(tmp_path, tiny_beir_dir):
 
     result = ingest.fn(data, tmp_path / "run", run_id)
 
-    assert result["train_queries"] == 3
-    assert result["eval_queries"] == 12
-    assert result["skip_above_queries"] == 3
-    assert result["reject_reasons"] == {"malformed row": 1}
+    assert result.train_queries == 3
+    assert result.eval_queries == 12
+    assert result.skip_above_queries == 3
+    assert result.reject_reasons == {"malformed row": 1}
     run = client.get_run(run_id)
     (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == result["fingerprint"] == run.data.tags["dataset_fingerprint"]
+    assert dataset_input.dataset.digest == result.fingerprint == run.data.tags["dataset_fingerprint"]
     assert dataset_input.dataset.name == "clicks.jsonl"
     assert run.data.metrics["ingest.clicks.usable_share"] == 12 / 13
     assert json.loads((tmp_path / "run" / REJECTS_FILE).read_text())["line"] == 13
 
     mining = MiningConfig(strategy="bm25", num_negatives=2, rank_start=0, rank_end=10)
-    path = mine.fn(result["dataset_dir"], mining, "train", "test", tmp_path / "run", run_id, tmp_path / "cache")
-    examples = [json.loads(line) for line in open(path)]
+    context = RunContext(workspace=tmp_path, run_id=run_id, precision="fp32", max_seq_length=32)
+    mined = mine.fn(result.dataset_dir, mining, "train", "test", context, out_dir=tmp_path / "run")
+    examples = [json.loads(line) for line in open(mined.examples_path)]
     assert len(examples) == 3
     for example in examples:
         topic = next(t for t in ("heart", "brain", "gene") if example["query_id"] == query_id(f"{t} study question"))

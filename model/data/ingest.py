@@ -84,6 +84,32 @@ class IngestResult:
     rejects_path: Path
 
 
+@dataclass(frozen=True)
+class IngestedData:
+    """What the ingest stage of a run hands on: the BEIR folder written, its fingerprint, the dev split (None when
+    none could be carved) and how it was made, the rejects file, and the counts logged to MLflow."""
+
+    dataset_dir: str
+    fingerprint: str
+    dev_split: str | None
+    dev_method: str
+    dev_queries: int
+    rejects_path: str
+    reject_reasons: dict[str, int]
+    documents: int
+    queries: int
+    train_queries: int
+    eval_queries: int
+    rejected_rows: int
+    leaked_queries_removed: int
+    skip_above_queries: int | None = None  # click logs only
+
+    def selection_split(self, min_dev_queries: int) -> str | None:
+        """The split choices are made on: dev, unless it has fewer than ``min_dev_queries`` queries (choosing on a
+        few queries would choose by noise, so documented priors are used instead) or there is none."""
+        return self.dev_split if self.dev_split and self.dev_queries >= min_dev_queries else None
+
+
 def ingest(config: DataConfig, out: Path) -> IngestResult:
     """Load the configured source and write the BEIR folder, ``rejects.jsonl`` and ``ingest_report.json``.
 

@@ -1,12 +1,20 @@
 """The retrain summary a person reads: one table of the systems, the choices made on dev, the gate's decision.
 
-Pure functions over the flow's summary dict. The same rows feed the Prefect markdown artifact and the
-terminal table ``denseflow retrain`` prints (cli/render.py), so the two never disagree.
+Pure functions: :func:`retrain_summary` gathers what the retrain flow's stages returned into the summary (the
+flow's JSON result, the model card's source), and the rest render it. The same rows feed the Prefect markdown
+artifact and the terminal table ``denseflow retrain`` prints (cli/render.py), so the two never disagree.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from denseflow.model.data.ingest import IngestedData
+from denseflow.model.evaluation.evaluate import EvaluationResult
 from denseflow.model.evaluation.partition import SEEN, UNSEEN
+from denseflow.model.promotion import GateOutcome
+
+GAIN_METRICS = ("ndcg@10", "mrr@10", "recall@1", "recall@10", "recall@100")
 
 SYSTEM_ORDER = ("hybrid", "trained", "zero-shot+bm25", "zero-shot", "bm25")
 DESCRIPTIONS = {
@@ -26,6 +34,52 @@ SYSTEM_HEADER = (
     "dev nDCG@10 [95% CI]",
     "",
 )
+
+
+def gains(trained: EvaluationResult, zero_shot: EvaluationResult) -> dict[str, float]:
+    """What training added over the untouched base model, on the evaluated split."""
+    return {name: trained.metrics[name] - zero_shot.metrics[name] for name in GAIN_METRICS}
+
+
+def retrain_summary(
+    *,
+    run_id: str,
+    run_url: str | None,
+    registered_model: str,
+    version: str,
+    data: IngestedData,
+    selection_split: str | None,
+    served: EvaluationResult,
+    mode: str,
+    mode_reason: str,
+    base_mode: str,
+    evaluations: Sequence[EvaluationResult],
+    promotion: GateOutcome,
+) -> dict:
+    """The retrain's result as JSON-ready data: the version, the data and dev split, every system's figures, the
+    served mode (with the hybrid's fusion when it ships) and the gate's outcome."""
+    summary = {
+        "mlflow_run_id": run_id,
+        "mlflow_run_url": run_url,
+        "registered_model": registered_model,
+        "version": version,
+        "dataset_fingerprint": data.fingerprint,
+        "dev_split": data.dev_split,
+        "dev_method": data.dev_method,
+        "selection_split": selection_split,
+        "served_mode": mode,
+        "served_mode_chosen_by": mode_reason,
+        "base_served_mode": base_mode,
+        "metrics": {item.label: item.metrics for item in evaluations},
+        "partitions": {item.label: item.partitions for item in evaluations},
+        "dev_metrics": {item.label: item.dev.metrics for item in evaluations if item.dev},
+        "dev_intervals": {item.label: item.dev.interval for item in evaluations if item.dev},
+        "promotion": promotion.as_dict(),
+    }
+    if mode == "hybrid" and served.fusion is not None:
+        fusion = served.fusion
+        summary["hybrid"] = {"weight": fusion.weight, "method": fusion.method, "weight_chosen_by": fusion.chosen_by}
+    return summary
 
 
 def partition_cell(entry: dict | None) -> str:

@@ -93,6 +93,16 @@ class TrainExample:
         return cls(row["query_id"], row["positive_id"], negatives, row.get("positive_teacher_score"))
 
 
+@dataclass(frozen=True)
+class MiningResult:
+    """What the mine stage hands on: ``train_examples.jsonl``, how many examples it holds, and the plot of the
+    chosen negatives (none for a mix of two mined files)."""
+
+    examples_path: str
+    examples: int
+    plot_path: str | None = None
+
+
 @dataclass
 class MiningReport:
     """What mining did: examples written, candidates each filter removed, and examples filled at random."""

@@ -2,7 +2,7 @@
 
 The :class:`Searcher` serves whatever ``current`` points at, in one of three modes: ``dense`` (FAISS),
 ``bm25`` (the version's BM25 index) or ``hybrid`` (both rankings, top ``depth`` each, fused by
-:func:`denseflow.model.evaluation.hybrid.fuse_query` with the weight and method the manifest records, the
+:func:`denseflow.model.fusion.fuse_query` with the weight and method the manifest records, the
 same fusion retrain evaluated). The default is the mode the version was published with.
 
 It loads the model stored with that version (the exact weights that encoded the corpus), so an index is
@@ -26,8 +26,8 @@ from sentence_transformers import SentenceTransformer
 
 from denseflow.model.checksums import model_fingerprint
 from denseflow.model.encoder import encode, load_encoder, native_bf16, tower_type
-from denseflow.model.evaluation.hybrid import fuse_query
 from denseflow.model.evaluation.metrics import ranked
+from denseflow.model.fusion import fuse_query
 from denseflow.model.index.build import search
 from denseflow.model.index.store import (
     SEARCH_MODES,

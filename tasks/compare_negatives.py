@@ -14,16 +14,8 @@ from prefect import task
 from prefect.artifacts import create_table_artifact
 
 from denseflow.model.data.beir import RejectLog, load_beir
-from denseflow.model.evaluation.metrics import read_trec_run
-from denseflow.model.evaluation.partition import (
-    MIN_PARTITION_QUERIES,
-    UNSEEN,
-    attractor_count,
-    judged_documents,
-    seen_document_split,
-)
-from denseflow.model.evaluation.plots import plot_negatives
-from denseflow.model.evaluation.report import (
+from denseflow.model.evaluation.compare_negatives.plan import ArmResult, ArmRunConfig, ArmSpec
+from denseflow.model.evaluation.compare_negatives.report import (
     ATTRACTORS,
     RunResult,
     VariantSummary,
@@ -36,9 +28,17 @@ from denseflow.model.evaluation.report import (
     where_it_helps,
     write_csv,
 )
+from denseflow.model.evaluation.metrics import read_trec_run
+from denseflow.model.evaluation.partition import (
+    MIN_PARTITION_QUERIES,
+    UNSEEN,
+    attractor_count,
+    judged_documents,
+    seen_document_split,
+)
+from denseflow.model.evaluation.plots import plot_negatives
 from denseflow.model.evaluation.runs import bm25_run
-from denseflow.model.evaluation.study import ArmRunConfig, ArmSpec
-from denseflow.model.mining.negatives import mining_summary, mix_examples, read_examples, write_examples
+from denseflow.model.mining.negatives import MiningResult, mining_summary, mix_examples, read_examples, write_examples
 from denseflow.tasks.tracking import log_artifact, log_metrics, start_tracking_run
 
 
@@ -60,52 +60,56 @@ def start_arm_run(config: ArmRunConfig, spec: ArmSpec, flow_run_id: str | None, 
 
 @task(name="mix-negatives")
 def mix(
-    first_path: Path,
-    second_path: Path,
+    first: MiningResult,
+    second: MiningResult,
     second_share: float,
     seed: int,
     out_dir: Path,
     run_id: str,
     metric_prefix: str = "mine.",
-) -> str:
+) -> MiningResult:
     """``train_examples.jsonl`` taking each negative from the second file with probability ``second_share``."""
-    mixed, taken = mix_examples(read_examples(Path(first_path)), read_examples(Path(second_path)), second_share, seed)
+    mixed, taken = mix_examples(
+        read_examples(Path(first.examples_path)), read_examples(Path(second.examples_path)), second_share, seed
+    )
     path = write_examples(mixed, Path(out_dir) / "train_examples.jsonl")
     counts = {"examples": len(mixed), "taken_first": taken["first"], "taken_second": taken["second"]}
     log_metrics(run_id, counts | dict(mining_summary(mixed)), prefix=metric_prefix)
     log_artifact(run_id, path)
-    return str(path)
+    return MiningResult(str(path), len(mixed))
 
 
-def _run_result(item: dict, client: MlflowClient, unseen_queries: list[str], training_positives: set[str]) -> RunResult:
+def _run_result(
+    item: ArmResult, client: MlflowClient, unseen_queries: list[str], training_positives: set[str]
+) -> RunResult:
     """A flow's per-run record, completed with what mining and training logged to its MLflow run and the
     attractor count of its unseen-document test queries."""
-    logged = client.get_run(item["run_id"]).data.metrics
+    logged = client.get_run(item.run_id).data.metrics
     # train.seconds, or train.round1.seconds + train.round2.seconds ... for the rounds of a dense arm
     train_seconds = sum(v for k, v in logged.items() if k.startswith("train.") and k.endswith(".seconds"))
     mining = {key.removeprefix("mine."): value for key, value in logged.items() if key.startswith("mine.")}
-    per_query = json.loads(Path(item["per_query_path"]).read_text(encoding="utf-8"))
-    metrics = dict(item["metrics"])
-    run_path = item.get("run_path")
+    per_query = json.loads(Path(item.per_query_path).read_text(encoding="utf-8"))
+    metrics = dict(item.metrics)
+    run_path = item.run_path
     if unseen_queries and run_path and Path(run_path).is_file():
         metrics[ATTRACTORS] = attractor_count(read_trec_run(Path(run_path)), unseen_queries, training_positives)
     return RunResult(
-        spec=ArmSpec(**item["spec"]),
-        run_id=item["run_id"],
+        spec=item.spec,
+        run_id=item.run_id,
         metrics=metrics,
         per_query=per_query,
-        recall_curve=item["recall_curve"],
-        seconds=item["seconds"],
+        recall_curve=item.recall_curve,
+        seconds=item.seconds,
         train_seconds=train_seconds,
         mining=mining,
-        examples_paths=item.get("examples_paths", {}),
+        examples_paths=item.examples_paths,
     )
 
 
-def _bm25_ranks(runs: list[dict], dataset_dir: Path, split: str) -> dict[str, int | None]:
+def _bm25_ranks(runs: list[ArmResult], dataset_dir: Path, split: str) -> dict[str, int | None]:
     """BM25's rank of each test query's best positive: from the bm25-alone arm's run file, else computed."""
     dataset = load_beir(Path(dataset_dir), [split], RejectLog())
-    run_path = next((item.get("run_path") for item in runs if item["spec"]["arm"] == "bm25-alone"), None)
+    run_path = next((item.run_path for item in runs if item.spec.arm == "bm25-alone"), None)
     run = read_trec_run(Path(run_path)) if run_path and Path(run_path).is_file() else bm25_run(dataset, split)
     return bm25_positive_ranks(run, dataset.qrels[split])
 
@@ -126,9 +130,9 @@ def _negatives_plots(summaries: list[VariantSummary], out_dir: Path) -> dict[str
     return plots
 
 
-@task(name="compare-report")
+@task(name="compare-negatives-report")
 def report(
-    runs: list[dict],
+    runs: list[ArmResult],
     out_dir: Path,
     parent_run_id: str,
     title: str,

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 
-def _config(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.config.CompareConfig
-    from denseflow.model.config import CompareConfig
+def _config(args: argparse.Namespace):  # noqa: ANN202 - denseflow.model.config.CompareNegativesConfig
+    from denseflow.model.config import CompareNegativesConfig
 
-    config = CompareConfig.from_yaml(args.config) if args.config else CompareConfig()
+    config = CompareNegativesConfig.from_yaml(args.config) if args.config else CompareNegativesConfig()
     if args.workspace:
         config = config.model_copy(update={"workspace": args.workspace})
     return config
@@ -28,14 +28,14 @@ def cmd_compare_negatives(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflow.model.config.CompareConfig
+def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflow.model.config.CompareNegativesConfig
     """The runs and their estimated minutes on this CPU, from the data's size; nothing is trained.
 
     Without ``measure`` the rates are the config's for this CPU class (native bf16 or not); with it, a few
     real training steps and an encoding batch are timed here first (a minute or two on a slow CPU).
     """
     from denseflow.model.data.beir import RejectLog
-    from denseflow.model.evaluation.study import cpu_rates, estimate_study, measure_rates, plan_study
+    from denseflow.model.evaluation.compare_negatives.plan import cpu_rates, estimate_study, measure_rates, plan_study
     from denseflow.tasks.ingest import load_source
 
     dataset = load_source(config.data, RejectLog()).dataset
@@ -76,17 +76,17 @@ def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflo
 REDUCED_ARMS = ["zero-shot", "bm25-alone", "random", "bm25-hard", "dense-remined", "bm25-old"]
 
 
-def reduced_config(config):  # noqa: ANN001, ANN201 - CompareConfig in, CompareConfig out
+def reduced_config(config):  # noqa: ANN001, ANN201 - CompareNegativesConfig in, CompareNegativesConfig out
     """The plan to run where the whole one does not fit: seeds 0 and 1 of the arms the verdict needs."""
     arms = [arm for arm in config.arms if arm in REDUCED_ARMS] or REDUCED_ARMS
     return config.model_copy(update={"arms": arms, "seeds": config.seeds[:2]})
 
 
-def add_compare_commands(commands: argparse._SubParsersAction) -> None:
+def add_compare_negatives_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "compare-negatives", help="study: zero-shot, BM25, random vs BM25 vs dense negatives (parent + child runs)"
     )
-    parser.add_argument("--config", type=Path, help="YAML CompareConfig (defaults: the SciFact study)")
+    parser.add_argument("--config", type=Path, help="YAML CompareNegativesConfig (defaults: the SciFact study)")
     parser.add_argument("--workspace", type=Path, help="workspace folder (default DENSEFLOW_HOME or ./.denseflow)")
     parser.add_argument("--plan", action="store_true", help="print the runs and the time estimate, run nothing")
     parser.add_argument(

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from denseflow.model.config import (
-    CompareConfig,
+    CompareNegativesConfig,
     DataConfig,
     EvalConfig,
     MiningConfig,
@@ -111,6 +111,21 @@ class ArmSpec:
         return train.model_copy(update=update)
 
 
+@dataclass(frozen=True)
+class ArmResult:
+    """One finished run of the study, as the report reads it: the spec, its MLflow child run, its test figures, and
+    the files evaluation and mining wrote (per-query metrics, the TREC run, each round's examples)."""
+
+    spec: ArmSpec
+    run_id: str
+    metrics: dict[str, float]
+    recall_curve: list[float]
+    per_query_path: str
+    run_path: str
+    examples_paths: dict[str, str]
+    seconds: float
+
+
 class ArmRunConfig(Section):
     """The settings of one child run, logged as its MLflow params."""
 
@@ -126,7 +141,7 @@ class ArmRunConfig(Section):
     tracking: TrackingConfig
 
 
-def plan_study(config: CompareConfig) -> list[ArmSpec]:
+def plan_study(config: CompareNegativesConfig) -> list[ArmSpec]:
     """Untrained arms first, then every trained arm per seed, tower type and batch size."""
     specs = [ArmSpec(arm) for arm in config.arms if arm in UNTRAINED]
     trained = [arm for arm in config.arms if arm not in UNTRAINED]
@@ -139,7 +154,7 @@ def plan_study(config: CompareConfig) -> list[ArmSpec]:
     return specs
 
 
-def run_config(config: CompareConfig, spec: ArmSpec) -> ArmRunConfig:
+def run_config(config: CompareNegativesConfig, spec: ArmSpec) -> ArmRunConfig:
     mining = config.mining
     train = config.train
     if spec.trained:
@@ -168,7 +183,7 @@ def split_steps(steps: int, rounds: int) -> list[int]:
     return [base + (1 if index >= rounds - extra else 0) for index in range(rounds)]
 
 
-def rounds_of(config: CompareConfig, spec: ArmSpec) -> int:
+def rounds_of(config: CompareNegativesConfig, spec: ArmSpec) -> int:
     return config.dense_rounds if spec.rounds_arm else 1
 
 
@@ -181,7 +196,7 @@ class Rates:
     source: str
 
 
-def cpu_rates(config: CompareConfig) -> Rates:
+def cpu_rates(config: CompareNegativesConfig) -> Rates:
     """The configured rates for this CPU: native bf16 or not decides (as ``train.precision: auto`` does)."""
     from denseflow.model.encoder import resolve_precision
 
@@ -195,7 +210,9 @@ def cpu_rates(config: CompareConfig) -> Rates:
     )
 
 
-def measure_rates(config: CompareConfig, dataset: Dataset, steps: int = 3, workdir: Path | None = None) -> Rates:
+def measure_rates(
+    config: CompareNegativesConfig, dataset: Dataset, steps: int = 3, workdir: Path | None = None
+) -> Rates:
     """Rates timed on this CPU: ``steps`` training steps with the study's settings, and one encoding batch.
 
     The median step (the first pays for lazy initialisation) and the encoding rate are scaled back to 128
@@ -225,7 +242,7 @@ def measure_rates(config: CompareConfig, dataset: Dataset, steps: int = 3, workd
     return Rates(docs_per_second * length / 128, step, f"measured on this CPU ({steps} steps)")
 
 
-def _step_factor(config: CompareConfig, settings: TrainConfig) -> float:
+def _step_factor(config: CompareNegativesConfig, settings: TrainConfig) -> float:
     """A step's cost relative to 128 tokens, batch 32 and one negative (rows of 3 texts)."""
     texts = (2 + config.mining.num_negatives) / 3
     loss = CACHED_LOSS_FACTOR if settings.loss == "cached_mnrl" else 1.0
@@ -269,7 +286,7 @@ class StudyEstimate:
 
 
 def estimate_study(
-    config: CompareConfig,
+    config: CompareNegativesConfig,
     documents: int,
     train_queries: int,
     test_queries: int,

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from denseflow.model.config import CompareConfig
+from denseflow.model.config import CompareNegativesConfig
+from denseflow.model.data.ingest import IngestedData
+from denseflow.model.evaluation.compare_negatives.plan import ArmSpec
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.stats import PairedTest, average_over_seeds, holm, mean_std, paired_test
-from denseflow.model.evaluation.study import ArmSpec
 
 BASELINE_ARM = "random"
 TABLE_METRICS = ("recall@1", "recall@10", "recall@100", "ndcg@10", "mrr@10")
@@ -398,12 +399,12 @@ def plot_study(summaries: Sequence[VariantSummary], path: Path, title: str) -> P
     return plot_recall_curves({s.variant: s.recall_curve for s in summaries}, path, title)
 
 
-def study_note(config: CompareConfig, data: dict, parent_run_id: str, minutes: float) -> str:
+def study_note(config: CompareNegativesConfig, data: IngestedData, parent_run_id: str, minutes: float) -> str:
     """What every arm shared, under the table: data, steps, batch, rate, length, rounds, seeds, wall time."""
     train, mining = config.train, config.mining
     return (
-        f"Data: {data['train_queries']} train / {data['eval_queries']} {config.data.eval_split} queries, "
-        f"{data['documents']} documents (fingerprint `{data['fingerprint']}`). Every trained arm: "
+        f"Data: {data.train_queries} train / {data.eval_queries} {config.data.eval_split} queries, "
+        f"{data.documents} documents (fingerprint `{data.fingerprint}`). Every trained arm: "
         f"{train.max_steps} steps at batch {train.batch_size}, lr {train.learning_rate}, max_seq_length "
         f"{train.max_seq_length}; re-mined arms split the steps over {config.dense_rounds} rounds, re-mining with "
         f"the round's best model. Hard arms: teacher `{mining.teacher}`, margin {mining.margin}, selection "
