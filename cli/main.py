@@ -25,7 +25,8 @@ def _prepare_environment() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # No network here, and a failed telemetry write races the ephemeral server's SQLite at start-up.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The ephemeral API server needs more than Prefect's 20 s default to start on a busy 2-core machine.
+    # Prefect's 20 s default is too short for the ephemeral API server (it imports the whole server) on a loaded
+    # machine; the wait is only a bound, a quick start returns at once.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # MLflow's HTTP defaults (7 retries, backoff factor 2, 120 s timeout) make an unreachable tracking server

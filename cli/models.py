@@ -166,7 +166,7 @@ def ui_command(uri: str, workspace: Path, host: str, port: int) -> list[str]:
         "--default-artifact-root",
         artifacts,
         # One process: a local dashboard needs no more, and uvicorn's multi-worker supervisor kills workers
-        # that are slow to answer its health check, which on a loaded 2-core machine is all of them.
+        # that are slow to answer its health check, which on a loaded machine can be all of them.
         "--workers",
         "1",
         "--host",

@@ -475,8 +475,8 @@ STUDY_TRAIN_DEFAULTS = {"max_steps": 52}
 class EstimateConfig(Section):
     """Rates the study's time estimate scales from (MiniLM-L6, batch 32, one negative, 128 tokens).
 
-    Two sets: CPUs without native bf16 (fp32; measured on a 2-core AVX2 EPYC, unloaded) and CPUs with it
-    (bf16 autocast). ``denseflow compare-negatives --plan --measure`` times a few real steps and an encoding
+    Two sets: CPUs without native bf16 (fp32) and CPUs with it (bf16 autocast); docs/benchmarks.md gives the
+    machine and date the defaults were measured on. ``denseflow compare-negatives --plan --measure`` times a few real steps and an encoding
     batch on the CPU it runs on and uses those instead.
     """
 

@@ -41,7 +41,7 @@ def register(
         run_id=run_id,  # no active run: leaving ``with start_run`` would mark the run FINISHED
         registered_model_name=registered_model,
         # The flavour's own pinned list: inferring requirements re-imports the model in a
-        # subprocess and takes tens of seconds per registration on 2 cores.
+        # subprocess, which costs more than the rest of the registration.
         pip_requirements=mlflow.sentence_transformers.get_default_pip_requirements(),
         metadata={"towers": towers, "dataset_fingerprint": dataset_fingerprint},
     )

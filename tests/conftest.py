@@ -90,7 +90,7 @@ def tiny_beir_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def prefect_harness():
-    """One temporary Prefect server for the whole suite; a loaded 2-core machine can take a minute to start it."""
+    """One temporary Prefect server for the whole suite: starting one per test would cost more than most tests."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):

@@ -29,7 +29,7 @@ def home(tmp_path: Path, monkeypatch) -> Path:
 
 
 def test_retrain_against_an_unreachable_tracking_server_fails_fast_in_one_line(home, monkeypatch, capsys):
-    import prefect.server.api.server  # noqa: F401 - import time (a minute on a loaded 2-core box) is not the point
+    import prefect.server.api.server  # noqa: F401 - import time (long on a loaded machine) is not the point
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed_port()}")
     started = time.monotonic()

@@ -1,8 +1,8 @@
-"""Dev evaluation during training on a candidate corpus, so a 2-core CPU can afford it every half epoch.
+"""Dev evaluation during training on a candidate corpus, so a CPU can afford it every half epoch.
 
-Encoding the whole corpus per evaluation costs minutes on a CPU; the candidate corpus (each dev query's judged
-positives plus its BM25 top-N, plus the training positives) costs seconds and ranks checkpoints the same way in what was measured (README,
-"dev on a candidate corpus"). The figure is higher than the full-corpus one (fewer distractors), so it is used
+Encoding the whole corpus per evaluation costs a full corpus pass each time; the candidate corpus (each dev query's
+judged positives plus its BM25 top-N, plus the training positives) is a small fraction of it and ranks checkpoints
+the same way in what was measured (README, "dev on a candidate corpus"). The figure is higher than the full-corpus one (fewer distractors), so it is used
 to *compare checkpoints*, never reported as the model's quality.
 """
 
@@ -20,8 +20,8 @@ from denseflow.model.index.bm25 import BM25Index
 EVALUATOR_NAME = "dev"
 # The key the trainer logs: "eval_" + evaluator name + score function + metric.
 DEV_METRIC = f"eval_{EVALUATOR_NAME}_cosine_ndcg@10"
-# Enough to hold every training positive of collections of a few thousand judged queries; encoding them costs
-# seconds per dev evaluation on a 2-core CPU.
+# Enough to hold every training positive of collections of a few thousand judged queries, while encoding them
+# stays a small part of each dev evaluation.
 MAX_TRAINING_POSITIVES = 4000
 
 
