@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not stack"
 
 test-stack: $(STAMP)
-	$(BIN)/python -m pytest -q -m stack tests/deploy
+	$(BIN)/python -m pytest -q -p no:randomly -m stack tests/deploy
 
 # The local stack (deploy/stack.py): PostgreSQL, MLflow and Prefect servers, a work pool and two workers.
 stack: $(STAMP)

@@ -538,8 +538,10 @@ def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
     state.setdefault("password", secrets.token_urlsafe(18))
     state["workers"] = workers
     services: dict[str, Any] = state.setdefault("services", {})
-    # Keep what runs and answers; anything else is cleaned up (its process group) and started again.
-    keep = {name for name, condition in conditions.items() if condition.startswith("running")}
+    # Keep every process that still runs, answering or not: a worker cannot answer while the Prefect server is
+    # down, and restarting it would kill the flow runs it is running. The rest (stale or never started) is
+    # cleaned up (what is left of its process group) and started again.
+    keep = {name for name, condition in conditions.items() if condition.startswith(("running", "not answering"))}
     for name in list(services):
         if name not in keep:
             stop_process(services.pop(name), STOP_SIGNALS.get(name, signal.SIGINT))
@@ -562,15 +564,16 @@ def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
         wait_for("PostgreSQL", lambda: healthy(stack, state, "postgres"), record)
     create_databases(state)
     # MLflow and Prefect start side by side: start-up is mostly imports and migrations.
-    pending = [(name, launch(name, starter)) for name, starter in (("mlflow", start_mlflow), ("prefect", start_prefect))
-               if name not in keep]  # fmt: skip
-    for name, record in pending:
-        wait_for(name, lambda name=name: healthy(stack, state, name), record)
+    for name, starter in (("mlflow", start_mlflow), ("prefect", start_prefect)):
+        if name not in keep:
+            launch(name, starter)
+    for name in ("mlflow", "prefect"):
+        wait_for(name, lambda name=name: healthy(stack, state, name), services[name])
     deploy(stack, state, prefect_file)
-    new_workers = [name for name in worker_names(state) if name not in keep]
-    for name in new_workers:
-        launch(name, None)
-    for name in new_workers:
+    for name in worker_names(state):
+        if name not in keep:
+            launch(name, None)
+    for name in worker_names(state):  # kept ones too: they reconnect to a restarted server by themselves
         wait_for(name, lambda name=name: healthy(stack, state, name), services[name])
     state["up_seconds"] = round(time.monotonic() - started, 1)
     stack.write(state)
