@@ -41,9 +41,9 @@ def test_prefect_yaml_is_valid_for_prefect_and_weekly_with_one_run_at_a_time():
 
 
 def test_schedule_uses_the_same_schedule_limit_and_parameters(tmp_path):
-    schedule = load_schedule()
-    spec = schedule.deployment_spec("retrain")
-    options = schedule.serve_options(spec)
+    script = load_schedule()
+    spec = script.deployment_spec("retrain")
+    options = script.serve_options(spec)
     assert options["name"] == "retrain"
     (schedule,) = options["schedules"]
     assert (schedule.cron, schedule.timezone) == (spec["schedules"][0]["cron"], spec["schedules"][0]["timezone"])
@@ -53,14 +53,14 @@ def test_schedule_uses_the_same_schedule_limit_and_parameters(tmp_path):
     assert options["parameters"] == spec["parameters"]
 
     override = {"data": {"path": str(tmp_path)}, "promotion": {"margin": 0.01}}
-    merged = schedule.serve_options(spec, override)["parameters"]["config"]
+    merged = script.serve_options(spec, override)["parameters"]["config"]
     config = RetrainConfig.model_validate(merged)
     assert config.data.path == tmp_path  # merged, not replaced
     assert config.data.eval_split == "test"
     assert config.promotion.margin == 0.01
     assert config.promotion.publish_on_promotion
     with pytest.raises(SystemExit, match="no deployment named"):
-        schedule.deployment_spec("nightly")
+        script.deployment_spec("nightly")
 
 
 # Keys that third-party images read (not Python code we can inspect), and the services allowed to set them.
@@ -143,3 +143,13 @@ def test_worker_and_mlflow_server_agree_on_the_stores():
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "postgresql+asyncpg://" in services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
     assert "deploy/prefect.yaml" in services["worker"]["command"]
+
+
+def test_deployment_runs_fail_fast_on_a_dead_tracking_server_like_the_command():
+    """The worker's runs get the denseflow command's MLflow HTTP settings: seconds, not MLflow's ~5 minutes."""
+    from denseflow.cli.main import MLFLOW_HTTP_DEFAULTS
+
+    spec = yaml.safe_load((DEPLOY / "prefect.yaml").read_text())
+    (deployment,) = [item for item in spec["deployments"] if item["name"] == "retrain"]
+    env = deployment["work_pool"]["job_variables"]["env"]
+    assert {key: env[key] for key in MLFLOW_HTTP_DEFAULTS} == MLFLOW_HTTP_DEFAULTS

@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,6 +107,8 @@ def stack() -> Iterator[SimpleNamespace]:
     finally:
         down = stack_cli(folder, "down", timeout=180)
         print(f"\nstack up in {up_seconds:.0f}s; down: {down.stdout.strip().splitlines()[-1:]}")
+        if down.returncode == 0:  # the data outlives `down` by design; a test's stack is not kept
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def state_of(stack) -> dict:
