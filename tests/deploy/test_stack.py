@@ -509,8 +509,10 @@ def test_a_one_minute_interval_deployment_fires_and_completes(stack, prefect, tm
         prefect.http.delete(f"/deployments/{deployment['id']}")  # no further runs
     assert done["state"]["type"] == "COMPLETED", done["state"]
     assert done["auto_scheduled"], "the run was not created by the scheduler"
-    production = registry(stack).get_model_version_by_alias(name, "production")
-    assert production.tags["promotion.run_id"] or production.tags.get("production.last_move")
+    # The scheduled run is the one that registered production (the base model's version, on an empty registry).
+    client = registry(stack)
+    production = client.get_model_version_by_alias(name, "production")
+    assert client.get_run(production.run_id).data.tags["prefect.flow_run_id"] == done["id"]
     print(f"\none-minute schedule: first run finished {fired_after:.0f}s after `prefect deploy`")
 
 
