@@ -10,6 +10,7 @@ zero-shot, first dense round) are computed once, and a re-run of the study reuse
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -103,8 +104,8 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
         end_tracking_run(parent_id, "FAILED")
         raise
     end_tracking_run(parent_id)
-    logger.info("negatives study done (MLflow run %s): %s", parent_id, summary["markdown"])
-    return {"mlflow_run_id": parent_id, "estimated_minutes": estimate.total_seconds / 60, **summary}
+    logger.info("negatives study done (MLflow run %s): %s", parent_id, summary.markdown)
+    return {"mlflow_run_id": parent_id, "estimated_minutes": estimate.total_seconds / 60, **asdict(summary)}
 
 
 @flow(name="compare_negatives_arm")

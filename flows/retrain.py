@@ -5,6 +5,7 @@ Only the order of the stages lives here.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -132,28 +133,22 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             evaluations=evaluations,
             promotion=promotion,
         )
-        describe_version(
-            version,
-            model_dir,
-            summary | {"run_dir": str(context.run_dir)},
-            mined.examples_path,
-            config.model_dump(mode="json"),
-            registered_model,
-        )
+        describe_version(version, model_dir, summary, context, mined.examples_path, config)
         if config.promotion.publish_on_promotion:
-            target = publish_target(config, summary["promotion"], workspace)
+            target = publish_target(config, promotion.as_dict(), workspace)
             if target is not None:
-                summary["published"] = publish_version_of(config, target, dataset_dir, workspace)
+                summary = replace(summary, published=publish_version_of(config, target, dataset_dir, workspace))
     except BaseException:
         end_tracking_run(run_id, "FAILED")
         raise
     # Ended after publication: a run killed while publishing must not read FINISHED.
     end_tracking_run(run_id)
-    create_markdown_artifact(markdown=summary_markdown(summary, split), key="retrain-summary", description="retrain")
+    result = summary.as_dict()
+    create_markdown_artifact(markdown=summary_markdown(result, split), key="retrain-summary", description="retrain")
     get_run_logger().info(
         "registered %s version %s (MLflow run %s); served mode %s", registered_model, version, run_id, mode
     )
-    return summary
+    return result
 
 
 def publish_target(config: RetrainConfig, promotion: dict, workspace: Path) -> str | None:

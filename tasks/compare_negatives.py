@@ -18,6 +18,7 @@ from denseflow.model.evaluation.compare_negatives.plan import ArmResult, ArmRunC
 from denseflow.model.evaluation.compare_negatives.report import (
     ATTRACTORS,
     RunResult,
+    StudyReport,
     VariantSummary,
     bm25_positive_ranks,
     comparison_markdown,
@@ -142,7 +143,7 @@ def report(
     split: str,
     train_split: str = "train",
     dev_split: str | None = None,
-) -> dict:
+) -> StudyReport:
     """Table (markdown, CSV), where-does-it-help counts, recall@k and negatives plots, per-variant metrics on
     the parent run; a Prefect table. Every table also per seen-/unseen-document partition of the test queries,
     with its own paired tests against random (Holm-corrected within the partition)."""
@@ -207,11 +208,11 @@ def report(
         log_metrics(parent_run_id, values, prefix=f"{slug}.")
     rows = table_rows(summaries)
     create_table_artifact(table=rows, key="compare-negatives", description=f"{title} (MLflow run {parent_run_id})")
-    return {
-        "markdown": str(out_dir / "comparison.md"),
-        "csv": str(out_dir / "comparison.csv"),
-        "plot": str(out_dir / "recall_at_k.png"),
-        "rows": rows,
-        "where_it_helps": helps,
-        "variants": details,
-    }
+    return StudyReport(
+        markdown=str(out_dir / "comparison.md"),
+        csv=str(out_dir / "comparison.csv"),
+        plot=str(out_dir / "recall_at_k.png"),
+        rows=rows,
+        where_it_helps=helps,
+        variants=details,
+    )

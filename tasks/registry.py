@@ -10,7 +10,10 @@ import mlflow
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+from denseflow.model.config import RetrainConfig
+from denseflow.model.context import RunContext
 from denseflow.model.encoder import load_encoder, tower_type
+from denseflow.model.evaluation.summary import RetrainSummary
 from denseflow.model.mining.negatives import mining_summary, read_examples
 from denseflow.model.training.model_card import full_card, pipeline_section
 from denseflow.registry.keys import CANDIDATE, metric_key
@@ -63,24 +66,31 @@ MODEL_CARD_FILE = "model_card.md"
 
 @task(name="model-card")
 def describe_version(
-    version: str, model_dir: str, summary: dict, examples_path: str, config: dict, registered_model: str
+    version: str,
+    model_dir: str,
+    summary: RetrainSummary,
+    context: RunContext,
+    examples_path: str,
+    config: RetrainConfig,
 ) -> str | None:
     """The version's model card: its description in the registry and a ``model_card.md`` artifact of its run.
 
     A card that cannot be made never fails the run: the version is registered and gated already.
     """
+    registered_model = config.tracking.registered_model
     try:
         folder = Path(model_dir)
         record = folder.parent / "train_result.json"
         training = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
         mining = dict(mining_summary(read_examples(Path(examples_path))))
-        card = full_card(folder, pipeline_section(summary, training, mining, config))
+        facts = summary.as_dict() | {"run_dir": str(context.run_dir)}
+        card = full_card(folder, pipeline_section(facts, training, mining, config.model_dump(mode="json")))
         client = MlflowClient()
         # The registry keeps descriptions up to 5000 characters in SQL stores: the whole card is the artifact.
         client.update_model_version(registered_model, version, description=card[-5000:])
-        path = Path(summary["run_dir"]) / MODEL_CARD_FILE
+        path = context.run_dir / MODEL_CARD_FILE
         path.write_text(card, encoding="utf-8")
-        client.log_artifact(summary["mlflow_run_id"], str(path))
+        client.log_artifact(context.run_id, str(path))
         return str(path)
     except Exception as err:  # noqa: BLE001 - the card is documentation; the version stands without it
         run_logger().warning("model card for %s version %s not written: %s", registered_model, version, err)

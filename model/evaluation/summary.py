@@ -1,16 +1,18 @@
 """The retrain summary a person reads: one table of the systems, the choices made on dev, the gate's decision.
 
-Pure functions: :func:`retrain_summary` gathers what the retrain flow's stages returned into the summary (the
-flow's JSON result, the model card's source), and the rest render it. The same rows feed the Prefect markdown
+Pure functions: :func:`retrain_summary` gathers what the retrain flow's stages returned into a
+:class:`RetrainSummary` (its ``as_dict()`` is the flow's JSON result and the model card's source), and the rest
+render that dict. The same rows feed the Prefect markdown
 artifact and the terminal table ``denseflow retrain`` prints (cli/render.py), so the two never disagree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from denseflow.model.data.ingest import IngestedData
-from denseflow.model.evaluation.evaluate import EvaluationResult
+from denseflow.model.evaluation.evaluate import EvaluationResult, FusionChoice
 from denseflow.model.evaluation.partition import SEEN, UNSEEN
 from denseflow.model.promotion import GateOutcome
 
@@ -41,6 +43,54 @@ def gains(trained: EvaluationResult, zero_shot: EvaluationResult) -> dict[str, f
     return {name: trained.metrics[name] - zero_shot.metrics[name] for name in GAIN_METRICS}
 
 
+@dataclass(frozen=True)
+class RetrainSummary:
+    """What a retrain did, gathered from its stages' results: the version, the data and dev split, every system's
+    figures, the served mode (with the hybrid's fusion when it ships), the gate's outcome and, once published,
+    the publication. :meth:`as_dict` is the flow's JSON result, which the renderers below read."""
+
+    run_id: str
+    run_url: str | None
+    registered_model: str
+    version: str
+    data: IngestedData
+    selection_split: str | None
+    mode: str
+    mode_reason: str
+    base_mode: str
+    evaluations: tuple[EvaluationResult, ...]
+    promotion: GateOutcome
+    hybrid: FusionChoice | None = None  # the served hybrid's fusion
+    published: dict | None = None  # what publication reported (flows/retrain.py:publish_version_of)
+
+    def as_dict(self) -> dict:
+        evaluations = self.evaluations
+        summary = {
+            "mlflow_run_id": self.run_id,
+            "mlflow_run_url": self.run_url,
+            "registered_model": self.registered_model,
+            "version": self.version,
+            "dataset_fingerprint": self.data.fingerprint,
+            "dev_split": self.data.dev_split,
+            "dev_method": self.data.dev_method,
+            "selection_split": self.selection_split,
+            "served_mode": self.mode,
+            "served_mode_chosen_by": self.mode_reason,
+            "base_served_mode": self.base_mode,
+            "metrics": {item.label: item.metrics for item in evaluations},
+            "partitions": {item.label: item.partitions for item in evaluations},
+            "dev_metrics": {item.label: item.dev.metrics for item in evaluations if item.dev},
+            "dev_intervals": {item.label: item.dev.interval for item in evaluations if item.dev},
+            "promotion": self.promotion.as_dict(),
+        }
+        if self.hybrid is not None:
+            hybrid = self.hybrid
+            summary["hybrid"] = {"weight": hybrid.weight, "method": hybrid.method, "weight_chosen_by": hybrid.chosen_by}
+        if self.published is not None:
+            summary["published"] = self.published
+        return summary
+
+
 def retrain_summary(
     *,
     run_id: str,
@@ -55,31 +105,22 @@ def retrain_summary(
     base_mode: str,
     evaluations: Sequence[EvaluationResult],
     promotion: GateOutcome,
-) -> dict:
-    """The retrain's result as JSON-ready data: the version, the data and dev split, every system's figures, the
-    served mode (with the hybrid's fusion when it ships) and the gate's outcome."""
-    summary = {
-        "mlflow_run_id": run_id,
-        "mlflow_run_url": run_url,
-        "registered_model": registered_model,
-        "version": version,
-        "dataset_fingerprint": data.fingerprint,
-        "dev_split": data.dev_split,
-        "dev_method": data.dev_method,
-        "selection_split": selection_split,
-        "served_mode": mode,
-        "served_mode_chosen_by": mode_reason,
-        "base_served_mode": base_mode,
-        "metrics": {item.label: item.metrics for item in evaluations},
-        "partitions": {item.label: item.partitions for item in evaluations},
-        "dev_metrics": {item.label: item.dev.metrics for item in evaluations if item.dev},
-        "dev_intervals": {item.label: item.dev.interval for item in evaluations if item.dev},
-        "promotion": promotion.as_dict(),
-    }
-    if mode == "hybrid" and served.fusion is not None:
-        fusion = served.fusion
-        summary["hybrid"] = {"weight": fusion.weight, "method": fusion.method, "weight_chosen_by": fusion.chosen_by}
-    return summary
+) -> RetrainSummary:
+    """The summary of a retrain from what its stages returned (``served``: the system registered)."""
+    return RetrainSummary(
+        run_id=run_id,
+        run_url=run_url,
+        registered_model=registered_model,
+        version=version,
+        data=data,
+        selection_split=selection_split,
+        mode=mode,
+        mode_reason=mode_reason,
+        base_mode=base_mode,
+        evaluations=tuple(evaluations),
+        promotion=promotion,
+        hybrid=served.fusion if mode == "hybrid" else None,
+    )
 
 
 def partition_cell(entry: dict | None) -> str:

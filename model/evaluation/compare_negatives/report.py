@@ -399,6 +399,18 @@ def plot_study(summaries: Sequence[VariantSummary], path: Path, title: str) -> P
     return plot_recall_curves({s.variant: s.recall_curve for s in summaries}, path, title)
 
 
+@dataclass(frozen=True)
+class StudyReport:
+    """Where the study's report was written (markdown, CSV, recall@k plot) and its tables as rows."""
+
+    markdown: str
+    csv: str
+    plot: str
+    rows: list[dict]
+    where_it_helps: list[dict]
+    variants: list[dict]
+
+
 def study_note(config: CompareNegativesConfig, data: IngestedData, parent_run_id: str, minutes: float) -> str:
     """What every arm shared, under the table: data, steps, batch, rate, length, rounds, seeds, wall time."""
     train, mining = config.train, config.mining
