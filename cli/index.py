@@ -62,7 +62,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from denseflow.flows.publish_index import run_publish
 
     result = run_publish(_publish_config(args))
-    print(json.dumps({k: v for k, v in result.items() if k != "embeddings"}, indent=2, default=str))
+    print(json.dumps(result.summary(), indent=2, default=str))
     return 0
 
 

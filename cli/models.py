@@ -54,7 +54,7 @@ def _publish(args: argparse.Namespace, name: str, version: str) -> dict:
     data = DataConfig(path=corpus)
     config = PublishConfig(workspace=workspace, model=f"{name}/{version}", data=data, tracking=_tracking(args))
     result = run_publish(config)
-    published = {key: result[key] for key in ("name", "version", "path", "documents")}
+    published = {key: result.summary()[key] for key in ("name", "version", "path", "documents", "documents_encoded")}
     return published | {"corpus": str(corpus) if corpus else "bundled SciFact"}
 
 

@@ -1,7 +1,7 @@
 """``publish_index``: encode the corpus with a registered model and publish its FAISS index.
 
-resolve model → plan shards → (bf16 / int8 check against fp32) → reuse cached embeddings → encode the missing shards (mapped)
-→ build + verify → publish → log.
+resolve model → stage the corpus → (bf16 / int8 check against fp32) → plan shards of the documents the
+per-document embedding cache lacks → encode them (mapped) → build + verify from the cache → publish → log.
 
 The shard mapping runs on whatever task runner the flow is given: Prefect's thread pool locally (one
 shard at a time by default), or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing
@@ -10,8 +10,8 @@ scheduler) when ``runner.kind`` is ``dask``. The flow itself does not change.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, unmapped
 from prefect.futures import as_completed
@@ -21,15 +21,56 @@ from tqdm.auto import tqdm
 from denseflow.model.config import DataConfig, EncodeConfig, PublishConfig, RunnerConfig, TrackingConfig
 from denseflow.model.workspace import workspace_dir
 from denseflow.tasks.publish import (
+    PublishedVersion,
+    ResolvedModel,
     build_and_verify,
     choose_precision,
     encode_shard,
     log_index_artifact,
-    plan_shards,
+    plan_shards_task,
     publish_version,
     resolve_model_version,
-    reuse_cached_embeddings,
+    stage_corpus_task,
 )
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What one publication did: the version it published, with what, and how much it encoded."""
+
+    published: PublishedVersion
+    model: ResolvedModel
+    documents: int
+    documents_encoded: int
+    documents_reused: int
+    shards: int
+    precision: str
+    precision_fallback: str | None
+    recall_at_10: float | None
+    build_seconds: float
+    mlflow_artifact: str | None
+
+    @property
+    def version(self) -> str:
+        return self.published.version
+
+    def summary(self) -> dict[str, object]:
+        """Flat, JSON-ready: what ``denseflow index publish`` prints and retrain's summary records."""
+        return {
+            **asdict(self.published),
+            "model": f"{self.model.name}/{self.model.version}" if self.model.version else self.model.model_dir,
+            "documents": self.documents,
+            "documents_encoded": self.documents_encoded,
+            "documents_reused": self.documents_reused,
+            "shards": self.shards,
+            "precision": self.precision,
+            "precision_fallback": self.precision_fallback,
+            "recall_at_10": self.recall_at_10,
+            "build_seconds": self.build_seconds,
+            "mlflow_artifact": self.mlflow_artifact,
+            "mode": self.model.search.get("mode"),
+            "hybrid": self.model.search.get("hybrid"),
+        }
 
 
 def make_task_runner(runner: RunnerConfig) -> TaskRunner:
@@ -62,52 +103,44 @@ def shard_threads(runner: RunnerConfig) -> int | None:
 
 
 @flow(name="publish_index")
-def publish_index(config: PublishConfig) -> dict[str, Any]:
+def publish_index(config: PublishConfig) -> PublishResult:
     workspace = workspace_dir(config.workspace)
     config = config.model_copy(update={"workspace": workspace})
     model = resolve_model_version(config)
-    plan = plan_shards(config, model, str(workspace / "encode"))
-    choice = choose_precision(model["model_dir"], plan, config.encode)
-    encode_info = {**choice, "max_seq_length": config.encode.max_seq_length, "batch_size": config.encode.batch_size}
-    reused = reuse_cached_embeddings(
-        plan,
-        model["model_dir"],
-        choice["precision"],
-        config.encode.max_seq_length,
-        str(workspace / "cache" / "embeddings"),
+    snapshot = stage_corpus_task(config, str(workspace / "encode"))
+    choice = choose_precision(model.model_dir, snapshot, config.encode)
+    plan = plan_shards_task(
+        snapshot, model.model_dir, choice.precision, config.encode, str(workspace / "cache" / "embeddings")
     )
-
     futures = encode_shard.map(
-        plan["shards"],
-        model_dir=unmapped(model["model_dir"]),
-        precision=unmapped(choice["precision"]),
+        plan.shards,
+        plan=unmapped(plan),
+        model_dir=unmapped(model.model_dir),
+        precision=unmapped(choice.precision),
         batch_size=unmapped(config.encode.batch_size),
         max_seq_length=unmapped(config.encode.max_seq_length),
         threads=unmapped(shard_threads(config.runner)),
     )
-    counts = {future.task_run_id: shard["count"] for future, shard in zip(futures, plan["shards"], strict=True)}
-    with tqdm(total=plan["documents"], desc="encoding corpus", unit="doc") as bar:
+    with tqdm(total=plan.to_encode, desc="encoding corpus", unit="doc", disable=not plan.shards) as bar:
         for future in as_completed(futures):
-            future.result()  # a failed shard stops the flow here, with its error
-            bar.update(counts[future.task_run_id])
-    outputs = [future.result() for future in futures]
+            bar.update(future.result())  # a failed shard stops the flow here, with its error
 
-    built = build_and_verify(plan, outputs, model, config.index, encode_info)
+    built = build_and_verify(plan, model, config.index, choice, config.encode)
     published = publish_version(built, model, str(workspace / "indexes"), config.index)
-    artifact = log_index_artifact(published, model, config)
-    return {
-        **published,
-        "model": model,
-        "documents": plan["documents"],
-        "shards": len(outputs),
-        "shards_reused": reused,
-        "embeddings": outputs,
-        "precision": choice["precision"],
-        "precision_fallback": choice["fallback"],
-        "recall_at_10": built["recall_at_10"],
-        "build_seconds": built["build_seconds"],
-        "mlflow_artifact": artifact,
-    }
+    artifact = log_index_artifact(published, model, plan, config)
+    return PublishResult(
+        published=published,
+        model=model,
+        documents=snapshot.documents,
+        documents_encoded=plan.to_encode,
+        documents_reused=plan.reused,
+        shards=len(plan.shards),
+        precision=choice.precision,
+        precision_fallback=choice.fallback,
+        recall_at_10=built.recall_at_10,
+        build_seconds=built.build_seconds,
+        mlflow_artifact=artifact,
+    )
 
 
 def publish_config_for(
@@ -123,6 +156,6 @@ def publish_config_for(
     )
 
 
-def run_publish(config: PublishConfig) -> dict[str, Any]:
+def run_publish(config: PublishConfig) -> PublishResult:
     """Run ``publish_index`` on the task runner ``config.runner`` asks for."""
     return publish_index.with_options(task_runner=make_task_runner(config.runner))(config)

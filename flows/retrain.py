@@ -177,13 +177,13 @@ def publish_target(config: RetrainConfig, promotion: dict, workspace: Path) -> s
 def publish_version_of(config: RetrainConfig, version: str, dataset_dir: str, workspace: Path) -> dict:
     """Publish this run's corpus encoded by ``version`` (the publish_index flow).
 
-    Same sequence length as evaluation, so publication reuses the corpus embeddings evaluation cached.
+    Same sequence length as evaluation, so publication takes the corpus embeddings evaluation cached from the
+    per-document cache (nothing is encoded again when the precision matches).
     """
     model = f"{config.tracking.registered_model}/{version}"
     publish_config = publish_config_for(
         workspace, Path(dataset_dir), model, config.tracking, config.train.max_seq_length
     )
-    result = run_publish(publish_config)
-    published = {key: result[key] for key in ("name", "version", "path", "documents", "shards", "shards_reused")}
-    search = (result.get("model") or {}).get("search") or {}
-    return published | {"mode": search.get("mode"), "hybrid": search.get("hybrid")}
+    summary = run_publish(publish_config).summary()
+    keys = ("name", "version", "path", "documents", "documents_encoded", "documents_reused", "mode", "hybrid")
+    return {key: summary[key] for key in keys}

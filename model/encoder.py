@@ -22,7 +22,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Router
 
 from denseflow.model.checksums import model_fingerprint as model_fingerprint  # cache keys name the model by it
-from denseflow.model.data.beir import Document, corpus_fingerprint
+from denseflow.model.data.beir import Document
+from denseflow.model.embedding_cache import CacheKey, EmbeddingCache, content_hash
 
 Role = Literal["query", "document"]
 Precision = Literal["auto", "bf16", "fp32", "int8"]
@@ -157,28 +158,6 @@ def encode_corpus(
     return doc_ids, encode(model, texts, "document", batch_size, precision, progress)
 
 
-def embedding_cache_path(
-    cache_dir: Path, model_key: str, corpus_key: str, max_seq_length: int | None, precision: Precision
-) -> Path:
-    """Where whole-corpus embeddings of one (model, corpus, length, precision) are kept; ids beside them."""
-    return Path(cache_dir) / f"{model_key}-{corpus_key}-{max_seq_length}-{resolve_precision(precision)}.npy"
-
-
-def read_cached_embeddings(path: Path, doc_ids: Sequence[str]) -> np.ndarray | None:
-    """Cached rows for ``doc_ids``, in that order; None where the cache, its ids file or a document is missing.
-
-    The corpus fingerprint does not depend on document order, so rows are looked up by the ids they
-    were written with; a cache file without its ids is ignored rather than guessed at.
-    """
-    ids_path = path.with_suffix(".ids.json")
-    if not (path.is_file() and ids_path.is_file()):
-        return None
-    row = {doc_id: i for i, doc_id in enumerate(json.loads(ids_path.read_text(encoding="utf-8")))}
-    if not all(doc_id in row for doc_id in doc_ids):
-        return None
-    return np.load(path)[[row[doc_id] for doc_id in doc_ids]]
-
-
 _DOCUMENT_ENCODERS: dict[str, str] = {}
 
 
@@ -208,6 +187,14 @@ def document_encoder_fingerprint(model_dir: str | Path) -> str:
     return _DOCUMENT_ENCODERS[checksum]
 
 
+def corpus_cache(
+    model_dir: str | Path, cache_dir: Path, max_seq_length: int | None, precision: Precision
+) -> EmbeddingCache:
+    """The per-document embedding cache for this model's document encoder at ``max_seq_length`` and ``precision``."""
+    key = CacheKey(document_encoder_fingerprint(model_dir), max_seq_length, resolve_precision(precision))
+    return EmbeddingCache(Path(cache_dir), key)
+
+
 def cached_corpus_embeddings(
     model_dir: str | Path,
     corpus: Mapping[str, Document],
@@ -217,20 +204,20 @@ def cached_corpus_embeddings(
     precision: Precision = "fp32",
     progress: bool = True,
 ) -> tuple[list[str], np.ndarray]:
-    """Corpus embeddings of a saved model in corpus order, computed once per (document encoder, corpus, length,
-    precision): models that share a document tower share them."""
-    path = embedding_cache_path(
-        cache_dir, document_encoder_fingerprint(model_dir), corpus_fingerprint(dict(corpus)), max_seq_length, precision
-    )
+    """Corpus embeddings of a saved model in corpus order; only documents the per-document cache lacks for this
+    document encoder, length and precision are encoded (and added to it): models that share a document tower
+    share them, and a corpus that changed a little costs only its changes."""
+    cache = corpus_cache(model_dir, cache_dir, max_seq_length, precision)
     doc_ids = list(corpus)
-    cached = read_cached_embeddings(path, doc_ids)
-    if cached is not None:
-        return doc_ids, cached
+    texts = [corpus[doc_id].full_text for doc_id in doc_ids]
+    hashes = [content_hash(text) for text in texts]
+    found = cache.lookup(hashes)
+    missing = found.missing
+    if not missing:
+        return doc_ids, found.vectors
     model = load_encoder(model_dir, max_seq_length)
-    _, embeddings = encode_corpus(model, corpus, batch_size, precision, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, embeddings)
-    path.with_suffix(".ids.json").write_text(json.dumps(doc_ids), encoding="utf-8")
-    tmp.replace(path)  # last: a matrix is never visible without its ids
+    new = encode(model, [texts[i] for i in missing], "document", batch_size, precision, progress)
+    cache.add([hashes[i] for i in missing], new)
+    embeddings = found.vectors if found.vectors is not None else np.zeros((len(doc_ids), new.shape[1]), np.float32)
+    embeddings[missing] = new
     return doc_ids, embeddings

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from denseflow.flows.publish_index import PublishResult
 from denseflow.model.config import DataConfig, EncodeConfig, IndexConfig, PublishConfig, RunnerConfig
 from denseflow.model.index.store import list_versions, load_current
 from denseflow.model.serving.search import Searcher
@@ -32,12 +33,19 @@ def make_config(
     )
 
 
-def embeddings_of(result: dict) -> np.ndarray:
-    return np.concatenate([np.load(path) for path in result["embeddings"]])
+def embeddings_of(workspace: Path) -> np.ndarray:
+    """The vectors the current (flat) version serves, in its row order."""
+    index = load_current(workspace / "indexes", "tiny").index
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def segments_of(workspace: Path) -> dict[str, int]:
+    """Each embedding cache segment's modification time, by path."""
+    return {str(path): path.stat().st_mtime_ns for path in (workspace / "cache" / "embeddings").rglob("seg-*.npz")}
 
 
 @pytest.fixture(scope="module")
-def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
+def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, PublishResult]:
     """One publication under Prefect's default runner; the tests below compare against it or build on it."""
     from denseflow.flows.publish_index import run_publish
     from tests.conftest import write_tiny_beir
@@ -49,7 +57,7 @@ def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_local_run_publishes_a_searchable_index(
-    precision: str, local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
+    precision: str, local_run: tuple[Path, Path, PublishResult], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from denseflow.flows.publish_index import run_publish
 
@@ -57,44 +65,49 @@ def test_local_run_publishes_a_searchable_index(
     if precision != "fp32":
         workspace = tmp_path / precision
         result = run_publish(make_config(workspace, tiny_model_dir, beir_dir, precision))
-    assert result["documents"] == 36
-    assert result["shards"] == 4
-    assert result["version"] == "v0001"
-    assert result["precision"] == precision
-    assert result["recall_at_10"] == 1.0
+    assert result.documents == 36
+    assert (result.shards, result.documents_encoded, result.documents_reused) == (4, 36, 0)
+    assert result.version == "v0001"
+    assert result.precision == precision
+    assert result.recall_at_10 == 1.0
     published = load_current(workspace / "indexes", "tiny")
     manifest = published.manifest
     assert manifest["count"] == 36
     assert manifest["model"]["run_id"] is None
     assert manifest["index"]["type"] == "flat"
     assert manifest["encode"]["precision"] == precision
+    assert (manifest["encode"]["documents_encoded"], manifest["encode"]["documents_reused"]) == (36, 0)
     assert manifest["corpus"]["rejected_rows"] == 0
     assert published.doc_ids[:2] == ["heart-d0", "heart-d1"]
     assert len(Searcher(workspace / "indexes", "tiny").search("what about brain neuron", k=3).hits) == 3
 
 
 def test_dask_run_with_two_worker_processes_equals_local_run(
-    local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
+    local_run: tuple[Path, Path, PublishResult], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from denseflow.flows.publish_index import run_publish
 
     local_workspace, beir_dir, local = local_run
     runner = RunnerConfig(kind="dask", dask_workers=2)
     dask = run_publish(make_config(tmp_path / "dask", tiny_model_dir, beir_dir, runner=runner))
-    # A separate workspace: the Dask run cannot reuse the local run's shard files.
-    assert all(str(tmp_path / "dask") in path for path in dask["embeddings"])
-    np.testing.assert_allclose(embeddings_of(dask), embeddings_of(local), rtol=0, atol=1e-6)
+    # A separate workspace: the Dask run cannot reuse the local run's cached embeddings.
+    assert dask.documents_encoded == 36
+    np.testing.assert_allclose(embeddings_of(tmp_path / "dask"), embeddings_of(local_workspace), rtol=0, atol=1e-6)
     dask_ids = load_current(tmp_path / "dask" / "indexes", "tiny").doc_ids
     assert dask_ids == load_current(local_workspace / "indexes", "tiny").doc_ids
 
 
-def test_recall_floor_stops_publication_and_republish_reuses_shards(
-    local_run: tuple[Path, Path, dict], tiny_model_dir: Path
+def test_recall_floor_stops_publication_and_republish_encodes_nothing(
+    local_run: tuple[Path, Path, PublishResult], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
+    import shutil
+
     from denseflow.flows.publish_index import run_publish
 
-    workspace, beir_dir, local = local_run
-    stamps = [Path(p).stat().st_mtime_ns for p in local["embeddings"]]
+    workspace = tmp_path / "ws"
+    shutil.copytree(local_run[0], workspace)  # the module's publication stays as it was for the other tests
+    beir_dir = local_run[1]
+    stamps = segments_of(workspace)
     poor = {"type": "ivf", "factory": "IVF6,Flat", "ivf_nprobe": 1, "recall_floor": 0.99}
     with pytest.raises(Exception, match="below the floor 0.9900: not published"):
         run_publish(make_config(workspace, tiny_model_dir, beir_dir, index=poor))
@@ -102,9 +115,10 @@ def test_recall_floor_stops_publication_and_republish_reuses_shards(
     assert load_current(workspace / "indexes", "tiny").manifest["index"]["type"] == "flat"
 
     hnsw = run_publish(make_config(workspace, tiny_model_dir, beir_dir, index={"type": "hnsw"}))
-    assert hnsw["version"] == "v0002"
-    assert hnsw["recall_at_10"] >= 0.99
-    assert [Path(p).stat().st_mtime_ns for p in hnsw["embeddings"]] == stamps
+    assert hnsw.version == "v0002"
+    assert hnsw.recall_at_10 >= 0.99
+    assert (hnsw.documents_encoded, hnsw.documents_reused) == (0, 36)
+    assert segments_of(workspace) == stamps
     assert load_current(workspace / "indexes", "tiny").manifest["index"]["search_params"] == {"efSearch": 128}
 
 
@@ -134,8 +148,8 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
         update={"model": "retriever@production", "tracking": tracking}
     )
     result = run_publish(config)
-    assert result["model"]["version"] == version
-    assert result["model"]["run_id"] == run.info.run_id
+    assert result.model.version == version
+    assert result.model.run_id == run.info.run_id
     manifest = load_current(tmp_path / "indexes", "tiny").manifest
     assert (manifest["model"]["name"], manifest["model"]["version"]) == ("retriever", version)
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "indexes/tiny/v0001")}
@@ -152,17 +166,19 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
     )
     assert logged["files"] == manifest["files"]
     assert MlflowClient().get_model_version("retriever", version).tags["index.tiny"] == "v0001"
+    logged_metrics = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert (logged_metrics["publish.documents_encoded"], logged_metrics["publish.documents_reused"]) == (36, 0)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_publication_reuses_the_corpus_embeddings_evaluation_cached(
-    precision: str, local_run: tuple[Path, Path, dict], tiny_model_dir: Path, tmp_path: Path
+    precision: str, local_run: tuple[Path, Path, PublishResult], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from denseflow.flows.publish_index import run_publish
     from denseflow.model.data.beir import RejectLog, load_beir
     from denseflow.model.encoder import cached_corpus_embeddings
 
-    _, beir_dir, local = local_run
+    _, beir_dir, _ = local_run
     corpus = load_beir(beir_dir, ["test"], RejectLog()).corpus
     # Cached in another document order: the rows must still land on the right ids.
     reordered = dict(reversed(list(corpus.items())))
@@ -170,12 +186,41 @@ def test_publication_reuses_the_corpus_embeddings_evaluation_cached(
     cached_ids, cached = cached_corpus_embeddings(tiny_model_dir, reordered, cache, precision=precision)
 
     reused = run_publish(make_config(tmp_path, tiny_model_dir, beir_dir, precision))
-    assert reused["precision"] == precision
-    assert reused["shards"] == 4
-    assert reused["shards_reused"] == 4
+    assert reused.precision == precision
+    assert (reused.shards, reused.documents_encoded, reused.documents_reused) == (0, 0, 36)
     published_ids = load_current(tmp_path / "indexes", "tiny").doc_ids
     assert published_ids == load_current(local_run[0] / "indexes", "tiny").doc_ids
     expected = cached[[cached_ids.index(doc_id) for doc_id in published_ids]]
-    np.testing.assert_allclose(embeddings_of(reused), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(embeddings_of(tmp_path), expected, rtol=0, atol=1e-6)
     if precision == "fp32":
-        np.testing.assert_allclose(embeddings_of(reused), embeddings_of(local), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(embeddings_of(tmp_path), embeddings_of(local_run[0]), rtol=0, atol=1e-5)
+
+
+def test_a_changed_corpus_encodes_only_new_and_edited_documents_and_drops_deleted_ones(
+    local_run: tuple[Path, Path, PublishResult], tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from denseflow.flows.publish_index import run_publish
+
+    workspace, beir_dir, _ = local_run
+    first_workspace = tmp_path / "ws"
+    shutil.copytree(workspace, first_workspace)  # the module's publication, cache included
+    changed = tmp_path / "changed"
+    shutil.copytree(beir_dir, changed)
+    rows = [json.loads(line) for line in (changed / "corpus.jsonl").read_text().splitlines()]
+    rows[0]["text"] += " now with an erratum"
+    deleted = rows.pop(1)["_id"]
+    rows.append({"_id": "new-doc", "title": "Brand new", "text": "a document added after the first publication"})
+    (changed / "corpus.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    result = run_publish(make_config(first_workspace, tiny_model_dir, changed))
+    assert (result.documents, result.documents_encoded, result.documents_reused) == (36, 2, 34)
+    served = load_current(first_workspace / "indexes", "tiny")
+    assert deleted not in served.doc_ids
+    assert "new-doc" in served.doc_ids
+    fresh = tmp_path / "fresh"
+    run_publish(make_config(fresh, tiny_model_dir, changed))
+    # Cached and new vectors together equal encoding the changed corpus from nothing.
+    np.testing.assert_allclose(embeddings_of(first_workspace), embeddings_of(fresh), rtol=0, atol=1e-5)
+    assert served.doc_ids == load_current(fresh / "indexes", "tiny").doc_ids

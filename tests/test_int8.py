@@ -59,22 +59,22 @@ def test_publication_keeps_int8_when_it_passes_and_falls_back_to_fp32_when_not(
             tmp_path / "kept", tiny_model_dir, tiny_beir_dir, int8_min_mean_cosine=0.5, int8_min_neighbour_recall=0.0
         )
     )
-    assert kept["precision"] == "int8" and kept["precision_fallback"] is None
+    assert kept.precision == "int8" and kept.precision_fallback is None
     encode_section = load_current(tmp_path / "kept" / "indexes", "tiny").manifest["encode"]
     assert encode_section["precision"] == "int8" and encode_section["requested"] == "int8"
-    assert encode_section["agreement"]["neighbour_recall@10"] >= 0.0 and encode_section["sample_docs"] == 36
-    assert all(path.endswith(".int8.npy") for path in kept["embeddings"])
+    assert encode_section["neighbour_recall"] >= 0.0 and encode_section["sample_docs"] == 36
+    assert list((tmp_path / "kept" / "cache" / "embeddings").glob("*-int8/seg-*.npz"))  # cached as int8 vectors
 
     # A floor nothing quantized can meet: publication encodes in fp32 and records why.
     fallback = run_publish(
         publish_config(tmp_path / "fallback", tiny_model_dir, tiny_beir_dir, int8_min_mean_cosine=1.0)
     )
-    assert fallback["precision"] == "fp32" and "int8_min_mean_cosine" in fallback["precision_fallback"]
+    assert fallback.precision == "fp32" and "int8_min_mean_cosine" in fallback.precision_fallback
     encode_section = load_current(tmp_path / "fallback" / "indexes", "tiny").manifest["encode"]
     assert encode_section["precision"] == "fp32" and encode_section["requested"] == "int8"
     assert "int8_min_mean_cosine" in encode_section["fallback"]
     reference = encode(load_encoder(tiny_model_dir), ["heart study 0"], "document")
-    assert reference.shape[1] == np.load(fallback["embeddings"][0]).shape[1]
+    assert reference.shape[1] == load_current(tmp_path / "fallback" / "indexes", "tiny").index.d
 
 
 def test_int8_query_tower_is_checked_and_falls_back(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 DOCS_FILE = "docs.sqlite"
@@ -31,6 +31,16 @@ def write_documents(path: Path, rows: Iterable[tuple[str, str, str]]) -> Path:
         connection.close()
     os.replace(partial, path)
     return path
+
+
+def read_full_texts(path: Path) -> Iterator[str]:
+    """Every stored document's ``title + " " + text`` (what encoders and BM25 read), in the order written."""
+    connection = sqlite3.connect(f"{Path(path).as_uri()}?mode=ro", uri=True)
+    try:
+        for title, text in connection.execute("SELECT title, text FROM documents ORDER BY rowid"):
+            yield f"{title} {text}".strip()
+    finally:
+        connection.close()
 
 
 class DocumentStore:
