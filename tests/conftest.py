@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# The repository root, for tests that read its files (docs, deploy configs) from any depth of tests/.
+REPO = Path(__file__).resolve().parents[1]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

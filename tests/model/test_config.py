@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from denseflow.model.config import CompareNegativesConfig, RetrainConfig, describe
+from tests.conftest import REPO
 
 
 def defaults_of(model: type) -> dict[str, str]:
@@ -55,9 +56,8 @@ def test_removed_and_out_of_range_settings_are_named() -> None:
 
 
 def test_the_committed_configuration_reference_is_what_the_code_generates() -> None:
-    from pathlib import Path
 
     from denseflow.cli.main import configuration_reference
 
-    committed = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    committed = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert committed == configuration_reference(), "regenerate: denseflow config --markdown > docs/configuration.md"

@@ -17,6 +17,7 @@ from denseflow.model.evaluation.compare_negatives.plan import (
     run_config,
     split_steps,
 )
+from tests.conftest import REPO
 
 
 def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tmp_path):
@@ -33,7 +34,9 @@ def test_config_defaults_fit_the_budget_on_a_bf16_cpu_and_yaml_overrides_keys(tm
     bf16 = Rates(config.estimate.bf16_docs_per_second_at_128, config.estimate.bf16_step_seconds_at_128, "bf16")
     assert estimate_study(config, 5183, 809, 300, rates=bf16).total_seconds / 60 < config.estimate.budget_minutes
     fp32 = Rates(config.estimate.docs_per_second_at_128, config.estimate.step_seconds_at_128, "fp32")
-    assert estimate_study(config, 5183, 809, 300, rates=fp32).total_seconds / 60 > 3 * 60  # fp32 (no native bf16): hours
+    assert (
+        estimate_study(config, 5183, 809, 300, rates=fp32).total_seconds / 60 > 3 * 60
+    )  # fp32 (no native bf16): hours
 
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({"train": {"batch_size": 16}, "towers": ["siamese", "asymmetric"]}))
@@ -116,7 +119,6 @@ def test_estimate_counts_encodings_steps_and_rounds():
 
 
 def test_shipped_study_config_is_the_default():
-    from pathlib import Path
 
-    path = Path(__file__).parents[1] / "deploy" / "configs" / "compare_negatives.yaml"
+    path = REPO / "deploy" / "configs" / "compare_negatives.yaml"
     assert CompareNegativesConfig.from_yaml(path) == CompareNegativesConfig()

@@ -15,7 +15,7 @@ moment, so every test passes alone (``-k publish`` runs cases 1 and 2) and in an
 Each subprocess is the real command (``.venv/bin/denseflow retrain --config``) with ``DENSEFLOW_HOME``, a SQLite
 ``MLFLOW_TRACKING_URI`` in the test's folder and ``HF_HUB_OFFLINE=1``. The commands talk to the suite's Prefect
 test server (``PREFECT_API_URL``) instead of each starting a temporary one: that saves ~40 s per command here, and
-what the temporary server does on kill -9 is tests/test_orphans.py's subject. Loopback only.
+what the temporary server does on kill -9 is tests/cli/test_orphans.py's subject. Loopback only.
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ def test_asymmetric_model_round_trips_through_mlflow(tiny_model_dir, tmp_path, m
 
 
 def test_asymmetric_training_moves_both_towers_apart(tiny_model_dir, tiny_beir_dir, tmp_path):
-    """GradCache's loss with a Router (plain MNRL with asymmetric towers runs in tests/test_compare_negatives.py)."""
+    """GradCache's loss with a Router (plain MNRL with asymmetric towers runs in tests/flows/test_compare_negatives.py)."""
     from denseflow.model.config import TrainConfig
     from denseflow.model.data.beir import RejectLog, load_beir
     from denseflow.model.mining.negatives import mine_negatives

@@ -7,25 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from denseflow.model.data.beir import RejectLog, find_file, read_corpus, read_queries
+from denseflow.model.data.beir import RejectLog, find_file, read_queries
 from denseflow.model.encoder import encode, load_encoder, make_asymmetric
-from denseflow.model.index.build import IndexSpec, build_index
-from denseflow.model.index.store import build_manifest, publish, read_pointer
+from denseflow.model.index.store import read_pointer
 from denseflow.model.index.topk import exact_search
 from denseflow.model.serving.search import ModelMismatchError, QueryError, Searcher, validate_query
-
-
-def publish_corpus(root: Path, model_dir: Path, beir_dir: Path, name: str = "tiny") -> tuple[list[str], np.ndarray]:
-    """Encode the tiny corpus as documents and publish a Flat index of it with ``model_dir``."""
-    model = load_encoder(model_dir)
-    corpus = read_corpus(find_file(beir_dir, "corpus.jsonl"), RejectLog())
-    doc_ids = list(corpus)
-    embeddings = encode(model, [corpus[d].full_text for d in doc_ids], "document")
-    spec = IndexSpec()
-    identity = {"name": "retriever", "version": model_dir.name, "run_id": None, "tower_type": None}
-    manifest = build_manifest(spec, len(doc_ids), embeddings.shape[1], identity, "fp", 0.0, 1.0, 0)
-    publish(root, name, build_index(embeddings, spec), doc_ids, model_dir, manifest)
-    return doc_ids, embeddings
+from tests.model.serving.conftest import publish_corpus, publish_with_documents
 
 
 @pytest.fixture(scope="module")
@@ -161,23 +148,6 @@ def test_onnx_swap_is_undone_when_it_does_not_match(tiny_model_dir: Path, monkey
     monkeypatch.setattr(onnx_backend, "PROBES", ["x", "y y"])
     assert not onnx_backend.use_onnx_for_queries(model, tolerance=-1.0)  # nothing can be within a negative bound
     assert onnx_backend.query_transformer(model).model is original
-
-
-def publish_with_documents(root: Path, model_dir: Path, beir_dir: Path) -> dict:
-    """The tiny corpus published as ``tiny`` with its documents stored; returns the corpus."""
-    from denseflow.model.index.documents import write_documents
-
-    model = load_encoder(model_dir)
-    corpus = read_corpus(find_file(beir_dir, "corpus.jsonl"), RejectLog())
-    doc_ids = list(corpus)
-    embeddings = encode(model, [corpus[d].full_text for d in doc_ids], "document")
-    spec = IndexSpec()
-    identity = {"name": "retriever", "version": "1", "run_id": None, "tower_type": None}
-    manifest = build_manifest(spec, len(doc_ids), embeddings.shape[1], identity, "fp", 0.0, 1.0, 0)
-    root.mkdir(parents=True, exist_ok=True)
-    documents = write_documents(root / "docs.sqlite", ((d, corpus[d].title, corpus[d].text) for d in doc_ids))
-    publish(root, "tiny", build_index(embeddings, spec), doc_ids, model_dir, manifest, documents_file=documents)
-    return corpus
 
 
 def test_hits_carry_the_title_and_a_snippet_from_the_stored_documents(

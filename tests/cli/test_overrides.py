@@ -10,6 +10,7 @@ import pytest
 from denseflow.cli import overrides
 from denseflow.cli.main import build_parser
 from denseflow.model.config import PublishConfig, RetrainConfig
+from tests.conftest import REPO
 
 
 def test_set_values_are_read_as_yaml() -> None:
@@ -60,7 +61,7 @@ def test_retrain_and_publish_take_set(tmp_path: Path) -> None:
 def test_deploy_schedule_merges_the_same_way() -> None:
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "deploy" / "schedule.py"
+    path = REPO / "deploy" / "schedule.py"
     spec = importlib.util.spec_from_file_location("deploy_schedule", path)
     assert spec is not None
     assert spec.loader is not None

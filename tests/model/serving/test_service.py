@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from denseflow.model.serving.search import Searcher
 from denseflow.model.serving.service import create_app
-from tests.test_serving_search import publish_corpus
+from tests.model.serving.conftest import publish_corpus
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +82,7 @@ def test_an_unknown_field_in_a_get_is_named(client: TestClient) -> None:
 
 def test_hits_carry_title_and_snippet_and_text_only_when_asked(tiny_model_dir: Path, tmp_path: Path) -> None:
     from tests.conftest import write_tiny_beir
-    from tests.test_serving_search import publish_with_documents
+    from tests.model.serving.conftest import publish_with_documents
 
     publish_with_documents(tmp_path / "indexes", tiny_model_dir, write_tiny_beir(tmp_path / "beir"))
     app = TestClient(create_app(Searcher(tmp_path / "indexes", "tiny", reload_interval_s=0)))

@@ -224,7 +224,7 @@ def test_dense_candidates_and_base_teacher_share_the_embedding_cache(tiny, tiny_
     cache = tmp_path / "cache"
     scorer = make_scorer("dense", tiny, "train", tiny_model_dir, cache, max_seq_length=32)
     teacher = load_teacher(tiny_model_dir, tiny, "train", cache, max_seq_length=32)
-    assert len(list(cache.glob("*.npy"))) == 1  # the teacher read the miner's corpus embeddings
+    assert len(list(cache.rglob("seg-*.npz"))) == 1  # the teacher read the miner's corpus embeddings
     mining = settings(candidates="dense", rank_end=10, margin=0.95)
     examples, report = mine_negatives(tiny, "train", mining, scorer, teacher)
     assert examples == mine_negatives(tiny, "train", mining, scorer, teacher)[0]

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from denseflow.model.serving.search import Searcher
 from denseflow.model.serving.service import MAX_BODY_BYTES, create_app
 from tests.conftest import write_tiny_beir
-from tests.test_serving_search import publish_corpus
+from tests.model.serving.conftest import publish_corpus
 
 
 @pytest.fixture(scope="module")
