@@ -108,10 +108,9 @@ def publish_index(config: PublishConfig) -> PublishResult:
     config = config.model_copy(update={"workspace": workspace})
     model = resolve_model_version(config)
     snapshot = stage_corpus_task(config, str(workspace / "encode"))
-    choice = choose_precision(model.model_dir, snapshot, config.encode)
-    plan = plan_shards_task(
-        snapshot, model.model_dir, choice.precision, config.encode, str(workspace / "cache" / "embeddings")
-    )
+    cache_dir = str(workspace / "cache" / "embeddings")
+    choice = choose_precision(model.model_dir, snapshot, config.encode, cache_dir)
+    plan = plan_shards_task(snapshot, model.model_dir, choice.precision, config.encode, cache_dir)
     futures = encode_shard.map(
         plan.shards,
         plan=unmapped(plan),

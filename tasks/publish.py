@@ -30,7 +30,14 @@ from denseflow.model.data.beir import (
     read_corpus,
     read_queries,
 )
-from denseflow.model.encoder import corpus_cache, encode, load_encoder, resolve_precision, tower_type
+from denseflow.model.encoder import (
+    corpus_cache,
+    document_encoder_fingerprint,
+    encode,
+    load_encoder,
+    resolve_precision,
+    tower_type,
+)
 from denseflow.model.index.bm25 import BM25Index
 from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
 from denseflow.model.index.documents import read_full_texts
@@ -39,11 +46,14 @@ from denseflow.model.index.publication import (
     PrecisionChoice,
     PublishPlan,
     Shard,
+    agreement_key,
     assemble_embeddings,
     neighbour_recall,
     plan_shards,
     precision_verdict,
     read_shard,
+    record_agreement,
+    recorded_agreement,
     stage_corpus,
 )
 from denseflow.model.index.store import (
@@ -159,21 +169,31 @@ def stage_corpus_task(config: PublishConfig, work_root: str) -> CorpusSnapshot:
 
 
 @task(name="choose-precision")
-def choose_precision(model_dir: str, snapshot: CorpusSnapshot, encode_config: EncodeConfig) -> PrecisionChoice:
-    """bf16 or int8 only where it keeps quality: compared with fp32 on a sample, else fall back to fp32."""
+def choose_precision(
+    model_dir: str, snapshot: CorpusSnapshot, encode_config: EncodeConfig, cache_dir: str
+) -> PrecisionChoice:
+    """bf16 or int8 only where it keeps quality: compared with fp32 on a sample, else fall back to fp32.
+
+    The comparison's figures are recorded beside the embedding cache: the same document encoder, length,
+    precision and sample give the same figures, so a re-publication does not encode the sample twice again.
+    """
     wanted = resolve_precision(encode_config.precision)
     if wanted == "fp32":
         return PrecisionChoice("fp32", encode_config.precision)
     texts = snapshot.sample_texts(encode_config.check_sample_docs)
-    model = _cached_encoder(model_dir, encode_config.max_seq_length)
-    reference = encode(model, texts, "document", encode_config.batch_size, "fp32")
-    try:
-        candidate = encode(model, texts, "document", encode_config.batch_size, wanted)
-    except Exception as err:  # int8 needs an ONNX export; a model that will not export is encoded in fp32
-        reason = f"{wanted} encoding failed: {err}"
-        run_logger().warning("%s: encoding in fp32", reason)
-        return PrecisionChoice("fp32", encode_config.precision, len(texts), fallback=reason)
-    agreement = embedding_agreement(reference, candidate)
+    key = agreement_key(document_encoder_fingerprint(model_dir), encode_config.max_seq_length, wanted, texts)
+    agreement = recorded_agreement(Path(cache_dir), key)
+    if agreement is None:
+        model = _cached_encoder(model_dir, encode_config.max_seq_length)
+        reference = encode(model, texts, "document", encode_config.batch_size, "fp32")
+        try:
+            candidate = encode(model, texts, "document", encode_config.batch_size, wanted)
+        except Exception as err:  # int8 needs an ONNX export; a model that will not export is encoded in fp32
+            reason = f"{wanted} encoding failed: {err}"
+            run_logger().warning("%s: encoding in fp32", reason)
+            return PrecisionChoice("fp32", encode_config.precision, len(texts), fallback=reason)
+        agreement = embedding_agreement(reference, candidate)
+        record_agreement(Path(cache_dir), key, agreement)
     reason = precision_verdict(
         agreement,
         wanted,

@@ -210,6 +210,35 @@ def precision_verdict(
     return None
 
 
+AGREEMENT_FILE = "precision_checks.json"
+
+
+def agreement_key(document_encoder: str, max_seq_length: int | None, precision: str, texts: Sequence[str]) -> str:
+    """What a precision check's figures depend on: the document encoder, the length, the precision, the sample."""
+    sample = hashlib.sha256("\n".join(content_hash(text) for text in texts).encode()).hexdigest()[:16]
+    return f"{document_encoder}|{max_seq_length}|{precision}|{sample}"
+
+
+def recorded_agreement(cache_dir: Path, key: str) -> dict[str, float] | None:
+    """A precision check's figures from an earlier publication with the same key (they are deterministic)."""
+    path = Path(cache_dir) / AGREEMENT_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError):
+        return None
+
+
+def record_agreement(cache_dir: Path, key: str, agreement: Mapping[str, float]) -> None:
+    path = Path(cache_dir) / AGREEMENT_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        checks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        checks = {}
+    checks[key] = dict(agreement)
+    _write_json(path, checks)  # two publishers racing lose one entry at worst: it is measured again next time
+
+
 def neighbour_recall(agreement: Mapping[str, float]) -> float:
     return next(value for key, value in agreement.items() if key.startswith("neighbour_recall@"))
 

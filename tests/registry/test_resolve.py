@@ -59,9 +59,10 @@ def test_promote_publish_indexes_the_corpus_the_version_was_trained_on(
 
     published: list[Any] = []
 
-    def fake_publish(config: Any) -> dict[str, Any]:
+    def fake_publish(config: Any) -> SimpleNamespace:
         published.append(config)
-        return {"name": "default", "version": "v0001", "path": "p", "documents": 36}
+        figures = {"name": "default", "version": "v0001", "path": "p", "documents": 36, "documents_encoded": 36}
+        return SimpleNamespace(summary=lambda: figures)
 
     monkeypatch.setattr(publish_flow, "run_publish", fake_publish)
     workspace = ["--workspace", str(registry.workspace)]
