@@ -116,7 +116,7 @@ def state_of(stack) -> dict:
 
 
 def tiny_config(tmp: Path, beir: Path, model: Path, name: str, **train: object) -> dict:
-    """The tiny retrain of tests/test_servers.py in its own workspace, registered model and experiment. α 0 keeps
+    """The tiny retrain of tests/deploy/test_servers.py in its own workspace, registered model and experiment. α 0 keeps
     the base model's weights, so the gate's outcome on an empty registry is fixed: the base model ships."""
     return {
         "workspace": str(tmp / f"ws-{name}"),

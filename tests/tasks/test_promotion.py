@@ -371,7 +371,7 @@ def test_the_gate_names_the_base_model_figure_and_refuses_a_candidate_below_it(s
     assert result["promote"] is False
     assert result["ship_base"] is True
     assert result["base_figure"]["value"] == 0.45
-    assert alias(store) is None  # the flow registers the base and moves production to it (test_flows_retrain)
+    assert alias(store) is None  # the flow registers the base and moves production to it (tests/flows/test_retrain.py)
     tags = store.client.get_model_version(NAME, v1).tags
     assert tags["promotion.base_value"] == "0.450000"
 

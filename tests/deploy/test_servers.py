@@ -28,7 +28,7 @@ import yaml
 
 pytestmark = pytest.mark.servers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 START_TIMEOUT = 180  # seconds; server start-up on a loaded 2-core machine, imports included
 RUN_TIMEOUT = 420
@@ -100,7 +100,7 @@ def base_env(tmp: Path) -> dict[str, str]:
 
 
 def tiny_retrain_yaml(folder: Path, beir_dir: Path, model_dir: Path, experiment: str, publish: bool) -> Path:
-    """The tiny retrain of tests/test_flows_retrain.py; the store comes from the environment. α 0 makes the trained
+    """The tiny retrain of tests/flows/test_retrain.py; the store comes from the environment. α 0 makes the trained
     model the base model itself, so the gate's outcome is fixed: the base model ships as version 2."""
     config = {
         "workspace": str(folder / "ws"),

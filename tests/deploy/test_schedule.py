@@ -11,7 +11,7 @@ import yaml
 
 from denseflow.model.config import RetrainConfig
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 
 
