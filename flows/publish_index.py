@@ -1,7 +1,8 @@
 """``publish_index``: encode the corpus with a registered model and publish its FAISS index.
 
 resolve model → stage the corpus → (bf16 / int8 check against fp32) → plan shards of the documents the
-per-document embedding cache lacks → encode them (mapped) → build + verify from the cache → publish → log.
+per-document embedding cache lacks → encode them (mapped; BM25 over the corpus is built beside them, once per
+corpus) → build + verify from the cache → publish → log.
 
 The shard mapping runs on whatever task runner the flow is given: Prefect's thread pool locally (one
 shard at a time by default), or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing
@@ -24,6 +25,7 @@ from denseflow.tasks.publish import (
     PublishedVersion,
     ResolvedModel,
     build_and_verify,
+    build_bm25,
     choose_precision,
     encode_shard,
     log_index_artifact,
@@ -120,11 +122,14 @@ def publish_index(config: PublishConfig) -> PublishResult:
         max_seq_length=unmapped(config.encode.max_seq_length),
         threads=unmapped(shard_threads(config.runner)),
     )
+    # Called, not submitted: it runs in this thread while the runner's workers encode the shards (a submitted
+    # task would wait for a free worker, behind them).
+    bm25_dir = build_bm25(snapshot)
     with tqdm(total=plan.to_encode, desc="encoding corpus", unit="doc", disable=not plan.shards) as bar:
         for future in as_completed(futures):
             bar.update(future.result())  # a failed shard stops the flow here, with its error
 
-    built = build_and_verify(plan, model, config.index, choice, config.encode)
+    built = build_and_verify(plan, model, config.index, choice, config.encode, bm25_dir)
     published = publish_version(built, model, str(workspace / "indexes"), config.index)
     artifact = log_index_artifact(published, model, plan, config)
     return PublishResult(

@@ -38,9 +38,7 @@ from denseflow.model.encoder import (
     resolve_precision,
     tower_type,
 )
-from denseflow.model.index.bm25 import BM25Index
 from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
-from denseflow.model.index.documents import read_full_texts
 from denseflow.model.index.publication import (
     CorpusSnapshot,
     PrecisionChoice,
@@ -54,6 +52,7 @@ from denseflow.model.index.publication import (
     read_shard,
     record_agreement,
     recorded_agreement,
+    snapshot_bm25,
     stage_corpus,
 )
 from denseflow.model.index.store import (
@@ -93,6 +92,7 @@ class BuiltIndex:
     recall_at_10: float | None
     build_seconds: float
     documents_file: str
+    bm25_dir: str
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,16 @@ def plan_shards_task(
     return plan
 
 
+@task(name="build-bm25")
+def build_bm25(snapshot: CorpusSnapshot) -> str:
+    """BM25 over the snapshot (same row order as the dense index, so hybrid search maps both rankings to one id
+    list); built once per corpus and run beside the encoding, which it does not depend on."""
+    start = time.perf_counter()
+    folder = snapshot_bm25(snapshot)
+    run_logger().info("BM25 index over %d documents ready in %.2fs", snapshot.documents, time.perf_counter() - start)
+    return str(folder)
+
+
 @task(name="encode-shard", retries=1, retry_delay_seconds=2, task_run_name="encode-shard-{shard.number}")
 def encode_shard(
     shard: Shard,
@@ -281,6 +291,7 @@ def build_and_verify(
     index_config: IndexConfig,
     choice: PrecisionChoice,
     encode_config: EncodeConfig,
+    bm25_dir: str,
 ) -> BuiltIndex:
     """Build the configured index from the cached vectors and hold it to recall@10 against exact search before
     anything is published."""
@@ -304,10 +315,6 @@ def build_and_verify(
 
     faiss.write_index(index, str(build_dir / INDEX_FILE))
     (build_dir / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
-    # BM25 over the same documents in the same row order, so hybrid search maps both rankings to one id list.
-    bm25_start = time.perf_counter()
-    BM25Index.from_texts(doc_ids, read_full_texts(snapshot.documents_file)).save(build_dir / BM25_FOLDER)
-    run_logger().info("BM25 index over %d documents built in %.2fs", len(doc_ids), time.perf_counter() - bm25_start)
     model_info = {
         "name": model.name,
         "version": model.version,
@@ -336,7 +343,7 @@ def build_and_verify(
         },
     )
     (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")
-    return BuiltIndex(str(build_dir), recall, build_seconds, str(snapshot.documents_file))
+    return BuiltIndex(str(build_dir), recall, build_seconds, str(snapshot.documents_file), bm25_dir)
 
 
 @task(name="publish-index")
@@ -358,7 +365,7 @@ def publish_version(
         Path(model.model_dir),
         manifest,
         index_config.keep_versions,
-        bm25_dir=build_dir / BM25_FOLDER,
+        bm25_dir=Path(built.bm25_dir),
         documents_file=Path(built.documents_file),
     )
     run_logger().info(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ import numpy as np
 
 from denseflow.model.data.beir import Document
 from denseflow.model.embedding_cache import CacheKey, EmbeddingCache, content_hash
+from denseflow.model.index.bm25 import META_FILE, BM25Index
 from denseflow.model.index.documents import DOCS_FILE, read_full_texts, write_documents
+from denseflow.model.index.store import BM25_FOLDER
 
 CORPUS_IDS_FILE = "corpus_ids.json"
 QUERIES_FILE = "verify_queries.json"
@@ -170,6 +173,22 @@ def plan_shards(snapshot: CorpusSnapshot, cache: EmbeddingCache, cache_dir: Path
         reused=len(ids) - len(missing),
         repaired_segments=found.repaired_segments,
     )
+
+
+def snapshot_bm25(snapshot: CorpusSnapshot) -> Path:
+    """The BM25 index over the snapshot's documents in row order, built once per corpus fingerprint: it depends on
+    the texts alone, so every model published over this corpus shares it."""
+    folder = Path(snapshot.folder) / BM25_FOLDER
+    if (folder / META_FILE).is_file():
+        return folder
+    ids, _ = snapshot.ids_and_hashes()
+    partial = Path(snapshot.folder) / f".{BM25_FOLDER}.{uuid.uuid4().hex}"
+    BM25Index.from_texts(ids, read_full_texts(snapshot.documents_file)).save(partial)
+    try:
+        os.replace(partial, folder)  # whole or not at all; a concurrent publisher's identical copy may be first
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+    return folder
 
 
 def read_shard(shard: Shard) -> tuple[list[str], list[str]]:
