@@ -1,8 +1,8 @@
 """``publish_index``: encode the corpus with a registered model and publish its FAISS index.
 
 resolve model → stage the corpus → (bf16 / int8 check against fp32) → plan shards of the documents the
-per-document embedding cache lacks → encode them (mapped; BM25 over the corpus is built beside them, once per
-corpus) → build + verify from the cache → publish → log.
+per-document embedding cache lacks → BM25 over the corpus (once per corpus) → encode the shards (mapped)
+→ build + verify from the cache → publish → log.
 
 The shard mapping runs on whatever task runner the flow is given: Prefect's thread pool locally (one
 shard at a time by default), or ``prefect_dask.DaskTaskRunner`` (a local cluster it starts, or an existing
@@ -113,6 +113,7 @@ def publish_index(config: PublishConfig) -> PublishResult:
     cache_dir = str(workspace / "cache" / "embeddings")
     choice = choose_precision(model.model_dir, snapshot, config.encode, cache_dir)
     plan = plan_shards_task(snapshot, model.model_dir, choice.precision, config.encode, cache_dir)
+    bm25_dir = build_bm25(snapshot)
     futures = encode_shard.map(
         plan.shards,
         plan=unmapped(plan),
@@ -122,9 +123,6 @@ def publish_index(config: PublishConfig) -> PublishResult:
         max_seq_length=unmapped(config.encode.max_seq_length),
         threads=unmapped(shard_threads(config.runner)),
     )
-    # Called, not submitted: it runs in this thread while the runner's workers encode the shards (a submitted
-    # task would wait for a free worker, behind them).
-    bm25_dir = build_bm25(snapshot)
     with tqdm(total=plan.to_encode, desc="encoding corpus", unit="doc", disable=not plan.shards) as bar:
         for future in as_completed(futures):
             bar.update(future.result())  # a failed shard stops the flow here, with its error

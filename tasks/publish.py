@@ -242,7 +242,10 @@ def plan_shards_task(
 @task(name="build-bm25")
 def build_bm25(snapshot: CorpusSnapshot) -> str:
     """BM25 over the snapshot (same row order as the dense index, so hybrid search maps both rankings to one id
-    list); built once per corpus and run beside the encoding, which it does not depend on."""
+    list); built once per corpus fingerprint, so a new model over the same corpus reuses it.
+
+    Not run beside the encoding: in a thread it contends for the GIL with the encoder's tokenisation and Python
+    overhead, and measured no faster than one after the other (docs/benchmarks.md)."""
     start = time.perf_counter()
     folder = snapshot_bm25(snapshot)
     run_logger().info("BM25 index over %d documents ready in %.2fs", snapshot.documents, time.perf_counter() - start)
