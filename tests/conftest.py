@@ -98,3 +98,45 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, migrated SQLite MLflow store with experiment ``test``: copying it is ms, creating one takes seconds."""
+    import mlflow
+
+    from denseflow.model.config import TrackingConfig
+    from denseflow.tasks.tracking import configure_tracking
+
+    folder = tmp_path_factory.mktemp("store")
+    configure_tracking(TrackingConfig(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="test"), folder)
+    mlflow.set_tracking_uri(None)
+    return folder / "mlflow.db"
+
+
+@pytest.fixture()
+def sqlite_registry(tmp_path: Path, template_store: Path):
+    """A fresh copy of the template store as MLflow's tracking and registry URI for one test, reset after it.
+
+    Yields ``uri``, ``client``, ``experiment`` (the id of ``test``), ``workspace`` and ``tmp`` (the test's folder).
+    """
+    import shutil
+    import tempfile
+    from types import SimpleNamespace
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    # Each registry call commits: on tmpfs a commit costs microseconds instead of an fsync.
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp_path
+    shutil.copy(template_store, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("test").experiment_id
+    yield SimpleNamespace(uri=uri, workspace=tmp_path / "ws", client=client, experiment=experiment, tmp=tmp_path)
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    if folder != tmp_path:
+        shutil.rmtree(folder, ignore_errors=True)

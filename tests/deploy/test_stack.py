@@ -11,7 +11,6 @@ a store nothing has written to; ``down`` last); ``make test`` leaves it out.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
 import shutil
@@ -29,22 +28,15 @@ import httpx
 import pytest
 import yaml
 
+from tests.conftest import REPO
+from tests.deploy.conftest import STACK, load_stack_module
+
 pytestmark = pytest.mark.stack
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-STACK = REPO / "deploy" / "stack.py"
 UP_TIMEOUT = 600
 RUN_TIMEOUT = 420
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
-
-
-def load_stack_module():
-    spec = importlib.util.spec_from_file_location("deploy_stack", STACK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def stack_cli(folder: Path, *args: str, env: dict[str, str] | None = None, timeout: float = UP_TIMEOUT):

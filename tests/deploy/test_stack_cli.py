@@ -3,17 +3,14 @@ missing, stale or wrong (part of ``make test``; tests/deploy/test_stack.py runs 
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-STACK = REPO / "deploy" / "stack.py"
+from tests.deploy.conftest import STACK, load_stack_module
 
 
 def stack_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -22,14 +19,6 @@ def stack_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     return subprocess.run(
         [sys.executable, str(STACK), *args], capture_output=True, text=True, timeout=60, env=os.environ | (env or {})
     )
-
-
-def load_stack():
-    spec = importlib.util.spec_from_file_location("deploy_stack", STACK)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def dead_pid() -> int:
@@ -53,7 +42,7 @@ def test_status_of_an_empty_folder_says_how_to_start(tmp_path):
 
 
 def test_status_reports_stale_state_from_a_killed_up(tmp_path):
-    stack = load_stack()
+    stack = load_stack_module()
     state = {
         "password": "x",
         "workers": 1,
@@ -71,7 +60,7 @@ def test_status_reports_stale_state_from_a_killed_up(tmp_path):
 
 
 def test_a_reused_pid_is_not_taken_for_ours():
-    stack = load_stack()
+    stack = load_stack_module()
     import os
 
     assert not stack.is_ours({"pid": os.getpid(), "marker": "--name worker-that-is-not-this-process"})
@@ -80,7 +69,7 @@ def test_a_reused_pid_is_not_taken_for_ours():
 
 
 def test_a_taken_port_moves_to_the_next_free_one_and_says_so(capsys):
-    stack = load_stack()
+    stack = load_stack_module()
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         sock.listen()

@@ -8,18 +8,14 @@ fix, both gates read the same production and both move it (reproduced 3 of 3 in 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from denseflow.model.config import EvalConfig, PromotionConfig, TrackingConfig
+from denseflow.model.config import EvalConfig, PromotionConfig
 from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.promotion import GateOutcome, decide
 from denseflow.registry import aliases
@@ -37,31 +33,10 @@ from denseflow.tasks.promotion import run_gate
 NAME = "retriever"
 
 
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from denseflow.tasks.tracking import configure_tracking
-
-    folder = tmp_path_factory.mktemp("store")
-    configure_tracking(TrackingConfig(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="test"), folder)
-    mlflow.set_tracking_uri(None)
-    return folder / "mlflow.db"
-
-
 @pytest.fixture()
-def store(tmp_path: Path, template_store: Path):
-    folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp_path
-    shutil.copy(template_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name("test").experiment_id
-    client.create_registered_model(NAME)
-    yield SimpleNamespace(uri=uri, workspace=tmp_path / "ws", client=client, experiment=experiment, tmp=tmp_path)
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    if folder != tmp_path:
-        shutil.rmtree(folder, ignore_errors=True)
+def store(sqlite_registry):
+    sqlite_registry.client.create_registered_model(NAME)
+    return sqlite_registry
 
 
 def add_version(store, value: float) -> str:

@@ -8,17 +8,13 @@ store whose versions point at the tiny model folder (``log_model`` is left to th
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
 from denseflow.cli.main import main as cli_main
-from denseflow.model.config import EvalConfig, PromotionConfig, RetrainConfig, TrackingConfig
+from denseflow.model.config import EvalConfig, PromotionConfig, RetrainConfig
 from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.encoder import encode, encode_corpus, load_encoder
@@ -193,34 +189,10 @@ def test_history_round_trips_and_keeps_the_newest_moves_within_the_tag_limit():
 # ------------------------------------------------------------------------------- registry fixtures
 
 
-@pytest.fixture(scope="module")
-def template_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An empty, migrated SQLite store with experiment ``test``: copying it is ms, creating one takes seconds."""
-    from denseflow.tasks.tracking import configure_tracking
-
-    folder = tmp_path_factory.mktemp("store")
-    configure_tracking(TrackingConfig(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}", experiment="test"), folder)
-    mlflow.set_tracking_uri(None)
-    return folder / "mlflow.db"
-
-
 @pytest.fixture()
-def store(tmp_path: Path, tiny_model_dir: Path, template_store: Path):
-    # Each registry call commits: on tmpfs a commit costs microseconds instead of an fsync.
-    folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if Path("/dev/shm").is_dir() else tmp_path
-    shutil.copy(template_store, folder / "mlflow.db")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name("test").experiment_id
-    yield SimpleNamespace(
-        uri=uri, workspace=tmp_path / "ws", client=client, experiment=experiment, model=tiny_model_dir
-    )
-    mlflow.set_tracking_uri(None)
-    mlflow.set_registry_uri(None)
-    if folder != tmp_path:
-        shutil.rmtree(folder, ignore_errors=True)
+def store(sqlite_registry, tiny_model_dir: Path):
+    sqlite_registry.model = tiny_model_dir
+    return sqlite_registry
 
 
 def add_version(store, metrics: dict[str, float], fingerprint: str = "fp") -> str:
