@@ -175,7 +175,7 @@ def choose_precision(
     """bf16 or int8 only where it keeps quality: compared with fp32 on a sample, else fall back to fp32.
 
     The comparison's figures are recorded beside the embedding cache: the same document encoder, length,
-    precision and sample give the same figures, so a re-publication does not encode the sample twice again.
+    precision and sample give the same figures, so a re-publication over the same sample skips both encodes.
     """
     wanted = resolve_precision(encode_config.precision)
     if wanted == "fp32":
