@@ -1,4 +1,5 @@
-"""Corpus encoding throughput (docs/s): PyTorch fp32, ONNX Runtime fp32, bf16 and ONNX Runtime int8, side by side.
+"""Corpus encoding throughput (docs/s): PyTorch fp32, ONNX Runtime fp32, bf16 (eager and torch.compile'd) and
+ONNX Runtime int8, side by side.
 
 Every path encodes the same sampled documents in the same process, alternating paths for ``--rounds``
 rounds (best round kept), so a machine shared with other work slows them alike and the ratios hold.
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from denseflow.model import onnx_runtime
+from denseflow.model.compiled import compile_document_encoder
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus
 from denseflow.model.encoder import autocast, bundled_model_path, encode, load_encoder, native_bf16
 from denseflow.model.index.build import embedding_agreement
@@ -106,7 +108,10 @@ def timed_encode(model, texts: list[str], precision: str, batch_size: int) -> tu
 
 
 def run_path(model, name: str, texts: list[str], batch_size: int) -> tuple[np.ndarray, float]:  # noqa: ANN001
-    """One timed encode by path ``name``: ``torch-fp32``, ``onnx-fp32``, ``torch-bf16`` or ``onnx-int8``."""
+    """One timed encode by path ``name``: ``torch-fp32``, ``onnx-fp32``, ``torch-bf16``, ``bf16-compiled``
+    (``model`` is then the compiled copy) or ``onnx-int8``."""
+    if name == "bf16-compiled":
+        return timed_encode(model, texts, "bf16", batch_size)
     if name == "onnx-fp32":
         with onnx_runtime.running_on(model[0], "fp32"):
             return timed_encode(model, texts, "fp32", batch_size)
@@ -165,37 +170,50 @@ def main() -> None:
             + f"; shapes {tokens}×{hidden} by {hidden}×{hidden}, {hidden}×{intermediate}, {intermediate}×{hidden})"
         )
     paths = ["torch-fp32", "onnx-fp32", "onnx-int8"]
+    models = dict.fromkeys(paths, model)
     if args.bf16 == "always" or (args.bf16 == "native" and native_bf16()):
-        paths.insert(2, "torch-bf16")
-    for name in paths:  # build ONNX sessions (export, quantization) outside the timed rounds
-        run_path(model, name, texts[:8], args.batch_size)
+        paths[2:2] = ["torch-bf16", "bf16-compiled"]
+        models["torch-bf16"] = model
+        models["bf16-compiled"] = load_encoder(args.model or bundled_model_path(), args.max_seq_length)
+        started = time.perf_counter()
+        reason = compile_document_encoder(models["bf16-compiled"])
+        print(
+            f"torch.compile (inductor, freezing, dynamic shapes): {reason or 'kept'}, {time.perf_counter() - started:.1f}s"
+        )
+    for name in paths:  # build ONNX sessions (export, quantization) and compiled kernels outside the timed rounds
+        run_path(models[name], name, texts[:8], args.batch_size)
     best: dict[str, float] = {}
     embeddings: dict[str, np.ndarray] = {}
     for _ in range(args.rounds):
         for name in paths:
-            embeddings[name], seconds = run_path(model, name, texts, args.batch_size)
+            embeddings[name], seconds = run_path(models[name], name, texts, args.batch_size)
             best[name] = min(seconds, best.get(name, float("inf")))
     reference = embeddings["torch-fp32"]
     base_rate = len(texts) / best["torch-fp32"]
     print(f"\n{len(texts)} docs per path, best of {args.rounds} alternating rounds, batch {args.batch_size}")
     print(
-        f"{'path':<12}{'docs/s':>9}{'× torch fp32':>14}{'GFLOPS':>9}{'limit docs/s':>14}{'of limit':>10}"
+        f"{'path':<14}{'docs/s':>9}{'× torch fp32':>14}{'GFLOPS':>9}{'limit docs/s':>14}{'of limit':>10}"
         f"{'mean cos':>10}{'min cos':>9}{'nbr R@10':>10}"
     )
     flops = executed.mean()
     for name in paths:
         rate = len(texts) / best[name]
-        limit_rate = limits["bf16" if name == "torch-bf16" else "fp32"] * 1e9 / flops
+        limit_rate = limits["bf16" if "bf16" in name else "fp32"] * 1e9 / flops
         agreement = embedding_agreement(reference, embeddings[name])
         recall = next(v for k, v in agreement.items() if k.startswith("neighbour_recall"))
         print(
-            f"{name:<12}{rate:>9.2f}{rate / base_rate:>13.2f}×{rate * flops / 1e9:>9.1f}{limit_rate:>14.2f}"
+            f"{name:<14}{rate:>9.2f}{rate / base_rate:>13.2f}×{rate * flops / 1e9:>9.1f}{limit_rate:>14.2f}"
             f"{rate / limit_rate:>10.0%}{agreement['mean_cosine']:>10.5f}{agreement['min_cosine']:>9.5f}{recall:>10.4f}"
         )
     print(
         f"bf16/fp32 matmul speed ratio: {limits['bf16'] / limits['fp32']:.3f} "
         f"({'native' if native_bf16() else 'emulated: no AVX512-BF16/AMX; bf16 row skipped unless --bf16 always'})"
     )
+    if "bf16-compiled" in embeddings:
+        agreement = embedding_agreement(embeddings["torch-bf16"], embeddings["bf16-compiled"])
+        print(
+            f"bf16-compiled vs eager bf16: mean cosine {agreement['mean_cosine']:.6f}, min {agreement['min_cosine']:.6f}"
+        )
     print("int8 is set against the fp32 matmul limit (no int8 torch matmul to measure)")
     print(f"load after: {os.getloadavg()}")
 

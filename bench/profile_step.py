@@ -6,8 +6,11 @@ norm, GELU, the optimiser step (AdamW's ops, marked with a record_function), the
 (adds, copies, dropout, embedding, loss) and tokenisation (Python, timed around the tokenizer call).
 The matmuls' achieved GFLOPS (FLOPs counted by the profiler) are set against this CPU's matmul limit,
 measured here with bench/encode_throughput.py's own measurement on the same shapes.
+``--precision bf16`` runs both under bf16 autocast, as training (``train.precision``) and encoding do, and
+sets the matmuls against the bf16 limit (F.linear under autocast, the kernel the model calls).
 
     nice -n 10 .venv/bin/python bench/profile_step.py --batch-size 16 --max-seq-length 128
+    nice -n 10 .venv/bin/python bench/profile_step.py --batch-size 16 --max-seq-length 128 --precision bf16
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
-from denseflow.model.encoder import bundled_model_path, load_encoder
+from denseflow.model.encoder import autocast, bundled_model_path, load_encoder, role_transformers
 
 sys.path.insert(0, str(Path(__file__).parent))
 from encode_throughput import cpu_summary, matmul_gflops, transformer_config  # noqa: E402
@@ -105,7 +108,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="training examples (query, positive, negative)")
     parser.add_argument("--encode-batch", type=int, default=32, help="documents in the encoding batch")
     parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--steps", type=int, default=3, help="unprofiled training steps timed after the profile")
+    parser.add_argument(
+        "--compile", action="store_true", help="then time the training step with the encoder under torch.compile"
+    )
     args = parser.parse_args()
+    precision = args.precision
 
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  load {os.getloadavg()}  niceness {os.nice(0)}")
     print(f"cpu {cpu_summary()}  torch threads {torch.get_num_threads()}")
@@ -113,8 +122,9 @@ def main() -> None:
     model = load_encoder(bundled_model_path(), args.max_seq_length)
     layers, hidden, intermediate = transformer_config(model)
     tokens = args.encode_batch * args.max_seq_length
-    limit = max(matmul_gflops("fp32", kernel, tokens, hidden, intermediate, 2.0) for kernel in ("matmul", "linear"))
-    print(f"fp32 matmul limit: {limit:.1f} GFLOPS (encode_throughput's measurement, {tokens}-token shapes)")
+    kernels = ("matmul", "linear") if precision == "fp32" else ("linear",)
+    limit = max(matmul_gflops(precision, kernel, tokens, hidden, intermediate, 2.0) for kernel in kernels)
+    print(f"{precision} matmul limit: {limit:.1f} GFLOPS (encode_throughput's measurement, {tokens}-token shapes)")
 
     # ---- one training step: MNRL over (query, positive, negative) with AdamW, as the trainer runs it
     doc_ids = list(data.corpus)
@@ -129,7 +139,8 @@ def main() -> None:
         start = time.perf_counter()
         features = [model.preprocess(texts) for texts in (queries, positives, negatives)]
         tokenise = time.perf_counter() - start
-        loss = loss_fn(features, torch.empty(0))
+        with autocast(precision):  # the forward and loss, as the trainer's bf16=True autocasts them
+            loss = loss_fn(features, torch.empty(0))
         loss.backward()
         with record_function("optimiser"):
             optimiser.step()
@@ -141,8 +152,31 @@ def main() -> None:
         tokenise = train_step()
     seconds, gflop = breakdown(prof, tokenise, "optimiser")
     report(
-        f"training step (batch {args.batch_size} × 3 texts, {args.max_seq_length} tokens, fp32)", seconds, gflop, limit
+        f"training step (batch {args.batch_size} × 3 texts, {args.max_seq_length} tokens, {precision})",
+        seconds,
+        gflop,
+        limit,
     )
+
+    def timed_steps(label: str) -> None:
+        """Wall time of whole steps without the profiler, and the matmul FLOPs over it as a share of the limit."""
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            train_step()
+        step = (time.perf_counter() - start) / args.steps
+        print(f"  {label}: {step:.2f} s per step; its matmuls over the whole step {gflop / step / limit:.0%} of limit")
+
+    timed_steps("eager")
+    if args.compile:
+        for transformer in role_transformers(model, "document"):  # a siamese model: the one shared encoder
+            transformer.model = torch.compile(transformer.model, dynamic=True)
+        start = time.perf_counter()
+        train_step()
+        train_step()  # the first steps trace and compile forward and backward
+        print(f"  compile: {time.perf_counter() - start:.1f} s for the first two steps")
+        timed_steps("torch.compile")
+        for transformer in role_transformers(model, "document"):
+            transformer.model = transformer.model._orig_mod
 
     # ---- one corpus-encoding batch: tokenise + forward, no grad
     model.eval()
@@ -152,7 +186,7 @@ def main() -> None:
         start = time.perf_counter()
         features = model.preprocess(texts)
         tokenise = time.perf_counter() - start
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision):
             model(features)
         return tokenise
 
@@ -160,7 +194,9 @@ def main() -> None:
     with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
         tokenise = encode_batch()
     seconds, gflop = breakdown(prof, tokenise, None)
-    report(f"encoding batch ({args.encode_batch} docs, {args.max_seq_length} tokens, fp32)", seconds, gflop, limit)
+    report(
+        f"encoding batch ({args.encode_batch} docs, {args.max_seq_length} tokens, {precision})", seconds, gflop, limit
+    )
     print(f"load after: {os.getloadavg()}")
 
 

@@ -19,6 +19,7 @@ from prefect.futures import as_completed
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
+from denseflow.model.compiled import worth_compiling
 from denseflow.model.config import DataConfig, EncodeConfig, PublishConfig, RunnerConfig, TrackingConfig
 from denseflow.model.workspace import workspace_dir
 from denseflow.tasks.publish import (
@@ -48,6 +49,7 @@ class PublishResult:
     shards: int
     precision: str
     precision_fallback: str | None
+    compiled: bool  # the shards ran the document encoder through torch.compile (where it passed its check)
     recall_at_10: float | None
     build_seconds: float
     mlflow_artifact: str | None
@@ -67,6 +69,7 @@ class PublishResult:
             "shards": self.shards,
             "precision": self.precision,
             "precision_fallback": self.precision_fallback,
+            "compiled": self.compiled,
             "recall_at_10": self.recall_at_10,
             "build_seconds": self.build_seconds,
             "mlflow_artifact": self.mlflow_artifact,
@@ -114,6 +117,7 @@ def publish_index(config: PublishConfig) -> PublishResult:
     choice = choose_precision(model.model_dir, snapshot, config.encode, cache_dir)
     plan = plan_shards_task(snapshot, model.model_dir, choice.precision, config.encode, cache_dir)
     bm25_dir = build_bm25(snapshot)
+    compiled = worth_compiling(config.encode.compile, choice.precision, plan.to_encode)
     futures = encode_shard.map(
         plan.shards,
         plan=unmapped(plan),
@@ -122,6 +126,7 @@ def publish_index(config: PublishConfig) -> PublishResult:
         batch_size=unmapped(config.encode.batch_size),
         max_seq_length=unmapped(config.encode.max_seq_length),
         threads=unmapped(shard_threads(config.runner)),
+        compiled=unmapped(compiled),
     )
     with tqdm(total=plan.to_encode, desc="encoding corpus", unit="doc", disable=not plan.shards) as bar:
         for future in as_completed(futures):
@@ -139,6 +144,7 @@ def publish_index(config: PublishConfig) -> PublishResult:
         shards=len(plan.shards),
         precision=choice.precision,
         precision_fallback=choice.fallback,
+        compiled=compiled,
         recall_at_10=built.recall_at_10,
         build_seconds=built.build_seconds,
         mlflow_artifact=artifact,

@@ -394,6 +394,11 @@ class EncodeConfig(Section):
     )
     max_seq_length: int | None = Field(None, ge=8, description="None = the model's own setting.")
     shard_size: int = Field(512, ge=1, description="Documents per encoding task (the unit mapped over workers).")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="torch.compile the document encoder for bf16 publication (checked against eager, else eager); "
+        "auto = when at least 20,000 documents are to be encoded, where the compile time is won back.",
+    )
 
 
 class IndexConfig(Section):

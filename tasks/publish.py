@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ import numpy as np
 from prefect import task
 from sentence_transformers import SentenceTransformer
 
+from denseflow.model.compiled import compile_document_encoder
 from denseflow.model.config import EncodeConfig, IndexConfig, PublishConfig
 from denseflow.model.data.beir import (
     RejectLog,
@@ -71,6 +73,21 @@ from denseflow.tasks.tracking import run_logger
 def _cached_encoder(model_dir: str, max_seq_length: int | None) -> SentenceTransformer:
     """One model per worker process and folder: shards after the first skip the load."""
     return load_encoder(model_dir, max_seq_length)
+
+
+_compile_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _compiled_encoder_unlocked(model_dir: str, max_seq_length: int | None) -> tuple[SentenceTransformer, str | None]:
+    model = load_encoder(model_dir, max_seq_length)
+    return model, compile_document_encoder(model)
+
+
+def _compiled_encoder(model_dir: str, max_seq_length: int | None) -> tuple[SentenceTransformer, str | None]:
+    """A second copy, its document tower compiled (or why not), once per worker process: shards in threads wait."""
+    with _compile_lock:
+        return _compiled_encoder_unlocked(model_dir, max_seq_length)
 
 
 @dataclass(frozen=True)
@@ -261,8 +278,12 @@ def encode_shard(
     batch_size: int,
     max_seq_length: int | None,
     threads: int | None = None,
+    compiled: bool = False,
 ) -> int:
     """Encode one shard's documents (role ``document``) into one cache segment; returns the documents encoded.
+
+    ``compiled``: run the document encoder through ``torch.compile`` (bf16 only; see
+    :mod:`denseflow.model.compiled`), compiled once per worker process; where that fails its check, eager.
 
     ``threads`` pins torch's (and ONNX Runtime's) intra-op threads in this process: a Dask worker with one
     thread must not run a two-thread encode beside another worker's on the same cores. The segment appears
@@ -273,7 +294,12 @@ def encode_shard(
 
         torch.set_num_threads(threads)
     hashes, texts = read_shard(shard)
-    model = _cached_encoder(model_dir, max_seq_length)
+    if compiled:
+        model, eager_reason = _compiled_encoder(model_dir, max_seq_length)
+        if eager_reason:
+            run_logger().warning("shard %d: encoded eager, not compiled: %s", shard.number, eager_reason)
+    else:
+        model = _cached_encoder(model_dir, max_seq_length)
     start = time.perf_counter()
     embeddings = encode(model, texts, "document", batch_size, precision)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start

@@ -55,16 +55,22 @@ def local_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     return root / "local", beir_dir, run_publish(make_config(root / "local", tiny_model_dir, beir_dir))
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "bf16-compiled"])
 def test_local_run_publishes_a_searchable_index(
     precision: str, local_run: tuple[Path, Path, PublishResult], tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     from denseflow.flows.publish_index import run_publish
 
     workspace, beir_dir, result = local_run
+    compiled = precision.endswith("-compiled")
+    precision = precision.removesuffix("-compiled")
     if precision != "fp32":
         workspace = tmp_path / precision
-        result = run_publish(make_config(workspace, tiny_model_dir, beir_dir, precision))
+        config = make_config(workspace, tiny_model_dir, beir_dir, precision)
+        if compiled:
+            config = config.model_copy(update={"encode": config.encode.model_copy(update={"compile": "on"})})
+        result = run_publish(config)
+    assert result.compiled is compiled and result.summary()["compiled"] is compiled
     assert result.documents == 36
     assert (result.shards, result.documents_encoded, result.documents_reused) == (4, 36, 0)
     assert result.version == "v0001"
