@@ -1,0 +1,146 @@
+"""int8 through PyTorch 2 export quantization (PT2E, x86 inductor quantizer): speed and quality against bf16.
+
+The document encoder (Hugging Face BERT inside sentence-transformers' ``Transformer``) is exported with
+dynamic batch and length, annotated by torchao's ``X86InductorQuantizer`` (static per-tensor int8 activations
+calibrated on 256 SciFact documents, per-channel int8 weights), converted and compiled by inductor with
+freezing, so its linears run as oneDNN int8 kernels (AMX-INT8 / VNNI where the CPU has them). It is timed
+against eager and compiled bf16 in the same process, on 256 other SciFact documents, with the quality check
+publication applies to int8 (``encode.int8_min_mean_cosine`` / ``int8_min_neighbour_recall`` against fp32).
+
+torchao is not a denseflow dependency (nothing in the pipeline uses it); this bench needs it installed:
+
+    .venv/bin/pip install --no-deps torchao==0.18.0
+    .venv/bin/python bench/int8_pt2e.py --max-seq-length 128
+    .venv/bin/pip uninstall -y torchao   # transformers imports it when present
+
+torchao 0.18's quantizer fails on this graph's linear+GELU fusion pattern (``IndexError`` in
+``_get_output_nodes_of_partitions``); that fusion annotation is skipped, so the FFN's GELU runs after a
+dequantize instead of fused into the int8 linear: every linear is still quantized.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from denseflow.model.compiled import compile_document_encoder
+from denseflow.model.config import EncodeConfig
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus
+from denseflow.model.encoder import bundled_model_path, encode, load_encoder
+from denseflow.model.index.build import embedding_agreement
+
+sys.path.insert(0, str(Path(__file__).parent))
+from encode_throughput import cpu_summary  # noqa: E402
+
+
+class _ExportedEncoder(torch.nn.Module):
+    """Positional inputs and the last hidden state only: the form ``torch.export`` takes."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor):  # noqa: ANN201
+        return self.encoder(
+            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids, return_dict=True
+        ).last_hidden_state
+
+
+class _AsTransformerOutput(torch.nn.Module):
+    """What sentence-transformers' ``Transformer`` reads from its model: a dict with ``last_hidden_state``."""
+
+    def __init__(self, compiled: torch.nn.Module, config: object, bf16_rest: bool) -> None:
+        super().__init__()
+        self.compiled, self.config, self.bf16_rest = compiled, config, bf16_rest
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None, **_: object):  # noqa: ANN001, ANN201
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_rest):
+            return {"last_hidden_state": self.compiled(input_ids, attention_mask, token_type_ids).float()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    try:
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    except ImportError:
+        sys.exit("torchao is not installed: see this script's docstring")
+
+    print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  cpu {cpu_summary()}  torch threads {torch.get_num_threads()}")
+    corpus = read_corpus(find_file(bundled_scifact_dir(), "corpus.jsonl"), RejectLog())
+    ids = list(corpus)
+    picked = np.random.default_rng(0).choice(len(ids), 512, replace=False)
+    texts = [corpus[ids[i]].full_text for i in sorted(picked[:256])]
+    calibration = [corpus[ids[i]].full_text for i in sorted(picked[256:])]
+    model = load_encoder(bundled_model_path(), args.max_seq_length)
+
+    def timed(label: str, precision: str) -> np.ndarray:
+        encode(model, texts[:8], "document", args.batch_size, precision)  # warm-up (and a compile's first call)
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            embeddings = encode(model, texts, "document", args.batch_size, precision)
+            best = min(best, time.perf_counter() - start)
+        rates[label] = len(texts) / best
+        print(f"{label:<28}{rates[label]:8.1f} docs/s", flush=True)
+        return embeddings
+
+    rates: dict[str, float] = {}
+    fp32 = timed("torch fp32", "fp32")
+    timed("torch bf16 (eager)", "bf16")
+    encoder = model[0].model
+    checks = EncodeConfig()
+
+    # ---- PT2E: export, annotate, calibrate on corpus text, convert
+    start = time.perf_counter()
+    features = model.preprocess(calibration[:64])
+    example = (features["input_ids"], features["attention_mask"], features["token_type_ids"])
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    length = torch.export.Dim("length", min=2, max=args.max_seq_length)
+    with torch.no_grad():
+        exported = torch.export.export(
+            _ExportedEncoder(encoder).eval(), example, dynamic_shapes=({0: batch, 1: length},) * 3
+        ).module()
+    x86.X86InductorQuantizer._annotate_linear_unary = lambda self, *a, **k: None  # see the docstring
+    quantizer = x86.X86InductorQuantizer()
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for i in range(0, len(calibration), args.batch_size):
+            features = model.preprocess(calibration[i : i + args.batch_size])
+            prepared(features["input_ids"], features["attention_mask"], features["token_type_ids"])
+    converted = convert_pt2e(prepared)
+    allow_exported_model_train_eval(converted)
+    print(f"export + calibrate + convert: {time.perf_counter() - start:.1f} s")
+    with torch._inductor.config.patch(freezing=True):
+        compiled = torch.compile(converted, dynamic=True)
+        for bf16_rest in (False, True):
+            label = "PT2E int8, rest " + ("bf16" if bf16_rest else "fp32")
+            model[0].model = _AsTransformerOutput(compiled, encoder.config, bf16_rest)
+            agreement = embedding_agreement(fp32, timed(label, "fp32"))
+            passed = (
+                agreement["mean_cosine"] >= checks.int8_min_mean_cosine
+                and agreement["neighbour_recall@10"] >= checks.int8_min_neighbour_recall
+            )
+            print(
+                f"  vs fp32: mean cos {agreement['mean_cosine']:.5f}, min {agreement['min_cosine']:.5f}, "
+                f"neighbour R@10 {agreement['neighbour_recall@10']:.4f}: quality check {'passed' if passed else 'FAILED'}"
+            )
+    model[0].model = encoder
+    reason = compile_document_encoder(model)
+    timed("torch bf16 (compiled)" if reason is None else "torch bf16 (eager again)", "bf16")
+    for label, rate in rates.items():
+        print(f"{label:<28}{rate / rates['torch bf16 (eager)']:6.2f}× eager bf16")
+
+
+if __name__ == "__main__":
+    main()
