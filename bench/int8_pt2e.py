@@ -11,6 +11,8 @@ torchao is not a denseflow dependency (nothing in the pipeline uses it); this be
 
     .venv/bin/pip install --no-deps torchao==0.18.0
     .venv/bin/python bench/int8_pt2e.py --max-seq-length 128
+    .venv/bin/python bench/int8_pt2e.py --max-seq-length 128 --keep-float 'output\.dense$'   # mixed precision
+    .venv/bin/python bench/int8_pt2e.py --max-seq-length 128 --dynamic   # activations quantized per batch
     .venv/bin/pip uninstall -y torchao   # transformers imports it when present
 
 torchao 0.18's quantizer fails on this graph's linear+GELU fusion pattern (``IndexError`` in
@@ -21,6 +23,7 @@ dequantize instead of fused into the int8 linear: every linear is still quantize
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -67,6 +70,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--dynamic", action="store_true", help="activations quantized per batch at run time, not calibrated"
+    )
+    parser.add_argument(
+        "--keep-float",
+        default=None,
+        help="regex of module names left unquantized, e.g. 'output\\.dense$' (the FFN down-projections)",
+    )
     args = parser.parse_args()
     try:
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as x86
@@ -112,7 +123,19 @@ def main() -> None:
         ).module()
     x86.X86InductorQuantizer._annotate_linear_unary = lambda self, *a, **k: None  # see the docstring
     quantizer = x86.X86InductorQuantizer()
-    quantizer.set_global(x86.get_default_x86_inductor_quantization_config())
+    quantizer.set_global(x86.get_default_x86_inductor_quantization_config(is_dynamic=args.dynamic))
+    kept_float = [
+        name
+        for name, module in encoder.named_modules()
+        if isinstance(module, torch.nn.Linear) and args.keep_float and re.search(args.keep_float, name)
+    ]
+    for name in kept_float:  # the exported graph names modules from the wrapper down: encoder.<name>
+        quantizer.set_module_name_qconfig(f"encoder.{name}", None)
+    linears = sum(isinstance(module, torch.nn.Linear) for module in encoder.modules())
+    print(
+        f"activations {'dynamic' if args.dynamic else 'static (calibrated)'}; "
+        f"{linears - len(kept_float)} of {linears} linears int8 ({len(kept_float)} kept float)"
+    )
     prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for i in range(0, len(calibration), args.batch_size):
