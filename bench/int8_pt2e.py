@@ -1,4 +1,4 @@
-"""int8 through PyTorch 2 export quantization (PT2E, x86 inductor quantizer): speed and quality against bf16.
+r"""int8 through PyTorch 2 export quantization (PT2E, x86 inductor quantizer): speed and quality against bf16.
 
 The document encoder (Hugging Face BERT inside sentence-transformers' ``Transformer``) is exported with
 dynamic batch and length, annotated by torchao's ``X86InductorQuantizer`` (static per-tensor int8 activations

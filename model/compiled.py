@@ -48,7 +48,7 @@ def worth_compiling(setting: CompileSetting, precision: str, documents: int) -> 
     return setting == "on" or documents >= COMPILE_MIN_DOCS
 
 
-def _frozen_compile(module: torch.nn.Module) -> torch.nn.Module:
+def frozen_compile(module: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` with inductor's freezing on at every trace and (re)compile of this module only.
 
     ``options={"freezing": True}`` reaches inductor but not dynamo, which then lifts the weights as graph
@@ -73,7 +73,7 @@ def compile_document_encoder(model: SentenceTransformer, min_cosine: float = 0.9
     try:
         reference = encode(model, PROBE_DOCUMENTS, "document", precision="bf16")
         for transformer in transformers:
-            transformer.model = _frozen_compile(transformer.model)
+            transformer.model = frozen_compile(transformer.model)
         candidate = encode(model, PROBE_DOCUMENTS, "document", precision="bf16")
         cosine = float(np.sum(reference * candidate, axis=1).min())
         reason = (
