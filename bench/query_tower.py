@@ -10,9 +10,12 @@ query tower could use, each through :func:`denseflow.model.encoder.encode` with 
 - ``torch.compile`` with freezing (:func:`denseflow.model.compiled.frozen_compile`), fp32 and bf16.
 
 Every path's vectors are compared with torch fp32 on 50 queries (max abs difference and min cosine), and each
-runs with 1 and 2 intra-op threads. SciFact test queries, 20 warm-up queries, then ``--queries`` timed.
+runs with ``--threads`` intra-op threads: one count per process, because inductor fixes the thread count of
+the kernels it generates when it compiles them (a graph compiled at 1 thread stays 1-thread). SciFact test
+queries, 20 warm-up queries, then ``--queries`` timed.
 
-    .venv/bin/python bench/query_tower.py --threads 1 2
+    .venv/bin/python bench/query_tower.py --threads 1
+    .venv/bin/python bench/query_tower.py --threads 2
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ def fused_graph(graph: bytes, hidden: int, heads: int) -> bytes:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--max-seq-length", type=int, default=256)
     args = parser.parse_args()
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  cpu {cpu_summary()}")
@@ -79,35 +82,35 @@ def main() -> None:
         transformer.model = frozen_compile(eager)
 
     print(f"\n{'path':<26}{'threads':>8}{'p50 ms':>9}{'p90 ms':>9}{'max |diff|':>12}{'min cos':>10}")
-    for threads in args.threads:
-        torch.set_num_threads(threads)
-        paths: list[tuple[str, str, Callable[[], None] | None]] = [
-            ("torch eager fp32", "fp32", None),
-            ("torch eager bf16", "bf16", None),
-            ("ONNX Runtime fp32", "fp32", onnx("plain", threads)),
-            ("ONNX Runtime fp32 fused", "fp32", onnx("fused", threads)),
-            ("torch.compile fp32", "fp32", compiled),
-            ("torch.compile bf16", "bf16", compiled),
-        ]
-        for label, precision, install in paths:
-            onnx_runtime.install(transformer, None)
-            transformer.model = eager
-            if install is not None:
-                install()
-            for query in queries[:20]:  # warm-up (and the compile's traces)
-                encode(model, [query], "query", 1, precision)
-            times = []
-            for query in queries:
-                start = time.perf_counter()
-                encode(model, [query], "query", 1, precision)
-                times.append((time.perf_counter() - start) * 1e3)
-            vectors = np.concatenate([encode(model, [query], "query", 1, precision) for query in queries[:50]])
-            p50, p90 = np.percentile(times, [50, 90])
-            print(
-                f"{label:<26}{threads:>8}{p50:>9.2f}{p90:>9.2f}{np.abs(vectors - reference).max():>12.2e}"
-                f"{np.sum(vectors * reference, axis=1).min():>10.6f}",
-                flush=True,
-            )
+    threads = args.threads
+    torch.set_num_threads(threads)
+    paths: list[tuple[str, str, Callable[[], None] | None]] = [
+        ("torch eager fp32", "fp32", None),
+        ("torch eager bf16", "bf16", None),
+        ("ONNX Runtime fp32", "fp32", onnx("plain", threads)),
+        ("ONNX Runtime fp32 fused", "fp32", onnx("fused", threads)),
+        ("torch.compile fp32", "fp32", compiled),
+        ("torch.compile bf16", "bf16", compiled),
+    ]
+    for label, precision, install in paths:
+        onnx_runtime.install(transformer, None)
+        transformer.model = eager
+        if install is not None:
+            install()
+        for query in queries[:20]:  # warm-up (and the compile's traces)
+            encode(model, [query], "query", 1, precision)
+        times = []
+        for query in queries:
+            start = time.perf_counter()
+            encode(model, [query], "query", 1, precision)
+            times.append((time.perf_counter() - start) * 1e3)
+        vectors = np.concatenate([encode(model, [query], "query", 1, precision) for query in queries[:50]])
+        p50, p90 = np.percentile(times, [50, 90])
+        print(
+            f"{label:<26}{threads:>8}{p50:>9.2f}{p90:>9.2f}{np.abs(vectors - reference).max():>12.2e}"
+            f"{np.sum(vectors * reference, axis=1).min():>10.6f}",
+            flush=True,
+        )
     onnx_runtime.install(transformer, None)
     transformer.model = eager
 
