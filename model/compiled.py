@@ -30,7 +30,7 @@ from sentence_transformers import SentenceTransformer
 log = logging.getLogger(__name__)
 
 CompileSetting = Literal["auto", "on", "off"]
-# About where the compile time (10-30 s on 2 cores) is won back by a 1.5× faster encode at ~230 docs/s.
+# Where the compile time is won back on the CPUs measured (docs/benchmarks.md, "Publication at corpus scale").
 COMPILE_MIN_DOCS = 20_000
 
 PROBE_DOCUMENTS = [
@@ -52,8 +52,7 @@ def frozen_compile(module: torch.nn.Module) -> torch.nn.Module:
     """``torch.compile`` with inductor's freezing on at every trace and (re)compile of this module only.
 
     ``options={"freezing": True}`` reaches inductor but not dynamo, which then lifts the weights as graph
-    inputs and nothing is folded (measured on the AMX Xeon: 1.2-1.3x eager bf16 at 128 tokens, against 1.6-2x with
-    freezing on during tracing too; docs/benchmarks.md).
+    inputs and nothing is folded, so freezing is patched on around the traced call itself.
     """
     compiled = torch.compile(module.eval(), dynamic=True)
     compiled.forward = torch._inductor.config.patch(freezing=True)(compiled.forward)
