@@ -264,8 +264,13 @@ def build_bm25(snapshot: CorpusSnapshot) -> str:
     Not run beside the encoding: in a thread it contends for the GIL with the encoder's tokenisation and Python
     overhead, and measured no faster than one after the other (docs/benchmarks.md)."""
     start = time.perf_counter()
-    folder = snapshot_bm25(snapshot)
-    run_logger().info("BM25 index over %d documents ready in %.2fs", snapshot.documents, time.perf_counter() - start)
+    folder, counted = snapshot_bm25(snapshot)
+    run_logger().info(
+        "BM25 index over %d documents ready in %.2fs (%d tokenised and counted, the rest's counts reused)",
+        snapshot.documents,
+        time.perf_counter() - start,
+        counted,
+    )
     return str(folder)
 
 

@@ -24,8 +24,12 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import uuid
+import zipfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ from denseflow.model.index.topk import top_k
 
 # bm25s sets its own logger to DEBUG at import; keep its per-call chatter out of service and flow logs.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
+log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 # A short list: BM25's idf already discounts frequent words; these only waste time per query.
@@ -65,12 +70,21 @@ def _okapi(k1: float, b: float) -> bm25s.BM25:
     return bm25s.BM25(k1=k1, b=b, method="atire", idf_method="robertson")
 
 
-def okapi_scores(tokens: Sequence[list[str]], k1: float, b: float) -> tuple[dict[str, Any], list[str]]:
-    """bm25s's score matrix (CSC, documents × terms, float32) over ``tokens`` minus stopwords, and its vocabulary.
+@dataclass(frozen=True)
+class TermCounts:
+    """How often each vocabulary term (stopwords out) occurs in each document: a documents × terms CSR matrix.
 
-    The same numbers as ``bm25s.BM25(method="atire", idf_method="robertson").index(...)``: Robertson idf
-    floored at 0, ATIRE term part; vocabulary in order of first appearance.
-    """
+    BM25's idf and average length are corpus-wide, so a changed corpus needs its score matrix recomputed, but a
+    document's term counts depend on its text alone: publication keeps them beside each corpus snapshot, keyed
+    by content hash, and counts only the documents that are new or edited (:func:`reuse_counts`)."""
+
+    vocabulary: list[str]
+    matrix: sp.csr_matrix
+
+
+def count_terms(tokens: Sequence[list[str]]) -> TermCounts:
+    """The term counts of ``tokens`` (one list per document), stopwords dropped; vocabulary in order of first
+    appearance, as bm25s numbers it."""
     documents = len(tokens)
     lengths = np.fromiter((len(words) for words in tokens), dtype=np.int64, count=documents)
     flat = np.fromiter(itertools.chain.from_iterable(tokens), dtype=object, count=int(lengths.sum()))
@@ -83,14 +97,119 @@ def okapi_scores(tokens: Sequence[list[str]], k1: float, b: float) -> tuple[dict
     vocabulary = terms[kept].tolist()
     width = max(len(vocabulary), 1)
     pairs, frequency = np.unique(document_of * width + codes, return_counts=True)
-    rows, columns = pairs // width, pairs % width
-    length = np.bincount(document_of, minlength=documents)
-    doc_frequency = np.bincount(columns, minlength=len(vocabulary))
+    matrix = sp.csr_matrix(
+        (frequency.astype(np.int32), (pairs // width, pairs % width)), shape=(documents, len(vocabulary))
+    )
+    return TermCounts(vocabulary, matrix)
+
+
+def okapi_from_counts(counts: TermCounts, k1: float, b: float) -> tuple[dict[str, Any], list[str]]:
+    """bm25s's score matrix (CSC, documents × terms, float32) from term counts, and its vocabulary.
+
+    The same numbers as ``bm25s.BM25(method="atire", idf_method="robertson").index(...)`` over the same tokens:
+    Robertson idf floored at 0, ATIRE term part. Terms no document holds any more are dropped."""
+    matrix = counts.matrix.tocsr()
+    documents = matrix.shape[0]
+    doc_frequency = np.bincount(matrix.indices, minlength=matrix.shape[1])
+    present = np.flatnonzero(doc_frequency)
+    if len(present) < matrix.shape[1]:
+        matrix = matrix[:, present].tocsr()
+        doc_frequency = doc_frequency[present]
+    vocabulary = [counts.vocabulary[i] for i in present]
+    length = np.asarray(matrix.sum(axis=1)).ravel()
+    rows = np.repeat(np.arange(documents, dtype=np.int64), np.diff(matrix.indptr))
+    columns, frequency = matrix.indices, matrix.data.astype(np.float64)
     idf = np.log(np.maximum((documents - doc_frequency + 0.5) / (doc_frequency + 0.5), 1.0)).astype(np.float32)
     norm = 1 - b + b * length[rows] / length.mean()
     score = (frequency * (k1 + 1) / (frequency + k1 * norm)).astype(np.float32) * idf[columns]
-    matrix = sp.csc_matrix((score, (rows, columns)), shape=(documents, len(vocabulary)), dtype=np.float32)
-    return {"data": matrix.data, "indices": matrix.indices, "indptr": matrix.indptr, "num_docs": documents}, vocabulary
+    scored = sp.csc_matrix((score, (rows, columns)), shape=(documents, len(vocabulary)), dtype=np.float32)
+    return {"data": scored.data, "indices": scored.indices, "indptr": scored.indptr, "num_docs": documents}, vocabulary
+
+
+def okapi_scores(tokens: Sequence[list[str]], k1: float, b: float) -> tuple[dict[str, Any], list[str]]:
+    """bm25s's score matrix and vocabulary over ``tokens`` (see :func:`okapi_from_counts`)."""
+    return okapi_from_counts(count_terms(tokens), k1, b)
+
+
+def save_counts(path: Path, counts: TermCounts, hashes: Sequence[str]) -> None:
+    """Write ``counts`` with each row's content hash, whole or not at all (a temporary name, then a rename)."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npz")
+    matrix = counts.matrix.tocsr()
+    np.savez(
+        partial,
+        tokenizer=np.array(TOKENIZER),
+        # One newline-joined byte string each: a fixed-width string array is as wide as its longest entry.
+        hashes=np.frombuffer("\n".join(hashes).encode(), dtype=np.uint8),
+        vocabulary=np.frombuffer("\n".join(counts.vocabulary).encode(), dtype=np.uint8),
+        data=matrix.data,
+        indices=matrix.indices,
+        indptr=matrix.indptr,
+        shape=np.array(matrix.shape),
+    )
+    os.replace(partial, path)
+
+
+def load_counts(path: Path) -> tuple[list[str], TermCounts] | None:
+    """The hashes and counts :func:`save_counts` wrote, or None when the file is unreadable, damaged or was
+    written by another tokenizer (the caller then counts from the texts)."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["tokenizer"]) != TOKENIZER:
+                return None
+            matrix = sp.csr_matrix((stored["data"], stored["indices"], stored["indptr"]), shape=tuple(stored["shape"]))
+            hashes, vocabulary = (_lines(stored["hashes"]), _lines(stored["vocabulary"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        log.warning("%s: term counts unreadable (%s); counting from the texts", path, err)
+        return None
+    if matrix.shape != (len(hashes), len(vocabulary)):
+        log.warning("%s: term counts damaged (shape %s); counting from the texts", path, matrix.shape)
+        return None
+    return hashes, TermCounts(vocabulary, matrix)
+
+
+def _lines(stored: np.ndarray) -> list[str]:
+    text = stored.tobytes().decode()
+    return text.split("\n") if text else []
+
+
+def reuse_counts(
+    hashes: Sequence[str], earlier: tuple[list[str], TermCounts] | None, texts_of: Callable[[list[int]], list[str]]
+) -> tuple[TermCounts, int]:
+    """Term counts of the documents ``hashes`` names, in that order: rows of ``earlier`` where it holds the same
+    text, the rest counted from ``texts_of(rows)``. Returns the counts and how many documents were counted."""
+    earlier_row: dict[str, int] = {}
+    if earlier is not None:
+        for row, digest in enumerate(earlier[0]):
+            earlier_row.setdefault(digest, row)
+    missing = [row for row, digest in enumerate(hashes) if digest not in earlier_row]
+    fresh = count_terms([_TOKEN.findall(text.lower()) for text in texts_of(missing)]) if missing else None
+    if earlier is None:
+        assert fresh is not None and len(missing) == len(hashes)
+        return fresh, len(missing)
+    old = earlier[1]
+    vocabulary = list(old.vocabulary)
+    if fresh is not None:
+        column = {term: i for i, term in enumerate(vocabulary)}
+        for term in fresh.vocabulary:
+            if term not in column:
+                column[term] = len(vocabulary)
+                vocabulary.append(term)
+        remap = np.array([column[term] for term in fresh.vocabulary], dtype=np.int64)
+        fresh_matrix = sp.csr_matrix(
+            (fresh.matrix.data, remap[fresh.matrix.indices], fresh.matrix.indptr),
+            shape=(fresh.matrix.shape[0], len(vocabulary)),
+        )
+    else:
+        fresh_matrix = sp.csr_matrix((0, len(vocabulary)), dtype=np.int32)
+    old_matrix = old.matrix.tocsr(copy=True)  # resized below: the caller's matrix stays as it was
+    old_matrix.resize(old_matrix.shape[0], len(vocabulary))
+    # Stack the reused rows, then the counted ones, and put them back in the corpus's order.
+    reused = [row for row, digest in enumerate(hashes) if digest in earlier_row]
+    stacked = sp.vstack([old_matrix[[earlier_row[hashes[row]] for row in reused]], fresh_matrix], format="csr")
+    order = np.empty(len(hashes), dtype=np.int64)
+    order[np.array(reused + missing, dtype=np.int64)] = np.arange(len(hashes))
+    return TermCounts(vocabulary, stacked[order]), len(missing)
 
 
 class BM25Index:
@@ -120,11 +239,24 @@ class BM25Index:
         # Stopwords are dropped once per vocabulary term in _index_tokens, not once per token here.
         self._index_tokens(doc_ids, [_TOKEN.findall(text.lower()) for text in texts])
 
+    @classmethod
+    def from_counts(cls, doc_ids: Sequence[str], counts: TermCounts, k1: float = K1, b: float = B) -> BM25Index:
+        """An index over documents' term counts (:func:`count_terms`, :func:`reuse_counts`), row ``i`` being
+        ``doc_ids[i]``."""
+        if counts.matrix.shape[0] != len(doc_ids) or not len(doc_ids):
+            raise ValueError(f"{counts.matrix.shape[0]} counted documents for {len(doc_ids)} ids (need at least one)")
+        index = cls(k1=k1, b=b)
+        index._index_counts(list(doc_ids), counts)
+        return index
+
     def _index_tokens(self, doc_ids: list[str], tokens: list[list[str]]) -> None:
         if len(tokens) != len(doc_ids) or not tokens:
             raise ValueError(f"{len(tokens)} texts for {len(doc_ids)} document ids (need at least one of each)")
+        self._index_counts(doc_ids, count_terms(tokens))
+
+    def _index_counts(self, doc_ids: list[str], counts: TermCounts) -> None:
         self.doc_ids = doc_ids
-        scores, vocab = okapi_scores(tokens, self._bm25.k1, self._bm25.b)
+        scores, vocab = okapi_from_counts(counts, self._bm25.k1, self._bm25.b)
         self._bm25.scores = scores
         self._bm25.vocab_dict = {term: i for i, term in enumerate(vocab)}
         # As bm25s.BM25.index leaves it: an id for the empty token, past the matrix's last column.

@@ -23,12 +23,13 @@ import numpy as np
 
 from denseflow.model.data.beir import Document
 from denseflow.model.embedding_cache import CacheKey, EmbeddingCache, content_hash
-from denseflow.model.index.bm25 import META_FILE, BM25Index
+from denseflow.model.index.bm25 import META_FILE, BM25Index, TermCounts, load_counts, reuse_counts, save_counts
 from denseflow.model.index.documents import DOCS_FILE, read_full_texts, write_documents
 from denseflow.model.index.store import BM25_FOLDER
 
 CORPUS_IDS_FILE = "corpus_ids.json"
 QUERIES_FILE = "verify_queries.json"
+COUNTS_FILE = "bm25_counts.npz"  # each document's BM25 term counts by content hash
 
 
 @dataclass(frozen=True)
@@ -175,20 +176,47 @@ def plan_shards(snapshot: CorpusSnapshot, cache: EmbeddingCache, cache_dir: Path
     )
 
 
-def snapshot_bm25(snapshot: CorpusSnapshot) -> Path:
-    """The BM25 index over the snapshot's documents in row order, built once per corpus fingerprint: it depends on
-    the texts alone, so every model published over this corpus shares it."""
+def snapshot_bm25(snapshot: CorpusSnapshot) -> tuple[Path, int]:
+    """The BM25 index over the snapshot's documents in row order, and how many documents had to be tokenised and
+    counted for it (0 when it was already built).
+
+    Built once per corpus fingerprint: it depends on the texts alone, so every model published over this corpus
+    shares it. Its term counts are kept beside it by content hash; a new snapshot takes the counts of the
+    documents the latest earlier snapshot already counted and tokenises only new and edited ones (idf and the
+    mean length are then recomputed over the whole corpus, as they must be)."""
     folder = Path(snapshot.folder) / BM25_FOLDER
     if (folder / META_FILE).is_file():
-        return folder
-    ids, _ = snapshot.ids_and_hashes()
+        return folder, 0
+    ids, hashes = snapshot.ids_and_hashes()
+
+    def texts_of(rows: list[int]) -> list[str]:
+        wanted = set(rows)
+        return [text for row, text in enumerate(read_full_texts(snapshot.documents_file)) if row in wanted]
+
+    counts, counted = reuse_counts(hashes, _latest_counts(snapshot), texts_of)
+    save_counts(Path(snapshot.folder) / COUNTS_FILE, counts, hashes)
     partial = Path(snapshot.folder) / f".{BM25_FOLDER}.{uuid.uuid4().hex}"
-    BM25Index.from_texts(ids, read_full_texts(snapshot.documents_file)).save(partial)
+    BM25Index.from_counts(ids, counts).save(partial)
     try:
         os.replace(partial, folder)  # whole or not at all; a concurrent publisher's identical copy may be first
     except OSError:
         shutil.rmtree(partial, ignore_errors=True)
-    return folder
+    return folder, counted
+
+
+def _latest_counts(snapshot: CorpusSnapshot) -> tuple[list[str], TermCounts] | None:
+    """The term counts of the most recently written other snapshot under the same work folder, if any is readable."""
+    here = Path(snapshot.folder)
+    earlier = sorted(
+        (path for path in here.parent.glob(f"corpus-*/{COUNTS_FILE}") if path.parent != here),
+        key=lambda path: path.stat().st_mtime,
+        reverse=True,
+    )
+    for path in earlier:
+        loaded = load_counts(path)
+        if loaded is not None:
+            return loaded
+    return None
 
 
 def read_shard(shard: Shard) -> tuple[list[str], list[str]]:

@@ -233,3 +233,7 @@ def test_a_changed_corpus_encodes_only_new_and_edited_documents_and_drops_delete
     # Cached and new vectors together equal encoding the changed corpus from nothing.
     np.testing.assert_allclose(embeddings_of(first_workspace), embeddings_of(fresh), rtol=0, atol=1e-5)
     assert served.doc_ids == load_current(fresh / "indexes", "tiny").doc_ids
+    # BM25 took the unchanged documents' term counts from the first publication: the same scores as from nothing.
+    fresh_bm25 = load_current(fresh / "indexes", "tiny").bm25
+    for query in ("erratum", "brand new document", rows[2]["text"]):
+        np.testing.assert_allclose(served.bm25.scores(query), fresh_bm25.scores(query), rtol=1e-6)

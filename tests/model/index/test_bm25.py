@@ -7,7 +7,18 @@ from pathlib import Path
 import bm25s
 import numpy as np
 
-from denseflow.model.index.bm25 import K1, STOPWORDS, B, BM25Index, tokenize
+from denseflow.model.embedding_cache import content_hash
+from denseflow.model.index.bm25 import (
+    K1,
+    STOPWORDS,
+    B,
+    BM25Index,
+    count_terms,
+    load_counts,
+    reuse_counts,
+    save_counts,
+    tokenize,
+)
 
 TEXTS = [
     "The heart pumps blood; the heart rate rises with exercise.",
@@ -47,3 +58,39 @@ def test_pre_tokenised_and_saved_index_answer_the_same(tmp_path: Path) -> None:
     loaded = BM25Index.load(tmp_path, doc_ids)
     for query in QUERIES:
         assert loaded.search(query, 3) == built.search(query, 3)
+
+
+def counted_from(texts: list[str]):  # noqa: ANN201 - the texts_of callback reuse_counts takes, recording its calls
+    asked: list[list[int]] = []
+
+    def texts_of(rows: list[int]) -> list[str]:
+        asked.append(rows)
+        return [texts[row] for row in rows]
+
+    return texts_of, asked
+
+
+def test_reused_term_counts_score_like_a_fresh_build_and_count_only_changed_texts(tmp_path: Path) -> None:
+    save_counts(tmp_path / "counts.npz", count_terms([tokenize(t) for t in TEXTS]), [content_hash(t) for t in TEXTS])
+    # Edited (d0), deleted (d2: its "gene" and "regulation" leave the corpus), moved, and a new document.
+    changed = [TEXTS[0] + " with an erratum on gene therapy", TEXTS[5], TEXTS[1], TEXTS[4], "Zinc and heart rhythm"]
+    ids = ["d0", "d5", "d1", "d4", "new"]
+    texts_of, asked = counted_from(changed)
+    counts, counted = reuse_counts([content_hash(t) for t in changed], load_counts(tmp_path / "counts.npz"), texts_of)
+    assert (counted, asked) == (2, [[0, 4]])  # only the edited and the new text were tokenised
+    reused, fresh = BM25Index.from_counts(ids, counts), BM25Index.from_texts(ids, changed)
+    assert set(reused._bm25.vocab_dict) == set(fresh._bm25.vocab_dict)  # "regulation" gone with d2
+    for query in [*QUERIES, "erratum zinc", "regulation"]:
+        np.testing.assert_allclose(reused.scores(query), fresh.scores(query), rtol=1e-6)
+
+
+def test_damaged_term_counts_are_ignored_and_everything_is_counted(tmp_path: Path) -> None:
+    path = tmp_path / "counts.npz"
+    save_counts(path, count_terms([tokenize(t) for t in TEXTS]), [content_hash(t) for t in TEXTS])
+    assert load_counts(path) is not None
+    path.write_bytes(path.read_bytes()[:100])  # a truncated file
+    assert load_counts(path) is None
+    texts_of, asked = counted_from(TEXTS)
+    counts, counted = reuse_counts([content_hash(t) for t in TEXTS], load_counts(path), texts_of)
+    assert counted == len(TEXTS) and asked == [list(range(len(TEXTS)))]
+    assert not list(tmp_path.glob(".*"))  # save_counts left no temporary file behind
