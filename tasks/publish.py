@@ -266,7 +266,7 @@ def build_bm25(snapshot: CorpusSnapshot) -> str:
     start = time.perf_counter()
     folder, counted = snapshot_bm25(snapshot)
     run_logger().info(
-        "BM25 index over %d documents ready in %.2fs (%d tokenised and counted, the rest's counts reused)",
+        "BM25 index over %d documents ready in %.2fs (%d of them tokenised, the others' term counts reused)",
         snapshot.documents,
         time.perf_counter() - start,
         counted,
