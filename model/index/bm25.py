@@ -209,7 +209,10 @@ def reuse_counts(
     stacked = sp.vstack([old_matrix[[earlier_row[hashes[row]] for row in reused]], fresh_matrix], format="csr")
     order = np.empty(len(hashes), dtype=np.int64)
     order[np.array(reused + missing, dtype=np.int64)] = np.arange(len(hashes))
-    return TermCounts(vocabulary, stacked[order]), len(missing)
+    counts = stacked[order]
+    # Terms only the deleted or edited documents held: dropped, so the vocabulary does not grow with every snapshot.
+    present = np.flatnonzero(np.bincount(counts.indices, minlength=len(vocabulary)))
+    return TermCounts([vocabulary[i] for i in present], counts[:, present].tocsr()), len(missing)
 
 
 class BM25Index:

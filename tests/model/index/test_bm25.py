@@ -80,6 +80,7 @@ def test_reused_term_counts_score_like_a_fresh_build_and_count_only_changed_text
     assert (counted, asked) == (2, [[0, 4]])  # only the edited and the new text were tokenised
     reused, fresh = BM25Index.from_counts(ids, counts), BM25Index.from_texts(ids, changed)
     assert set(reused._bm25.vocab_dict) == set(fresh._bm25.vocab_dict)  # "regulation" gone with d2
+    assert "regulation" not in counts.vocabulary  # nor kept in the counts the next snapshot starts from
     for query in [*QUERIES, "erratum zinc", "regulation"]:
         np.testing.assert_allclose(reused.scores(query), fresh.scores(query), rtol=1e-6)
 
