@@ -20,17 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from denseflow.model import onnx_runtime
-from denseflow.model.config import EncodeConfig
-from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus
-from denseflow.model.encoder import bundled_model_path, encode, load_encoder
-from denseflow.model.index.build import embedding_agreement
+from denseflow.model.encoder import bundled_model_path, load_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from encode_throughput import cpu_summary  # noqa: E402
+from int8_common import EncodeTimer, print_int8_check, scifact_sample  # noqa: E402
 
 CALIBRATIONS = {
     "min/max": {"calibrate_method": CalibrationMethod.MinMax, "extra_options": {"MatMulConstBOnly": True}},
@@ -58,37 +55,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  cpu {cpu_summary()}")
-    corpus = read_corpus(find_file(bundled_scifact_dir(), "corpus.jsonl"), RejectLog())
-    ids = list(corpus)
-    picked = np.random.default_rng(0).choice(len(ids), 512, replace=False)
-    texts = [corpus[ids[i]].full_text for i in sorted(picked[:256])]
-    calibration = [corpus[ids[i]].full_text for i in sorted(picked[256:])]
+    texts, calibration = scifact_sample()
     model = load_encoder(bundled_model_path(), args.max_seq_length)
     transformer = model[0]
-    checks = EncodeConfig()
-    rates: dict[str, float] = {}
-
-    def timed(label: str, precision: str) -> np.ndarray:
-        encode(model, texts[:8], "document", args.batch_size, precision)  # warm-up
-        best = float("inf")
-        for _ in range(2):
-            start = time.perf_counter()
-            embeddings = encode(model, texts, "document", args.batch_size, precision)
-            best = min(best, time.perf_counter() - start)
-        rates[label] = len(texts) / best
-        print(f"{label:<36}{rates[label]:8.1f} docs/s", flush=True)
-        return embeddings
-
-    def check(embeddings: np.ndarray) -> None:
-        agreement = embedding_agreement(fp32, embeddings)
-        passed = (
-            agreement["mean_cosine"] >= checks.int8_min_mean_cosine
-            and agreement["neighbour_recall@10"] >= checks.int8_min_neighbour_recall
-        )
-        print(
-            f"  vs fp32: mean cos {agreement['mean_cosine']:.5f}, min {agreement['min_cosine']:.5f}, "
-            f"neighbour R@10 {agreement['neighbour_recall@10']:.4f}: quality check {'passed' if passed else 'FAILED'}"
-        )
+    timed = EncodeTimer(model, texts, args.batch_size)
 
     fp32 = timed("torch fp32", "fp32")
     timed("torch bf16 (eager)", "bf16")
@@ -113,11 +83,10 @@ def main() -> None:
             print(f"static QDQ, {calibration_name}: calibrated and quantized in {time.perf_counter() - start:.1f} s")
             session = onnx_runtime.make_session(target.read_bytes())
             onnx_runtime.install(transformer, onnx_runtime.OnnxTransformer(session, names, config, "int8"))
-            check(timed(f"ORT static int8 ({calibration_name})", "fp32"))
+            print_int8_check(fp32, timed(f"ORT static int8 ({calibration_name})", "fp32"))
             onnx_runtime.install(transformer, None)
-    check(timed("ORT dynamic int8", "int8"))
-    for label, rate in rates.items():
-        print(f"{label:<36}{rate / rates['torch bf16 (eager)']:6.2f}× eager bf16")
+    print_int8_check(fp32, timed("ORT dynamic int8", "int8"))
+    timed.print_ratios("torch bf16 (eager)")
 
 
 if __name__ == "__main__":

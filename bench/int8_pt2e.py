@@ -28,17 +28,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from denseflow.model.compiled import compile_document_encoder
-from denseflow.model.config import EncodeConfig
-from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, find_file, read_corpus
-from denseflow.model.encoder import bundled_model_path, encode, load_encoder
-from denseflow.model.index.build import embedding_agreement
+from denseflow.model.encoder import bundled_model_path, load_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from encode_throughput import cpu_summary  # noqa: E402
+from int8_common import EncodeTimer, print_int8_check, scifact_sample  # noqa: E402
 
 
 class _ExportedEncoder(torch.nn.Module):
@@ -87,29 +84,12 @@ def main() -> None:
         sys.exit("torchao is not installed: see this script's docstring")
 
     print(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  cpu {cpu_summary()}  torch threads {torch.get_num_threads()}")
-    corpus = read_corpus(find_file(bundled_scifact_dir(), "corpus.jsonl"), RejectLog())
-    ids = list(corpus)
-    picked = np.random.default_rng(0).choice(len(ids), 512, replace=False)
-    texts = [corpus[ids[i]].full_text for i in sorted(picked[:256])]
-    calibration = [corpus[ids[i]].full_text for i in sorted(picked[256:])]
+    texts, calibration = scifact_sample()
     model = load_encoder(bundled_model_path(), args.max_seq_length)
-
-    def timed(label: str, precision: str) -> np.ndarray:
-        encode(model, texts[:8], "document", args.batch_size, precision)  # warm-up (and a compile's first call)
-        best = float("inf")
-        for _ in range(2):
-            start = time.perf_counter()
-            embeddings = encode(model, texts, "document", args.batch_size, precision)
-            best = min(best, time.perf_counter() - start)
-        rates[label] = len(texts) / best
-        print(f"{label:<28}{rates[label]:8.1f} docs/s", flush=True)
-        return embeddings
-
-    rates: dict[str, float] = {}
+    timed = EncodeTimer(model, texts, args.batch_size, width=28)
     fp32 = timed("torch fp32", "fp32")
     timed("torch bf16 (eager)", "bf16")
     encoder = model[0].model
-    checks = EncodeConfig()
 
     # ---- PT2E: export, annotate, calibrate on corpus text, convert
     start = time.perf_counter()
@@ -149,20 +129,11 @@ def main() -> None:
         for bf16_rest in (False, True):
             label = "PT2E int8, rest " + ("bf16" if bf16_rest else "fp32")
             model[0].model = _AsTransformerOutput(compiled, encoder.config, bf16_rest)
-            agreement = embedding_agreement(fp32, timed(label, "fp32"))
-            passed = (
-                agreement["mean_cosine"] >= checks.int8_min_mean_cosine
-                and agreement["neighbour_recall@10"] >= checks.int8_min_neighbour_recall
-            )
-            print(
-                f"  vs fp32: mean cos {agreement['mean_cosine']:.5f}, min {agreement['min_cosine']:.5f}, "
-                f"neighbour R@10 {agreement['neighbour_recall@10']:.4f}: quality check {'passed' if passed else 'FAILED'}"
-            )
+            print_int8_check(fp32, timed(label, "fp32"))
     model[0].model = encoder
     reason = compile_document_encoder(model)
     timed("torch bf16 (compiled)" if reason is None else "torch bf16 (eager again)", "bf16")
-    for label, rate in rates.items():
-        print(f"{label:<28}{rate / rates['torch bf16 (eager)']:6.2f}× eager bf16")
+    timed.print_ratios("torch bf16 (eager)")
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ class TermCounts:
     document's term counts depend on its text alone: publication keeps them beside each corpus snapshot, keyed
     by content hash, and counts only the documents that are new or edited (:func:`reuse_counts`)."""
 
-    vocabulary: list[str]
+    vocabulary: list[str]  # every term occurs in at least one document
     matrix: sp.csr_matrix
 
 
@@ -107,15 +107,10 @@ def okapi_from_counts(counts: TermCounts, k1: float, b: float) -> tuple[dict[str
     """bm25s's score matrix (CSC, documents × terms, float32) from term counts, and its vocabulary.
 
     The same numbers as ``bm25s.BM25(method="atire", idf_method="robertson").index(...)`` over the same tokens:
-    Robertson idf floored at 0, ATIRE term part. Terms no document holds any more are dropped."""
-    matrix = counts.matrix.tocsr()
+    Robertson idf floored at 0, ATIRE term part."""
+    matrix, vocabulary = counts.matrix.tocsr(), counts.vocabulary
     documents = matrix.shape[0]
-    doc_frequency = np.bincount(matrix.indices, minlength=matrix.shape[1])
-    present = np.flatnonzero(doc_frequency)
-    if len(present) < matrix.shape[1]:
-        matrix = matrix[:, present].tocsr()
-        doc_frequency = doc_frequency[present]
-    vocabulary = [counts.vocabulary[i] for i in present]
+    doc_frequency = np.bincount(matrix.indices, minlength=len(vocabulary))
     length = np.asarray(matrix.sum(axis=1)).ravel()
     rows = np.repeat(np.arange(documents, dtype=np.int64), np.diff(matrix.indptr))
     columns, frequency = matrix.indices, matrix.data.astype(np.float64)

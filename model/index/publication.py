@@ -68,6 +68,11 @@ class CorpusSnapshot:
             texts.append(text)
         return texts
 
+    def texts_of(self, rows: Sequence[int]) -> list[str]:
+        """The full texts of ``rows``, in row order (one pass over the stored documents)."""
+        wanted = set(rows)
+        return [text for row, text in enumerate(read_full_texts(self.documents_file)) if row in wanted]
+
     def verify_queries(self) -> list[str]:
         return json.loads(self.queries_file.read_text(encoding="utf-8"))
 
@@ -144,10 +149,7 @@ def plan_shards(snapshot: CorpusSnapshot, cache: EmbeddingCache, cache_dir: Path
     ids, hashes = snapshot.ids_and_hashes()
     found = cache.lookup(hashes)
     missing = found.missing
-    texts: dict[int, str] = {}
-    if missing:
-        wanted = set(missing)
-        texts = {row: text for row, text in enumerate(read_full_texts(snapshot.documents_file)) if row in wanted}
+    texts = dict(zip(missing, snapshot.texts_of(missing), strict=True)) if missing else {}
     key_text = json.dumps([cache.key.folder_name, shard_size, [hashes[row] for row in missing]])
     work_hash = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     work = Path(snapshot.folder) / f"encode-{work_hash}"
@@ -188,12 +190,7 @@ def snapshot_bm25(snapshot: CorpusSnapshot) -> tuple[Path, int]:
     if (folder / META_FILE).is_file():
         return folder, 0
     ids, hashes = snapshot.ids_and_hashes()
-
-    def texts_of(rows: list[int]) -> list[str]:
-        wanted = set(rows)
-        return [text for row, text in enumerate(read_full_texts(snapshot.documents_file)) if row in wanted]
-
-    counts, counted = reuse_counts(hashes, _latest_counts(snapshot), texts_of)
+    counts, counted = reuse_counts(hashes, _latest_counts(snapshot), snapshot.texts_of)
     save_counts(Path(snapshot.folder) / COUNTS_FILE, counts, hashes)
     partial = Path(snapshot.folder) / f".{BM25_FOLDER}.{uuid.uuid4().hex}"
     BM25Index.from_counts(ids, counts).save(partial)
