@@ -112,11 +112,15 @@ def publish_index(config: PublishConfig) -> PublishResult:
     workspace = workspace_dir(config.workspace)
     config = config.model_copy(update={"workspace": workspace})
     model = resolve_model_version(config)
+    if config.encode.max_seq_length is None and model.served is not None:
+        # Documents at the length the version was evaluated with, so the published figures are the registered ones.
+        encode = config.encode.model_copy(update={"max_seq_length": model.served.document_max_seq_length})
+        config = config.model_copy(update={"encode": encode})
     snapshot = stage_corpus_task(config, str(workspace / "encode"))
     cache_dir = str(workspace / "cache" / "embeddings")
     choice = choose_precision(model.model_dir, snapshot, config.encode, cache_dir)
     plan = plan_shards_task(snapshot, model.model_dir, choice.precision, config.encode, cache_dir)
-    bm25_dir = build_bm25(snapshot)
+    bm25_dir = build_bm25(snapshot, model.bm25(config.bm25.settings()))
     compiled = worth_compiling(config.encode.compile, choice.precision, plan.to_encode)
     futures = encode_shard.map(
         plan.shards,

@@ -14,24 +14,26 @@ from prefect.runtime import flow_run
 
 from denseflow.flows.publish_index import publish_config_for, run_publish
 from denseflow.model.config import IndexConfig, RetrainConfig
-from denseflow.model.context import EvaluationData, build_context
+from denseflow.model.context import EvaluationData, RunContext, build_context
 from denseflow.model.encoder import resolve_base_model
-from denseflow.model.evaluation.evaluate import BM25
+from denseflow.model.evaluation.evaluate import BM25, EvaluationResult
 from denseflow.model.evaluation.served import served_system
 from denseflow.model.evaluation.summary import gains, retrain_summary, summary_markdown
 from denseflow.model.index.store import published_model_label
 from denseflow.model.promotion import GateOutcome
+from denseflow.model.served_system import ServedSystem
 from denseflow.model.workspace import workspace_dir
-from denseflow.registry.keys import BASE_MODEL_TAG
+from denseflow.registry.keys import BASE_MODEL_TAG, SERVED_SYSTEM_TAG
 from denseflow.registry.tags import registration_tags
-from denseflow.tasks.evaluate import BASE_HYBRID, evaluate, hybrid, plot_recall
+from denseflow.tasks.evaluate import BASE_HYBRID, choose_parts, evaluate, hybrid, plot_recall
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
-from denseflow.tasks.promotion import promotion_gate, ship_base_model
+from denseflow.tasks.promotion import PerQuery, promotion_gate, ship_base_model
 from denseflow.tasks.registry import describe_version, register
 from denseflow.tasks.tracking import (
     configure_tracking,
     end_tracking_run,
+    log_choice,
     log_metrics,
     run_url,
     start_tracking_run,
@@ -66,6 +68,17 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                 data.dev_queries,
                 config.data.min_dev_queries,
             )
+        parts = choose_parts(
+            dataset_dir,
+            dev_split,
+            selection_split is not None,
+            config.bm25,
+            config.eval,
+            config.choices,
+            base_model,
+            context,
+        )
+        context = replace(context, bm25=parts.bm25, document_max_seq_length=parts.document_max_seq_length)
         mined = mine(dataset_dir, config.mining, train_split, split, context, model_dir=base_model)
         model_dir = train(
             dataset_dir, mined.examples_path, config.train, train_split, selection_split, data.fingerprint, context
@@ -74,25 +87,38 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         splits = dict(dataset_dir=dataset_dir, split=split, dev_split=dev_split, settings=config.eval, context=context)
         trained = evaluate(model_dir, "trained", **splits, train_split=train_split)
         bm25 = evaluate(BM25, "bm25", **splits, metric_prefix="bm25.", train_split=train_split)
-        fused = hybrid(trained, bm25, **splits, tune_on_dev=tune, train_split=train_split)
+        fused = hybrid(trained, bm25, **splits, tune_on_dev=tune, train_split=train_split, choices=config.choices)
         # The base model's own system: what the gate must beat, so a retrain never ships worse than doing nothing.
         zero_shot = evaluate(base_model, "zero-shot", **splits, metric_prefix="zeroshot.", train_split=train_split)
-        base_fused = hybrid(zero_shot, bm25, **splits, label=BASE_HYBRID, tune_on_dev=tune, train_split=train_split)
+        base_fused = hybrid(
+            zero_shot,
+            bm25,
+            **splits,
+            label=BASE_HYBRID,
+            tune_on_dev=tune,
+            train_split=train_split,
+            choices=config.choices,
+        )
         evaluations = [fused, trained, base_fused, zero_shot, bm25]
         log_metrics(run_id, gains(trained, zero_shot), prefix="gain_over_zeroshot.")
         plot_recall(evaluations, context, f"recall@k on {split}")
-        served, mode, mode_reason = served_system(trained, fused, config.promotion.mode, tune)
-        base_served, base_mode, base_reason = served_system(zero_shot, base_fused, config.promotion.mode, tune)
-        get_run_logger().info(
-            "served mode %s (%s); base model's system %s (%s)", mode, mode_reason, base_mode, base_reason
+        alpha, permutations = config.choices.alpha, config.choices.permutations
+        served, mode, mode_choice = served_system(trained, fused, config.promotion.mode, tune, alpha, permutations)
+        base_served, base_mode, base_choice = served_system(
+            zero_shot, base_fused, config.promotion.mode, tune, alpha, permutations
         )
+        log_choice(context, mode_choice)
+        log_choice(context, base_choice, prefix="zeroshot.")
+        mode_reason, base_reason = mode_choice.reason, base_choice.reason
+        record = served_record(mode, fused, config, context)
+        base_record = served_record(base_mode, base_fused, config, context)
         version = register(
             model_dir,
             run_id,
             registered_model,
             served.metrics,
             data.fingerprint,
-            registration_tags(served, trained, fused, mode, mode_reason),
+            registration_tags(served, trained, fused, mode, mode_reason) | {SERVED_SYSTEM_TAG: record.to_json()},
         )
         promotion = GateOutcome.skipped("promotion.enabled is false")
         if config.promotion.enabled:
@@ -105,6 +131,8 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                 registered_model,
                 context,
                 base_served.metrics,
+                PerQuery(served.test.per_query, base_served.test.per_query, served.test.unseen),
+                config.choices,
             )
             if promotion.ship_base:
                 base_version = register(
@@ -114,7 +142,7 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                     base_served.metrics,
                     data.fingerprint,
                     registration_tags(base_served, zero_shot, base_fused, base_mode, base_reason)
-                    | {BASE_MODEL_TAG: "true"},
+                    | {BASE_MODEL_TAG: "true", SERVED_SYSTEM_TAG: base_record.to_json()},
                     artifact_name="base_model",
                     alias=None,
                 )
@@ -151,6 +179,19 @@ def retrain(config: RetrainConfig | None = None) -> dict:
     return result
 
 
+def served_record(mode: str, fused: EvaluationResult, config: RetrainConfig, context: RunContext) -> ServedSystem:
+    """The served-system record of a registered version: what publication and the gate rebuild it from."""
+    fusion = fused.fusion
+    return ServedSystem(
+        mode="hybrid" if mode == "hybrid" else "dense",
+        fusion_method=fusion.method if fusion else config.eval.fusion,
+        fusion_weight=fusion.weight if fusion else 0.5,
+        bm25=context.bm25,
+        query_max_seq_length=context.max_seq_length,
+        document_max_seq_length=context.document_length,
+    )
+
+
 def publish_target(config: RetrainConfig, promotion: dict, workspace: Path) -> str | None:
     """The version to publish now: the one this run promoted, else production when its index is missing.
 
@@ -181,9 +222,7 @@ def publish_version_of(config: RetrainConfig, version: str, dataset_dir: str, wo
     per-document cache (nothing is encoded again when the precision matches).
     """
     model = f"{config.tracking.registered_model}/{version}"
-    publish_config = publish_config_for(
-        workspace, Path(dataset_dir), model, config.tracking, config.train.max_seq_length
-    )
+    publish_config = publish_config_for(workspace, Path(dataset_dir), model, config.tracking)
     summary = run_publish(publish_config).summary()
     keys = ("name", "version", "path", "documents", "documents_encoded", "documents_reused", "mode", "hybrid")
     return {key: summary[key] for key in keys}

@@ -308,15 +308,32 @@ class EvalConfig(Section):
     ks: list[int] = Field([1, 5, 10, 20, 100], description="Cut-offs of recall@k (nDCG and MRR are @10).")
     batch_size: int = Field(64, ge=1, description="Texts per encoding batch.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="As train.precision, for encoding.")
-    fusion: Literal["convex", "rrf"] = Field(
+    fusion: Literal["convex", "zscore", "rrf"] = Field(
         "convex",
-        description="Hybrid BM25 + dense: convex = weight·dense + (1-weight)·BM25 on per-query min-max normalised "
-        "scores; rrf = reciprocal rank fusion (weights the two rank terms the same way).",
+        description="The prior hybrid: convex = weight·dense + (1-weight)·BM25 on per-query min-max normalised "
+        "scores; zscore = the same on scores normalised by mean ± 3σ (Qdrant's DBSF); rrf = reciprocal rank fusion.",
     )
     fusion_weight: float | None = Field(
-        None, ge=0, le=1, description="Dense weight of the hybrid; None = tuned on the dev split (0.5 without one)."
+        None,
+        ge=0,
+        le=1,
+        description="Dense weight of the hybrid; None = the even prior 0.5, replaced by the dev winner among "
+        "fusion_methods × fusion_grid only when it beats the prior by a paired test on dev.",
+    )
+    fusion_methods: list[Literal["convex", "zscore", "rrf"]] = Field(
+        ["convex", "zscore", "rrf"], min_length=1, description="Fusion methods dev may choose among."
+    )
+    fusion_grid: list[float] = Field(
+        [round(0.1 * step, 1) for step in range(11)], min_length=1, description="Dense weights dev may choose among."
     )
     rrf_k: int = Field(60, ge=1, description="RRF's rank offset k (Cormack et al. 2009).")
+    document_max_seq_length: int | None = Field(
+        None,
+        ge=8,
+        description="Tokens a corpus document is read at when encoded for evaluation and publication; None = the "
+        "model's own length, shortened to the corpus's 95th-percentile length (never past its position limit). "
+        "Queries keep train.max_seq_length.",
+    )
     fusion_depth: int = Field(100, ge=10, description="Documents each system contributes to the fusion.")
 
     @model_validator(mode="before")
@@ -328,6 +345,51 @@ class EvalConfig(Section):
                 "promotion gate compares every candidate with the base model's own system"
             )
         return data
+
+
+class BM25Config(Section):
+    """BM25 as the field runs it: one analyzer and parameter set for mining, evaluation, the gate, publication and
+    serving (model/index/bm25.py). Defaults are Anserini's BEIR baseline: Lucene's English stopwords, Snowball
+    English stems, k1 0.9, b 0.4."""
+
+    stemmer: str | None = Field(
+        "english", description="Snowball language of PyStemmer (english, porter, french, ...); none = no stemming."
+    )
+    stopwords: Literal["english", "short", "none"] = Field(
+        "english", description="english: Lucene's English list (bm25s's); short: denseflow's old list; none."
+    )
+    k1: float = Field(0.9, gt=0, description="Term-frequency saturation (Anserini's BEIR setting).")
+    b: float = Field(0.4, ge=0, le=1, description="Length normalisation (Anserini's BEIR setting).")
+    alternatives: list[tuple[float, float]] = Field(
+        [(1.2, 0.75), (1.5, 0.75)],
+        description="Other (k1, b) tried on dev; one replaces the prior (k1, b) only when it beats it by a paired "
+        "test on dev (p < choices.alpha).",
+    )
+
+    @field_validator("stemmer", mode="before")
+    @classmethod
+    def _stemmer_known(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "")):
+            return None
+        import Stemmer  # PyStemmer: a light C extension, so configs still load without bm25s
+
+        languages = sorted(Stemmer.algorithms())
+        if value not in languages:
+            raise ValueError(f"bm25.stemmer: {value!r} is not available; choose one of {languages} or none")
+        return value
+
+    def settings(self, k1: float | None = None, b: float | None = None):  # noqa: ANN201 - BM25Settings, lazily
+        from denseflow.model.index.bm25 import BM25Settings
+
+        return BM25Settings(self.k1 if k1 is None else k1, self.b if b is None else b, self.stemmer, self.stopwords)
+
+
+class ChoicesConfig(Section):
+    """How dev overrules a documented prior (fusion, BM25's k1/b, the served mode, WiSE-FT's α, the checkpoint,
+    the recipe): only when the dev winner beats the prior by a one-sided paired randomisation test."""
+
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level of the paired test on dev.")
+    permutations: int = Field(10_000, ge=100, description="Resamples of the paired randomisation test.")
 
 
 class TrackingConfig(Section):
@@ -367,6 +429,8 @@ class RetrainConfig(Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     promotion: PromotionConfig = PromotionConfig()
+    bm25: BM25Config = BM25Config()
+    choices: ChoicesConfig = ChoicesConfig()
 
     @classmethod
     def from_yaml(cls, path: Path) -> RetrainConfig:
@@ -425,7 +489,7 @@ class IndexConfig(Section):
     fusion_weight: float | None = Field(
         None, ge=0, le=1, description="Hybrid dense weight; None = the version's hybrid.weight tag, else 0.5."
     )
-    fusion_method: Literal["convex", "rrf"] | None = Field(
+    fusion_method: Literal["convex", "zscore", "rrf"] | None = Field(
         None, description="Hybrid fusion; None = the version's hybrid.method tag, else convex."
     )
     fusion_depth: int = Field(100, ge=1, description="Documents each system contributes to a hybrid query.")
@@ -462,6 +526,7 @@ class PublishConfig(Section):
     index: IndexConfig = IndexConfig()
     runner: RunnerConfig = RunnerConfig()
     tracking: TrackingConfig = TrackingConfig()
+    bm25: BM25Config = BM25Config()
 
     @classmethod
     def from_yaml(cls, path: Path) -> PublishConfig:
@@ -535,6 +600,7 @@ class CompareNegativesConfig(Section):
     eval: EvalConfig = EvalConfig()
     tracking: TrackingConfig = TrackingConfig()
     estimate: EstimateConfig = EstimateConfig()
+    bm25: BM25Config = BM25Config()
 
     @field_validator("train", mode="before")
     @classmethod

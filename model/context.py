@@ -6,11 +6,12 @@ CPU supports, the sequence length) so no stage re-derives them and no two stages
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from denseflow.model.encoder import resolve_precision
+from denseflow.model.index.bm25 import BM25Settings
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,13 @@ class RunContext:
     max_seq_length: int
     train_batch_size: int = 32
     eval_batch_size: int = 64
+    # Corpus texts are encoded at their own length (model/encoder.py:document_length); None = max_seq_length.
+    document_max_seq_length: int | None = None
+    bm25: BM25Settings = field(default_factory=BM25Settings)
+
+    @property
+    def document_length(self) -> int:
+        return self.document_max_seq_length or self.max_seq_length
 
     @property
     def run_dir(self) -> Path:
@@ -39,6 +47,7 @@ def build_context(
     max_seq_length: int,
     train_batch_size: int = 32,
     eval_batch_size: int = 64,
+    bm25: BM25Settings | None = None,
 ) -> RunContext:
     """Resolve ``precision: auto`` against this CPU once; everything else is taken as given."""
     return RunContext(
@@ -48,6 +57,7 @@ def build_context(
         max_seq_length=max_seq_length,
         train_batch_size=train_batch_size,
         eval_batch_size=eval_batch_size,
+        bm25=bm25 or BM25Settings(),
     )
 
 

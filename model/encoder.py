@@ -12,6 +12,7 @@ import contextlib
 import copy
 import hashlib
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
@@ -25,6 +26,7 @@ from denseflow.model.checksums import model_fingerprint as model_fingerprint  # 
 from denseflow.model.data.beir import Document
 from denseflow.model.embedding_cache import CacheKey, EmbeddingCache, content_hash
 
+log = logging.getLogger(__name__)
 Role = Literal["query", "document"]
 Precision = Literal["auto", "bf16", "fp32", "int8"]
 
@@ -221,3 +223,47 @@ def cached_corpus_embeddings(
     embeddings = found.vectors if found.vectors is not None else np.zeros((len(doc_ids), new.shape[1]), np.float32)
     embeddings[missing] = new
     return doc_ids, embeddings
+
+
+DOCUMENT_LENGTH_QUANTILE = 0.95
+DOCUMENT_LENGTH_SAMPLE = 2000
+
+
+def document_length(model_dir: str | Path, texts: Sequence[str], configured: int | None = None) -> tuple[int, str]:
+    """The tokens a corpus document is read at, and why.
+
+    Documents are read at the model's own ``max_seq_length`` (what it was trained at: 256 for all-MiniLM-L6-v2),
+    shortened to what the corpus needs (its 95th-percentile token length, rounded up to a multiple of 32), so short
+    passages cost no padding; never past the model's position limit. A configured length is honoured up to that
+    limit. Queries keep their own, shorter length (``train.max_seq_length``).
+    """
+    model = load_encoder(model_dir)
+    own = int(model.max_seq_length)
+    transformer = role_transformers(model, "document")[0]
+    positions = int(getattr(transformer.auto_model.config, "max_position_embeddings", own) or own)
+    limit = positions  # learned position embeddings end there
+    if configured is not None:
+        if configured > limit:
+            log.warning(
+                "eval.document_max_seq_length %d is past the model's limit %d: documents truncated at %d",
+                configured,
+                limit,
+                limit,
+            )
+            return limit, f"configured {configured}, truncated at the model's position limit {limit}"
+        return configured, "configured"
+    sample = [texts[i] for i in np.linspace(0, len(texts) - 1, min(len(texts), DOCUMENT_LENGTH_SAMPLE), dtype=int)]
+    if not sample:
+        return min(own, limit), "the model's own length (empty corpus)"
+    lengths = [
+        len(ids)
+        for ids in transformer.tokenizer(sample, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    ]
+    needed = int(np.quantile(lengths, DOCUMENT_LENGTH_QUANTILE))
+    rounded = max(32, -(-needed // 32) * 32)
+    length = min(own, limit, rounded)
+    reason = (
+        f"corpus p{round(DOCUMENT_LENGTH_QUANTILE * 100)} {needed} tokens (mean {np.mean(lengths):.0f}) over "
+        f"{len(sample)} documents; the model's own length {own}, position limit {limit}"
+    )
+    return length, reason

@@ -6,22 +6,28 @@ retrieval", which finds a tuned convex combination of normalised scores at least
 
 - ``convex``: ``weight · dense + (1 − weight) · bm25`` on each query's min-max normalised scores; a document one
   system did not return scores 0 there. The weight is tuned on dev.
+- ``zscore``: the same convex combination over scores normalised by their distribution instead of their extremes,
+  ``(s − (μ − 3σ)) / 6σ`` clipped to [0, 1] per query (Qdrant's distribution-based score fusion, DBSF): one
+  outlying top score does not squash the rest.
 - ``rrf``: reciprocal rank fusion, ``weight / (k + rank_dense) + (1 − weight) / (k + rank_bm25)``
   (Cormack et al. 2009, k = 60); needs no score calibration.
+
+The prior is ``convex`` at the even weight; which method and weight ship is a choice dev makes only on evidence
+(model/evaluation/choice.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
 
-from denseflow.model.evaluation.metrics import evaluate_run, ranked
+from denseflow.model.evaluation.metrics import ranked
 
 Run = Mapping[str, Mapping[str, float]]
-FusionMethod = Literal["convex", "rrf"]
-WEIGHT_GRID = tuple(round(float(w), 2) for w in np.linspace(0, 1, 21))
+FusionMethod = Literal["convex", "zscore", "rrf"]
+FUSION_METHODS: tuple[str, ...] = ("convex", "zscore", "rrf")
 NEUTRAL_WEIGHT = 0.5
 
 
@@ -32,6 +38,17 @@ def _min_max(scores: Mapping[str, float]) -> dict[str, float]:
     if high <= low:
         return dict.fromkeys(scores, 1.0)
     return {doc_id: (score - low) / (high - low) for doc_id, score in scores.items()}
+
+
+def _distribution(scores: Mapping[str, float]) -> dict[str, float]:
+    if not scores:
+        return {}
+    values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+    mean, spread = float(values.mean()), float(values.std())
+    if spread <= 0:
+        return dict.fromkeys(scores, 1.0)
+    low = mean - 3 * spread
+    return {doc_id: min(1.0, max(0.0, (score - low) / (6 * spread))) for doc_id, score in scores.items()}
 
 
 def _reciprocal_ranks(scores: Mapping[str, float], k: int) -> dict[str, float]:
@@ -53,8 +70,12 @@ def fuse_query(
     bm25 = {doc_id: score for doc_id, score in bm25.items() if score > 0}
     if method == "rrf":
         dense_part, bm25_part = _reciprocal_ranks(dense, rrf_k), _reciprocal_ranks(bm25, rrf_k)
-    else:
+    elif method == "zscore":
+        dense_part, bm25_part = _distribution(dense), _distribution(bm25)
+    elif method == "convex":
         dense_part, bm25_part = _min_max(dense), _min_max(bm25)
+    else:
+        raise ValueError(f"unknown fusion method {method!r} (one of {', '.join(FUSION_METHODS)})")
     fused = {
         doc_id: weight * dense_part.get(doc_id, 0.0) + (1 - weight) * bm25_part.get(doc_id, 0.0)
         for doc_id in dense_part.keys() | bm25_part.keys()
@@ -72,22 +93,3 @@ def fuse_runs(
         query_id: fuse_query(dense.get(query_id, {}), bm25.get(query_id, {}), weight, method, rrf_k, depth)
         for query_id in dense.keys() | bm25.keys()
     }
-
-
-def tune_weight(
-    dense: Run,
-    bm25: Run,
-    qrels: Mapping[str, Mapping[str, int]],
-    method: FusionMethod = "convex",
-    rrf_k: int = 60,
-    metric: str = "ndcg@10",
-    grid: Sequence[float] = WEIGHT_GRID,
-    score: Callable[[Run, Mapping[str, Mapping[str, int]]], Mapping[str, float]] = evaluate_run,
-) -> tuple[float, dict[float, float]]:
-    """The dense weight with the best ``metric`` on these (dev) judgments, and the whole curve.
-
-    Ties go to the weight nearest 0.5: on a flat curve the even mix generalises best.
-    """
-    curve = {weight: float(score(fuse_runs(dense, bm25, weight, method, rrf_k), qrels)[metric]) for weight in grid}
-    best = max(curve, key=lambda weight: (round(curve[weight], 6), -abs(weight - NEUTRAL_WEIGHT)))
-    return best, curve

@@ -41,6 +41,52 @@ class Scored:
     reevaluated: bool = False
 
 
+MIN_UNSEEN_QUERIES = 20
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Paired tests of a system against another on the eval split's queries: is it better on all of them
+    (one-sided), and is it worse on the unseen-document ones (one-sided; only with enough of them)."""
+
+    p_better: float
+    queries: int
+    p_worse_unseen: float | None = None
+    unseen_queries: int = 0
+
+    def fails(self, alpha: float) -> str | None:
+        """Why this evidence does not support a promotion at ``alpha``, or None when it does."""
+        if self.p_better >= alpha:
+            return (
+                f"paired test not passed (one-sided p = {self.p_better:.3f} >= {alpha:g} over {self.queries} queries)"
+            )
+        if self.p_worse_unseen is not None and self.p_worse_unseen < alpha:
+            return (
+                f"significantly worse on the {self.unseen_queries} unseen-document queries "
+                f"(one-sided p = {self.p_worse_unseen:.3f})"
+            )
+        return None
+
+
+def paired_evidence(
+    candidate: dict[str, float],
+    other: dict[str, float],
+    unseen: list[str] | tuple[str, ...] = (),
+    permutations: int = 10_000,
+) -> Evidence:
+    """:class:`Evidence` from per-query figures (nDCG@10) of two systems on the same queries."""
+    from denseflow.model.evaluation.stats import paired_test
+
+    better = paired_test(candidate, other, "ndcg@10", permutations, alternative="greater")
+    unseen = [query for query in unseen if query in candidate and query in other]
+    if len(unseen) < MIN_UNSEEN_QUERIES:
+        return Evidence(better.p_value, better.queries)
+    worse = paired_test(
+        {q: candidate[q] for q in unseen}, {q: other[q] for q in unseen}, "ndcg@10", permutations, alternative="less"
+    )
+    return Evidence(better.p_value, better.queries, worse.p_value, len(unseen))
+
+
 @dataclass(frozen=True)
 class Decision:
     promote: bool
@@ -173,15 +219,25 @@ def _verdict(delta: float, margin: float) -> str:
 
 
 def decide(
-    candidate: Scored, production: Scored | None, metric: str, margin: float, base: Scored | None = None
+    candidate: Scored,
+    production: Scored | None,
+    metric: str,
+    margin: float,
+    base: Scored | None = None,
+    evidence: dict[str, Evidence] | None = None,
+    alpha: float = 0.05,
 ) -> Decision:
     """Promote when the candidate beats production (if any) *and* the base model's own system (if measured) by
-    more than ``margin``: a retrain never ships search worse than doing nothing.
+    more than ``margin``: a retrain never ships search worse than doing nothing. Where ``evidence`` holds paired
+    tests (keys ``production``, ``base``, ``base_over_production``), a win must also pass them: better on all
+    queries with one-sided p < ``alpha``, and not significantly worse on the unseen-document ones. A margin alone
+    can promote noise.
 
     When the candidate loses and the base model's system beats production by the margin (or there is no
     production), the decision is ``ship_base``: the caller registers the base model and makes it production, so
     search serves the best system measured.
     """
+    evidence = evidence or {}
     if margin < 0 or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number >= 0, got {margin}")
     if not math.isfinite(candidate.value):
@@ -196,15 +252,24 @@ def decide(
     def made(promote: bool, reason: str, ship_base: bool = False) -> Decision:
         return Decision(promote, reason, metric, margin, candidate, production, base, ship_base)
 
+    def judged(verdict: str, figures: str, evidence: Evidence | None) -> tuple[bool, str]:
+        """Better by the margin *and*, where per-query figures were given, by the paired tests."""
+        if verdict != "better":
+            return False, f"{verdict}: {figures}"
+        failed = evidence.fails(alpha) if evidence is not None else None
+        if failed:
+            return False, f"{failed}: {figures}"
+        shown = f", one-sided p = {evidence.p_better:.3f}" if evidence is not None else ""
+        return True, f"better: {figures}{shown}"
+
     if production is not None and production.version == candidate.version:
         return made(False, f"version {candidate.version} is already production")
     reasons: list[str] = []
     beats_production = True
     if production is not None and math.isfinite(production.value):
         delta, figures = _versus(candidate, production, f"production v{production.version}", metric, margin)
-        verdict = _verdict(delta, margin)
-        beats_production = verdict == "better"
-        reasons.append(f"{verdict}: {figures}")
+        beats_production, why = judged(_verdict(delta, margin), figures, evidence.get("production"))
+        reasons.append(why)
     elif production is not None:
         reasons.append(f"production version {production.version} has no usable {metric} ({production.value})")
     else:
@@ -212,16 +277,19 @@ def decide(
     beats_base = True
     if base is not None:
         delta, figures = _versus(candidate, base, "the base model's system", metric, margin)
-        verdict = _verdict(delta, margin)
-        beats_base = verdict == "better"
-        reasons.append(f"{verdict}: {figures}")
+        beats_base, why = judged(_verdict(delta, margin), figures, evidence.get("base"))
+        reasons.append(why)
     reason = "; ".join(reasons)
     if beats_production and beats_base:
         return made(True, reason)
+    base_over_production = evidence.get("base_over_production")
     base_beats_production = base is not None and (
         production is None
         or not math.isfinite(production.value)
-        or _verdict(round(base.value, DECIMALS) - round(production.value, DECIMALS), margin) == "better"
+        or (
+            _verdict(round(base.value, DECIMALS) - round(production.value, DECIMALS), margin) == "better"
+            and (base_over_production is None or base_over_production.fails(alpha) is None)
+        )
     )
     if base_beats_production:
         return made(False, f"{reason}: the base model's system ships", ship_base=True)

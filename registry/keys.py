@@ -19,5 +19,7 @@ def metric_key(name: str, prefix: str = "") -> str:
 SERVED_MODE_TAG = "served.mode"
 HYBRID_WEIGHT_TAG = "hybrid.weight"
 HYBRID_METHOD_TAG = "hybrid.method"
+# The whole served system as one JSON record (model/served_system.py); the three tags above stay for old readers.
+SERVED_SYSTEM_TAG = "served.system"
 # On a version registered from the untouched base model, because it beat the trained candidate.
 BASE_MODEL_TAG = "denseflow.base_model"

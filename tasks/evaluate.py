@@ -4,20 +4,22 @@ recall@k plot."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from denseflow.model.config import EvalConfig
+from denseflow.model.config import BM25Config, ChoicesConfig, EvalConfig
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import Dataset, RejectLog, load_beir
+from denseflow.model.encoder import document_length
 from denseflow.model.evaluation.evaluate import (
     NO_DEV_SPLIT,
     EvaluationResult,
     Fusion,
     SplitFigures,
+    choose_bm25,
     choose_fusion,
     evaluate_system,
     fused_run,
@@ -26,7 +28,8 @@ from denseflow.model.evaluation.evaluate import (
 from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.runs import Evaluation, score_run
-from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
+from denseflow.model.index.bm25 import BM25Settings
+from denseflow.tasks.tracking import log_artifact, log_choice, log_metrics, run_logger
 
 HYBRID = "hybrid"
 BASE_HYBRID = "zero-shot+bm25"
@@ -143,9 +146,11 @@ def hybrid(
     label: str = HYBRID,
     tune_on_dev: bool = True,
     train_split: str = TRAIN_SPLIT,
+    choices: ChoicesConfig | None = None,
 ) -> EvaluationResult:
     """BM25 + dense fusion of two evaluations' runs; the dense weight is tuned on dev unless configured, or unless
     dev is too small to choose on (``tune_on_dev`` False: the even mix, the prior Bruch et al. found robust)."""
+    choices = choices or ChoicesConfig()
     splits, dataset, out_dir = _splits_and_folder(dataset_dir, split, dev_split, context, train_split)
     dev_runs = (
         (read_trec_run(Path(dense.dev_run_file)), read_trec_run(Path(bm25.dev_run_file)))
@@ -153,14 +158,18 @@ def hybrid(
         else None
     )
     dev_queries = len(dataset.qrels[dev_split]) if dev_split else 0
-    choice, curve = choose_fusion(
-        settings, dev_split, dev_queries, tune_on_dev, dev_runs, dataset.qrels[dev_split] if dev_split else None
+    choice, record = choose_fusion(
+        settings,
+        dev_split,
+        dev_queries,
+        tune_on_dev,
+        dev_runs,
+        dataset.qrels[dev_split] if dev_split else None,
+        choices.alpha,
+        choices.permutations,
     )
-    if curve is not None:
-        curve_file = out_dir / f"{label}_weight_curve.json"
-        curve_file.write_text(json.dumps({"split": dev_split, "metric": "ndcg@10", "curve": curve}, indent=2))
-        log_artifact(context.run_id, curve_file, "evaluation")
-    elif choice.chosen_by == NO_DEV_SPLIT:
+    log_choice(context, record, prefix=f"{metric_label(label)}.")
+    if choice.chosen_by == NO_DEV_SPLIT:
         run_logger().warning("no dev split: hybrid uses the even mix, weight %.2f", choice.weight)
     fusion = Fusion.of(choice.weight, settings.fusion, settings)
     recorded = {}
@@ -197,4 +206,37 @@ def plot_recall(evaluations: list[EvaluationResult], context: RunContext, title:
     return str(path)
 
 
-__all__ = ["EvaluationResult", "evaluate", "hybrid", "plot_recall"]
+@dataclass(frozen=True)
+class Parts:
+    """The parts every stage after ingest shares: BM25's settings and the length documents are read at."""
+
+    bm25: BM25Settings
+    document_max_seq_length: int
+    length_reason: str
+
+
+@task(name="choose-parts")
+def choose_parts(
+    dataset_dir: Path,
+    dev_split: str | None,
+    can_choose: bool,
+    bm25: BM25Config,
+    settings: EvalConfig,
+    choices: ChoicesConfig,
+    base_model: str,
+    context: RunContext,
+) -> Parts:
+    """BM25's k1/b (the prior unless dev proves otherwise) and the documents' length (from the corpus and the
+    base model), decided once so mining, evaluation, the gate and publication share them."""
+    dataset = load_beir(Path(dataset_dir), [dev_split] if dev_split else [], RejectLog())
+    chosen, record = choose_bm25(dataset, dev_split, bm25, can_choose, choices.alpha, choices.permutations)
+    log_choice(context, record)
+    texts = [document.full_text for document in dataset.corpus.values()]
+    length, reason = document_length(base_model, texts, settings.document_max_seq_length)
+    run_logger().info("documents are read at %d tokens (%s); BM25 %s", length, reason, chosen.describe())
+    MlflowClient().set_tag(context.run_id, "document_max_seq_length.reason", reason[:250])
+    log_metrics(context.run_id, {"document_max_seq_length": length, "bm25.k1": chosen.k1, "bm25.b": chosen.b})
+    return Parts(chosen, length, reason)
+
+
+__all__ = ["EvaluationResult", "Parts", "choose_parts", "evaluate", "hybrid", "plot_recall"]

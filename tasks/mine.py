@@ -83,7 +83,14 @@ def mine(
     except (OSError, ValueError) as error:
         raise ValueError(f"mining.teacher: cannot load {teacher_dir!r}: {error}") from error
     scorer = make_scorer(
-        mining.candidates, dataset, train_split, model_dir or base, cache_dir, max_seq_length, precision
+        mining.candidates,
+        dataset,
+        train_split,
+        model_dir or base,
+        cache_dir,
+        max_seq_length,
+        precision,
+        bm25=context.bm25,
     )
     extras = read_skip_above(Path(dataset_dir)) if mining.skip_above_per_example else None
     examples, report = mine_negatives(dataset, train_split, mining, scorer, teacher, extras)

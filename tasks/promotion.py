@@ -18,22 +18,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from denseflow.model.config import EvalConfig, PromotionConfig
+from denseflow.model.config import ChoicesConfig, EvalConfig, PromotionConfig
 from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.evaluation.evaluate import evaluate_system
-from denseflow.model.promotion import Decision, GateOutcome, Scored, decide
+from denseflow.model.promotion import Decision, Evidence, GateOutcome, Scored, decide, paired_evidence
 from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
 from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.registry.tags import served_fusion
+from denseflow.tasks.publish import served_record
 from denseflow.tasks.tracking import log_artifact, log_metrics
 
 EVAL_SPLIT_TAG = "eval_split"
@@ -79,12 +80,18 @@ def run_gate(
     registered_model: str,
     context: RunContext,
     base_metrics: dict[str, float] | None = None,
+    per_query: PerQuery | None = None,
+    choices: ChoicesConfig | None = None,
 ) -> GateOutcome:
     """Decide, record the decision, and move ``production`` when the candidate wins. Returns the outcome.
 
     ``base_metrics``: the base model's own system on the same data, in its served mode; the candidate must beat
-    it too. Production is measured as it is served (its registered ``served.mode``).
+    it too. Production is measured as it is served (its served-system record: mode, fusion, BM25, document length).
+    With ``per_query`` figures, every win must also pass the paired tests (:func:`decide`); production is then
+    re-evaluated on this run's data for its per-query figures.
     """
+    choices = choices or ChoicesConfig()
+    production_per_query: dict[str, float] = {}
     metric = settings.metric
     if metric not in candidate_metrics:
         raise ValueError(f"promotion.metric {metric!r} was not evaluated; available: {sorted(candidate_metrics)}")
@@ -99,15 +106,18 @@ def run_gate(
     def reevaluate(production: str) -> dict[str, float]:
         resolved = resolve_model(f"{registered_model}/{production}", workspace, default_name=registered_model)
         tags = client.get_model_version(registered_model, production).tags
+        record = served_record(tags)
+        as_served = replace(context, bm25=record.bm25, document_max_seq_length=record.document_max_seq_length)
         evaluation = evaluate_system(
             "production",
             str(resolved.local_dir),
             load_beir(Path(dataset_dir), [split], RejectLog()),
             split,
-            context,
+            as_served,
             eval_settings,
             served_fusion(tags, eval_settings),
         )
+        production_per_query.update(evaluation.per_query.get("ndcg@10", {}))
         path = out_dir / "metrics_production.json"
         payload = {"label": "production", "version": production, "split": split, "metrics": evaluation.metrics}
         path.write_text(json.dumps(payload, indent=2))
@@ -119,6 +129,8 @@ def run_gate(
     base = Scored("base", float(base_metrics[metric]), dataset_fingerprint) if base_metrics else None
     with production_lock(registered_model, workspace):
         current = production_version(client, registered_model)
+        if current is not None and per_query is not None:
+            reevaluate(str(current.version))  # per-query figures for the paired test
         production = (
             _production_figure(
                 client,
@@ -132,7 +144,8 @@ def run_gate(
             if current
             else None
         )
-        decision: Decision = decide(candidate, production, metric, settings.margin, base)
+        evidence = gate_evidence(per_query, production_per_query, choices.permutations) if per_query else None
+        decision: Decision = decide(candidate, production, metric, settings.margin, base, evidence, choices.alpha)
         tags = decision.as_tags()
         moved, conflict = None, None
         if decision.promote:
@@ -171,6 +184,24 @@ def run_gate(
     return result
 
 
+@dataclass(frozen=True)
+class PerQuery:
+    """Per-query nDCG@10 on the eval split of the candidate's and the base model's served systems, and the
+    unseen-document queries among them: what the gate's paired tests compare."""
+
+    candidate: dict[str, float]
+    base: dict[str, float]
+    unseen: tuple[str, ...] = ()
+
+
+def gate_evidence(per_query: PerQuery, production: dict[str, float], permutations: int) -> dict[str, Evidence]:
+    evidence = {"base": paired_evidence(per_query.candidate, per_query.base, per_query.unseen, permutations)}
+    if production:
+        evidence["production"] = paired_evidence(per_query.candidate, production, per_query.unseen, permutations)
+        evidence["base_over_production"] = paired_evidence(per_query.base, production, per_query.unseen, permutations)
+    return evidence
+
+
 def _write_outcome(outcome: GateOutcome, context: RunContext) -> None:
     path = context.run_dir / "evaluation" / "promotion.json"
     path.write_text(json.dumps(outcome.as_dict(), indent=2))
@@ -187,8 +218,21 @@ def promotion_gate(
     registered_model: str,
     context: RunContext,
     base_metrics: dict[str, float] | None = None,
+    per_query: PerQuery | None = None,
+    choices: ChoicesConfig | None = None,
 ) -> GateOutcome:
-    return run_gate(version, candidate_metrics, data, settings, eval_settings, registered_model, context, base_metrics)
+    return run_gate(
+        version,
+        candidate_metrics,
+        data,
+        settings,
+        eval_settings,
+        registered_model,
+        context,
+        base_metrics,
+        per_query,
+        choices,
+    )
 
 
 @task(name="ship-base-model")

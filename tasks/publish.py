@@ -40,6 +40,7 @@ from denseflow.model.encoder import (
     resolve_precision,
     tower_type,
 )
+from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
 from denseflow.model.index.publication import (
     CorpusSnapshot,
@@ -65,7 +66,8 @@ from denseflow.model.index.store import (
     publish,
     search_settings,
 )
-from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG
+from denseflow.model.served_system import ServedSystem
+from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, SERVED_SYSTEM_TAG
 from denseflow.tasks.tracking import run_logger
 
 
@@ -99,6 +101,11 @@ class ResolvedModel:
     run_id: str | None
     model_dir: str
     search: dict[str, Any] = field(default_factory=dict)
+    served: ServedSystem | None = None  # the version's served-system record (None for a bare folder)
+
+    def bm25(self, configured: BM25Settings) -> BM25Settings:
+        """BM25 as the version was evaluated with it; ``configured`` for a bare model folder."""
+        return self.served.bm25 if self.served is not None else configured
 
 
 @dataclass(frozen=True)
@@ -142,8 +149,21 @@ def resolve_model_version(config: PublishConfig) -> ResolvedModel:
     from mlflow.tracking import MlflowClient
 
     tags = MlflowClient().get_model_version(resolved.name, resolved.version).tags or {}
+    search = published_search(config.index, tags)
     return ResolvedModel(
-        resolved.name, resolved.version, resolved.run_id, str(resolved.local_dir), published_search(config.index, tags)
+        resolved.name, resolved.version, resolved.run_id, str(resolved.local_dir), search, served_record(tags)
+    )
+
+
+def served_record(tags: dict[str, str]) -> ServedSystem:
+    """A version's served-system record; for a version registered before records existed, what it was evaluated
+    with then (unstemmed BM25, documents at 128 tokens), so it keeps serving as registered."""
+    if SERVED_SYSTEM_TAG in tags:
+        return ServedSystem.from_json(tags[SERVED_SYSTEM_TAG])
+    return ServedSystem.legacy(
+        tags.get(SERVED_MODE_TAG, "dense"),
+        tags.get(HYBRID_METHOD_TAG, "convex"),
+        float(tags.get(HYBRID_WEIGHT_TAG, 0.5)),
     )
 
 
@@ -257,14 +277,14 @@ def plan_shards_task(
 
 
 @task(name="build-bm25")
-def build_bm25(snapshot: CorpusSnapshot) -> str:
+def build_bm25(snapshot: CorpusSnapshot, settings: BM25Settings) -> str:
     """BM25 over the snapshot (same row order as the dense index, so hybrid search maps both rankings to one id
     list); built once per corpus fingerprint, so a new model over the same corpus reuses it.
 
     Not run beside the encoding: in a thread it contends for the GIL with the encoder's tokenisation and Python
     overhead, and measured no faster than one after the other (docs/benchmarks.md)."""
     start = time.perf_counter()
-    folder, counted = snapshot_bm25(snapshot)
+    folder, counted = snapshot_bm25(snapshot, settings)
     run_logger().info(
         "BM25 index over %d documents ready in %.2fs (%d of them tokenised, the others' term counts reused)",
         snapshot.documents,
@@ -355,6 +375,7 @@ def build_and_verify(
         "run_id": model.run_id,
         "tower_type": tower_type(encoder_model),
         "max_seq_length": encode_config.max_seq_length or encoder_model.max_seq_length,
+        "query_max_seq_length": model.served.query_max_seq_length if model.served else None,
     }
     manifest = build_manifest(
         spec,
@@ -374,6 +395,7 @@ def build_and_verify(
             },
             "corpus": {"path": snapshot.corpus_dir, "rejected_rows": snapshot.rejected_rows},
             "search": model.search,
+            "served_system": model.served.as_dict() if model.served else None,
         },
     )
     (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")

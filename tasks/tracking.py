@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -17,6 +18,8 @@ from prefect import get_run_logger
 from prefect.exceptions import MissingContextError
 
 from denseflow.model.config import TrackingConfig, flatten
+from denseflow.model.context import RunContext
+from denseflow.model.evaluation.choice import Choice
 from denseflow.model.workspace import workspace_dir, workspace_lock
 from denseflow.registry.keys import metric_key
 
@@ -159,3 +162,20 @@ def run_logger() -> logging.Logger | logging.LoggerAdapter:
         return get_run_logger()
     except MissingContextError:
         return logging.getLogger("denseflow")
+
+
+@names_the_server
+def log_choice(context: RunContext, choice: Choice, prefix: str = "") -> None:
+    """One choice made on evidence (model/evaluation/choice.py): tags ``choice.<prefix><name>.{prior,dev_winner,
+    used,p_value}``, and a line in the run's ``choices.jsonl`` artifact (every choice of the run, whole)."""
+    key = f"choice.{prefix}{choice.name}"
+    client = MlflowClient()
+    for field in ("prior", "dev_winner", "used"):
+        client.set_tag(context.run_id, f"{key}.{field}", str(getattr(choice, field))[:250])
+    client.set_tag(context.run_id, f"{key}.p_value", "none" if choice.p_value is None else f"{choice.p_value:.4f}")
+    record = context.run_dir / "choices.jsonl"
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with record.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"key": f"{prefix}{choice.name}", **choice.as_dict()}) + "\n")
+    client.log_artifact(context.run_id, str(record))
+    run_logger().info("choice %s%s: %s (%s)", prefix, choice.name, choice.used, choice.reason)

@@ -15,12 +15,19 @@ from denseflow.model.context import RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.encoder import model_fingerprint, resolve_base_model
 from denseflow.model.evaluation.plots import plot_dev_selection
+from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.mining.negatives import read_examples
 from denseflow.model.training.trainer import train_bi_encoder
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
 
 
-def training_key(examples_path: Path, settings: TrainConfig, dataset_fingerprint: str, dev_split: str | None) -> str:
+def training_key(
+    examples_path: Path,
+    settings: TrainConfig,
+    dataset_fingerprint: str,
+    dev_split: str | None,
+    bm25: BM25Settings | None = None,
+) -> str:
     """Same examples, texts, base weights, settings and dev split → same folder, so a re-run resumes or reuses.
 
     The examples file holds ids only; the dataset fingerprint covers the texts behind them, and the base model's
@@ -29,6 +36,8 @@ def training_key(examples_path: Path, settings: TrainConfig, dataset_fingerprint
     digest = hashlib.sha256(Path(examples_path).read_bytes())
     digest.update(settings.model_dump_json().encode())
     digest.update(f"{dataset_fingerprint}|{dev_split}".encode())
+    if bm25 is not None:  # dev's candidate corpus is BM25's top documents
+        digest.update(bm25.tokenizer.encode() + f"|{bm25.k1}|{bm25.b}".encode())
     digest.update(model_fingerprint(resolve_base_model(settings.base_model)).encode())
     return digest.hexdigest()[:16]
 
@@ -46,7 +55,9 @@ def train(
 ) -> str:
     """Returns the trained model folder (the best checkpoint on ``dev_split`` when there is one)."""
     output_dir = (
-        context.workspace / "training" / training_key(Path(examples_path), settings, dataset_fingerprint, dev_split)
+        context.workspace
+        / "training"
+        / training_key(Path(examples_path), settings, dataset_fingerprint, dev_split, context.bm25)
     )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     result_path = output_dir / "train_result.json"
@@ -63,6 +74,7 @@ def train(
                 dev_split,
                 data_name=f"dataset {dataset_fingerprint}",
                 data_fingerprint=dataset_fingerprint,
+                bm25=context.bm25,
             )
             if result.resumed_from:
                 run_logger().info("training resumed from %s", result.resumed_from)

@@ -12,19 +12,23 @@ The results are frozen dataclasses of paths, labels and figures, so they cross P
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from denseflow.model.config import EvalConfig
+from denseflow.model.config import BM25Config, EvalConfig
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import Dataset
+from denseflow.model.evaluation.choice import Choice, choose_on_evidence, prior_only
+from denseflow.model.evaluation.metrics import per_query_metrics
 from denseflow.model.evaluation.partition import (
+    UNSEEN,
     bootstrap_interval,
     judged_documents,
     report_partitions,
     seen_document_split,
 )
 from denseflow.model.evaluation.runs import Evaluation, bm25_run, dense_run, score_run
-from denseflow.model.fusion import NEUTRAL_WEIGHT, FusionMethod, fuse_runs, tune_weight
+from denseflow.model.fusion import NEUTRAL_WEIGHT, FusionMethod, fuse_runs
+from denseflow.model.index.bm25 import BM25Settings
 
 BM25 = "bm25"
 Run = Mapping[str, Mapping[str, float]]
@@ -59,11 +63,18 @@ def system_run(
 ) -> dict[str, dict[str, float]]:
     """The ranking ``target`` returns for every query of ``split``: BM25's, the dense model's, or their fusion."""
     if target == BM25:
-        return bm25_run(dataset, split)
+        return bm25_run(dataset, split, settings=context.bm25)
     run = dense_run(
-        target, dataset, split, context.cache_dir, context.max_seq_length, settings.batch_size, context.precision
+        target,
+        dataset,
+        split,
+        context.cache_dir,
+        context.max_seq_length,
+        settings.batch_size,
+        context.precision,
+        document_max_seq_length=context.document_length,
     )
-    return run if fusion is None else fused_run(run, bm25_run(dataset, split), fusion)
+    return run if fusion is None else fused_run(run, bm25_run(dataset, split, settings=context.bm25), fusion)
 
 
 def evaluate_system(
@@ -90,6 +101,9 @@ class SplitFigures:
     partitions: dict[str, dict]
     interval: tuple[float, float]
     queries: int
+    # nDCG@10 per query: what paired tests (choices on dev, the gate) compare.
+    per_query: dict[str, float] = field(default_factory=dict, repr=False)
+    unseen: tuple[str, ...] = field(default=(), repr=False)  # the unseen-document partition's query ids
 
 
 def split_figures(
@@ -105,6 +119,8 @@ def split_figures(
         partitions=report_partitions(evaluation.per_query, evaluation.run, parts, training_positives),
         interval=bootstrap_interval(list(evaluation.per_query.get("ndcg@10", {}).values())),
         queries=len(next(iter(evaluation.per_query.values()), {})),
+        per_query=dict(evaluation.per_query.get("ndcg@10", {})),
+        unseen=tuple(parts.get(UNSEEN, ())),
     )
 
 
@@ -143,6 +159,11 @@ class EvaluationResult:
         return self.dev.metrics if self.dev else None
 
 
+def fusion_key(method: str, weight: float) -> str:
+    """An option's name in a choice record: ``convex@0.5``."""
+    return f"{method}@{weight:g}"
+
+
 def choose_fusion(
     settings: EvalConfig,
     dev_split: str | None,
@@ -150,18 +171,66 @@ def choose_fusion(
     tune_on_dev: bool,
     dev_runs: tuple[Run, Run] | None,
     dev_qrels: Mapping[str, Mapping[str, int]] | None,
-) -> tuple[FusionChoice, dict[float, float] | None]:
-    """The hybrid's dense weight and the dev curve it was read from (None when not tuned).
+    alpha: float = 0.05,
+    permutations: int = 10_000,
+) -> tuple[FusionChoice, Choice]:
+    """The hybrid's fusion method and dense weight, and the record of how they were chosen.
 
-    Configured when ``eval.fusion_weight`` is set; the even mix (the prior Bruch et al. found robust) when dev is
-    too small to choose on (``tune_on_dev`` False) or absent; else tuned on dev's ``(dense, bm25)`` runs.
+    The prior is ``eval.fusion`` at the even weight (Bruch et al. 2023 find the even convex mix robust; a weight
+    tuned on a few dozen queries is not). ``eval.fusion_weight`` configures the weight outright. Otherwise, with a
+    dev split large enough (``tune_on_dev``), every method × weight of ``eval.fusion_methods`` ×
+    ``eval.fusion_grid`` is scored on dev and the best replaces the prior only when a paired test says it beats it
+    (:func:`~denseflow.model.evaluation.choice.choose_on_evidence`).
     """
+    prior = fusion_key(settings.fusion, NEUTRAL_WEIGHT)
     if settings.fusion_weight is not None:
-        return FusionChoice(settings.fusion_weight, settings.fusion, "configured"), None
-    if dev_split and not tune_on_dev:
-        reason = f"prior: the even mix ({dev_queries} dev queries are too few to tune on)"
-        return FusionChoice(NEUTRAL_WEIGHT, settings.fusion, reason), None
-    if dev_split and dev_runs is not None and dev_qrels is not None:
-        weight, curve = tune_weight(*dev_runs, dev_qrels, settings.fusion, settings.rrf_k)
-        return FusionChoice(weight, settings.fusion, f"tuned on {dev_split}"), curve
-    return FusionChoice(NEUTRAL_WEIGHT, settings.fusion, NO_DEV_SPLIT), None
+        configured = FusionChoice(settings.fusion_weight, settings.fusion, "configured")
+        return configured, prior_only("fusion", fusion_key(settings.fusion, settings.fusion_weight), "configured")
+    if not dev_split or dev_runs is None or dev_qrels is None:
+        reason = NO_DEV_SPLIT if not dev_split else f"prior: the even mix ({dev_queries} dev queries are too few)"
+        return FusionChoice(NEUTRAL_WEIGHT, settings.fusion, reason), prior_only("fusion", prior, reason, alpha)
+    if not tune_on_dev:
+        reason = f"prior: the even mix ({dev_queries} dev queries are too few to choose on)"
+        return FusionChoice(NEUTRAL_WEIGHT, settings.fusion, reason), prior_only("fusion", prior, reason, alpha)
+    options: dict[str, tuple[str, float]] = {prior: (settings.fusion, NEUTRAL_WEIGHT)}
+    for method in settings.fusion_methods:
+        for weight in settings.fusion_grid:
+            options.setdefault(fusion_key(method, weight), (method, weight))
+    per_query = {
+        key: per_query_metrics(fuse_runs(*dev_runs, weight, method, settings.rrf_k), dev_qrels, [10])["ndcg@10"]  # type: ignore[arg-type]
+        for key, (method, weight) in options.items()
+    }
+    choice = choose_on_evidence("fusion", prior, per_query, alpha, permutations)
+    method, weight = options[choice.used]
+    return FusionChoice(weight, method, f"{dev_split}: {choice.reason}"), choice
+
+
+def bm25_key(k1: float, b: float) -> str:
+    return f"k1={k1:g},b={b:g}"
+
+
+def choose_bm25(
+    dataset: Dataset,
+    dev_split: str | None,
+    config: BM25Config,
+    can_choose: bool,
+    alpha: float = 0.05,
+    permutations: int = 10_000,
+) -> tuple[BM25Settings, Choice]:
+    """BM25's k1/b: the prior (``bm25.k1``/``bm25.b``, Anserini's BEIR setting), replaced by one of
+    ``bm25.alternatives`` only when it beats the prior on dev by a paired test. The analyzer is not chosen: stemming
+    and stopwords are the field's settings, and dev moved the other way from test on them (docs/results.md)."""
+    prior = config.settings()
+    prior_key = bm25_key(prior.k1, prior.b)
+    if not dev_split or not can_choose or not config.alternatives:
+        reason = "no dev split large enough to choose on" if config.alternatives else "no alternatives configured"
+        return prior, prior_only("bm25", prior_key, f"prior ({reason})", alpha)
+    options = {prior_key: prior} | {bm25_key(k1, b): config.settings(k1, b) for k1, b in config.alternatives}
+    per_query = {
+        key: per_query_metrics(
+            bm25_run(dataset, dev_split, progress=False, settings=settings), dataset.qrels[dev_split], [10]
+        )["ndcg@10"]
+        for key, settings in options.items()
+    }
+    choice = choose_on_evidence("bm25", prior_key, per_query, alpha, permutations)
+    return options[choice.used], choice

@@ -13,7 +13,7 @@ from denseflow.model.evaluation.metrics import (
     recall_curve,
     run_from_search,
 )
-from denseflow.model.index.bm25 import BM25Index
+from denseflow.model.index.bm25 import BM25Index, BM25Settings
 from denseflow.model.index.topk import exact_search
 
 CURVE_DEPTH = 100
@@ -44,10 +44,12 @@ def dense_run(
     precision: Precision = "fp32",
     depth: int = CURVE_DEPTH,
     progress: bool = True,
+    document_max_seq_length: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Top-``depth`` documents per query by exact inner product over the whole corpus."""
+    """Top-``depth`` documents per query by exact inner product over the whole corpus; documents encoded at
+    ``document_max_seq_length`` (default ``max_seq_length``), queries at ``max_seq_length``."""
     doc_ids, doc_embeddings = cached_corpus_embeddings(
-        model_dir, dataset.corpus, cache_dir, max_seq_length, batch_size, precision, progress
+        model_dir, dataset.corpus, cache_dir, document_max_seq_length or max_seq_length, batch_size, precision, progress
     )
     queries = dataset.split_queries(split)
     model = load_encoder(model_dir, max_seq_length)
@@ -57,6 +59,10 @@ def dense_run(
 
 
 def bm25_run(
-    dataset: Dataset, split: str, depth: int = CURVE_DEPTH, progress: bool = True
+    dataset: Dataset,
+    split: str,
+    depth: int = CURVE_DEPTH,
+    progress: bool = True,
+    settings: BM25Settings | None = None,
 ) -> dict[str, dict[str, float]]:
-    return BM25Index(dataset.corpus).search_many(dataset.split_queries(split), depth, progress)
+    return BM25Index(dataset.corpus, settings).search_many(dataset.split_queries(split), depth, progress)

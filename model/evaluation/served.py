@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Literal
 
+from denseflow.model.evaluation.choice import Choice, choose_on_evidence, prior_only
 from denseflow.model.evaluation.evaluate import EvaluationResult
 
 ServedMode = Literal["dense", "hybrid"]
@@ -15,25 +15,39 @@ PRIOR_MODE: ServedMode = "hybrid"
 
 def choose_served_mode(
     configured: str,
-    dense_dev: Mapping[str, float] | None,
-    hybrid_dev: Mapping[str, float] | None,
+    dense_dev: dict[str, float] | None,
+    hybrid_dev: dict[str, float] | None,
     can_choose: bool,
-    metric: str = "ndcg@10",
-) -> tuple[ServedMode, str]:
-    """``(mode, why)``: the configured mode, or with ``auto`` hybrid only when it beats dense on dev."""
+    alpha: float = 0.05,
+    permutations: int = 10_000,
+) -> Choice:
+    """The configured mode, or with ``auto`` the prior (hybrid), replaced by dense only when dense beats hybrid by a
+    paired test on dev's per-query nDCG@10 (``*_dev``; None without a dev split)."""
     if configured in ("dense", "hybrid"):
-        return configured, "configured"  # type: ignore[return-value]
-    if not can_choose or dense_dev is None or hybrid_dev is None:
-        return PRIOR_MODE, "prior (no dev split large enough to choose on)"
-    dense, hybrid = dense_dev[metric], hybrid_dev[metric]
-    if hybrid > dense:
-        return "hybrid", f"dev {metric}: hybrid {hybrid:.4f} > dense {dense:.4f}"
-    return "dense", f"dev {metric}: dense {dense:.4f} >= hybrid {hybrid:.4f}"
+        return prior_only("served_mode", configured, "configured", alpha)
+    if not can_choose or not dense_dev or not hybrid_dev:
+        return prior_only("served_mode", PRIOR_MODE, "prior (no dev split large enough to choose on)", alpha)
+    return choose_on_evidence(
+        "served_mode", PRIOR_MODE, {"hybrid": hybrid_dev, "dense": dense_dev}, alpha, permutations
+    )
 
 
 def served_system(
-    dense: EvaluationResult, fused: EvaluationResult, configured: str, can_choose: bool
-) -> tuple[EvaluationResult, ServedMode, str]:
-    """The system that ships of a dense model and its hybrid, its mode and why (see :func:`choose_served_mode`)."""
-    mode, why = choose_served_mode(configured, dense.dev_metrics, fused.dev_metrics, can_choose)
-    return (fused if mode == "hybrid" else dense), mode, why
+    dense: EvaluationResult,
+    fused: EvaluationResult,
+    configured: str,
+    can_choose: bool,
+    alpha: float = 0.05,
+    permutations: int = 10_000,
+) -> tuple[EvaluationResult, ServedMode, Choice]:
+    """The system that ships of a dense model and its hybrid, its mode and the choice record."""
+    choice = choose_served_mode(
+        configured,
+        dense.dev.per_query if dense.dev else None,
+        fused.dev.per_query if fused.dev else None,
+        can_choose,
+        alpha,
+        permutations,
+    )
+    mode: ServedMode = "hybrid" if choice.used == "hybrid" else "dense"
+    return (fused if mode == "hybrid" else dense), mode, choice

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 from scipy import stats
@@ -45,8 +46,8 @@ class PairedTest:
     metric: str
     queries: int
     mean_difference: float
-    p_value: float  # paired randomisation (sign-flip) test, two-sided
-    p_ttest: float  # paired t-test, two-sided
+    p_value: float  # paired randomisation (sign-flip) test, two-sided unless asked otherwise
+    p_ttest: float  # paired t-test, same alternative
     wins: int
     losses: int
     ties: int
@@ -61,8 +62,10 @@ def paired_test(
     metric: str,
     permutations: int = 10_000,
     seed: int = 0,
+    alternative: Literal["two-sided", "greater", "less"] = "two-sided",
 ) -> PairedTest:
-    """Paired two-sided tests of ``candidate`` against ``baseline`` on the queries both scored."""
+    """Paired tests of ``candidate`` against ``baseline`` on the queries both scored; ``greater``: is the candidate
+    better (one-sided, as a gate or a choice against a prior asks)."""
     queries = sorted(set(candidate) & set(baseline))
     if len(queries) < 2:
         raise ValueError(f"{metric}: a paired test needs at least 2 shared queries, got {len(queries)}")
@@ -78,11 +81,11 @@ def paired_test(
             permutation_type="samples",
             vectorized=True,
             n_resamples=permutations,
-            alternative="two-sided",
+            alternative=alternative,
             rng=np.random.default_rng(seed),
         )
         p_value = float(result.pvalue)
-        t_p = stats.ttest_rel(a, b).pvalue
+        t_p = stats.ttest_rel(a, b, alternative=alternative).pvalue
         p_ttest = float(t_p) if np.isfinite(t_p) else 1.0
     return PairedTest(
         metric=metric,

@@ -6,10 +6,11 @@ rank-bm25 does: at 1M documents, seconds against milliseconds per query (``bench
 it on the machine at hand), and it saves and loads as plain ``.npy`` files that a published
 index version carries beside ``index.faiss``.
 
-The formula is Okapi BM25 exactly as rank-bm25's ``BM25Okapi`` computed it before (k1 = 1.5, b = 0.75,
-``idf = ln((N − df + 0.5) / (df + 0.5))``, term part ``tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl))``), so
-scores keep their scale (mining's miner margin compares them) and rankings match. The one difference: a term
-in more than half the documents gets idf 0 here, where rank-bm25 gave it a quarter of the mean idf.
+The formula is Okapi BM25 (``idf = ln((N − df + 0.5) / (df + 0.5))`` floored at 0, term part
+``tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl))``), over terms made the way Anserini's BEIR baselines make them:
+lowercase words, Lucene's English stopwords dropped, Snowball English stems, k1 0.9, b 0.4
+(:class:`BM25Settings`). Every part of the project builds BM25 from one ``BM25Settings`` (``bm25:`` in the
+configuration), and a saved index records it, so a query is analysed the way its index was.
 
 The index is built here, in numpy, into bm25s's own arrays (its documented override point,
 ``build_index_from_ids``, still takes Python lists per document): bm25s's builder counts terms one document
@@ -21,6 +22,7 @@ stay bm25s's.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -47,22 +49,104 @@ logging.getLogger("bm25s").setLevel(logging.WARNING)
 log = logging.getLogger(__name__)
 
 _TOKEN = re.compile(r"[a-z0-9]+")
-# A short list: BM25's idf already discounts frequent words; these only waste time per query.
-STOPWORDS = frozenset(
+# The old list, kept so versions published with it keep serving with their own tokenizer.
+SHORT_STOPWORDS = frozenset(
     "a an and are as at be by for from has have in is it its of on or that the this to was were which with".split()
 )
-TOKENIZER = "lowercase [a-z0-9]+ minus denseflow.model.index.bm25.STOPWORDS"
+STOPWORD_LISTS: dict[str, frozenset[str]] = {
+    # Lucene's EnglishAnalyzer list (bm25s ships it): what Anserini's BEIR baselines drop.
+    "english": frozenset(bm25s.stopwords.STOPWORDS_EN),
+    "short": SHORT_STOPWORDS,
+    "none": frozenset(),
+}
+LEGACY_TOKENIZER = "lowercase [a-z0-9]+ minus denseflow.model.index.bm25.STOPWORDS"
 META_FILE = "denseflow.json"
-K1 = 1.5
-B = 0.75
 
 
 class BM25FormatError(ValueError):
     """A saved BM25 folder does not match what it claims to be (documents, tokenizer, parameters)."""
 
 
-def tokenize(text: str) -> list[str]:
-    return [token for token in _TOKEN.findall(text.lower()) if token not in STOPWORDS]
+@dataclass(frozen=True)
+class BM25Settings:
+    """Okapi BM25's parameters and the analyzer that turns text into terms: lowercase ``[a-z0-9]+`` tokens, a
+    stopword list dropped, then a Snowball stemmer (PyStemmer, as bm25s's ``stemmer`` argument takes it).
+
+    The defaults are Anserini's BEIR baseline (Kamphuis et al. 2020; Thakur et al. 2021): k1 0.9, b 0.4, English
+    stopwords, English stemming. :attr:`tokenizer` names the analyzer; a saved index records it, and a query is
+    always analysed the way its index was built (:meth:`from_tokenizer` reads the name back)."""
+
+    k1: float = 0.9
+    b: float = 0.4
+    stemmer: str | None = "english"
+    stopwords: str = "english"
+
+    def __post_init__(self) -> None:
+        if self.stopwords not in STOPWORD_LISTS:
+            raise ValueError(f"bm25.stopwords: {self.stopwords!r} is not one of {sorted(STOPWORD_LISTS)}")
+        if self.stemmer is not None and self.stemmer not in stemmer_languages():
+            raise ValueError(f"bm25.stemmer: {self.stemmer!r} is not one of {stemmer_languages()} (or none)")
+
+    @property
+    def tokenizer(self) -> str:
+        if self.stemmer is None and self.stopwords == "short":
+            return LEGACY_TOKENIZER
+        stem = f"snowball {self.stemmer}" if self.stemmer else "no stemming"
+        return f"lowercase [a-z0-9]+ | stopwords {self.stopwords} | {stem}"
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: str, k1: float, b: float) -> BM25Settings:
+        """The settings a saved index names; :class:`BM25FormatError` for a tokenizer this version cannot run."""
+        if tokenizer == LEGACY_TOKENIZER:
+            return cls(k1, b, None, "short")
+        match = re.fullmatch(r"lowercase \[a-z0-9\]\+ \| stopwords (\w+) \| (?:snowball (\w+)|no stemming)", tokenizer)
+        if match is None:
+            raise BM25FormatError(f"unknown BM25 tokenizer {tokenizer!r}")
+        try:
+            return cls(k1, b, match.group(2), match.group(1))
+        except ValueError as err:
+            raise BM25FormatError(f"BM25 tokenizer {tokenizer!r}: {err}") from err
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "k1": self.k1,
+            "b": self.b,
+            "stemmer": self.stemmer,
+            "stopwords": self.stopwords,
+            "tokenizer": self.tokenizer,
+        }
+
+    def terms(self, words: Sequence[str]) -> list[str | None]:
+        """Each distinct word's term: None for a stopword, else its stem."""
+        stop = STOPWORD_LISTS[self.stopwords]
+        kept = [word for word in words if word not in stop]
+        stems = iter(_stemmer(self.stemmer).stemWords(kept) if self.stemmer else kept)
+        return [None if word in stop else next(stems) for word in words]
+
+    def tokenize(self, text: str) -> list[str]:
+        """A text's terms (a query's, or one document's)."""
+        return [term for term in self.terms(_TOKEN.findall(text.lower())) if term is not None]
+
+
+LEGACY_BM25 = BM25Settings(1.5, 0.75, None, "short")
+
+
+@functools.cache
+def stemmer_languages() -> list[str]:
+    import Stemmer
+
+    return sorted(Stemmer.algorithms())
+
+
+@functools.cache
+def _stemmer(language: str):  # noqa: ANN202 - Stemmer.Stemmer, which has no stubs
+    import Stemmer
+
+    return Stemmer.Stemmer(language)
+
+
+def tokenize(text: str, settings: BM25Settings | None = None) -> list[str]:
+    return (settings or BM25Settings()).tokenize(text)
 
 
 def _okapi(k1: float, b: float) -> bm25s.BM25:
@@ -82,19 +166,30 @@ class TermCounts:
     matrix: sp.csr_matrix
 
 
-def count_terms(tokens: Sequence[list[str]]) -> TermCounts:
-    """The term counts of ``tokens`` (one list per document), stopwords dropped; vocabulary in order of first
-    appearance, as bm25s numbers it."""
+def words(text: str) -> list[str]:
+    """A text's lowercase ``[a-z0-9]+`` words, before stopwords and stemming (:meth:`BM25Settings.terms`)."""
+    return _TOKEN.findall(text.lower())
+
+
+def count_terms(tokens: Sequence[list[str]], settings: BM25Settings | None = None) -> TermCounts:
+    """The term counts of ``tokens`` (one list of :func:`words` per document) under ``settings``' analyzer:
+    stopwords dropped and the rest stemmed once per distinct word, not once per occurrence; vocabulary in order
+    of first appearance, as bm25s numbers it."""
+    settings = settings or BM25Settings()
     documents = len(tokens)
     lengths = np.fromiter((len(words) for words in tokens), dtype=np.int64, count=documents)
     flat = np.fromiter(itertools.chain.from_iterable(tokens), dtype=object, count=int(lengths.sum()))
-    codes, terms = pd.factorize(flat)
-    kept = ~np.isin(terms, list(STOPWORDS))
-    renumbered = np.cumsum(kept) - 1
+    codes, distinct = pd.factorize(flat)
+    term_of = settings.terms(list(distinct))
+    kept = np.array([term is not None for term in term_of], dtype=bool)
+    # Words that stem alike share one term: renumber them to the term's first appearance.
+    term_codes, terms = pd.factorize(np.array([term for term in term_of if term is not None], dtype=object))
+    renumbered = np.full(len(distinct), -1, dtype=np.int64)
+    renumbered[kept] = term_codes
     document_of = np.repeat(np.arange(documents, dtype=np.int64), lengths)
     keep = kept[codes]
     codes, document_of = renumbered[codes[keep]], document_of[keep]
-    vocabulary = terms[kept].tolist()
+    vocabulary = list(terms)
     width = max(len(vocabulary), 1)
     pairs, frequency = np.unique(document_of * width + codes, return_counts=True)
     matrix = sp.csr_matrix(
@@ -121,19 +216,19 @@ def okapi_from_counts(counts: TermCounts, k1: float, b: float) -> tuple[dict[str
     return {"data": scored.data, "indices": scored.indices, "indptr": scored.indptr, "num_docs": documents}, vocabulary
 
 
-def okapi_scores(tokens: Sequence[list[str]], k1: float, b: float) -> tuple[dict[str, Any], list[str]]:
+def okapi_scores(tokens: Sequence[list[str]], settings: BM25Settings) -> tuple[dict[str, Any], list[str]]:
     """bm25s's score matrix and vocabulary over ``tokens`` (see :func:`okapi_from_counts`)."""
-    return okapi_from_counts(count_terms(tokens), k1, b)
+    return okapi_from_counts(count_terms(tokens, settings), settings.k1, settings.b)
 
 
-def save_counts(path: Path, counts: TermCounts, hashes: Sequence[str]) -> None:
+def save_counts(path: Path, counts: TermCounts, hashes: Sequence[str], settings: BM25Settings) -> None:
     """Write ``counts`` with each row's content hash, whole or not at all (a temporary name, then a rename)."""
     path = Path(path)
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}.npz")
     matrix = counts.matrix.tocsr()
     np.savez(
         partial,
-        tokenizer=np.array(TOKENIZER),
+        tokenizer=np.array(settings.tokenizer),
         # One newline-joined byte string each: a fixed-width string array is as wide as its longest entry.
         hashes=np.frombuffer("\n".join(hashes).encode(), dtype=np.uint8),
         vocabulary=np.frombuffer("\n".join(counts.vocabulary).encode(), dtype=np.uint8),
@@ -145,12 +240,12 @@ def save_counts(path: Path, counts: TermCounts, hashes: Sequence[str]) -> None:
     os.replace(partial, path)
 
 
-def load_counts(path: Path) -> tuple[list[str], TermCounts] | None:
+def load_counts(path: Path, settings: BM25Settings) -> tuple[list[str], TermCounts] | None:
     """The hashes and counts :func:`save_counts` wrote, or None when the file is unreadable, damaged or was
-    written by another tokenizer (the caller then counts from the texts)."""
+    written by another tokenizer than ``settings``' (the caller then counts from the texts)."""
     try:
         with np.load(path, allow_pickle=False) as stored:
-            if str(stored["tokenizer"]) != TOKENIZER:
+            if str(stored["tokenizer"]) != settings.tokenizer:
                 return None
             matrix = sp.csr_matrix((stored["data"], stored["indices"], stored["indptr"]), shape=tuple(stored["shape"]))
             hashes, vocabulary = (_lines(stored["hashes"]), _lines(stored["vocabulary"]))
@@ -169,7 +264,10 @@ def _lines(stored: np.ndarray) -> list[str]:
 
 
 def reuse_counts(
-    hashes: Sequence[str], earlier: tuple[list[str], TermCounts] | None, texts_of: Callable[[list[int]], list[str]]
+    hashes: Sequence[str],
+    earlier: tuple[list[str], TermCounts] | None,
+    texts_of: Callable[[list[int]], list[str]],
+    settings: BM25Settings,
 ) -> tuple[TermCounts, int]:
     """Term counts of the documents ``hashes`` names, in that order: rows of ``earlier`` where it holds the same
     text, the rest counted from ``texts_of(rows)``. Returns the counts and how many documents were counted."""
@@ -178,7 +276,7 @@ def reuse_counts(
         for row, digest in enumerate(earlier[0]):
             earlier_row.setdefault(digest, row)
     missing = [row for row, digest in enumerate(hashes) if digest not in earlier_row]
-    fresh = count_terms([_TOKEN.findall(text.lower()) for text in texts_of(missing)]) if missing else None
+    fresh = count_terms([words(text) for text in texts_of(missing)], settings) if missing else None
     if earlier is None:
         assert fresh is not None and len(missing) == len(hashes)
         return fresh, len(missing)
@@ -211,46 +309,45 @@ def reuse_counts(
 
 
 class BM25Index:
-    """Okapi BM25 (k1=1.5, b=0.75) over ``Document.full_text``; rows follow ``doc_ids``."""
+    """Okapi BM25 over ``Document.full_text``; rows follow ``doc_ids``; terms and parameters from ``settings``."""
 
-    def __init__(self, corpus: Mapping[str, Document] | None = None, k1: float = K1, b: float = B) -> None:
+    def __init__(self, corpus: Mapping[str, Document] | None = None, settings: BM25Settings | None = None) -> None:
         self.doc_ids: list[str] = []
-        self._bm25 = _okapi(k1, b)
+        self.settings = settings or BM25Settings()
+        self._bm25 = _okapi(self.settings.k1, self.settings.b)
         if corpus is not None:
-            self._index(list(corpus), (corpus[doc_id].full_text for doc_id in corpus))
+            self._index_tokens(list(corpus), [words(corpus[doc_id].full_text) for doc_id in corpus])
 
     @classmethod
-    def from_texts(cls, doc_ids: Sequence[str], texts: Iterable[str], k1: float = K1, b: float = B) -> BM25Index:
+    def from_texts(
+        cls, doc_ids: Sequence[str], texts: Iterable[str], settings: BM25Settings | None = None
+    ) -> BM25Index:
         """An index over ``texts`` (already title + text), row ``i`` being ``doc_ids[i]``."""
-        return cls.from_tokens(doc_ids, (tokenize(text) for text in texts), k1, b)
+        return cls.from_tokens(doc_ids, (words(text) for text in texts), settings)
 
     @classmethod
     def from_tokens(
-        cls, doc_ids: Sequence[str], tokens: Iterable[list[str]], k1: float = K1, b: float = B
+        cls, doc_ids: Sequence[str], tokens: Iterable[list[str]], settings: BM25Settings | None = None
     ) -> BM25Index:
-        """An index over documents already split by :func:`tokenize` (the latency bench's synthetic corpus)."""
-        index = cls(k1=k1, b=b)
+        """An index over documents already split into :func:`words` (the latency bench's synthetic corpus)."""
+        index = cls(settings=settings)
         index._index_tokens(list(doc_ids), list(tokens))
         return index
 
-    def _index(self, doc_ids: list[str], texts: Iterable[str]) -> None:
-        # Stopwords are dropped once per vocabulary term in _index_tokens, not once per token here.
-        self._index_tokens(doc_ids, [_TOKEN.findall(text.lower()) for text in texts])
-
     @classmethod
-    def from_counts(cls, doc_ids: Sequence[str], counts: TermCounts, k1: float = K1, b: float = B) -> BM25Index:
-        """An index over documents' term counts (:func:`count_terms`, :func:`reuse_counts`), row ``i`` being
-        ``doc_ids[i]``."""
+    def from_counts(cls, doc_ids: Sequence[str], counts: TermCounts, settings: BM25Settings | None = None) -> BM25Index:
+        """An index over documents' term counts (:func:`count_terms`, :func:`reuse_counts`, made with the same
+        ``settings``' analyzer), row ``i`` being ``doc_ids[i]``."""
         if counts.matrix.shape[0] != len(doc_ids) or not len(doc_ids):
             raise ValueError(f"{counts.matrix.shape[0]} counted documents for {len(doc_ids)} ids (need at least one)")
-        index = cls(k1=k1, b=b)
+        index = cls(settings=settings)
         index._index_counts(list(doc_ids), counts)
         return index
 
     def _index_tokens(self, doc_ids: list[str], tokens: list[list[str]]) -> None:
         if len(tokens) != len(doc_ids) or not tokens:
             raise ValueError(f"{len(tokens)} texts for {len(doc_ids)} document ids (need at least one of each)")
-        self._index_counts(doc_ids, count_terms(tokens))
+        self._index_counts(doc_ids, count_terms(tokens, self.settings))
 
     def _index_counts(self, doc_ids: list[str], counts: TermCounts) -> None:
         self.doc_ids = doc_ids
@@ -273,7 +370,9 @@ class BM25Index:
         self._bm25.save(folder, show_progress=False)
         meta = {
             "library": f"bm25s {bm25s.__version__}",
-            "tokenizer": TOKENIZER,
+            "tokenizer": self.settings.tokenizer,
+            "stemmer": self.settings.stemmer,
+            "stopwords": self.settings.stopwords,
             "documents": len(self.doc_ids),
             "k1": self._bm25.k1,
             "b": self._bm25.b,
@@ -284,16 +383,29 @@ class BM25Index:
         return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
     @classmethod
-    def load(cls, folder: Path, doc_ids: Sequence[str], mmap: bool = False) -> BM25Index:
-        """Read a folder :meth:`save` wrote; ``doc_ids`` must be the ids it was built over, in row order."""
+    def load(
+        cls, folder: Path, doc_ids: Sequence[str], mmap: bool = False, expected: BM25Settings | None = None
+    ) -> BM25Index:
+        """Read a folder :meth:`save` wrote; ``doc_ids`` must be the ids it was built over, in row order.
+
+        Queries are analysed with the tokenizer the folder records (a version published before stemming keeps
+        serving unstemmed); with ``expected`` (what the manifest promised) any other tokenizer or k1/b is refused.
+        """
         folder = Path(folder)
         try:
             meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as err:
             raise BM25FormatError(f"{folder / META_FILE}: unreadable ({err})") from err
-        if meta.get("tokenizer") != TOKENIZER:
-            raise BM25FormatError(f"{folder}: built with tokenizer {meta.get('tokenizer')!r}, not {TOKENIZER!r}")
+        try:
+            settings = BM25Settings.from_tokenizer(str(meta.get("tokenizer")), float(meta["k1"]), float(meta["b"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise BM25FormatError(f"{folder}: {err}") from err
+        if expected is not None and settings != expected:
+            raise BM25FormatError(
+                f"{folder}: built with {settings.describe()}, but its manifest says {expected.describe()}"
+            )
         index = cls.__new__(cls)
+        index.settings = settings
         index._bm25 = bm25s.BM25.load(folder, mmap=mmap, show_progress=False)
         count = int(index._bm25.scores["num_docs"])
         if count != len(doc_ids) or meta.get("documents") != count:
@@ -306,12 +418,12 @@ class BM25Index:
     # ------------------------------------------------------------------ scoring
     @property
     def params(self) -> dict[str, Any]:
-        return {"k1": self._bm25.k1, "b": self._bm25.b, "method": "okapi", "tokenizer": TOKENIZER}
+        return {"method": "okapi", **self.settings.describe()}
 
     def scores(self, query: str) -> np.ndarray:
         """Score of every document, in ``doc_ids`` order (all zeros when no query term is in the corpus)."""
         vocab = self._bm25.vocab_dict
-        ids = [vocab[token] for token in tokenize(query) if token in vocab]
+        ids = [vocab[token] for token in self.settings.tokenize(query) if token in vocab]
         if not ids:
             return np.zeros(len(self.doc_ids), dtype=np.float32)
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)

@@ -23,7 +23,15 @@ import numpy as np
 
 from denseflow.model.data.beir import Document
 from denseflow.model.embedding_cache import CacheKey, EmbeddingCache, content_hash
-from denseflow.model.index.bm25 import META_FILE, BM25Index, TermCounts, load_counts, reuse_counts, save_counts
+from denseflow.model.index.bm25 import (
+    META_FILE,
+    BM25Index,
+    BM25Settings,
+    TermCounts,
+    load_counts,
+    reuse_counts,
+    save_counts,
+)
 from denseflow.model.index.documents import DOCS_FILE, read_full_texts, write_documents
 from denseflow.model.index.store import BM25_FOLDER
 
@@ -178,22 +186,24 @@ def plan_shards(snapshot: CorpusSnapshot, cache: EmbeddingCache, cache_dir: Path
     )
 
 
-def snapshot_bm25(snapshot: CorpusSnapshot) -> tuple[Path, int]:
+def snapshot_bm25(snapshot: CorpusSnapshot, settings: BM25Settings) -> tuple[Path, int]:
     """The BM25 index over the snapshot's documents in row order, and how many documents had to be tokenised and
     counted for it (0 when it was already built).
 
-    Built once per corpus fingerprint: it depends on the texts alone, so every model published over this corpus
-    shares it. Its term counts are kept beside it by content hash; a new snapshot takes the counts of the
-    documents the latest earlier snapshot already counted and tokenises only new and edited ones (idf and the
-    mean length are then recomputed over the whole corpus, as they must be)."""
-    folder = Path(snapshot.folder) / BM25_FOLDER
+    Built once per corpus fingerprint and BM25 settings: it depends on the texts and the analyzer alone, so every
+    model published over this corpus shares it. Its term counts (one file per analyzer) are kept beside it by
+    content hash; a new snapshot takes the counts of the documents the latest earlier snapshot already counted
+    and tokenises only new and edited ones (idf and the mean length are then recomputed over the whole corpus, as
+    they must be)."""
+    folder = Path(snapshot.folder) / f"{BM25_FOLDER}-{_slug(settings.describe())}"
     if (folder / META_FILE).is_file():
         return folder, 0
     ids, hashes = snapshot.ids_and_hashes()
-    counts, counted = reuse_counts(hashes, _latest_counts(snapshot), snapshot.texts_of)
-    save_counts(Path(snapshot.folder) / COUNTS_FILE, counts, hashes)
+    counts_file = _counts_file(settings)
+    counts, counted = reuse_counts(hashes, _latest_counts(snapshot, counts_file, settings), snapshot.texts_of, settings)
+    save_counts(Path(snapshot.folder) / counts_file, counts, hashes, settings)
     partial = Path(snapshot.folder) / f".{BM25_FOLDER}.{uuid.uuid4().hex}"
-    BM25Index.from_counts(ids, counts).save(partial)
+    BM25Index.from_counts(ids, counts, settings).save(partial)
     try:
         os.replace(partial, folder)  # whole or not at all; a concurrent publisher's identical copy may be first
     except OSError:
@@ -201,16 +211,27 @@ def snapshot_bm25(snapshot: CorpusSnapshot) -> tuple[Path, int]:
     return folder, counted
 
 
-def _latest_counts(snapshot: CorpusSnapshot) -> tuple[list[str], TermCounts] | None:
+def _slug(described: dict) -> str:
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _counts_file(settings: BM25Settings) -> str:
+    """Term counts depend on the analyzer, not on k1/b: one file per tokenizer."""
+    return COUNTS_FILE.replace(".npz", f"-{_slug({'tokenizer': settings.tokenizer})}.npz")
+
+
+def _latest_counts(
+    snapshot: CorpusSnapshot, counts_file: str, settings: BM25Settings
+) -> tuple[list[str], TermCounts] | None:
     """The term counts of the most recently written other snapshot under the same work folder, if any is readable."""
     here = Path(snapshot.folder)
     earlier = sorted(
-        (path for path in here.parent.glob(f"corpus-*/{COUNTS_FILE}") if path.parent != here),
+        (path for path in here.parent.glob(f"corpus-*/{counts_file}") if path.parent != here),
         key=lambda path: path.stat().st_mtime,
         reverse=True,
     )
     for path in earlier:
-        loaded = load_counts(path)
+        loaded = load_counts(path, settings)
         if loaded is not None:
             return loaded
     return None

@@ -45,7 +45,7 @@ import faiss
 
 from denseflow.model.checksums import folder_checksums, model_checksum
 from denseflow.model.index.bm25 import META_FILE as BM25_META_FILE
-from denseflow.model.index.bm25 import BM25FormatError, BM25Index
+from denseflow.model.index.bm25 import BM25FormatError, BM25Index, BM25Settings
 from denseflow.model.index.build import IndexSpec, PublishedIndexError, apply_search_params
 from denseflow.model.index.documents import DOCS_FILE, DocumentStore
 
@@ -55,7 +55,7 @@ DOC_IDS_FILE = "doc_ids.json"
 MODEL_FOLDER = "model"
 BM25_FOLDER = "bm25"
 SearchMode = Literal["dense", "bm25", "hybrid"]
-FusionMethod = Literal["convex", "rrf"]
+FusionMethod = Literal["convex", "zscore", "rrf"]
 SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
 DEFAULT_SEARCH = {"mode": "hybrid", "hybrid": {"weight": 0.5, "method": "convex", "depth": 100}}
 POINTER = "current"
@@ -274,7 +274,7 @@ def load_version(version_dir: Path, verify: bool = True) -> LoadedIndex:
     if manifest.get("bm25"):
         folder = version_dir / manifest["bm25"].get("folder", BM25_FOLDER)
         try:
-            loaded.bm25 = BM25Index.load(folder, doc_ids)
+            loaded.bm25 = BM25Index.load(folder, doc_ids, expected=manifest_bm25(manifest["bm25"]))
         except (OSError, ValueError, BM25FormatError) as err:  # bm25s raises plain errors on a damaged file
             raise ChecksumError(f"{folder}: refusing to load the BM25 index, {err}") from err
     if manifest.get("documents"):
@@ -377,6 +377,13 @@ def _log_history(home: Path, action: str, previous: str | None, version: str) ->
         out.write("".join(json.dumps(entry) + "\n" for entry in lines))
         out.flush()
         os.fsync(out.fileno())
+
+
+def manifest_bm25(described: dict[str, Any]) -> BM25Settings | None:
+    """The BM25 settings a manifest promises (None for a version published before they were recorded whole)."""
+    if "tokenizer" not in described or "k1" not in described or "b" not in described:
+        return None
+    return BM25Settings.from_tokenizer(described["tokenizer"], float(described["k1"]), float(described["b"]))
 
 
 def publish(

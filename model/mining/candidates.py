@@ -16,10 +16,14 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from denseflow.model.data.beir import Dataset
+
+if TYPE_CHECKING:
+    from denseflow.model.index.bm25 import BM25Settings
 
 Scorer = Callable[[str], np.ndarray]
 """``scorer(query_id)`` → the score of every corpus document, in corpus order."""
@@ -113,6 +117,7 @@ def make_scorer(
     max_seq_length: int | None = None,
     precision: str = "fp32",
     batch_size: int = 64,
+    bm25: BM25Settings | None = None,
 ) -> Scorer | None:
     """The scorer of a candidate source: None for ``random``, BM25 over title + text, or a dense model's cosine.
 
@@ -122,7 +127,7 @@ def make_scorer(
     if candidates == "random":
         return None
     if candidates == "bm25":
-        return bm25_scorer(dataset)
+        return bm25_scorer(dataset, bm25)
     if candidates == "dense":
         from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
 
@@ -143,15 +148,15 @@ def make_scorer(
 _BM25_CACHE: dict[str, tuple[object, dict[str, np.ndarray]]] = {}
 
 
-def bm25_scorer(dataset: Dataset) -> Scorer:
+def bm25_scorer(dataset: Dataset, settings: BM25Settings | None = None) -> Scorer:
     """BM25 over title + text; the index and each query's scores are kept for the process's next call."""
     from denseflow.model.data.beir import corpus_fingerprint
     from denseflow.model.index.bm25 import BM25Index
 
-    key = corpus_fingerprint(dict(dataset.corpus))
+    key = f"{corpus_fingerprint(dict(dataset.corpus))}|{settings}"
     if key not in _BM25_CACHE:
         _BM25_CACHE.clear()
-        _BM25_CACHE[key] = (BM25Index(dataset.corpus), {})
+        _BM25_CACHE[key] = (BM25Index(dataset.corpus, settings), {})
     index, memo = _BM25_CACHE[key]
 
     def scorer(query_id: str) -> np.ndarray:

@@ -251,7 +251,8 @@ class Searcher:
     def _load_model(self, model_dir: Path, manifest: dict[str, Any] | None, checksum: str | None = None) -> LoadedModel:
         """``checksum`` of files already verified against a manifest; otherwise the folder is hashed here."""
         named = (manifest or {}).get("model", {})
-        model = load_encoder(model_dir, named.get("max_seq_length"))
+        # Queries at their own length; versions published before it was recorded used the documents' one.
+        model = load_encoder(model_dir, named.get("query_max_seq_length") or named.get("max_seq_length"))
         checksum = checksum or model_fingerprint(model_dir)
         backend = "torch"
         if self.backend != "torch":

@@ -15,7 +15,7 @@ from sentence_transformers.sentence_transformer.evaluation import InformationRet
 from sentence_transformers.util import cos_sim
 
 from denseflow.model.data.beir import Dataset
-from denseflow.model.index.bm25 import BM25Index
+from denseflow.model.index.bm25 import BM25Index, BM25Settings
 
 EVALUATOR_NAME = "dev"
 # The key the trainer logs: "eval_" + evaluator name + score function + metric.
@@ -26,7 +26,11 @@ MAX_TRAINING_POSITIVES = 4000
 
 
 def candidate_corpus(
-    dataset: Dataset, split: str, candidates: int, training_positives: Iterable[str] = ()
+    dataset: Dataset,
+    split: str,
+    candidates: int,
+    training_positives: Iterable[str] = (),
+    bm25_settings: BM25Settings | None = None,
 ) -> dict[str, str]:
     """Judged positives of every query of ``split``, each query's BM25 top-``candidates``, and the training
     positives.
@@ -36,7 +40,7 @@ def candidate_corpus(
     memorises most would win. Above ``MAX_TRAINING_POSITIVES`` a stable hash sample of them is kept.
     """
     queries = dataset.split_queries(split)
-    bm25 = BM25Index(dataset.corpus)
+    bm25 = BM25Index(dataset.corpus, bm25_settings)
     doc_ids: set[str] = set(
         stable_sample(sorted(set(training_positives) & set(dataset.corpus)), MAX_TRAINING_POSITIVES)
     )
@@ -54,7 +58,12 @@ def stable_sample(doc_ids: list[str], limit: int) -> list[str]:
 
 
 def dev_evaluator(
-    dataset: Dataset, split: str, candidates: int, batch_size: int = 32, training_positives: Iterable[str] = ()
+    dataset: Dataset,
+    split: str,
+    candidates: int,
+    batch_size: int = 32,
+    training_positives: Iterable[str] = (),
+    bm25_settings: BM25Settings | None = None,
 ) -> InformationRetrievalEvaluator:
     """sentence-transformers' IR evaluator over the candidate corpus of ``split``; its main score is nDCG@10."""
     relevant = {
@@ -63,7 +72,7 @@ def dev_evaluator(
     }
     return InformationRetrievalEvaluator(
         queries=dataset.split_queries(split),
-        corpus=candidate_corpus(dataset, split, candidates, training_positives),
+        corpus=candidate_corpus(dataset, split, candidates, training_positives, bm25_settings),
         relevant_docs=relevant,
         name=EVALUATOR_NAME,
         ndcg_at_k=[10],

@@ -52,6 +52,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 from denseflow.model.config import TrainConfig
 from denseflow.model.data.beir import Dataset
 from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
+from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.mining.negatives import TrainExample
 from denseflow.model.training import distributed
 from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
@@ -229,6 +230,7 @@ def train_bi_encoder(
     progress: bool = True,
     data_name: str = "training data",
     data_fingerprint: str = "",
+    bm25: BM25Settings | None = None,
 ) -> TrainResult:
     """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the checkpoint and α on it."""
     output_dir = Path(output_dir)
@@ -242,7 +244,9 @@ def train_bi_encoder(
     columns = train_dataset.column_names
     training_positives = {example.positive_id for example in examples}
     evaluator = (
-        dev_evaluator(data, dev_split, settings.dev_candidates, training_positives=training_positives)
+        dev_evaluator(
+            data, dev_split, settings.dev_candidates, training_positives=training_positives, bm25_settings=bm25
+        )
         if dev_split
         else None
     )

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from denseflow.model.config import EvalConfig
-from denseflow.model.fusion import fuse_query, fuse_runs, tune_weight
+from denseflow.model.fusion import fuse_query, fuse_runs
 
 DENSE = {"a": 0.9, "b": 0.8, "c": 0.1}
 BM25 = {"c": 12.0, "d": 11.0, "a": 2.0}
@@ -48,20 +48,17 @@ def test_config_refuses_a_fusion_weight_outside_unit_interval():
         EvalConfig(fusion_weight=1.2)
 
 
-def test_tuning_picks_the_weight_that_finds_the_relevant_documents():
-    dense = {"q1": {"x": 0.9, "y": 0.1}, "q2": {"y": 0.9, "x": 0.1}}
-    bm25 = {"q1": {"y": 5.0, "x": 1.0}, "q2": {"x": 5.0, "y": 1.0}}
-    qrels = {"q1": {"x": 1}, "q2": {"y": 1}}  # dense is right on both queries
-    weight, curve = tune_weight(dense, bm25, qrels)
-    assert weight > 0.5
-    assert curve[1.0] == pytest.approx(1.0)
+def test_zscore_fusion_is_not_squashed_by_one_outlying_score():
+    dense = {"top": 0.90, "a": 0.50, "b": 0.49}
+    bm25 = {"top": 100.0, "b": 9.0, "a": 8.0, **{f"n{i}": 7.0 for i in range(20)}}
+    fused = fuse_query(dense, bm25, 0.5, "zscore")
+    assert 0 <= min(fused.values()) and max(fused.values()) <= 1
+    assert max(fused, key=fused.get) == "top"
 
 
-def test_a_flat_curve_goes_to_the_even_mix():
-    dense = {"q1": {"x": 0.9}}
-    bm25 = {"q1": {"x": 3.0}}
-    weight, _ = tune_weight(dense, bm25, {"q1": {"x": 1}})
-    assert weight == 0.5
+def test_an_unknown_fusion_method_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="zscore"):
+        fuse_query(DENSE, BM25, 0.5, "borda")  # type: ignore[arg-type]
 
 
 def test_a_query_only_one_system_answered_keeps_its_ranking():

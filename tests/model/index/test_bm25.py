@@ -1,4 +1,5 @@
-"""BM25 built in numpy: bm25s's own index, score for score, and it still saves, loads and searches."""
+"""BM25 built in numpy: bm25s's own index, score for score, over stemmed terms; it saves, loads and searches with the
+tokenizer it was built with."""
 
 from __future__ import annotations
 
@@ -8,17 +9,30 @@ import bm25s
 import numpy as np
 
 from denseflow.model.embedding_cache import content_hash
+import json
+
+import pytest
+
 from denseflow.model.index.bm25 import (
-    K1,
-    STOPWORDS,
-    B,
+    LEGACY_BM25,
+    STOPWORD_LISTS,
+    BM25FormatError,
     BM25Index,
+    BM25Settings,
     count_terms,
     load_counts,
     reuse_counts,
     save_counts,
-    tokenize,
+    words,
 )
+
+SETTINGS = BM25Settings()
+STOPWORDS = STOPWORD_LISTS[SETTINGS.stopwords]
+
+
+def tokenize(text: str) -> list[str]:
+    return SETTINGS.tokenize(text)
+
 
 TEXTS = [
     "The heart pumps blood; the heart rate rises with exercise.",
@@ -32,7 +46,7 @@ QUERIES = ["heart gene", "blood pressure exercise", "brain", "the of", "vitamin 
 
 
 def reference() -> bm25s.BM25:
-    index = bm25s.BM25(k1=K1, b=B, method="atire", idf_method="robertson")
+    index = bm25s.BM25(k1=SETTINGS.k1, b=SETTINGS.b, method="atire", idf_method="robertson")
     index.index([tokenize(text) for text in TEXTS], show_progress=False)
     return index
 
@@ -52,7 +66,7 @@ def test_pre_tokenised_and_saved_index_answer_the_same(tmp_path: Path) -> None:
     doc_ids = [f"d{i}" for i in range(len(TEXTS))]
     built = BM25Index.from_texts(doc_ids, TEXTS)
     assert np.array_equal(
-        BM25Index.from_tokens(doc_ids, [tokenize(t) for t in TEXTS]).scores("heart"), built.scores("heart")
+        BM25Index.from_tokens(doc_ids, [words(t) for t in TEXTS]).scores("heart"), built.scores("heart")
     )
     built.save(tmp_path)
     loaded = BM25Index.load(tmp_path, doc_ids)
@@ -71,27 +85,83 @@ def counted_from(texts: list[str]):  # noqa: ANN201 - the texts_of callback reus
 
 
 def test_reused_term_counts_score_like_a_fresh_build_and_count_only_changed_texts(tmp_path: Path) -> None:
-    save_counts(tmp_path / "counts.npz", count_terms([tokenize(t) for t in TEXTS]), [content_hash(t) for t in TEXTS])
+    save_counts(
+        tmp_path / "counts.npz",
+        count_terms([words(t) for t in TEXTS], SETTINGS),
+        [content_hash(t) for t in TEXTS],
+        SETTINGS,
+    )
     # Edited (d0), deleted (d2: its "gene" and "regulation" leave the corpus), moved, and a new document.
     changed = [TEXTS[0] + " with an erratum on gene therapy", TEXTS[5], TEXTS[1], TEXTS[4], "Zinc and heart rhythm"]
     ids = ["d0", "d5", "d1", "d4", "new"]
     texts_of, asked = counted_from(changed)
-    counts, counted = reuse_counts([content_hash(t) for t in changed], load_counts(tmp_path / "counts.npz"), texts_of)
+    counts, counted = reuse_counts(
+        [content_hash(t) for t in changed], load_counts(tmp_path / "counts.npz", SETTINGS), texts_of, SETTINGS
+    )
     assert (counted, asked) == (2, [[0, 4]])  # only the edited and the new text were tokenised
     reused, fresh = BM25Index.from_counts(ids, counts), BM25Index.from_texts(ids, changed)
     assert set(reused._bm25.vocab_dict) == set(fresh._bm25.vocab_dict)  # "regulation" gone with d2
-    assert "regulation" not in counts.vocabulary  # nor kept in the counts the next snapshot starts from
+    assert "regul" not in counts.vocabulary  # nor kept in the counts the next snapshot starts from
     for query in [*QUERIES, "erratum zinc", "regulation"]:
         np.testing.assert_allclose(reused.scores(query), fresh.scores(query), rtol=1e-6)
 
 
 def test_damaged_term_counts_are_ignored_and_everything_is_counted(tmp_path: Path) -> None:
     path = tmp_path / "counts.npz"
-    save_counts(path, count_terms([tokenize(t) for t in TEXTS]), [content_hash(t) for t in TEXTS])
-    assert load_counts(path) is not None
+    save_counts(path, count_terms([words(t) for t in TEXTS], SETTINGS), [content_hash(t) for t in TEXTS], SETTINGS)
+    assert load_counts(path, SETTINGS) is not None
     path.write_bytes(path.read_bytes()[:100])  # a truncated file
-    assert load_counts(path) is None
+    assert load_counts(path, SETTINGS) is None
     texts_of, asked = counted_from(TEXTS)
-    counts, counted = reuse_counts([content_hash(t) for t in TEXTS], load_counts(path), texts_of)
+    counts, counted = reuse_counts([content_hash(t) for t in TEXTS], load_counts(path, SETTINGS), texts_of, SETTINGS)
     assert counted == len(TEXTS) and asked == [list(range(len(TEXTS)))]
     assert not list(tmp_path.glob(".*"))  # save_counts left no temporary file behind
+
+
+def test_stemming_matches_inflected_forms_and_stopwords_never_become_terms() -> None:
+    index = BM25Index.from_texts(["d0", "d1", "d2"], ["Genes regulate growth", "Pumping blood", "Zinc intake"])
+    assert index.search("gene regulation", 1)[0][0] == "d0"
+    assert index.scores("pumped")[1] > 0
+    assert index.scores("the of and").max() == 0
+
+
+def test_counts_of_another_tokenizer_are_not_reused(tmp_path: Path) -> None:
+    path = tmp_path / "counts.npz"
+    save_counts(
+        path, count_terms([words(t) for t in TEXTS], LEGACY_BM25), [content_hash(t) for t in TEXTS], LEGACY_BM25
+    )
+    assert load_counts(path, LEGACY_BM25) is not None
+    assert load_counts(path, SETTINGS) is None
+
+
+def test_an_index_published_unstemmed_keeps_serving_with_its_own_tokenizer(tmp_path: Path) -> None:
+    doc_ids = ["d0", "d1"]
+    BM25Index.from_texts(doc_ids, ["Genes regulate growth", "one gene"], LEGACY_BM25).save(tmp_path)
+    loaded = BM25Index.load(tmp_path, doc_ids)
+    assert loaded.settings == LEGACY_BM25
+    assert loaded.scores("genes")[1] == 0  # unstemmed: "genes" is not "gene"
+
+
+def test_an_index_searched_with_another_tokenizer_than_its_manifest_promises_is_refused(tmp_path: Path) -> None:
+    BM25Index.from_texts(["d0"], ["Genes regulate growth"], LEGACY_BM25).save(tmp_path)
+    with pytest.raises(BM25FormatError, match="manifest says"):
+        BM25Index.load(tmp_path, ["d0"], expected=SETTINGS)
+
+
+def test_an_unknown_tokenizer_is_refused_naming_it(tmp_path: Path) -> None:
+    BM25Index.from_texts(["d0"], ["Genes regulate growth"]).save(tmp_path)
+    meta_file = tmp_path / "denseflow.json"
+    meta = json.loads(meta_file.read_text()) | {"tokenizer": "whitespace | lemmatiser"}
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(BM25FormatError, match="whitespace"):
+        BM25Index.load(tmp_path, ["d0"])
+
+
+def test_an_unavailable_stemmer_is_a_validation_error_naming_the_setting() -> None:
+    from pydantic import ValidationError
+
+    from denseflow.model.config import RetrainConfig
+
+    with pytest.raises(ValidationError, match="bm25.stemmer"):
+        RetrainConfig.model_validate({"bm25": {"stemmer": "klingon"}})
+    assert RetrainConfig.model_validate({"bm25": {"stemmer": "none"}}).bm25.stemmer is None

@@ -69,8 +69,8 @@ def test_publish_writes_bm25_files_under_the_manifest_checksums(published: Path)
     assert "bm25/denseflow.json" in bm25_files
     assert "bm25/data.csc.index.npy" in bm25_files
     assert "bm25/vocab.index.json" in bm25_files
-    assert loaded.manifest["bm25"]["k1"] == 1.5
-    assert loaded.manifest["bm25"]["b"] == 0.75
+    assert loaded.manifest["bm25"]["k1"] == 0.9
+    assert loaded.manifest["bm25"]["b"] == 0.4
     assert loaded.manifest["search"] == {"mode": "hybrid", "hybrid": {"weight": 0.5, "method": "convex", "depth": 100}}
     assert loaded.bm25 is not None
     assert loaded.bm25.doc_ids == loaded.doc_ids
@@ -182,10 +182,12 @@ def test_registry_tags_set_the_published_search_and_bad_tags_fail() -> None:
 def test_bm25s_ranks_like_okapi_on_the_tiny_corpus(tiny_beir_dir: Path) -> None:
     """bm25s with the project's formula gives rank-bm25's BM25Okapi scores (no term is in half the documents)."""
     rank_bm25 = pytest.importorskip("rank_bm25")
-    from denseflow.model.index.bm25 import tokenize
+    from denseflow.model.index.bm25 import BM25Settings
 
+    settings = BM25Settings()
+    tokenize = settings.tokenize
     corpus = read_corpus(find_file(tiny_beir_dir, "corpus.jsonl"), RejectLog())
-    ours = BM25Index(corpus)
-    okapi = rank_bm25.BM25Okapi([tokenize(doc.full_text) for doc in corpus.values()])
+    ours = BM25Index(corpus, settings)
+    okapi = rank_bm25.BM25Okapi([tokenize(doc.full_text) for doc in corpus.values()], k1=settings.k1, b=settings.b)
     for query in tiny_queries(tiny_beir_dir):
         np.testing.assert_allclose(ours.scores(query), okapi.get_scores(tokenize(query)), rtol=1e-5, atol=1e-5)

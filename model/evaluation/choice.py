@@ -1,0 +1,80 @@
+"""Choices on evidence: a documented prior is used unless dev shows, by a paired test, that something beats it.
+
+A few dozen dev queries cannot rank near-equal settings: the 95 % interval of a dev nDCG@10 over 72 queries is
+about ±0.08, and the best of 44 configurations on such a split scored 0.013 below the field's priors on test
+(docs/results.md). So every choice dev makes (fusion method and weight, BM25's k1/b, the served mode, the
+recipe) follows one rule: the prior stands unless the dev winner beats it by a one-sided paired randomisation
+test at ``alpha`` on the dev queries. The record of each choice (prior, dev winner, both dev figures, the p-value
+and what was used) is logged with the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+
+from denseflow.model.evaluation.stats import paired_test
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One choice made under the rule: ``used`` is ``prior`` unless ``dev_winner`` beat it with ``p_value <
+    alpha``."""
+
+    name: str
+    prior: str
+    dev_winner: str
+    used: str
+    prior_dev: float | None
+    winner_dev: float | None
+    p_value: float | None
+    alpha: float
+    queries: int
+    reason: str
+
+    @property
+    def overruled(self) -> bool:
+        return self.used != self.prior
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def prior_only(name: str, prior: str, reason: str, alpha: float = 0.05) -> Choice:
+    """The prior, used without a dev comparison (no dev split, too few queries, or a configured value)."""
+    return Choice(name, prior, prior, prior, None, None, None, alpha, 0, reason)
+
+
+def choose_on_evidence(
+    name: str,
+    prior: str,
+    per_query: Mapping[str, Mapping[str, float]],
+    alpha: float = 0.05,
+    permutations: int = 10_000,
+    metric: str = "ndcg@10",
+) -> Choice:
+    """``per_query``: each option's per-query dev figure (``{option: {query_id: value}}``), the prior among them.
+
+    The dev winner is the option with the best mean (ties to the prior, then to the first listed); it is used only
+    when it beats the prior by a one-sided paired randomisation test with p < ``alpha``.
+    """
+    if prior not in per_query:
+        raise ValueError(f"{name}: the prior {prior!r} is not among the options {sorted(per_query)}")
+    means = {option: _mean(values) for option, values in per_query.items()}
+    winner = max(per_query, key=lambda option: (round(means[option], 9), option == prior))
+    queries = len(per_query[prior])
+    if winner == prior:
+        reason = f"the prior is dev's best ({metric} {means[prior]:.4f} over {queries} queries)"
+        return Choice(name, prior, winner, prior, means[prior], means[winner], None, alpha, queries, reason)
+    test = paired_test(per_query[winner], per_query[prior], metric, permutations, alternative="greater")
+    used = winner if test.p_value < alpha else prior
+    verdict = "used" if used == winner else "not significant: the prior stands"
+    reason = (
+        f"dev winner {winner} {means[winner]:.4f} vs prior {prior} {means[prior]:.4f} over {test.queries} queries, "
+        f"one-sided p = {test.p_value:.3f} ({verdict}, alpha {alpha:g})"
+    )
+    return Choice(name, prior, winner, used, means[prior], means[winner], test.p_value, alpha, test.queries, reason)
+
+
+def _mean(values: Mapping[str, float]) -> float:
+    return sum(values.values()) / len(values) if values else 0.0
