@@ -114,7 +114,7 @@ def test_recall_floor_stops_publication_and_republish_encodes_nothing(
     shutil.copytree(local_run[0], workspace)  # the module's publication stays as it was for the other tests
     beir_dir = local_run[1]
     stamps = segments_of(workspace)
-    (bm25_meta,) = (workspace / "encode").glob("corpus-*/bm25/denseflow.json")
+    (bm25_meta,) = (workspace / "encode").glob("corpus-*/bm25-*/denseflow.json")
     bm25_stamp = bm25_meta.stat().st_mtime_ns
     poor = {"type": "ivf", "factory": "IVF6,Flat", "ivf_nprobe": 1, "recall_floor": 0.99}
     with pytest.raises(Exception, match="below the floor 0.9900: not published"):

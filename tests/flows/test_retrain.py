@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from denseflow.flows.retrain import retrain
 from denseflow.model.config import RetrainConfig
+from denseflow.model.served_system import ServedSystem
 
 
 def tiny_config(tmp_path: Path, beir_dir: Path, model_dir: Path, **sections: dict) -> RetrainConfig:
@@ -54,7 +55,11 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     served_label = "hybrid" if served == "hybrid" else "trained"
     assert candidate.tags["ndcg_at_10"] == f"{summary['metrics'][served_label]['ndcg@10']:.6f}"
     assert candidate.tags["trained.ndcg_at_10"] == f"{trained['ndcg@10']:.6f}"
-    assert candidate.tags["served.mode_chosen_by"].startswith("dev ndcg@10")
+    assert "prior" in candidate.tags["served.mode_chosen_by"]  # the prior, or a dev winner tested against it
+    record = ServedSystem.from_json(candidate.tags["served.system"])
+    assert record.mode == served
+    assert record.bm25.stemmer == "english"
+    assert record.document_max_seq_length >= record.query_max_seq_length
     # Choices were made on a dev split carved by document groups; its curve is a metric history (a chart).
     assert summary["dev_split"] == "dev"
     assert run.data.tags["data.dev_method"] == "document groups"

@@ -3,16 +3,14 @@ tokenizer it was built with."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import bm25s
 import numpy as np
-
-from denseflow.model.embedding_cache import content_hash
-import json
-
 import pytest
 
+from denseflow.model.embedding_cache import content_hash
 from denseflow.model.index.bm25 import (
     LEGACY_BM25,
     STOPWORD_LISTS,
