@@ -85,9 +85,19 @@ def make_asymmetric(model: SentenceTransformer) -> SentenceTransformer:
     router = Router.for_query_document(
         query_modules=[copy.deepcopy(module) for module in modules],
         document_modules=[copy.deepcopy(module) for module in modules],
+        # ``encode`` (what MLflow's pyfunc and ``mlflow models serve`` call) embeds a query, as search does.
+        default_route="query",
     )
     asymmetric = SentenceTransformer(modules=[router], device="cpu")
     return asymmetric
+
+
+def route_queries_by_default(model: SentenceTransformer) -> SentenceTransformer:
+    """Make ``model.encode`` run the query tower of an asymmetric model (models trained before this default routed
+    it to the document tower, Router.for_query_document's default); ``task="document"`` still picks documents."""
+    if is_asymmetric(model):
+        model[0].default_route = "query"
+    return model
 
 
 def is_asymmetric(model: SentenceTransformer) -> bool:

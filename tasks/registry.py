@@ -12,7 +12,7 @@ from prefect import task
 
 from denseflow.model.config import RetrainConfig
 from denseflow.model.context import RunContext
-from denseflow.model.encoder import load_encoder, tower_type
+from denseflow.model.encoder import load_encoder, route_queries_by_default, tower_type
 from denseflow.model.evaluation.summary import RetrainSummary
 from denseflow.model.mining.negatives import mining_summary, read_examples
 from denseflow.model.training.model_card import full_card, pipeline_section
@@ -36,8 +36,11 @@ def register(
     ``metrics`` are the figures of the mode that will be served (the gate compares them); ``extra_tags`` carry
     what serving needs to reproduce them (mode, fusion weight) and the other modes' figures.
     """
-    model = load_encoder(model_dir)
+    model = route_queries_by_default(load_encoder(model_dir))
     towers = tower_type(model)
+    example = ["vitamin D and bone density"]
+    # A params schema, so pyfunc ``predict(texts, params={"task": "document"})`` reaches the document tower.
+    signature = mlflow.models.infer_signature(example, model.encode(example), params={"task": "query"})
     info = mlflow.sentence_transformers.log_model(
         model,
         name=artifact_name,
@@ -47,6 +50,7 @@ def register(
         # subprocess, which costs more than the rest of the registration.
         pip_requirements=mlflow.sentence_transformers.get_default_pip_requirements(),
         metadata={"towers": towers, "dataset_fingerprint": dataset_fingerprint},
+        signature=signature,
     )
     MlflowClient().set_tag(run_id, "towers", towers)
     version = str(info.registered_model_version)
@@ -87,7 +91,7 @@ def describe_version(
         card = full_card(folder, pipeline_section(facts, training, mining, config.model_dump(mode="json")))
         client = MlflowClient()
         # The registry keeps descriptions up to 5000 characters in SQL stores: the whole card is the artifact.
-        client.update_model_version(registered_model, version, description=card[-5000:])
+        client.update_model_version(registered_model, version, description=registry_description(card))
         path = context.run_dir / MODEL_CARD_FILE
         path.write_text(card, encoding="utf-8")
         client.log_artifact(context.run_id, str(path))
@@ -95,3 +99,14 @@ def describe_version(
     except Exception as err:  # noqa: BLE001 - the card is documentation; the version stands without it
         run_logger().warning("model card for %s version %s not written: %s", registered_model, version, err)
         return None
+
+
+DESCRIPTION_LIMIT = 5000
+
+
+def registry_description(card: str, limit: int = DESCRIPTION_LIMIT) -> str:
+    """The card's head (what the model is, its figures) within the registry's limit, and where the rest is."""
+    if len(card) <= limit:
+        return card
+    tail = f"\n\n… the whole card is the run's `{MODEL_CARD_FILE}` artifact."
+    return card[: limit - len(tail)].rsplit("\n", 1)[0] + tail

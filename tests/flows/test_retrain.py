@@ -214,3 +214,26 @@ def test_a_query_tower_only_retrain_registers_and_publishes_the_asymmetric_model
 
 def run_alpha(tmp_path: Path, summary: dict) -> float:
     return client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.metrics["train.interpolation"]
+
+
+def test_a_version_loaded_by_mlflows_own_api_embeds_queries_with_its_query_tower(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    import mlflow
+    import numpy as np
+
+    from denseflow.model.encoder import encode, load_encoder
+    from denseflow.registry.resolve import resolve_model
+
+    retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train={"interpolation": 1.0, "learning_rate": 1e-2}))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    texts = ["heart rate and exercise", "gene expression"]
+    ours = load_encoder(resolve_model("retriever/1", tmp_path / "ws", default_name="retriever").local_dir)
+    query, document = encode(ours, texts, "query"), encode(ours, texts, "document")
+    assert not np.allclose(query, document, atol=1e-4)  # the towers differ, so the routing is visible
+
+    loaded = mlflow.sentence_transformers.load_model("models:/retriever/1")
+    np.testing.assert_allclose(loaded.encode(texts, normalize_embeddings=True), query, atol=1e-5)
+    pyfunc = mlflow.pyfunc.load_model("models:/retriever/1")
+    embedded = np.asarray(pyfunc.predict(texts, params={"task": "document"}))
+    np.testing.assert_allclose(embedded / np.linalg.norm(embedded, axis=1, keepdims=True), document, atol=1e-5)

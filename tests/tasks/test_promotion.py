@@ -21,12 +21,14 @@ from denseflow.model.encoder import encode, encode_corpus, load_encoder
 from denseflow.model.evaluation.metrics import evaluate_run, run_from_search
 from denseflow.model.index.topk import exact_search
 from denseflow.model.promotion import (
+    Evidence,
     Move,
     NoPreviousProduction,
     NotComparable,
     Scored,
     decide,
     dump_history,
+    paired_evidence,
     parse_history,
     production_stack,
     reconcile,
@@ -55,6 +57,35 @@ def test_a_first_candidate_that_loses_to_the_base_model_is_rejected_and_the_base
     assert decision.outcome == "base model shipped"
     assert "0.6000 vs the base model's system 0.6300" in decision.reason
     assert decision.as_tags()["promotion.base_value"] == "0.630000"
+
+
+def test_a_margin_win_that_fails_the_paired_test_is_not_promoted_and_the_record_says_which_test():
+    noisy = {"base": Evidence(p_better=0.15, queries=300)}
+    decision = decide(scored("1", 0.72), None, "ndcg@10", 0.005, base=scored("base", 0.70), evidence=noisy)
+    assert not decision.promote
+    assert "paired test not passed (one-sided p = 0.150" in decision.reason
+
+
+def test_a_candidate_significantly_worse_on_unseen_documents_is_not_promoted():
+    evidence = {"base": Evidence(p_better=0.001, queries=300, p_worse_unseen=0.01, unseen_queries=104)}
+    decision = decide(scored("1", 0.75), None, "ndcg@10", 0.005, base=scored("base", 0.70), evidence=evidence)
+    assert not decision.promote
+    assert "significantly worse on the 104 unseen-document queries" in decision.reason
+
+
+def test_a_win_by_the_margin_and_the_paired_test_is_promoted():
+    evidence = {"base": Evidence(p_better=0.001, queries=300, p_worse_unseen=0.6, unseen_queries=104)}
+    decision = decide(scored("1", 0.75), None, "ndcg@10", 0.005, base=scored("base", 0.70), evidence=evidence)
+    assert decision.promote
+    assert "p = 0.001" in decision.reason
+
+
+def test_paired_evidence_tests_unseen_documents_only_with_enough_of_them():
+    better = {f"q{i}": 0.8 for i in range(30)}
+    worse = {f"q{i}": 0.5 for i in range(30)}
+    assert paired_evidence(better, worse, unseen=[f"q{i}" for i in range(5)]).p_worse_unseen is None
+    tested = paired_evidence(better, worse, unseen=[f"q{i}" for i in range(25)], permutations=1000)
+    assert tested.p_better < 0.05 and tested.unseen_queries == 25 and tested.p_worse_unseen > 0.5
 
 
 def test_a_candidate_must_beat_production_and_the_base_model_both():
