@@ -110,47 +110,176 @@ def cmd_models_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_serving(workspace: Path, name: str, version: str) -> str | None:
+    """The newest kept index version (``index.keep_versions``) built for registry version ``version``."""
+    from denseflow.model.config import IndexConfig
+    from denseflow.model.index.store import list_versions, model_label
+
+    for info in reversed(list_versions(workspace / "indexes", IndexConfig().name)):
+        if not info.broken and model_label(info.manifest.get("model") or {}) == f"{name}@{version}":
+            return info.version
+    return None
+
+
+def _serve(args: argparse.Namespace, name: str, version: str) -> dict:
+    """Make the published index serve ``version``: its kept index version when one is there (a pointer move,
+    seconds), else a publication (incremental: only documents the embedding cache lacks are encoded)."""
+    from denseflow.model.config import IndexConfig
+    from denseflow.model.index.store import rollback as index_rollback
+
+    workspace = workspace_dir(args.workspace)
+    kept = _index_serving(workspace, name, version)
+    if kept is not None:
+        moved = index_rollback(workspace / "indexes", IndexConfig().name, to=kept)
+        return {"name": IndexConfig().name, "version": moved.version, "path": str(moved.path), "reused": True}
+    return _publish(args, name, version) | {"reused": False}
+
+
+def _plan(args: argparse.Namespace, name: str, current: str | None, target: str) -> dict:
+    from denseflow.model.config import IndexConfig
+    from denseflow.model.index.store import published_model_label
+
+    workspace = workspace_dir(args.workspace)
+    kept = _index_serving(workspace, name, target)
+    return {
+        "dry_run": True,
+        "production": {"from": current, "to": target},
+        "index": {
+            "serves": published_model_label(workspace / "indexes", IndexConfig().name),
+            "would_serve": f"{name}@{target}",
+            "how": f"move current to kept index version {kept}" if kept else "publish (incremental)",
+        }
+        if not args.alias_only
+        else "unchanged (--alias-only)",
+    }
+
+
+def _restore_index(args: argparse.Namespace, previous: str | None) -> None:
+    """Put the index back where it was when the alias move after a publication did not land."""
+    from denseflow.model.config import IndexConfig
+    from denseflow.model.index.store import rollback as index_rollback
+
+    if previous is not None:
+        index_rollback(workspace_dir(args.workspace) / "indexes", IndexConfig().name, to=previous)
+
+
+def _current_index(args: argparse.Namespace) -> str | None:
+    from denseflow.model.config import IndexConfig
+    from denseflow.model.index.store import read_pointer
+
+    return read_pointer(workspace_dir(args.workspace) / "indexes", IndexConfig().name)
+
+
+def _move_both(args: argparse.Namespace, name: str, target: str, move) -> int:  # noqa: ANN001 - () -> dict
+    """Publish (or re-point) the index for ``target``, then move the alias; a failed publication leaves both as
+    they were, and an alias move that does not land puts the index back."""
+    from denseflow.model.index.build import PublishedIndexError
+    from denseflow.model.workspace import LockTimeout
+    from denseflow.registry.aliases import ProductionChanged
+
+    command = args.command
+    previous_index = _current_index(args)
+    published = None
+    if not args.alias_only:
+        try:
+            published = _serve(args, name, target)
+        except (PublishedIndexError, OSError, ValueError, RuntimeError) as err:
+            print(
+                f"denseflow {command}: publishing {name}/{target} failed, production unchanged: {err}", file=sys.stderr
+            )
+            return 1
+    try:
+        result = move()
+    except (ProductionChanged, LockTimeout) as err:
+        if published is not None:
+            _restore_index(args, previous_index)
+        print(f"denseflow {command}: {err}", file=sys.stderr)
+        return 1
+    if published is not None:
+        result["published"] = published
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
-    from denseflow.model.workspace import LockTimeout
-    from denseflow.registry.aliases import ProductionChanged, promote
+    from denseflow.registry.aliases import _version_of, production_version, promote
 
     name = _connect(args)
     try:
-        result = promote(name, args.version, args.reason or "", workspace=workspace_dir(args.workspace))
-    except (ProductionChanged, LockTimeout) as err:
-        print(f"denseflow promote: {err}", file=sys.stderr)
-        return 1
+        MlflowClient().get_model_version(name, args.version)
+        current = _version_of(production_version(MlflowClient(), name))
     except MlflowException as err:
         print(f"denseflow promote: {name} version {args.version}: {err.message}", file=sys.stderr)
         return 2
-    if args.publish:
-        result["published"] = _publish(args, name, result["production"])
-    print(json.dumps(result, indent=2))
-    return 0
+    if args.dry_run:
+        print(json.dumps(_plan(args, name, current, str(args.version)), indent=2))
+        return 0
+    workspace = workspace_dir(args.workspace)
+    return _move_both(
+        args, name, str(args.version), lambda: promote(name, args.version, args.reason or "", workspace=workspace)
+    )
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
     from denseflow.model.promotion import NoPreviousProduction
-    from denseflow.model.workspace import LockTimeout
-    from denseflow.registry.aliases import ProductionChanged, rollback
+    from denseflow.registry.aliases import planned_rollback, rollback
 
     name = _connect(args)
     try:
-        result = rollback(name, args.reason or "", workspace=workspace_dir(args.workspace))
-    except (ProductionChanged, LockTimeout) as err:
-        print(f"denseflow rollback: {err}", file=sys.stderr)
-        return 1
+        current, target = planned_rollback(name)
     except (NoPreviousProduction, MlflowException) as err:
         print(f"denseflow rollback: {name}: {getattr(err, 'message', err)}", file=sys.stderr)
         return 2
-    if args.publish:
-        result["published"] = _publish(args, name, result["production"])
-    print(json.dumps(result, indent=2))
-    return 0
+    if args.dry_run:
+        print(json.dumps(_plan(args, name, current, target), indent=2))
+        return 0
+    workspace = workspace_dir(args.workspace)
+    return _move_both(args, name, target, lambda: rollback(name, args.reason or "", workspace=workspace))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Production, candidate, what the published index serves, and whether they agree."""
+    from mlflow.tracking import MlflowClient
+
+    from denseflow.model.config import IndexConfig
+    from denseflow.model.index.store import published_model_label, read_pointer
+    from denseflow.registry.keys import CANDIDATE, PRODUCTION
+
+    name = _connect(args)
+    client = MlflowClient()
+    aliases = {}
+    for alias in (PRODUCTION, CANDIDATE):
+        try:
+            aliases[alias] = str(client.get_model_version_by_alias(name, alias).version)
+        except Exception:  # noqa: BLE001 - an unset alias is a state to show, not an error
+            aliases[alias] = None
+    root = workspace_dir(args.workspace) / "indexes"
+    serves = published_model_label(root, IndexConfig().name)
+    expected = f"{name}@{aliases[PRODUCTION]}" if aliases[PRODUCTION] else None
+    status = {
+        "registered_model": name,
+        "production": aliases[PRODUCTION],
+        "candidate": aliases[CANDIDATE],
+        "index": {"name": IndexConfig().name, "version": read_pointer(root, IndexConfig().name), "serves": serves},
+        "agree": serves == expected,
+    }
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        rows = [
+            ("production", status["production"] or "-"),
+            ("candidate", status["candidate"] or "-"),
+            ("index serves", f"{serves or 'nothing'} ({status['index']['version'] or 'unpublished'})"),
+            ("agree", "yes" if status["agree"] else f"NO: production is {expected or 'unset'}"),
+        ]
+        width = max(len(key) for key, _ in rows)
+        print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    return 0 if status["agree"] or not aliases[PRODUCTION] else 1
 
 
 def ui_command(uri: str, workspace: Path, host: str, port: int) -> list[str]:
@@ -220,18 +349,31 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     registry(show)
     show.set_defaults(handler=cmd_models_show)
 
-    promote = commands.add_parser("promote", help="point production at VERSION (recorded in the history)")
+    def moves(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--reason", help="why; stored with the move")
+        parser.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
+        parser.add_argument(
+            "--alias-only", action="store_true", help="move the alias and leave the published index as it is"
+        )
+        registry(parser)
+
+    promote = commands.add_parser(
+        "promote", help="serve VERSION: publish its index (or re-point to a kept one), then move production"
+    )
     promote.add_argument("version")
-    promote.add_argument("--reason", help="why; stored with the move")
-    promote.add_argument("--publish", action="store_true", help="then publish its index (re-encodes the corpus)")
-    registry(promote)
+    moves(promote)
     promote.set_defaults(handler=cmd_promote)
 
-    rollback = commands.add_parser("rollback", help="point production back at the previous production version")
-    rollback.add_argument("--reason", help="why; stored with the move")
-    rollback.add_argument("--publish", action="store_true", help="then publish its index (re-encodes the corpus)")
-    registry(rollback)
+    rollback = commands.add_parser(
+        "rollback", help="serve the previous production version again: its kept index and the production alias"
+    )
+    moves(rollback)
     rollback.set_defaults(handler=cmd_rollback)
+
+    status = commands.add_parser("status", help="production, candidate, what the index serves, and whether they agree")
+    status.add_argument("--json", action="store_true")
+    registry(status)
+    status.set_defaults(handler=cmd_status)
 
     ui = commands.add_parser("ui", help="start the MLflow UI on the workspace store and print its URL")
     ui.add_argument("--host", default=DEFAULT_UI_HOST, help="bind address (default: %(default)s)")

@@ -112,6 +112,13 @@ def promote(name: str, version: str, reason: str = "", workspace: Path | str | N
         return move_production(MlflowClient(), name, str(version), "promote", reason or "manual promotion")
 
 
+def planned_rollback(name: str) -> tuple[str | None, str]:
+    """``(current production, the version rollback would move it to)``; nothing moves."""
+    client = MlflowClient()
+    current = _version_of(production_version(client, name))
+    return current, rollback_target(reconcile(read_history(client, name), current, now()))
+
+
 def rollback(name: str, reason: str = "", workspace: Path | str | None = None) -> dict:
     """``production`` back to the version before the current one, from the recorded history."""
     client = MlflowClient()
