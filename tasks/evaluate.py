@@ -29,7 +29,7 @@ from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.runs import Evaluation, score_run
 from denseflow.model.index.bm25 import BM25Settings
-from denseflow.tasks.tracking import log_artifact, log_choice, log_metrics, run_logger
+from denseflow.tasks.tracking import log_artifact, log_choice, log_metrics, log_per_query_table, run_logger
 
 HYBRID = "hybrid"
 BASE_HYBRID = "zero-shot+bm25"
@@ -83,6 +83,7 @@ def _record(
             )
     for path in (run_file, metrics_file, per_query_file):
         log_artifact(run_id, path, "evaluation")
+    log_per_query_table(run_id, evaluation.per_query, f"evaluation/per_query_{stem}.table.json")
     return run_file
 
 

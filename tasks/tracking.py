@@ -99,6 +99,28 @@ def configure_tracking(config: TrackingConfig, workspace: Path | None = None) ->
     return uri
 
 
+def source_tags(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` with the context tags the fluent ``mlflow.start_run`` sets (user, source name and type), the command
+    line as the source, and the git commit of denseflow's own code when it runs from a checkout."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking.context.registry import resolve_tags
+
+    resolved = resolve_tags(tags)
+    resolved["mlflow.source.name"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500] or "denseflow"
+    package = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        resolved["mlflow.source.git.commit"] = commit
+    return resolved
+
+
 @names_the_server
 def start_tracking_run(
     config, flow_run_id: str | None, run_name: str | None = None, parent_run_id: str | None = None
@@ -109,7 +131,7 @@ def start_tracking_run(
     tags = {"prefect.flow_run_id": flow_run_id or "none"}
     if parent_run_id:
         tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(experiment.experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment.experiment_id, run_name=run_name, tags=source_tags(tags))
     params = flatten(config)
     items = list(params.items())
     for start in range(0, len(items), 100):
@@ -179,3 +201,12 @@ def log_choice(context: RunContext, choice: Choice, prefix: str = "") -> None:
         handle.write(json.dumps({"key": f"{prefix}{choice.name}", **choice.as_dict()}) + "\n")
     client.log_artifact(context.run_id, str(record))
     run_logger().info("choice %s%s: %s (%s)", prefix, choice.name, choice.used, choice.reason)
+
+
+@names_the_server
+def log_per_query_table(run_id: str, per_query: dict[str, dict[str, float]], artifact_file: str) -> None:
+    """``{metric: {query_id: value}}`` as an MLflow table (one row a query), so the UI's artifact view and
+    ``mlflow.load_table`` show which queries a system wins and loses."""
+    queries = sorted(next(iter(per_query.values()), {}))
+    data = {"query_id": queries} | {metric: [values.get(q) for q in queries] for metric, values in per_query.items()}
+    MlflowClient().log_table(run_id, data=data, artifact_file=artifact_file)

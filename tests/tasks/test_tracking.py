@@ -50,3 +50,22 @@ def test_concurrent_first_runs_on_a_fresh_workspace_create_the_store_once(tmp_pa
     assert [out.split() for out, _ in results] == [["configured"]] * 2
     experiments = MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}").search_experiments()
     assert [e.name for e in experiments if e.name == "race"] == ["race"]
+
+
+def test_a_flow_run_can_be_traced_to_its_user_command_and_code(tmp_path: Path) -> None:
+    """Runs were created without the context tags: the UI's Source and User were empty."""
+    from types import SimpleNamespace
+
+    from denseflow.model.config import TrackingConfig
+    from denseflow.tasks.tracking import configure_tracking, start_tracking_run
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="trace")
+    configure_tracking(tracking, tmp_path)
+    run_id = start_tracking_run(SimpleNamespace(tracking=tracking, model_dump=dict), "flow-1")
+    tags = MlflowClient(tracking.tracking_uri).get_run(run_id).data.tags
+    assert tags["mlflow.user"]
+    assert tags["mlflow.source.name"]
+    assert tags["prefect.flow_run_id"] == "flow-1"
+    checkout = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    if checkout.returncode == 0:  # run from a checkout: the commit of the code that ran
+        assert tags["mlflow.source.git.commit"] == checkout.stdout.strip()
