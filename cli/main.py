@@ -42,9 +42,9 @@ MLFLOW_HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 # Commands that run a Prefect flow, and so may start Prefect's temporary API server.
-FLOW_COMMANDS = ("retrain", "publish", "compare-negatives", "promote", "rollback")
+FLOW_COMMANDS = ("retrain", "publish", "compare-negatives", "promote", "rollback", "compare")
 # Commands that open the MLflow store (retrain checks the URI its configuration resolves to, in its preflight).
-STORE_COMMANDS = ("publish", "compare-negatives", "promote", "rollback", "models", "ui")
+STORE_COMMANDS = ("publish", "compare-negatives", "promote", "rollback", "models", "ui", "compare", "status")
 DEBUG_ENV = "DENSEFLOW_DEBUG"
 
 

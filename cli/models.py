@@ -282,6 +282,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if status["agree"] or not aliases[PRODUCTION] else 1
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from denseflow.flows.compare import compare
+
+    name = _connect(args)
+    tracking = _tracking(args).model_copy(update={"registered_model": name})
+    result = compare(
+        args.a,
+        args.b,
+        workspace=workspace_dir(args.workspace),
+        data=args.data,
+        split=args.split,
+        queries_file=args.queries,
+        tracking=tracking,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print((Path(result["folder"]) / "compare.md").read_text(encoding="utf-8"))
+        print(
+            f"written to {result['folder']} (compare.md, compare.html, compare.json); MLflow run {result['mlflow_run_id']}"
+        )
+    return 0
+
+
 def ui_command(uri: str, workspace: Path, host: str, port: int) -> list[str]:
     """``mlflow ui`` on the workspace store; new experiments keep their artifacts in the workspace too."""
     artifacts = (workspace / "mlartifacts").as_uri()
@@ -369,6 +393,18 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     )
     moves(rollback)
     rollback.set_defaults(handler=cmd_rollback)
+
+    comparing = commands.add_parser(
+        "compare", help="two systems (versions, aliases or base) as served: paired tests, ranking changes, latency"
+    )
+    comparing.add_argument("a", help="the system now (a version number, an alias such as production, or base)")
+    comparing.add_argument("b", help="the system that would replace it")
+    comparing.add_argument("--data", type=Path, help="BEIR folder (default: the data B, else A, was trained on)")
+    comparing.add_argument("--split", default="test", help="judged split compared (default: %(default)s)")
+    comparing.add_argument("--queries", type=Path, help="a file of queries, one a line, for the ranking changes")
+    comparing.add_argument("--json", action="store_true")
+    registry(comparing)
+    comparing.set_defaults(handler=cmd_compare)
 
     status = commands.add_parser("status", help="production, candidate, what the index serves, and whether they agree")
     status.add_argument("--json", action="store_true")

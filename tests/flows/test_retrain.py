@@ -237,3 +237,23 @@ def test_a_version_loaded_by_mlflows_own_api_embeds_queries_with_its_query_tower
     pyfunc = mlflow.pyfunc.load_model("models:/retriever/1")
     embedded = np.asarray(pyfunc.predict(texts, params={"task": "document"}))
     np.testing.assert_allclose(embedded / np.linalg.norm(embedded, axis=1, keepdims=True), document, atol=1e-5)
+
+
+def test_compare_reports_a_version_against_the_base_model_as_each_is_served(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir, capsys, monkeypatch
+):
+    from denseflow.cli.main import main
+
+    retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr("denseflow.flows.compare.resolve_base_model", lambda _: str(tiny_model_dir))
+    capsys.readouterr()
+    assert main(["compare", "base", "1", "--workspace", str(tmp_path / "ws"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["label_a"] == "base" and result["label_b"] == "1"
+    assert result["all_queries"]["queries"] > 0
+    assert set(result["latency_p50_ms"]) == {"base", "1"}
+    assert "trained on" in result["data"]  # the version's own data, not the bundled SciFact
+    folder = Path(result["folder"])
+    assert (folder / "compare.md").read_text().startswith("# 1 against base")
+    assert "<table>" in (folder / "compare.html").read_text()

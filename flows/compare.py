@@ -1,0 +1,208 @@
+"""The ``compare`` flow: two systems (registered versions, aliases, or ``base``) evaluated as each is served, on the
+same data, then compared query by query (model/evaluation/compare.py). ``denseflow compare A B`` runs it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from denseflow.model.config import BM25Config, EvalConfig, TrackingConfig, TrainConfig
+from denseflow.model.context import build_context
+from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
+from denseflow.model.encoder import cached_corpus_embeddings, document_length, encode, load_encoder, resolve_base_model
+from denseflow.model.evaluation.compare import Comparison, compare_systems, comparison_markdown, query_latency_ms
+from denseflow.model.evaluation.evaluate import Fusion, evaluate_system
+from denseflow.model.evaluation.partition import UNSEEN, seen_document_split
+from denseflow.model.fusion import fuse_query
+from denseflow.model.index.bm25 import BM25Index
+from denseflow.model.index.topk import exact_search
+from denseflow.model.served_system import ServedSystem
+from denseflow.model.workspace import workspace_dir
+
+BASE = "base"
+
+
+def registry_reference(system: str, registered_model: str) -> str:
+    """``3`` → ``retriever/3``, ``production`` → ``retriever@production``; full references pass through."""
+    if "@" in system or "/" in system:
+        return system
+    return f"{registered_model}/{system}" if system.isdigit() else f"{registered_model}@{system}"
+
+
+def resolve_system(system: str, registered_model: str, workspace: Path, texts: list[str]) -> tuple[str, ServedSystem]:
+    """The model folder of ``system`` and how it is served (``base``: the untrained model with the field's priors)."""
+    if system == BASE:
+        model_dir = resolve_base_model(None)
+        length, _ = document_length(model_dir, texts)
+        prior = ServedSystem("hybrid", "convex", 0.5, BM25Config().settings(), TrainConfig().max_seq_length, length)
+        return model_dir, prior
+    from mlflow.tracking import MlflowClient
+
+    from denseflow.registry.resolve import resolve_model
+    from denseflow.tasks.publish import served_record
+
+    resolved = resolve_model(registry_reference(system, registered_model), workspace, default_name=registered_model)
+    tags = MlflowClient().get_model_version(resolved.name, resolved.version).tags or {}
+    return str(resolved.local_dir), served_record(tags)
+
+
+def comparison_data(systems: list[str], registered_model: str, workspace: Path, data: Path | None) -> tuple[Path, str]:
+    """``data``, else the dataset the first registered system was trained on, else the bundled SciFact."""
+    if data is not None:
+        return Path(data), str(data)
+    from denseflow.registry.resolve import resolve_model, trained_dataset_dir
+
+    for system in systems:
+        if system == BASE:
+            continue
+        resolved = resolve_model(registry_reference(system, registered_model), workspace, default_name=registered_model)
+        folder, why = trained_dataset_dir(resolved.name, resolved.version, workspace)
+        if folder is not None:
+            return folder, why
+    return Path(bundled_scifact_dir()), "the bundled SciFact"
+
+
+@flow(name="compare")
+def compare(
+    system_a: str,
+    system_b: str,
+    workspace: Path | None = None,
+    data: Path | None = None,
+    split: str = "test",
+    train_split: str = "train",
+    queries_file: Path | None = None,
+    tracking: TrackingConfig | None = None,
+) -> dict:
+    """Evaluate both systems as served on the same data and compare them; writes ``compare.md``, ``compare.html``
+    and ``compare.json`` under ``<workspace>/compare/`` and logs them to an MLflow run (experiment ``compare``)."""
+    from denseflow.tasks.tracking import configure_tracking
+
+    tracking = tracking or TrackingConfig()
+    workspace = workspace_dir(workspace)
+    configure_tracking(tracking, workspace)
+    registered_model = tracking.registered_model
+    folder, data_label = comparison_data([system_b, system_a], registered_model, workspace, data)
+    splits = [split] + ([train_split] if (folder / "qrels" / f"{train_split}.tsv").is_file() else [])
+    dataset = load_beir(folder, splits, RejectLog())
+    texts = [document.full_text for document in dataset.corpus.values()]
+    settings = EvalConfig()
+    base_context = build_context(workspace, "compare", TrainConfig().precision, TrainConfig().max_seq_length)
+    queries = dataset.split_queries(split)
+    if queries_file is not None:
+        lines = Path(queries_file).read_text(encoding="utf-8").splitlines()
+        queries = {f"file-{i}": line.strip() for i, line in enumerate(lines) if line.strip()}
+    evaluations, runs, latency = {}, {}, {}
+    for label, system in (("a", system_a), ("b", system_b)):
+        model_dir, served = resolve_system(system, registered_model, workspace, texts)
+        context = replace(
+            base_context,
+            max_seq_length=served.query_max_seq_length,
+            document_max_seq_length=served.document_max_seq_length,
+            bm25=served.bm25,
+        )
+        fusion = Fusion(served.fusion_weight, served.fusion_method) if served.mode == "hybrid" else None  # type: ignore[arg-type]
+        evaluation = evaluate_system(system, model_dir, dataset, split, context, settings, fusion)
+        evaluations[label] = evaluation
+        runs[label] = evaluation.run if queries_file is None else _rank(model_dir, dataset, queries, context, fusion)
+        latency[system] = _latency(model_dir, dataset, list(queries.values()), context, fusion)
+        get_run_logger().info("%s: nDCG@10 %.4f on %s (%s)", system, evaluation.metrics["ndcg@10"], split, served.mode)
+    unseen = seen_document_split(dataset.qrels[split], [dataset.qrels[train_split]])[UNSEEN] if len(splits) > 1 else []
+    titles = {doc_id: document.title for doc_id, document in dataset.corpus.items()}
+    comparison = compare_systems(
+        system_a,
+        system_b,
+        evaluations["a"].per_query["ndcg@10"],
+        evaluations["b"].per_query["ndcg@10"],
+        runs["a"],
+        runs["b"],
+        queries,
+        unseen,
+        titles,
+        latency,
+    )
+    return record_comparison(comparison, data_label, workspace, tracking, evaluations)
+
+
+def _rank(model_dir: str, dataset, queries: dict[str, str], context, fusion: Fusion | None) -> dict:  # noqa: ANN001
+    """Rankings of queries that need not be judged (a file of queries)."""
+    doc_ids, doc_embeddings = cached_corpus_embeddings(
+        model_dir, dataset.corpus, context.cache_dir, context.document_length, 64, context.precision, progress=False
+    )
+    model = load_encoder(model_dir, context.max_seq_length)
+    indices, scores = exact_search(
+        encode(model, list(queries.values()), "query", 64, context.precision), doc_embeddings, 100
+    )
+    bm25 = BM25Index(dataset.corpus, context.bm25) if fusion is not None else None
+    runs = {}
+    for row, query_id in enumerate(queries):
+        dense = {doc_ids[i]: float(s) for i, s in zip(indices[row], scores[row], strict=True) if i >= 0}
+        if bm25 is not None and fusion is not None:
+            sparse = dict(bm25.search(queries[query_id], 100))
+            dense = fuse_query(dense, sparse, fusion.weight, fusion.method)
+        runs[query_id] = dense
+    return runs
+
+
+def _latency(model_dir: str, dataset, queries: list[str], context, fusion: Fusion | None) -> float:  # noqa: ANN001
+    """Encode one query and search the corpus (and BM25, fused, when served hybrid), one query at a time."""
+    doc_ids, doc_embeddings = cached_corpus_embeddings(
+        model_dir, dataset.corpus, context.cache_dir, context.document_length, 64, context.precision, progress=False
+    )
+    model = load_encoder(model_dir, context.max_seq_length)
+    bm25 = BM25Index(dataset.corpus, context.bm25) if fusion is not None else None
+
+    def search_one(query: str) -> object:
+        indices, scores = exact_search(encode(model, [query], "query", 1, context.precision), doc_embeddings, 100)
+        dense = {doc_ids[i]: float(s) for i, s in zip(indices[0], scores[0], strict=True) if i >= 0}
+        if bm25 is None or fusion is None:
+            return dense
+        return fuse_query(dense, dict(bm25.search(query, 100)), fusion.weight, fusion.method)
+
+    return query_latency_ms(search_one, queries)
+
+
+def record_comparison(
+    comparison: Comparison, data_label: str, workspace: Path, tracking: TrackingConfig, evaluations: dict
+) -> dict:
+    from mlflow.tracking import MlflowClient
+
+    out = workspace / "compare" / f"{comparison.label_a}-vs-{comparison.label_b}".replace("/", "_").replace("@", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = comparison_markdown(comparison, data_label)
+    (out / "compare.md").write_text(markdown, encoding="utf-8")
+    (out / "compare.html").write_text(_html(markdown), encoding="utf-8")
+    result = comparison.as_dict() | {
+        "data": data_label,
+        "ndcg@10": {
+            comparison.label_a: evaluations["a"].metrics["ndcg@10"],
+            comparison.label_b: evaluations["b"].metrics["ndcg@10"],
+        },
+        "folder": str(out),
+    }
+    (out / "compare.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("compare") or client.get_experiment(client.create_experiment("compare"))
+    run = client.create_run(experiment.experiment_id, run_name=f"{comparison.label_b} vs {comparison.label_a}")
+    for name in ("compare.md", "compare.html", "compare.json"):
+        client.log_artifact(run.info.run_id, str(out / name))
+    if comparison.all_queries is not None:
+        client.log_metric(run.info.run_id, "delta_ndcg_at_10", comparison.all_queries.mean_difference)
+        client.log_metric(run.info.run_id, "p_value", comparison.all_queries.p_value)
+    client.set_terminated(run.info.run_id)
+    return result | {"mlflow_run_id": run.info.run_id}
+
+
+def _html(markdown: str) -> str:
+    """A standalone page of the report (tables rendered by the markdown package when installed, else preformatted)."""
+    import html
+
+    try:
+        import markdown as markdown_lib  # MLflow's UI dependency; present wherever MLflow is
+
+        body = markdown_lib.markdown(markdown, extensions=["tables"])
+    except ImportError:
+        body = f"<pre>{html.escape(markdown)}</pre>"
+    return f"<!doctype html><meta charset='utf-8'><title>compare</title><body>{body}</body>"
