@@ -28,7 +28,7 @@ from denseflow.registry.tags import registration_tags
 from denseflow.tasks.evaluate import BASE_HYBRID, choose_parts, evaluate, hybrid, plot_recall
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
-from denseflow.tasks.promotion import PerQuery, promotion_gate, ship_base_model
+from denseflow.tasks.promotion import PerQuery, promotion_gate, record_comparisons, ship_base_model
 from denseflow.tasks.registry import describe_version, register
 from denseflow.tasks.tracking import (
     configure_tracking,
@@ -134,6 +134,7 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                 PerQuery(served.test.per_query, base_served.test.per_query, served.test.unseen),
                 config.choices,
             )
+            record_comparisons(served, base_served, dataset_dir, split, context, config.choices.permutations)
             if promotion.ship_base:
                 base_version = register(
                     base_model,

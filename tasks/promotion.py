@@ -28,7 +28,10 @@ from prefect import task
 from denseflow.model.config import ChoicesConfig, EvalConfig, PromotionConfig
 from denseflow.model.context import EvaluationData, RunContext
 from denseflow.model.data.beir import RejectLog, load_beir
-from denseflow.model.evaluation.evaluate import evaluate_system
+from denseflow.model.evaluation.compare import compare_systems, comparison_markdown
+from denseflow.model.evaluation.evaluate import EvaluationResult, evaluate_system
+from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
+from denseflow.model.evaluation.runs import score_run
 from denseflow.model.promotion import Decision, Evidence, GateOutcome, Scored, decide, paired_evidence
 from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
 from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
@@ -118,6 +121,7 @@ def run_gate(
             served_fusion(tags, eval_settings),
         )
         production_per_query.update(evaluation.per_query.get("ndcg@10", {}))
+        write_trec_run(evaluation.run, out_dir / "run_production.trec", tag="production")
         path = out_dir / "metrics_production.json"
         payload = {"label": "production", "version": production, "split": split, "metrics": evaluation.metrics}
         path.write_text(json.dumps(payload, indent=2))
@@ -257,3 +261,47 @@ def ship_base_model(gate: GateOutcome, base_version: str, registered_model: str,
         client.set_model_version_tag(registered_model, base_version, key, value)
     _write_outcome(result, context)
     return result
+
+
+@task(name="record-comparisons")
+def record_comparisons(
+    candidate: EvaluationResult,
+    base: EvaluationResult,
+    dataset_dir: Path,
+    split: str,
+    context: RunContext,
+    permutations: int = 10_000,
+) -> list[str]:
+    """The gate's comparisons as ``denseflow compare`` writes them: the candidate against the base model's system,
+    and against production when the gate re-evaluated it; ``compare_<other>.md`` / ``.json`` run artifacts."""
+    dataset = load_beir(Path(dataset_dir), [split], RejectLog())
+    queries = dataset.split_queries(split)
+    titles = {doc_id: document.title for doc_id, document in dataset.corpus.items()}
+    out_dir = context.run_dir / "evaluation"
+    others = {"base": (base.test.per_query, read_trec_run(Path(base.run_file)))}
+    production_run = out_dir / "run_production.trec"
+    if production_run.is_file():
+        run = read_trec_run(production_run)
+        scored = score_run("production", run, dataset.qrels[split], [10])
+        others["production"] = (scored.per_query["ndcg@10"], run)
+    written = []
+    for name, (per_query, run) in others.items():
+        comparison = compare_systems(
+            name,
+            "candidate",
+            per_query,
+            candidate.test.per_query,
+            run,
+            read_trec_run(Path(candidate.run_file)),
+            queries,
+            candidate.test.unseen,
+            titles,
+            permutations=permutations,
+        )
+        path = out_dir / f"compare_{name}.md"
+        path.write_text(comparison_markdown(comparison, f"{split} split of this run's data"), encoding="utf-8")
+        path.with_suffix(".json").write_text(json.dumps(comparison.as_dict(), indent=2, default=str), encoding="utf-8")
+        for item in (path, path.with_suffix(".json")):
+            log_artifact(context.run_id, item, "promotion")
+        written.append(str(path))
+    return written

@@ -76,7 +76,11 @@ def pipeline_section(summary: Mapping, training: Mapping, mining: Mapping[str, f
 
 
 def full_card(model_dir: Path, section: str) -> str:
-    """The model folder's sentence-transformers card (when there is one) followed by the pipeline's section."""
+    """The pipeline's section (what the version is, its figures, the gate), then the model folder's
+    sentence-transformers card when there is one, without its YAML front matter (the folder's README keeps it):
+    a registry that shows only the head of a long card shows what an operator needs."""
     readme = Path(model_dir) / "README.md"
-    base = readme.read_text(encoding="utf-8") if readme.is_file() else "# denseflow retriever\n"
-    return base.rstrip() + "\n\n" + section
+    base = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    if base.startswith("---\n") and "\n---\n" in base[4:]:
+        base = base[4:].split("\n---\n", 1)[1]
+    return section.rstrip() + ("\n\n" + base.strip() + "\n" if base.strip() else "\n")

@@ -56,6 +56,8 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert candidate.tags["ndcg_at_10"] == f"{summary['metrics'][served_label]['ndcg@10']:.6f}"
     assert candidate.tags["trained.ndcg_at_10"] == f"{trained['ndcg@10']:.6f}"
     assert "prior" in candidate.tags["served.mode_chosen_by"]  # the prior, or a dev winner tested against it
+    gate_comparison = tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "evaluation" / "compare_base.md"
+    assert gate_comparison.read_text().startswith("# candidate against base")
     record = ServedSystem.from_json(candidate.tags["served.system"])
     assert record.mode == served
     assert record.bm25.stemmer == "english"
@@ -100,8 +102,12 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert (published["documents_encoded"], published["documents_reused"]) == (0, 36)
     # The version's model card: sentence-transformers' card and the pipeline's section, shown by `models show`.
     card = candidate.description
-    assert "MultipleNegativesRankingLoss" in card
-    assert "## denseflow: how this version was made" in card
+    assert card.startswith(
+        "## denseflow: how this version was made"
+    )  # the head, not sentence-transformers' boilerplate
+    whole = (tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "model_card.md").read_text()
+    assert whole.startswith(card.split("\n\n… the whole card")[0][:2000])
+    assert "MultipleNegativesRankingLoss" in whole
     assert "WiSE-FT α" in card and "### Promotion gate" in card
     assert "model_card.md" in artifacts
 
