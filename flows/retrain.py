@@ -13,9 +13,10 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from denseflow.flows.publish_index import publish_config_for, run_publish
-from denseflow.model.config import IndexConfig, RetrainConfig
+from denseflow.model.config import PRIOR_RECIPE, IndexConfig, RetrainConfig
 from denseflow.model.context import EvaluationData, RunContext, build_context
 from denseflow.model.encoder import resolve_base_model
+from denseflow.model.evaluation.choice import prior_only
 from denseflow.model.evaluation.evaluate import BM25, EvaluationResult
 from denseflow.model.evaluation.served import served_system
 from denseflow.model.evaluation.summary import gains, retrain_summary, summary_markdown
@@ -25,7 +26,7 @@ from denseflow.model.served_system import ServedSystem
 from denseflow.model.workspace import workspace_dir
 from denseflow.registry.keys import BASE_MODEL_TAG, SERVED_SYSTEM_TAG
 from denseflow.registry.tags import registration_tags
-from denseflow.tasks.evaluate import BASE_HYBRID, choose_parts, evaluate, hybrid, plot_recall
+from denseflow.tasks.evaluate import BASE_HYBRID, choose_parts, choose_recipe, evaluate, hybrid, plot_recall
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.promotion import PerQuery, promotion_gate, record_comparisons, ship_base_model
@@ -83,6 +84,29 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         model_dir = train(
             dataset_dir, mined.examples_path, config.train, train_split, selection_split, data.fingerprint, context
         )
+        # The recipe is a choice too: the conservative prior, unless a freer recipe wins on dev by the paired test.
+        if selection_split and config.choices.recipes and data.dev_queries >= config.choices.min_recipe_dev_queries:
+            recipes = {PRIOR_RECIPE: model_dir} | {
+                name: train(
+                    dataset_dir,
+                    mined.examples_path,
+                    config.recipe(name),
+                    train_split,
+                    selection_split,
+                    data.fingerprint,
+                    context,
+                    metric_prefix=f"recipe.{name}.train.",
+                )
+                for name in config.choices.recipes
+            }
+            model_dir = choose_recipe(recipes, dataset_dir, selection_split, config.eval, config.choices, context)
+        else:
+            reason = (
+                f"{data.dev_queries} dev queries < choices.min_recipe_dev_queries {config.choices.min_recipe_dev_queries}"
+                if config.choices.recipes
+                else "no alternative recipes configured"
+            )
+            log_choice(context, prior_only("recipe", PRIOR_RECIPE, f"prior ({reason})", config.choices.alpha))
         tune = selection_split is not None
         splits = dict(dataset_dir=dataset_dir, split=split, dev_split=dev_split, settings=config.eval, context=context)
         trained = evaluate(model_dir, "trained", **splits, train_split=train_split)

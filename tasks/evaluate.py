@@ -10,10 +10,11 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from denseflow.model.config import BM25Config, ChoicesConfig, EvalConfig
+from denseflow.model.config import PRIOR_RECIPE, BM25Config, ChoicesConfig, EvalConfig
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import Dataset, RejectLog, load_beir
 from denseflow.model.encoder import document_length
+from denseflow.model.evaluation.choice import choose_on_evidence
 from denseflow.model.evaluation.evaluate import (
     NO_DEV_SPLIT,
     EvaluationResult,
@@ -28,6 +29,7 @@ from denseflow.model.evaluation.evaluate import (
 from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
 from denseflow.model.evaluation.plots import plot_recall_curves
 from denseflow.model.evaluation.runs import Evaluation, score_run
+from denseflow.model.fusion import NEUTRAL_WEIGHT
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.tasks.tracking import log_artifact, log_choice, log_metrics, log_per_query_table, run_logger
 
@@ -240,4 +242,33 @@ def choose_parts(
     return Parts(chosen, length, reason)
 
 
-__all__ = ["EvaluationResult", "Parts", "choose_parts", "evaluate", "hybrid", "plot_recall"]
+@task(name="choose-recipe")
+def choose_recipe(
+    recipes: dict[str, str],
+    dataset_dir: Path,
+    dev_split: str,
+    settings: EvalConfig,
+    choices: ChoicesConfig,
+    context: RunContext,
+) -> str:
+    """The model folder of the recipe that ships: the prior's, unless another recipe's served system (hybrid at the
+    prior fusion) beats it on dev by the paired test. Every recipe's dev figure is recorded with the choice."""
+    dataset = load_beir(Path(dataset_dir), [dev_split], RejectLog())
+    fusion = Fusion.of(NEUTRAL_WEIGHT, settings.fusion, settings)
+    per_query = {
+        name: evaluate_system(name, model_dir, dataset, dev_split, context, settings, fusion).per_query["ndcg@10"]
+        for name, model_dir in recipes.items()
+    }
+    choice = choose_on_evidence("recipe", PRIOR_RECIPE, per_query, choices.alpha, choices.permutations)
+    log_choice(context, choice)
+    log_metrics(
+        context.run_id,
+        {
+            f"recipe.{name}.dev_served_ndcg_at_10": sum(values.values()) / max(len(values), 1)
+            for name, values in per_query.items()
+        },
+    )
+    return recipes[choice.used]
+
+
+__all__ = ["EvaluationResult", "Parts", "choose_parts", "choose_recipe", "evaluate", "hybrid", "plot_recall"]

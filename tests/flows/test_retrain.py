@@ -263,3 +263,28 @@ def test_compare_reports_a_version_against_the_base_model_as_each_is_served(
     folder = Path(result["folder"])
     assert (folder / "compare.md").read_text().startswith("# 1 against base")
     assert "<table>" in (folder / "compare.html").read_text()
+
+
+def test_an_alternative_recipe_is_trained_and_ships_only_when_dev_proves_it(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir)
+    config = config.model_copy(update={"choices": config.choices.model_copy(update={"min_recipe_dev_queries": 2})})
+    summary = retrain(config)
+    tags = client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.tags
+    assert tags["choice.recipe.prior"] == "prior"
+    assert tags["choice.recipe.dev_winner"] in {"prior", "siamese-free"}
+    # On six dev queries no winner passes a paired test at 0.05: the conservative prior ships.
+    assert tags["choice.recipe.used"] == "prior"
+    assert tags["towers"] == "asymmetric"  # the prior's query-only towers, not the siamese alternative's
+    metrics = client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.metrics
+    assert "recipe.siamese-free.train.steps" in metrics
+
+
+def test_a_small_dev_split_trains_no_alternative_recipe_and_says_why(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir))
+    run = client_of(tmp_path).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["choice.recipe.used"] == "prior"
+    assert not any(key.startswith("recipe.") for key in run.data.metrics)
