@@ -14,6 +14,7 @@ from denseflow.cli import overrides
 from denseflow.cli.compare_negatives import add_compare_negatives_command
 from denseflow.cli.index import add_index_commands
 from denseflow.cli.models import add_model_commands
+from denseflow.cli.schedule import add_schedule_command
 from denseflow.model.workspace import workspace_dir
 
 Handler = Callable[[argparse.Namespace], int]
@@ -288,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_index_commands(commands)  # publish, index list|rollback, search, serve
     add_model_commands(commands)  # models list, promote, rollback, ui
     add_compare_negatives_command(commands)  # compare-negatives: the negatives study
+    add_schedule_command(commands)  # schedule: the retrain deployment on a Prefect server
 
     return parser
 

@@ -348,3 +348,48 @@ def test_denseflow_ui_serves_the_workspace_store(servers):
     assert "MLflow UI on sqlite:///" in servers.ui.tail() and servers.ui_url in servers.ui.tail()
     found = httpx.post(f"{servers.ui_url}/api/2.0/mlflow/experiments/search", json={"max_results": 10}, timeout=10)
     assert "in-ui" in {item["name"] for item in found.json()["experiments"]}
+
+
+def test_schedule_deploys_the_users_validated_config_in_one_command(servers, tmp_path, tiny_beir_dir):
+    """It took four Prefect commands and a YAML edit, and the weekly run trained on the bundled sample."""
+    env = servers.env
+    denseflow = str(BIN / "denseflow")
+    config = tmp_path / "my.yaml"
+    config.write_text(f"data:\n  path: {tiny_beir_dir}\ntrain:\n  max_steps: 4\n")
+    run_cli([str(BIN / "prefect"), "work-pool", "create", "denseflow", "--type", "process", "--overwrite"], env)
+    out = run_cli([denseflow, "schedule", "--config", str(config), "--cron", "0 3 * * 1", "--name", "weekly"], env)
+    assert "retrain/weekly deployed" in out
+    deployment = httpx.get(f"{servers.api}/deployments/name/retrain/weekly", timeout=10).json()
+    assert [item["schedule"]["cron"] for item in deployment["schedules"]] == ["0 3 * * 1"]
+    assert deployment["parameters"]["config"]["data"]["path"] == str(tiny_beir_dir)
+    assert deployment["parameters"]["config"]["train"]["max_steps"] == 4
+    assert deployment["work_pool_name"] == "denseflow"
+
+    run_cli([denseflow, "schedule", "--config", str(config), "--every", "1d", "--name", "weekly"], env)  # an update
+    deployment = httpx.get(f"{servers.api}/deployments/name/retrain/weekly", timeout=10).json()
+    assert [item["schedule"]["interval"] for item in deployment["schedules"]] == [86400.0]
+    run_cli([denseflow, "schedule", "--pause", "--name", "weekly"], env)
+    assert httpx.get(f"{servers.api}/deployments/name/retrain/weekly", timeout=10).json()["paused"] is True
+    listed = json.loads(run_cli([denseflow, "schedule", "--list"], env))
+    assert {"name": "retrain/weekly", "paused": True, "data": str(tiny_beir_dir)}.items() <= next(
+        row for row in listed if row["name"] == "retrain/weekly"
+    ).items()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  learning_rat: 1e-4\n")
+    refused = subprocess.run(
+        [denseflow, "schedule", "--config", str(bad), "--cron", "0 3 * * 1", "--name", "bad"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "nothing deployed" in refused.stderr and refused.stderr.count("\n") == 1
+    assert httpx.get(f"{servers.api}/deployments/name/retrain/bad", timeout=10).status_code == 404
+
+
+def test_schedule_without_a_server_says_how_to_start_one_and_deploys_nothing(tmp_path, tiny_beir_dir):
+    env = {key: value for key, value in base_env(tmp_path).items() if key != "PREFECT_API_URL"}
+    done = subprocess.run(
+        [str(BIN / "denseflow"), "schedule", "--set", f"data.path={tiny_beir_dir}", "--cron", "0 3 * * 1"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=START_TIMEOUT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "make stack" in done.stderr and "nothing deployed" in done.stderr
