@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -164,3 +165,50 @@ def running_on(transformer: Any, precision: OnnxPrecision, threads: int | None =
     finally:
         with _lock:
             transformer.model = previous
+
+
+def export_query_tower(model: Any, folder: Path, max_seq_length: int, tolerance: float = 1e-4) -> str | None:
+    """Write ``model``'s query tower to ``folder`` for :class:`~denseflow.model.serving.query_tower.OnnxQueryTower`
+    and check it embeds probe queries as sentence-transformers does; returns None when kept, else why not (the
+    folder is then removed, and search loads the model with torch as before)."""
+    import json
+    import shutil
+
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    from denseflow.model.encoder import encode, is_asymmetric
+    from denseflow.model.serving.query_tower import CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, OnnxQueryTower
+
+    modules = list(model[0].sub_modules["query"]) if is_asymmetric(model) else list(model)
+    transformer, rest = modules[0], modules[1:]
+    poolings = [module for module in rest if isinstance(module, Pooling)]
+    if len(poolings) != 1 or any(not isinstance(module, Pooling | Normalize) for module in rest):
+        return f"query tower modules {[type(m).__name__ for m in modules]} are not Transformer, Pooling, Normalize"
+    mode = poolings[0].get_pooling_mode_str()
+    if mode not in ("mean", "cls"):
+        return f"pooling {mode!r} is not exported (mean and cls are)"
+    tokenizer = getattr(transformer.tokenizer, "backend_tokenizer", None)
+    if tokenizer is None:
+        return "the query tower's tokenizer is not a fast (Rust) tokenizer"
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    graph, _ = export_fp32(transformer)
+    (folder / MODEL_FILE).write_bytes(graph)
+    tokenizer.save(str(folder / TOKENIZER_FILE))
+    config = {
+        "max_seq_length": int(max_seq_length),
+        "pooling": mode,
+        "normalize": True,
+        "pad_id": int(transformer.tokenizer.pad_token_id or 0),
+        "dimension": int(model.get_embedding_dimension()),
+    }
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    from denseflow.model.serving.onnx_backend import PROBES
+
+    exported = OnnxQueryTower(folder, threads=1).encode(PROBES)
+    expected = encode(model, PROBES, "query")
+    difference = float(np.abs(exported - expected).max())
+    if difference > tolerance:
+        shutil.rmtree(folder, ignore_errors=True)
+        return f"the export differs from sentence-transformers by {difference:.2e} (> {tolerance:g})"
+    return None

@@ -42,6 +42,7 @@ from denseflow.model.encoder import (
 )
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
+from denseflow.model.index.documents import DOCS_FILE
 from denseflow.model.index.publication import (
     CorpusSnapshot,
     PrecisionChoice,
@@ -62,10 +63,12 @@ from denseflow.model.index.store import (
     BM25_FOLDER,
     DOC_IDS_FILE,
     INDEX_FILE,
+    QUERY_TOWER_FOLDER,
     build_manifest,
     publish,
     search_settings,
 )
+from denseflow.model.onnx_runtime import export_query_tower
 from denseflow.model.served_system import ServedSystem
 from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, SERVED_SYSTEM_TAG
 from denseflow.tasks.tracking import run_logger
@@ -399,6 +402,12 @@ def build_and_verify(
         },
     )
     (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")
+    query_length = model_info["query_max_seq_length"] or model_info["max_seq_length"]
+    why_not = export_query_tower(
+        load_encoder(model.model_dir, query_length), build_dir / QUERY_TOWER_FOLDER, query_length
+    )
+    if why_not:
+        run_logger().warning("query tower not exported for torch-free search (%s): search loads the model", why_not)
     return BuiltIndex(str(build_dir), recall, build_seconds, str(snapshot.documents_file), bm25_dir)
 
 
@@ -423,6 +432,7 @@ def publish_version(
         index_config.keep_versions,
         bm25_dir=Path(built.bm25_dir),
         documents_file=Path(built.documents_file),
+        query_tower_dir=build_dir / QUERY_TOWER_FOLDER if (build_dir / QUERY_TOWER_FOLDER).is_dir() else None,
     )
     run_logger().info(
         "published %s/%s (%d documents)", index_config.name, info.version, manifest.get("count", len(doc_ids))
@@ -447,9 +457,13 @@ def log_index_artifact(
     client = MlflowClient()
     folder = Path(published.path)
     artifact_path = f"indexes/{published.name}/{published.version}"
-    for name in (INDEX_FILE, DOC_IDS_FILE, "manifest.json"):
-        client.log_artifact(model.run_id, str(folder / name), artifact_path)
-    client.log_artifacts(model.run_id, str(folder / BM25_FOLDER), f"{artifact_path}/{BM25_FOLDER}")
+    # Every file search needs, under the manifest's checksums: a replica can serve the version from the registry.
+    for name in (INDEX_FILE, DOC_IDS_FILE, "manifest.json", DOCS_FILE):
+        if (folder / name).is_file():
+            client.log_artifact(model.run_id, str(folder / name), artifact_path)
+    for sub in (BM25_FOLDER, QUERY_TOWER_FOLDER):
+        if (folder / sub).is_dir():
+            client.log_artifacts(model.run_id, str(folder / sub), f"{artifact_path}/{sub}")
     client.set_model_version_tag(model.name, model.version, f"index.{published.name}", published.version)
     client.log_metric(model.run_id, "publish.documents_encoded", plan.to_encode)
     client.log_metric(model.run_id, "publish.documents_reused", plan.reused)

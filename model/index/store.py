@@ -54,6 +54,7 @@ INDEX_FILE = "index.faiss"
 DOC_IDS_FILE = "doc_ids.json"
 MODEL_FOLDER = "model"
 BM25_FOLDER = "bm25"
+QUERY_TOWER_FOLDER = "query_tower"
 SearchMode = Literal["dense", "bm25", "hybrid"]
 FusionMethod = Literal["convex", "zscore", "rrf"]
 SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
@@ -396,6 +397,7 @@ def publish(
     keep: int = 3,
     bm25_dir: Path | None = None,
     documents_file: Path | None = None,
+    query_tower_dir: Path | None = None,
 ) -> VersionInfo:
     """Write a new version, verify it by reading it back, rename it into place, then move ``current``.
 
@@ -403,7 +405,8 @@ def publish(
     verification figures); this adds version, count, dimension, metric, creation time and checksums.
     ``bm25_dir``, a folder :meth:`BM25Index.save` wrote over ``doc_ids`` in the same order, is copied in as
     ``bm25/`` so both indexes share one manifest, one set of checksums and one ``current`` move;
-    ``documents_file`` (:func:`~denseflow.model.index.documents.write_documents`) is copied in the same way.
+    ``documents_file`` (:func:`~denseflow.model.index.documents.write_documents`) is copied in the same way, and
+    ``query_tower_dir`` (the torch-free query tower, :mod:`denseflow.model.serving.query_tower`) as ``query_tower/``.
     """
     if index.ntotal != len(doc_ids):
         raise ValueError(f"index holds {index.ntotal} vectors but {len(doc_ids)} doc ids were given")
@@ -427,6 +430,9 @@ def publish(
                 described["bm25"] = {"folder": BM25_FOLDER, **meta}
             elif manifest.get("bm25"):
                 raise ValueError("the manifest describes a BM25 index but no bm25_dir was given")
+            if query_tower_dir is not None:
+                shutil.copytree(query_tower_dir, staging / QUERY_TOWER_FOLDER)
+                described["query_tower"] = {"folder": QUERY_TOWER_FOLDER}
             if documents_file is not None:
                 shutil.copyfile(documents_file, staging / DOCS_FILE)
                 described["documents"] = {"file": DOCS_FILE, "count": DocumentStore(staging / DOCS_FILE).count()}

@@ -21,11 +21,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from sentence_transformers import SentenceTransformer
 
 from denseflow.model.checksums import model_fingerprint
-from denseflow.model.encoder import encode, load_encoder, native_bf16, tower_type
 from denseflow.model.evaluation.metrics import ranked
 from denseflow.model.fusion import fuse_query
 from denseflow.model.index.build import search
@@ -42,7 +39,7 @@ from denseflow.model.index.store import (
     read_pointer,
 )
 from denseflow.model.index.store import NoPublishedIndexError as NoPublishedIndexError
-from denseflow.model.serving.onnx_backend import use_onnx_for_queries
+from denseflow.model.serving.query_tower import OnnxQueryTower
 from denseflow.model.serving.snippets import MAX_TEXT_CHARS, Snippet, make_snippet
 
 log = logging.getLogger(__name__)
@@ -141,7 +138,7 @@ class SearchResult:
 class LoadedModel:
     """A model together with the identity the manifest must name: name, version and file checksum."""
 
-    model: SentenceTransformer
+    model: Any  # a SentenceTransformer, or the torch-free OnnxQueryTower of the published version
     checksum: str
     name: str | None = None
     version: str | None = None
@@ -176,7 +173,9 @@ def check_model(manifest: dict[str, Any], loaded: LoadedModel, dimension: int) -
             f"{where} names model {named.get('name')}@{named.get('version')}, "
             f"but {loaded.name}@{loaded.version} is loaded: refusing to pair them"
         )
-    model_dim = loaded.model.get_embedding_dimension()
+    model_dim = (
+        loaded.model.dimension if isinstance(loaded.model, OnnxQueryTower) else loaded.model.get_embedding_dimension()
+    )
     if model_dim != dimension:
         raise ModelMismatchError(f"{where} has dimension {dimension}, the model produces {model_dim}")
 
@@ -236,8 +235,6 @@ class Searcher:
         self.max_query_chars = max_query_chars
         self.last_error: str | None = None
         self.pointer_error: str | None = None
-        if threads:
-            torch.set_num_threads(threads)
         self._pinned = self._load_model(Path(model_dir), None) if model_dir else None
         self._lock = threading.Lock()
         self._checked_at = 0.0
@@ -248,9 +245,30 @@ class Searcher:
         self._state = self._load(version, previous=None)
 
     # ------------------------------------------------------------------ loading
-    def _load_model(self, model_dir: Path, manifest: dict[str, Any] | None, checksum: str | None = None) -> LoadedModel:
-        """``checksum`` of files already verified against a manifest; otherwise the folder is hashed here."""
+    def _load_model(
+        self,
+        model_dir: Path,
+        manifest: dict[str, Any] | None,
+        checksum: str | None = None,
+        query_tower: Path | None = None,
+    ) -> LoadedModel:
+        """``checksum`` of files already verified against a manifest; otherwise the folder is hashed here.
+
+        With ``query_tower`` (the version's torch-free export, verified with its files) and a backend that allows
+        ONNX, queries are embedded there and torch is never imported."""
         named = (manifest or {}).get("model", {})
+        if query_tower is not None and self.backend in ("auto", "onnx"):
+            tower = OnnxQueryTower(query_tower, self.threads)
+            return LoadedModel(tower, checksum or model_fingerprint(model_dir), named.get("name"),
+                               named.get("version"), str(model_dir), "onnxruntime (torch-free)")  # fmt: skip
+        import torch
+
+        from denseflow.model.encoder import load_encoder
+        from denseflow.model.serving.onnx_backend import use_onnx_for_queries
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+
         # Queries at their own length; versions published before it was recorded used the documents' one.
         model = load_encoder(model_dir, named.get("query_max_seq_length") or named.get("max_seq_length"))
         checksum = checksum or model_fingerprint(model_dir)
@@ -279,12 +297,19 @@ class Searcher:
             # Same weights: keep the warm model, but take the identity the new manifest gives it.
             model = replace(previous.model, name=named.get("name"), version=named.get("version"))
         else:
-            model = self._load_model(loaded.model_dir, manifest, stored_checksum)
+            exported = manifest.get("query_tower")
+            tower = loaded.path / exported["folder"] if exported else None
+            model = self._load_model(loaded.model_dir, manifest, stored_checksum, tower)
         check_model(manifest, model if self._pinned is None else _unnamed(model), loaded.index.d)
-        expected_towers = named.get("tower_type")
-        if expected_towers and expected_towers != tower_type(model.model):
-            raise ModelMismatchError(f"{loaded.path}: manifest says {expected_towers} towers, model is not")
-        precision = "bf16" if manifest.get("encode", {}).get("precision") == "bf16" and native_bf16() else "fp32"
+        precision = "fp32"
+        if not isinstance(model.model, OnnxQueryTower):
+            from denseflow.model.encoder import native_bf16, tower_type
+
+            expected_towers = named.get("tower_type")
+            if expected_towers and expected_towers != tower_type(model.model):
+                raise ModelMismatchError(f"{loaded.path}: manifest says {expected_towers} towers, model is not")
+            if manifest.get("encode", {}).get("precision") == "bf16" and native_bf16():
+                precision = "bf16"
         log.info("serving index %s/%s with model %s", self.name, version, model.source or named.get("name"))
         if loaded.documents is None:
             log.warning(
@@ -326,8 +351,15 @@ class Searcher:
 
     # ------------------------------------------------------------------ querying
     def encode_query(self, query: str) -> np.ndarray:
-        state = self._state
-        return encode(state.model.model, [query], role="query", batch_size=1, precision=state.precision)
+        return self._encode(self._state, [query])
+
+    @staticmethod
+    def _encode(state: _State, texts: list[str]) -> np.ndarray:
+        if isinstance(state.model.model, OnnxQueryTower):
+            return state.model.model.encode(texts)
+        from denseflow.model.encoder import encode
+
+        return encode(state.model.model, texts, role="query", batch_size=len(texts), precision=state.precision)
 
     def _mode_for(self, state: _State, requested: Any) -> str:
         if requested is not None and requested not in SEARCH_MODES:
@@ -356,7 +388,7 @@ class Searcher:
         dense: dict[str, float] = {}
         encoded = start
         if mode != "bm25":
-            vector = encode(state.model.model, [text], role="query", batch_size=1, precision=state.precision)
+            vector = self._encode(state, [text])
             encoded = time.perf_counter()
             scores, rows = search(state.index.index, vector, min(depth, state.index.index.ntotal))
             dense = {
