@@ -237,3 +237,36 @@ def test_a_changed_corpus_encodes_only_new_and_edited_documents_and_drops_delete
     fresh_bm25 = load_current(fresh / "indexes", "tiny").bm25
     for query in ("erratum", "brand new document", rows[2]["text"]):
         np.testing.assert_allclose(served.bm25.scores(query), fresh_bm25.scores(query), rtol=1e-6)
+
+
+def test_search_embeds_queries_with_the_published_query_tower_without_torch(
+    local_run: tuple[Path, Path, PublishResult], tiny_model_dir: Path
+) -> None:
+    """`denseflow search` used to import torch and sentence-transformers for a 13 ms encode."""
+    import subprocess
+    import sys
+
+    from denseflow.model.encoder import encode, load_encoder
+
+    workspace = local_run[0]
+    published = load_current(workspace / "indexes", "tiny")
+    assert (published.path / "query_tower" / "model.onnx").is_file()
+    assert any(name.startswith("query_tower/") for name in published.manifest["files"])  # under the checksums
+    fast, slow = Searcher(workspace / "indexes", "tiny"), Searcher(workspace / "indexes", "tiny", backend="torch")
+    assert fast.health()["query_backend"] == "onnxruntime (torch-free)"
+    queries = ["what about brain neuron", "heart rate", "gene"]
+    reference = encode(load_encoder(tiny_model_dir), queries, "query")
+    np.testing.assert_allclose(np.vstack([fast.encode_query(q) for q in queries]), reference, atol=1e-4)
+    for query in queries:
+        ours, theirs = fast.search(query, k=5, mode="dense").hits, slow.search(query, k=5, mode="dense").hits
+        assert [hit.doc_id for hit in ours] == [hit.doc_id for hit in theirs]
+        np.testing.assert_allclose([h.score for h in ours], [h.score for h in theirs], atol=1e-4)
+
+    script = (
+        "import sys, json; from denseflow.cli.main import main; "
+        f"code = main(['search', 'brain neuron', '-k', '3', '--name', 'tiny', '--workspace', {str(workspace)!r}, '--json']); "
+        "print(json.dumps({'code': code, 'torch': 'torch' in sys.modules, 'st': 'sentence_transformers' in sys.modules}))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    verdict = json.loads(done.stdout.strip().splitlines()[-1])
+    assert verdict == {"code": 0, "torch": False, "st": False}, done.stderr[-2000:]
