@@ -16,7 +16,7 @@ from denseflow.flows.publish_index import publish_config_for, run_publish
 from denseflow.model.config import PRIOR_RECIPE, IndexConfig, RetrainConfig
 from denseflow.model.context import EvaluationData, RunContext, build_context
 from denseflow.model.encoder import resolve_base_model
-from denseflow.model.evaluation.choice import prior_only
+from denseflow.model.evaluation.choice import prior_only, read_choices
 from denseflow.model.evaluation.evaluate import BM25, EvaluationResult
 from denseflow.model.evaluation.served import served_system
 from denseflow.model.evaluation.summary import gains, retrain_summary, summary_markdown
@@ -185,6 +185,12 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             base_mode=base_mode,
             evaluations=evaluations,
             promotion=promotion,
+            choices=read_choices(context.run_dir / "choices.jsonl"),
+            parts={
+                "bm25": parts.bm25.describe(),
+                "document_max_seq_length": parts.document_max_seq_length,
+                "length_reason": parts.length_reason,
+            },
         )
         describe_version(version, model_dir, summary, context, mined.examples_path, config)
         if config.promotion.publish_on_promotion:

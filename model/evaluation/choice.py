@@ -10,8 +10,10 @@ and what was used) is logged with the run.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from denseflow.model.evaluation.stats import paired_test
 
@@ -74,6 +76,13 @@ def choose_on_evidence(
         f"one-sided p = {test.p_value:.3f} ({verdict}, alpha {alpha:g})"
     )
     return Choice(name, prior, winner, used, means[prior], means[winner], test.p_value, alpha, test.queries, reason)
+
+
+def read_choices(path: Path) -> list[dict]:
+    """The choices a run recorded (``choices.jsonl``, one JSON object a line), in order; none when absent."""
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _mean(values: Mapping[str, float]) -> float:

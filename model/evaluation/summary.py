@@ -62,6 +62,8 @@ class RetrainSummary:
     promotion: GateOutcome
     hybrid: FusionChoice | None = None  # the served hybrid's fusion
     published: dict | None = None  # what publication reported (flows/retrain.py:publish_version_of)
+    choices: tuple[dict, ...] = ()  # every choice made on evidence (model/evaluation/choice.py), in order
+    parts: dict | None = None  # BM25's settings and the documents' length
 
     def as_dict(self) -> dict:
         evaluations = self.evaluations
@@ -88,6 +90,9 @@ class RetrainSummary:
             summary["hybrid"] = {"weight": hybrid.weight, "method": hybrid.method, "weight_chosen_by": hybrid.chosen_by}
         if self.published is not None:
             summary["published"] = self.published
+        summary["choices"] = list(self.choices)
+        if self.parts is not None:
+            summary["parts"] = self.parts
         return summary
 
 
@@ -105,6 +110,8 @@ def retrain_summary(
     base_mode: str,
     evaluations: Sequence[EvaluationResult],
     promotion: GateOutcome,
+    choices: Sequence[dict] = (),
+    parts: dict | None = None,
 ) -> RetrainSummary:
     """The summary of a retrain from what its stages returned (``served``: the system registered)."""
     return RetrainSummary(
@@ -120,6 +127,8 @@ def retrain_summary(
         evaluations=tuple(evaluations),
         promotion=promotion,
         hybrid=served.fusion if mode == "hybrid" else None,
+        choices=tuple(choices),
+        parts=parts,
     )
 
 
@@ -188,6 +197,19 @@ def choice_lines(summary: dict) -> list[str]:
     if hybrid:
         lines.append(
             f"Hybrid: {hybrid['method']} fusion, dense weight {hybrid['weight']:.2f} ({hybrid['weight_chosen_by']})."
+        )
+    parts = summary.get("parts")
+    if parts:
+        bm25 = parts["bm25"]
+        lines.append(
+            f"Documents read at {parts['document_max_seq_length']} tokens ({parts['length_reason']}); BM25 "
+            f"k1 {bm25['k1']:g}, b {bm25['b']:g}, {bm25['tokenizer']}."
+        )
+    for choice in summary.get("choices", []):
+        tested = "" if choice.get("p_value") is None else f", one-sided p = {choice['p_value']:.3f}"
+        lines.append(
+            f"Choice {choice['key']}: {choice['used']} (prior {choice['prior']}, dev winner {choice['dev_winner']}"
+            f"{tested})."
         )
     return lines
 
