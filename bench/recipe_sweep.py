@@ -97,6 +97,10 @@ def run_recipe(name: str, overrides: dict, out: Path) -> dict:
         "served": served,
         "base": base,
         "mlflow_run_id": summary["mlflow_run_id"],
+        # Every choice made on evidence, and what it used (the prior unless dev's paired test overruled it).
+        "choices": {choice["key"]: choice["used"] for choice in summary.get("choices", [])},
+        "choice_p_values": {choice["key"]: choice["p_value"] for choice in summary.get("choices", [])},
+        "document_max_seq_length": (summary.get("parts") or {}).get("document_max_seq_length"),
     }
     return row
 
@@ -121,6 +125,12 @@ def report(out: Path) -> None:
             f"{row['test'][served]:.4f} / {row['test_unseen'][served]:.4f} ({row['served_mode']}) | "
             f"{row['attractors_unseen']['trained']:.2f} | {row['minutes']:.1f} |"
         )
+    chosen = [row for row in rows if row.get("choices")]
+    if chosen:
+        print("\n| recipe | choices made (used; the prior unless dev's paired test overruled it) |\n|---|---|")
+        for row in chosen:
+            shown = "; ".join(f"{key}: {used}" for key, used in row["choices"].items())
+            print(f"| {row['name']} | {shown} |")
     if rows and "error" not in rows[0]:
         first = rows[0]
         print(
