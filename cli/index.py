@@ -122,7 +122,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from denseflow.model.serving.service import serve
 
     serve(
-        Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend, mode=args.mode),
+        Searcher(
+            _index_root(args),
+            args.name,
+            threads=args.threads,
+            backend=args.backend,
+            mode=args.mode,
+            batch_wait_ms=args.batch_wait_ms,
+            max_batch=args.max_batch,
+        ),
         host=args.host,
         port=args.port,
     )
@@ -179,6 +187,13 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
     serve.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="query tower runtime")
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="micro-batching: a query waits up to this long for concurrent ones, embedded together (0 = off)",
+    )
+    serve.add_argument("--max-batch", type=int, default=32, help="micro-batching: queries embedded in one call")
     serve.add_argument(
         "--mode", choices=MODES, help="default mode of /search (default: what each version was published with)"
     )

@@ -39,6 +39,7 @@ from denseflow.model.index.store import (
     read_pointer,
 )
 from denseflow.model.index.store import NoPublishedIndexError as NoPublishedIndexError
+from denseflow.model.serving.batching import MicroBatcher
 from denseflow.model.serving.query_tower import OnnxQueryTower
 from denseflow.model.serving.snippets import MAX_TEXT_CHARS, Snippet, make_snippet
 
@@ -221,6 +222,8 @@ class Searcher:
         backend: Literal["auto", "torch", "onnx", "onnx-int8"] = "auto",
         int8_min_cosine: float = 0.99,
         mode: str | None = None,
+        batch_wait_ms: float = 0.0,
+        max_batch: int = 32,
     ) -> None:
         if mode is not None and mode not in SEARCH_MODES:
             raise ValueError(f"search mode {mode!r} is not one of {', '.join(SEARCH_MODES)}")
@@ -236,6 +239,8 @@ class Searcher:
         self.last_error: str | None = None
         self.pointer_error: str | None = None
         self._pinned = self._load_model(Path(model_dir), None) if model_dir else None
+        # Concurrent queries embedded together (model/serving/batching.py); 0 ms = each alone.
+        self._batcher = MicroBatcher(self._encode, batch_wait_ms / 1e3, max_batch) if batch_wait_ms > 0 else None
         self._lock = threading.Lock()
         self._checked_at = 0.0
         self._refused: str | None = None
@@ -388,7 +393,10 @@ class Searcher:
         dense: dict[str, float] = {}
         encoded = start
         if mode != "bm25":
-            vector = self._encode(state, [text])
+            if self._batcher is not None:
+                vector = self._batcher.encode(id(state), state, text)
+            else:
+                vector = self._encode(state, [text])
             encoded = time.perf_counter()
             scores, rows = search(state.index.index, vector, min(depth, state.index.index.ntotal))
             dense = {

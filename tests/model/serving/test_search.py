@@ -194,3 +194,32 @@ def test_a_documents_file_that_fails_its_checksum_is_refused_like_the_index(
         handle.write(b"tampered")
     with pytest.raises(ChecksumError, match="docs.sqlite"):
         load_version(version)
+
+
+def test_micro_batched_searches_answer_as_one_at_a_time(
+    tiny_model_dir: Path, tiny_beir_dir: Path, tmp_path: Path
+) -> None:
+    import threading
+
+    publish_corpus(tmp_path, tiny_model_dir, tiny_beir_dir)
+    queries = list(read_queries(find_file(tiny_beir_dir, "queries.jsonl"), RejectLog()).values())[:8]
+    alone = Searcher(tmp_path, "tiny", backend="torch")
+    batched = Searcher(tmp_path, "tiny", backend="torch", batch_wait_ms=50)
+    expected = {query: alone.search(query, k=5) for query in queries}
+    answers: dict[str, object] = {}
+    start = threading.Barrier(len(queries))
+
+    def ask(query: str) -> None:
+        start.wait()
+        answers[query] = batched.search(query, k=5)
+
+    threads = [threading.Thread(target=ask, args=(query,)) for query in queries]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    for query in queries:
+        got, want = answers[query].hits, expected[query].hits
+        assert [hit.doc_id for hit in got] == [hit.doc_id for hit in want]
+        np.testing.assert_allclose([hit.score for hit in got], [hit.score for hit in want], atol=1e-5)
+    assert batched._batcher is not None and batched._batcher.batches < len(queries)
