@@ -10,7 +10,7 @@ workspace: the bundled SciFact corpus (5,183 documents) encoded by the test suit
 (2 layers, 32 dimensions; seconds to encode) with its BM25 index beside it, served hybrid like a retrain's.
 Its latencies are the service's own overhead plus a small encoder's, not all-MiniLM-L6-v2's.
 
-    nice -n 10 .venv/bin/python bench/serve_load.py --clients 4 --seconds 15
+    .venv/bin/python bench/serve_load.py --workspace .denseflow --clients 1,4,16,64 --batch-wait-ms 0,2
 """
 
 from __future__ import annotations
@@ -117,15 +117,39 @@ def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+def load(url: str, queries: list[str], clients: int, seconds: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors: list[str] = []
+    stop = time.monotonic() + seconds
+    threads = [
+        threading.Thread(target=client_loop, args=(url, queries, i * 37, stop, latencies, errors))
+        for i in range(clients)
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    p50, p99 = np.percentile(latencies, [50, 99]) if latencies else (float("nan"),) * 2
+    return {"requests": len(latencies) + len(errors), "errors": len(errors), "qps": len(latencies) / wall,
+            "p50": float(p50), "p99": float(p99)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--clients", default="1,4,16,64", help="client counts, comma-separated (default: %(default)s)")
+    parser.add_argument(
+        "--batch-wait-ms", default="0,2", help="micro-batching waits compared, comma-separated; 0 = off (%(default)s)"
+    )
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--workspace", type=Path, help="workspace with a published index (default: build one)")
     parser.add_argument("--name", default="default", help="index name (default: %(default)s)")
     parser.add_argument("--threads", type=int, help="server's query-encoding threads (default: all cores)")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     args = parser.parse_args()
+    client_counts = [int(item) for item in args.clients.split(",")]
+    waits = [float(item) for item in args.batch_wait_ms.split(",")]
 
     from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
     from denseflow.model.index.store import read_pointer
@@ -136,55 +160,45 @@ def main() -> None:
         workspace = Path(scratch.name)
         build_tiny_index(workspace, args.name)
     queries = list(load_beir(bundled_scifact_dir(), ["test"], RejectLog()).split_queries("test").values())
-
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    command = [str(DENSEFLOW), "serve", "--workspace", str(workspace), "--name", args.name, "--port", str(port)]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(url, server, args.startup_timeout)
-        health = httpx.get(f"{url}/health", timeout=10).json()
-        for query in queries[:20]:  # warm-up: first-call allocations are not the steady state
-            httpx.post(f"{url}/search", json={"query": query, "k": 10}, timeout=60).raise_for_status()
-        rss_before = rss_mb(server.pid)
-        latencies: list[float] = []
-        errors: list[str] = []
-        stop = time.monotonic() + args.seconds
-        threads = [
-            threading.Thread(target=client_loop, args=(url, queries, i * 37, stop, latencies, errors))
-            for i in range(args.clients)
-        ]
-        started = time.monotonic()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.monotonic() - started
-        rss_after = rss_mb(server.pid)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        scratch.cleanup()
-
-    total = len(latencies) + len(errors)
-    p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) if latencies else (float("nan"),) * 3
     print(f"date {time.strftime('%Y-%m-%d %H:%M')}  cpu {cpu_model()} ({os.cpu_count()} cores)  load {os.getloadavg()}")
-    print(
-        f"index {args.name}/{health.get('index_version')} ({health.get('documents')} docs) model {health.get('model')} mode {health.get('search_mode')}"
-    )
-    print(
-        f"{args.clients} clients × {args.seconds:g} s: {total} requests, {len(errors)} errors, {total / wall:.1f} req/s"
-    )
-    if errors:
-        print("errors by kind:", {kind: errors.count(kind) for kind in sorted(set(errors))})
-    print(f"latency ms: p50 {p50:.1f}  p90 {p90:.1f}  p99 {p99:.1f}")
-    print(f"server RSS MB: before {rss_before:.0f}  after {rss_after:.0f}")
+    print("| batch wait ms | clients | requests | errors | req/s | p50 ms | p99 ms | RSS MB before → after |")
+    print("|---|---|---|---|---|---|---|---|")
+    try:
+        for wait in waits:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            command = [str(DENSEFLOW), "serve", "--workspace", str(workspace), "--name", args.name, "--port", str(port),
+                       "--batch-wait-ms", str(wait)]  # fmt: skip
+            if args.threads:
+                command += ["--threads", str(args.threads)]
+            env = os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+            server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_healthy(url, server, args.startup_timeout)
+                health = httpx.get(f"{url}/health", timeout=10).json()
+                for query in queries[:20]:  # warm-up: first-call allocations are not the steady state
+                    httpx.post(f"{url}/search", json={"query": query, "k": 10}, timeout=60).raise_for_status()
+                for clients in client_counts:
+                    before = rss_mb(server.pid)
+                    figures = load(url, queries, clients, args.seconds)
+                    after = rss_mb(server.pid)
+                    print(
+                        f"| {wait:g} | {clients} | {figures['requests']} | {figures['errors']} | {figures['qps']:.1f} | "
+                        f"{figures['p50']:.1f} | {figures['p99']:.1f} | {before:.0f} → {after:.0f} |",
+                        flush=True,
+                    )
+            finally:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+        print(
+            f"index {args.name}/{health.get('index_version')} ({health.get('documents')} docs) model "
+            f"{health.get('model')} mode {health.get('search_mode')} query backend {health.get('query_backend')}"
+        )
+    finally:
+        scratch.cleanup()
 
 
 if __name__ == "__main__":

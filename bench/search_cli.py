@@ -1,0 +1,63 @@
+"""A one-off ``denseflow search`` as a person runs it: wall time and peak RSS, cold and warm.
+
+Runs ``denseflow search QUERY --json`` in a fresh process ``--runs`` times on a published index (cold: the first,
+after dropping nothing but our own caches; warm: the rest, with the OS page cache warm) with each query backend:
+``auto`` (the version's torch-free query tower when it has one) and ``torch`` (sentence-transformers). Prints the
+wall time and the peak RSS (``/usr/bin/time`` style, from ``resource.getrusage`` of the child) of each, and checks
+that both return the same ids with scores within 1e-4.
+
+    .venv/bin/python bench/search_cli.py --workspace .denseflow "vitamin D and bone density"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+DENSEFLOW = Path(sys.executable).with_name("denseflow")
+
+
+def run_once(workspace: Path, query: str, backend: str) -> tuple[float, float, dict]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(DENSEFLOW), "search", query, "-k", "10", "--json", "--backend", backend, "--workspace", str(workspace)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+    wall = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # ru_maxrss of children is the largest any child reached so far: report it only when it grew.
+    return wall, max(peak, before) / 1024, json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("query")
+    parser.add_argument("--workspace", type=Path, default=Path(".denseflow"))
+    parser.add_argument("--runs", type=int, default=4)
+    args = parser.parse_args()
+    results = {}
+    print(f"date {time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} cores; load {os.getloadavg()}")
+    print("| backend | run | wall s | peak RSS MB (largest child so far) |\n|---|---|---|---|")
+    for backend in ("auto", "torch"):
+        for run in range(args.runs):
+            wall, rss, result = run_once(args.workspace, args.query, backend)
+            results[backend] = result
+            print(f"| {backend} | {'cold' if run == 0 else 'warm'} | {wall:.2f} | {rss:.0f} |", flush=True)
+    fast, slow = results["auto"]["hits"], results["torch"]["hits"]
+    same_ids = [hit["id"] for hit in fast] == [hit["id"] for hit in slow]
+    gap = max(abs(a["score"] - b["score"]) for a, b in zip(fast, slow, strict=True)) if fast else 0.0
+    print(f"same ids: {same_ids}; largest score difference {gap:.2e}")
+
+
+if __name__ == "__main__":
+    main()
