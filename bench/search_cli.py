@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -23,20 +22,39 @@ from pathlib import Path
 DENSEFLOW = Path(sys.executable).with_name("denseflow")
 
 
+# A fresh parent per run: its RUSAGE_CHILDREN peak is that one search process's own.
+MEASURE = (
+    "import resource, subprocess, sys; done = subprocess.run(sys.argv[1:]); "
+    "print('peak_kb', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(done.returncode)"
+)
+
+
 def run_once(workspace: Path, query: str, backend: str) -> tuple[float, float, dict]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Wall seconds, peak RSS MB of the search process, and its JSON result."""
+    command = [
+        str(DENSEFLOW),
+        "search",
+        query,
+        "-k",
+        "10",
+        "--json",
+        "--backend",
+        backend,
+        "--workspace",
+        str(workspace),
+    ]
     started = time.perf_counter()
     done = subprocess.run(
-        [str(DENSEFLOW), "search", query, "-k", "10", "--json", "--backend", backend, "--workspace", str(workspace)],
+        [sys.executable, "-c", MEASURE, *command],
         capture_output=True,
         text=True,
-        check=True,
         env=os.environ | {"HF_HUB_OFFLINE": "1"},
     )
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest any child reached so far: report it only when it grew.
-    return wall, max(peak, before) / 1024, json.loads(done.stdout)
+    if done.returncode:
+        raise SystemExit(f"{' '.join(command)} failed: {done.stderr[-500:]}")
+    peak_kb = next(int(line.split()[1]) for line in done.stderr.splitlines() if line.startswith("peak_kb"))
+    return wall, peak_kb / 1024, json.loads(done.stdout)
 
 
 def main() -> None:
@@ -47,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     results = {}
     print(f"date {time.strftime('%Y-%m-%d %H:%M')}; {os.cpu_count()} cores; load {os.getloadavg()}")
-    print("| backend | run | wall s | peak RSS MB (largest child so far) |\n|---|---|---|---|")
+    print("| backend | run | wall s | peak RSS MB |\n|---|---|---|---|")
     for backend in ("auto", "torch"):
         for run in range(args.runs):
             wall, rss, result = run_once(args.workspace, args.query, backend)
