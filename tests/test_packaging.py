@@ -105,3 +105,25 @@ def test_denseflow_help_runs_from_the_installed_wheel(installed: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: denseflow")
     assert Path(result.stderr.strip().splitlines()[-1]).is_relative_to(installed)
+
+
+def test_wheel_holds_every_module_of_the_mapped_folders(wheel: Path) -> None:
+    """The hand-kept package list once missed model/evaluation/compare_negatives/: compare-negatives failed for
+    anyone who installed the wheel."""
+    names = set(zipfile.ZipFile(wheel).namelist())
+    expected = {
+        f"denseflow/{path.relative_to(REPO).as_posix()}"
+        for folder in BARE_NAMES
+        for path in (REPO / folder).rglob("*.py")
+        if "__pycache__" not in path.parts and "datasets" not in path.parts
+    }
+    assert sorted(expected - names) == []
+
+
+def test_the_installed_wheel_runs_the_commands_that_import_subpackages(installed: Path) -> None:
+    done = run_installed(
+        installed,
+        "import sys; from denseflow.cli.main import main; sys.argv = ['denseflow']; "
+        "import denseflow.model.evaluation.compare_negatives.report, denseflow.flows.compare, denseflow.cli.schedule",
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
