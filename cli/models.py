@@ -306,6 +306,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_PREFECT_UI_PORT = 4200
+
+
 def ui_command(uri: str, workspace: Path, host: str, port: int) -> list[str]:
     """``mlflow ui`` on the workspace store; new experiments keep their artifacts in the workspace too."""
     artifacts = (workspace / "mlartifacts").as_uri()
@@ -329,9 +332,35 @@ def ui_command(uri: str, workspace: Path, host: str, port: int) -> list[str]:
     ]
 
 
+def prefect_ui(args: argparse.Namespace) -> int:
+    """The Prefect UI that shows the runs ``denseflow`` made: the server at ``PREFECT_API_URL`` when one is set, else
+    a server on the workspace's Prefect home (the database each command's temporary API wrote to)."""
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        print(
+            f"Prefect UI of the server denseflow runs against (PREFECT_API_URL): {api.rstrip('/').removesuffix('/api')}"
+        )
+        return 0
+    home = workspace_dir(args.workspace) / "prefect"
+    port = args.port if args.port != DEFAULT_UI_PORT else DEFAULT_PREFECT_UI_PORT
+    print(
+        f"Prefect UI on the workspace's Prefect home {home}: http://{args.host}:{port}  (Ctrl-C stops it; "
+        f"scheduled runs need a server that stays up: `make stack`, then PREFECT_API_URL)",
+        flush=True,
+    )
+    env = os.environ | {"PREFECT_HOME": str(home)}
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", args.host, "--port", str(port)]
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from denseflow.tasks.tracking import tracking_uri
 
+    if args.prefect:
+        return prefect_ui(args)
     workspace = workspace_dir(args.workspace)
     uri = tracking_uri(_tracking(args), workspace)
     if uri.startswith(("http://", "https://")):
@@ -414,5 +443,6 @@ def add_model_commands(commands: argparse._SubParsersAction) -> None:
     ui = commands.add_parser("ui", help="start the MLflow UI on the workspace store and print its URL")
     ui.add_argument("--host", default=DEFAULT_UI_HOST, help="bind address (default: %(default)s)")
     ui.add_argument("--port", type=int, default=DEFAULT_UI_PORT)
+    ui.add_argument("--prefect", action="store_true", help="the Prefect UI with denseflow's runs instead of MLflow's")
     common(ui)
     ui.set_defaults(handler=cmd_ui)
