@@ -33,6 +33,10 @@ def test_prefect_yaml_is_valid_for_prefect_and_weekly_with_one_run_at_a_time():
     (schedule,) = deployment.schedules
     assert schedule.cron == "0 3 * * 1"  # weekly
     assert schedule.timezone == "UTC"
+    # It names no data.path: active, it would retrain on the bundled sample every week (denseflow schedule
+    # deploys the user's data instead).
+    assert schedule.active is False
+    assert "path" not in (deployment.parameters["config"].get("data") or {})
     assert deployment.concurrency_limit.limit == 1
     assert deployment.concurrency_limit.collision_strategy == "ENQUEUE"
     config = RetrainConfig.model_validate(deployment.parameters["config"])
