@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
-from mlflow.tracking.fluent import _create_dataset_input
 from prefect import task
 
 from denseflow.model.config import DataConfig
@@ -16,7 +13,7 @@ from denseflow.model.data.assemble import SourceResult
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir
 from denseflow.model.data.dev import carve_dev_split
 from denseflow.model.data.ingest import IngestedData
-from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
+from denseflow.tasks.tracking import log_artifact, log_dataset_inputs, log_metrics, run_logger
 
 
 def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
@@ -77,8 +74,7 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> IngestedData:
     client.set_tag(run_id, "dataset_fingerprint", digest)
     for key, value in dev.as_tags().items():
         client.set_tag(run_id, key, value)
-    meta = MetaDataset(resolve_dataset_source(source), name=Path(source).name, digest=digest)
-    client.log_inputs(run_id, datasets=[_create_dataset_input(meta, context="training")])
+    log_dataset_inputs(run_id, source, digest, {"training": data.train_split, "evaluation": data.eval_split})
     return IngestedData(
         dataset_dir=str(dataset_dir),
         fingerprint=digest,

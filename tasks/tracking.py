@@ -210,3 +210,28 @@ def log_per_query_table(run_id: str, per_query: dict[str, dict[str, float]], art
     queries = sorted(next(iter(per_query.values()), {}))
     data = {"query_id": queries} | {metric: [values.get(q) for q in queries] for metric, values in per_query.items()}
     MlflowClient().log_table(run_id, data=data, artifact_file=artifact_file)
+
+
+@names_the_server
+def log_dataset_inputs(run_id: str, source: str, digest: str, contexts: dict[str, str]) -> None:
+    """The dataset as the run's input (the UI's Datasets panel), once per context (``training``, ``evaluation``),
+    with its content digest and the split each context read; MLflow's public entities, not its fluent internals."""
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local path either way
+        described = MetaDataset(resolve_dataset_source(source), name=Path(source).name, digest=digest).to_dict()
+    # One dataset entry per split: MLflow keeps one input per (name, digest), whatever its context.
+    inputs = [
+        DatasetInput(
+            Dataset(f"{described['name']}/{split}", digest, described["source_type"], described["source"]),
+            tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)],
+        )
+        for context, split in contexts.items()
+    ]
+    MlflowClient().log_inputs(run_id, datasets=inputs)

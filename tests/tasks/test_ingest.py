@@ -39,9 +39,12 @@ def test_clicks_source_through_ingest_and_mine_tasks(tmp_path, tiny_beir_dir):
     assert result.skip_above_queries == 3
     assert result.reject_reasons == {"malformed row": 1}
     run = client.get_run(run_id)
-    (dataset_input,) = run.inputs.dataset_inputs
-    assert dataset_input.dataset.digest == result.fingerprint == run.data.tags["dataset_fingerprint"]
-    assert dataset_input.dataset.name == "clicks.jsonl"
+    inputs = run.inputs.dataset_inputs
+    contexts = {tag.value for item in inputs for tag in item.tags if tag.key == "mlflow.data.context"}
+    assert contexts == {"training", "evaluation"}  # the UI's Datasets panel: what the run trained and was judged on
+    for dataset_input in inputs:
+        assert dataset_input.dataset.digest == result.fingerprint == run.data.tags["dataset_fingerprint"]
+        assert dataset_input.dataset.name.startswith("clicks.jsonl/")
     assert run.data.metrics["ingest.clicks.usable_share"] == 12 / 13
     assert json.loads((tmp_path / "run" / REJECTS_FILE).read_text())["line"] == 13
 

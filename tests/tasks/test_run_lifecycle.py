@@ -36,7 +36,7 @@ def test_ingest_leaves_the_run_running(run_id, tiny_beir_dir, tmp_path):
     run = MlflowClient().get_run(run_id)
     assert run.info.status == "RUNNING"
     assert run.data.tags["dataset_fingerprint"] == result.fingerprint
-    assert [item.dataset.digest for item in run.inputs.dataset_inputs] == [result.fingerprint]
+    assert {item.dataset.digest for item in run.inputs.dataset_inputs} == {result.fingerprint}
     assert mlflow.active_run() is None
 
 
