@@ -188,6 +188,10 @@ def document_encoder_fingerprint(model_dir: str | Path) -> str:
         digest = hashlib.sha256()
         for module in modules:
             config = module.get_config_dict() if hasattr(module, "get_config_dict") else {}
+            # The length a model was saved with is not part of what it computes: the cache key names the length
+            # documents are encoded at. Without this, a query-tower fine-tune saved at its training length
+            # re-encoded the corpus its untouched document tower had already encoded for the base model.
+            config = {key: value for key, value in config.items() if key != "max_seq_length"}
             digest.update(f"{type(module).__name__}|{json.dumps(config, sort_keys=True, default=str)}\n".encode())
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
