@@ -56,6 +56,9 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert candidate.tags["ndcg_at_10"] == f"{summary['metrics'][served_label]['ndcg@10']:.6f}"
     assert candidate.tags["trained.ndcg_at_10"] == f"{trained['ndcg@10']:.6f}"
     assert "prior" in candidate.tags["served.mode_chosen_by"]  # the prior, or a dev winner tested against it
+    # Six dev queries (< choices.min_recipe_dev_queries): no alternative recipe is trained, and the run says why.
+    assert run.data.tags["choice.recipe.used"] == "prior"
+    assert not any(key.startswith("recipe.") for key in run.data.metrics)
     gate_comparison = tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "evaluation" / "compare_base.md"
     assert gate_comparison.read_text().startswith("# candidate against base")
     record = ServedSystem.from_json(candidate.tags["served.system"])
@@ -222,8 +225,8 @@ def run_alpha(tmp_path: Path, summary: dict) -> float:
     return client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.metrics["train.interpolation"]
 
 
-def test_a_version_loaded_by_mlflows_own_api_embeds_queries_with_its_query_tower(
-    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+def test_a_version_loaded_by_mlflows_own_api_embeds_queries_and_compares_with_the_base_as_served(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir, capsys, monkeypatch
 ):
     import mlflow
     import numpy as np
@@ -244,13 +247,9 @@ def test_a_version_loaded_by_mlflows_own_api_embeds_queries_with_its_query_tower
     embedded = np.asarray(pyfunc.predict(texts, params={"task": "document"}))
     np.testing.assert_allclose(embedded / np.linalg.norm(embedded, axis=1, keepdims=True), document, atol=1e-5)
 
-
-def test_compare_reports_a_version_against_the_base_model_as_each_is_served(
-    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir, capsys, monkeypatch
-):
+    # `denseflow compare base 1`: both systems evaluated as each is served, on the data version 1 was trained on.
     from denseflow.cli.main import main
 
-    retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setattr("denseflow.flows.compare.resolve_base_model", lambda _: str(tiny_model_dir))
     capsys.readouterr()
@@ -282,12 +281,3 @@ def test_an_alternative_recipe_is_trained_and_ships_only_when_dev_proves_it(
     assert tags["towers"] == ("asymmetric" if used == "prior" else "siamese")
     metrics = client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.metrics
     assert "recipe.siamese-free.train.steps" in metrics
-
-
-def test_a_small_dev_split_trains_no_alternative_recipe_and_says_why(
-    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
-):
-    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir))
-    run = client_of(tmp_path).get_run(summary["mlflow_run_id"])
-    assert run.data.tags["choice.recipe.used"] == "prior"
-    assert not any(key.startswith("recipe.") for key in run.data.metrics)
