@@ -127,6 +127,7 @@ def compare_negatives_arm(
         config.train.max_seq_length,
         train_settings.batch_size,
         config.eval.batch_size,
+        bm25=config.bm25.settings(),
     )
     arm_dir = Path(run_dir) / "arms" / spec.slug
     dataset_dir, dev_split, split = data.dataset_dir, data.dev_split, config.data.eval_split
