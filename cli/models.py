@@ -103,10 +103,13 @@ def cmd_models_show(args: argparse.Namespace) -> int:
         return 2
     if args.json:
         print(json.dumps({"version": version.version, "aliases": list(version.aliases), "tags": version.tags,
+                          "served_system": served_system_of(version.tags).as_dict(),
                           "card": version.description}, indent=2))  # fmt: skip
         return 0
     print(version.description or f"{name} version {version.version} has no model card (registered before cards).")
     print(f"\naliases: {', '.join(version.aliases) or 'none'}; run {version.run_id}")
+    print("\nserved system (what search serves for this version):")
+    print(json.dumps(served_system_of(version.tags).as_dict(), indent=2))
     return 0
 
 
@@ -201,6 +204,12 @@ def _move_both(args: argparse.Namespace, name: str, target: str, move) -> int:  
     return 0
 
 
+def served_system_of(tags: dict[str, str]):  # noqa: ANN201 - denseflow.model.served_system.ServedSystem
+    from denseflow.registry.tags import served_record
+
+    return served_record(tags)
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
@@ -239,7 +248,10 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         print(json.dumps(_plan(args, name, current, target), indent=2))
         return 0
     workspace = workspace_dir(args.workspace)
-    return _move_both(args, name, target, lambda: rollback(name, args.reason or "", workspace=workspace))
+    planned = (current, target)
+    return _move_both(
+        args, name, target, lambda: rollback(name, args.reason or "", workspace=workspace, planned=planned)
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -78,7 +78,13 @@ def scheduled_config(args: argparse.Namespace) -> dict[str, Any]:
             "the configuration sets no data.path, so every scheduled run would retrain on the bundled SciFact sample; "
             "set data.path (or pass --sample to schedule the sample on purpose); nothing deployed"
         )
-    return config.model_dump(mode="json", exclude_none=True)
+    # Paths absolute (the worker's folder must not decide what they mean); None kept: a setting the user set to
+    # None (bm25.stemmer: none) must not fall back to its default when the run validates the parameters again.
+    updates = {"workspace": config.workspace.resolve() if config.workspace else None}
+    data = config.data.model_copy(
+        update={name: getattr(config.data, name).resolve() for name in ("path", "corpus") if getattr(config.data, name)}
+    )
+    return config.model_copy(update=updates | {"data": data}).model_dump(mode="json")
 
 
 def deploy(args: argparse.Namespace) -> str:

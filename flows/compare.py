@@ -42,7 +42,7 @@ def resolve_system(system: str, registered_model: str, workspace: Path, texts: l
     from mlflow.tracking import MlflowClient
 
     from denseflow.registry.resolve import resolve_model
-    from denseflow.tasks.publish import served_record
+    from denseflow.registry.tags import served_record
 
     resolved = resolve_model(registry_reference(system, registered_model), workspace, default_name=registered_model)
     tags = MlflowClient().get_model_version(resolved.name, resolved.version).tags or {}

@@ -459,6 +459,16 @@ class RetrainConfig(Section):
     bm25: BM25Config = BM25Config()
     choices: ChoicesConfig = ChoicesConfig()
 
+    @model_validator(mode="after")
+    def _recipes_valid_over_train(self) -> RetrainConfig:
+        # Checked whole before anything trains: a recipe valid alone can clash with train: (torchrun + towers).
+        for name in self.choices.recipes:
+            try:
+                self.recipe(name)
+            except ValueError as err:
+                raise ValueError(f"choices.recipes.{name} over train: is not valid: {err}") from err
+        return self
+
     def recipe(self, name: str) -> TrainConfig:
         """The train settings of recipe ``name``: ``train:`` itself for the prior, else it with the recipe's
         settings over it."""

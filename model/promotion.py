@@ -77,6 +77,8 @@ def paired_evidence(
     """:class:`Evidence` from per-query figures (nDCG@10) of two systems on the same queries."""
     from denseflow.model.evaluation.stats import paired_test
 
+    if len(set(candidate) & set(other)) < 2:
+        return Evidence(1.0, 0)  # nothing to test on: no evidence of a gain
     better = paired_test(candidate, other, "ndcg@10", permutations, alternative="greater")
     unseen = [query for query in unseen if query in candidate and query in other]
     if len(unseen) < MIN_UNSEEN_QUERIES:

@@ -1,16 +1,17 @@
-"""What search serves for a registered version, as one typed record: the registry holds it, publication and the
-gate read it, ``denseflow models show`` prints it.
+"""What search serves for a registered version, as one typed record: the registry holds it, publication, the
+gate and ``denseflow compare`` read it, ``denseflow models show`` prints it, and a published index's manifest
+carries it beside the index version.
 
 A version's figures are those of a *system*: its query tower, the document tower's corpus embeddings at a given
 length, BM25 with a given analyzer and k1/b, and the fusion method and weight that join the two. Scattered tags
 named some of these; a search built from them could not reproduce the registered figure. The record is written
-as a version tag (``served.system``, JSON) and as the artifact ``served_system.json`` of the version's run.
+as a version tag (``served.system``, JSON) and as the artifact ``<model>_served_system.json`` of the version's run.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from denseflow.model.index.bm25 import LEGACY_BM25, BM25Settings
@@ -32,8 +33,6 @@ class ServedSystem:
     bm25: BM25Settings
     query_max_seq_length: int
     document_max_seq_length: int
-    model: str | None = None  # registered name/version, e.g. retriever/3
-    index_version: str | None = None  # the published index version serving it, once published
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self) | {"bm25": self.bm25.describe(), "schema": SCHEMA_VERSION}
@@ -57,8 +56,6 @@ class ServedSystem:
                 bm25=BM25Settings.from_tokenizer(bm25["tokenizer"], float(bm25["k1"]), float(bm25["b"])),
                 query_max_seq_length=int(data["query_max_seq_length"]),
                 document_max_seq_length=int(data["document_max_seq_length"]),
-                model=data.get("model"),
-                index_version=data.get("index_version"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ServedSystemError(f"served-system record unreadable: {err}") from err
@@ -81,6 +78,3 @@ class ServedSystem:
             LEGACY_DOCUMENT_LENGTH,
             LEGACY_DOCUMENT_LENGTH,
         )
-
-    def published_as(self, index_version: str) -> ServedSystem:
-        return replace(self, index_version=index_version)

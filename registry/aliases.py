@@ -119,13 +119,20 @@ def planned_rollback(name: str) -> tuple[str | None, str]:
     return current, rollback_target(reconcile(read_history(client, name), current, now()))
 
 
-def rollback(name: str, reason: str = "", workspace: Path | str | None = None) -> dict:
-    """``production`` back to the version before the current one, from the recorded history."""
+def rollback(
+    name: str, reason: str = "", workspace: Path | str | None = None, planned: tuple[str | None, str] | None = None
+) -> dict:
+    """``production`` back to the version before the current one, from the recorded history.
+
+    ``planned``: the ``(current, target)`` of :func:`planned_rollback` the caller acted on (it published the target's
+    index); when production moved since, :class:`ProductionChanged` and nothing moves."""
     client = MlflowClient()
     with production_lock(name, workspace):
         current = _version_of(production_version(client, name))
         history = reconcile(read_history(client, name), current, now())
         target = rollback_target(history)
+        if planned is not None and planned != (current, target):
+            raise ProductionChanged(name, planned[0], current)
         reason = reason or f"rollback from {history[-1].version}"
         return move_production(client, name, target, "rollback", reason, expected=current)
 

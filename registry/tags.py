@@ -10,7 +10,8 @@ from __future__ import annotations
 from denseflow.model.config import EvalConfig
 from denseflow.model.evaluation.evaluate import EvaluationResult, Fusion
 from denseflow.model.fusion import NEUTRAL_WEIGHT
-from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, metric_key
+from denseflow.model.served_system import ServedSystem
+from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, SERVED_SYSTEM_TAG, metric_key
 
 
 def registration_tags(
@@ -39,3 +40,15 @@ def served_fusion(tags: dict[str, str], settings: EvalConfig) -> Fusion | None:
         return None
     weight = float(tags.get(HYBRID_WEIGHT_TAG, NEUTRAL_WEIGHT))
     return Fusion.of(weight, tags.get(HYBRID_METHOD_TAG, settings.fusion), settings)  # type: ignore[arg-type]
+
+
+def served_record(tags: dict[str, str]) -> ServedSystem:
+    """A version's served-system record; for a version registered before records existed, what it was evaluated
+    with then (unstemmed BM25, documents at 128 tokens), so it keeps serving as registered."""
+    if SERVED_SYSTEM_TAG in tags:
+        return ServedSystem.from_json(tags[SERVED_SYSTEM_TAG])
+    return ServedSystem.legacy(
+        tags.get(SERVED_MODE_TAG, "dense"),
+        tags.get(HYBRID_METHOD_TAG, "convex"),
+        float(tags.get(HYBRID_WEIGHT_TAG, 0.5)),
+    )

@@ -174,7 +174,7 @@ def hybrid(
     log_choice(context, record, prefix=f"{metric_label(label)}.")
     if choice.chosen_by == NO_DEV_SPLIT:
         run_logger().warning("no dev split: hybrid uses the even mix, weight %.2f", choice.weight)
-    fusion = Fusion.of(choice.weight, settings.fusion, settings)
+    fusion = Fusion.of(choice.weight, choice.method, settings)  # type: ignore[arg-type]
     recorded = {}
     for name in splits:
         on_dev = name != split

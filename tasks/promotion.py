@@ -36,8 +36,7 @@ from denseflow.model.promotion import Decision, Evidence, GateOutcome, Scored, d
 from denseflow.registry.aliases import ProductionChanged, move_production, now, production_lock, production_version
 from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
-from denseflow.registry.tags import served_fusion
-from denseflow.tasks.publish import served_record
+from denseflow.registry.tags import served_fusion, served_record
 from denseflow.tasks.tracking import log_artifact, log_metrics
 
 EVAL_SPLIT_TAG = "eval_split"
@@ -106,11 +105,20 @@ def run_gate(
     out_dir = context.run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    measured: dict[str, dict[str, float]] = {}
+
     def reevaluate(production: str) -> dict[str, float]:
+        if production in measured:  # once per gate: the paired test and the figure share it
+            return measured[production]
         resolved = resolve_model(f"{registered_model}/{production}", workspace, default_name=registered_model)
         tags = client.get_model_version(registered_model, production).tags
         record = served_record(tags)
-        as_served = replace(context, bm25=record.bm25, document_max_seq_length=record.document_max_seq_length)
+        as_served = replace(
+            context,
+            max_seq_length=record.query_max_seq_length,
+            document_max_seq_length=record.document_max_seq_length,
+            bm25=record.bm25,
+        )
         evaluation = evaluate_system(
             "production",
             str(resolved.local_dir),
@@ -127,6 +135,7 @@ def run_gate(
         path.write_text(json.dumps(payload, indent=2))
         log_artifact(run_id, path, "evaluation")
         log_metrics(run_id, evaluation.metrics, prefix="production.")
+        measured[production] = evaluation.metrics
         return evaluation.metrics
 
     candidate = Scored(version, float(candidate_metrics[metric]), dataset_fingerprint)

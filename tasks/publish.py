@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -70,7 +71,8 @@ from denseflow.model.index.store import (
 )
 from denseflow.model.onnx_runtime import export_query_tower
 from denseflow.model.served_system import ServedSystem
-from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG, SERVED_SYSTEM_TAG
+from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG
+from denseflow.registry.tags import served_record
 from denseflow.tasks.tracking import run_logger
 
 
@@ -155,18 +157,6 @@ def resolve_model_version(config: PublishConfig) -> ResolvedModel:
     search = published_search(config.index, tags)
     return ResolvedModel(
         resolved.name, resolved.version, resolved.run_id, str(resolved.local_dir), search, served_record(tags)
-    )
-
-
-def served_record(tags: dict[str, str]) -> ServedSystem:
-    """A version's served-system record; for a version registered before records existed, what it was evaluated
-    with then (unstemmed BM25, documents at 128 tokens), so it keeps serving as registered."""
-    if SERVED_SYSTEM_TAG in tags:
-        return ServedSystem.from_json(tags[SERVED_SYSTEM_TAG])
-    return ServedSystem.legacy(
-        tags.get(SERVED_MODE_TAG, "dense"),
-        tags.get(HYBRID_METHOD_TAG, "convex"),
-        float(tags.get(HYBRID_WEIGHT_TAG, 0.5)),
     )
 
 
@@ -403,9 +393,13 @@ def build_and_verify(
     )
     (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")
     query_length = model_info["query_max_seq_length"] or model_info["max_seq_length"]
-    why_not = export_query_tower(
-        load_encoder(model.model_dir, query_length), build_dir / QUERY_TOWER_FOLDER, query_length
-    )
+    try:  # the query tower at its own length: the export is checked against it
+        why_not = export_query_tower(
+            load_encoder(model.model_dir, query_length), build_dir / QUERY_TOWER_FOLDER, query_length
+        )
+    except Exception as err:  # noqa: BLE001 - an optional speed-up: publication goes on without it
+        shutil.rmtree(build_dir / QUERY_TOWER_FOLDER, ignore_errors=True)
+        why_not = f"export failed: {type(err).__name__}: {err}"
     if why_not:
         run_logger().warning("query tower not exported for torch-free search (%s): search loads the model", why_not)
     return BuiltIndex(str(build_dir), recall, build_seconds, str(snapshot.documents_file), bm25_dir)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -16,7 +17,7 @@ from denseflow.model.encoder import load_encoder, route_queries_by_default, towe
 from denseflow.model.evaluation.summary import RetrainSummary
 from denseflow.model.mining.negatives import mining_summary, read_examples
 from denseflow.model.training.model_card import full_card, pipeline_section
-from denseflow.registry.keys import CANDIDATE, metric_key
+from denseflow.registry.keys import CANDIDATE, SERVED_SYSTEM_TAG, metric_key
 from denseflow.tasks.tracking import run_logger
 
 
@@ -60,6 +61,11 @@ def register(
     tags |= extra_tags or {}
     for key, value in tags.items():
         client.set_model_version_tag(registered_model, version, key, value)
+    if SERVED_SYSTEM_TAG in tags:  # the record as an artifact too, beside the model it describes
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / f"{artifact_name}_served_system.json"
+            path.write_text(json.dumps(json.loads(tags[SERVED_SYSTEM_TAG]), indent=2), encoding="utf-8")
+            client.log_artifact(run_id, str(path))
     if alias:
         client.set_registered_model_alias(registered_model, alias, version)
     return version

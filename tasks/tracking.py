@@ -110,10 +110,16 @@ def source_tags(tags: dict[str, str]) -> dict[str, str]:
     resolved = resolve_tags(tags)
     resolved["mlflow.source.name"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500] or "denseflow"
     package = Path(__file__).resolve().parent
+    commit = ""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(package), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        # Only a checkout of denseflow itself: an installed wheel inside someone's repository is not that commit.
+        root = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5
         ).stdout.strip()
+        if root and Path(root).resolve() == package.parent:
+            commit = subprocess.run(
+                ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+            ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
     if commit:

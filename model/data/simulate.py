@@ -30,7 +30,7 @@ from typing import IO
 import numpy as np
 
 from denseflow.model.data.beir import Dataset, normalise_text
-from denseflow.model.index.bm25 import BM25Index
+from denseflow.model.index.bm25 import LEGACY_BM25, BM25Index
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ def simulate_clicks(
     query_ids = list(dataset.qrels[split])
     if max_queries is not None:
         query_ids = sorted(rng.choice(query_ids, size=min(max_queries, len(query_ids)), replace=False).tolist())
-    index = BM25Index(dataset.corpus)
+    # The ranking users are simulated on is a fixed part of the synthetic data: the analyzer it was made with.
+    index = BM25Index(dataset.corpus, LEGACY_BM25)
     rankings: dict[str, list[str]] = {}
     report = SimulationReport(path=str(out), queries=len(query_ids), model=asdict(model), query_ids=list(query_ids))
     for n, qid in enumerate(query_ids, start=1):

@@ -96,7 +96,7 @@ def compare_systems(
     overlaps, rbos, changed = [], [], []
     for query_id, text in queries.items():
         top_a, top_b = ranked(run_a.get(query_id, {}))[:10], ranked(run_b.get(query_id, {}))[:10]
-        overlaps.append(len(set(top_a) & set(top_b)) / 10)
+        overlaps.append(len(set(top_a) & set(top_b)) / max(len(top_a), len(top_b), 1))
         rbos.append(rank_biased_overlap(top_a, top_b))
         changed.append(
             ChangedQuery(

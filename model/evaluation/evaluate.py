@@ -197,7 +197,11 @@ def choose_fusion(
         for weight in settings.fusion_grid:
             options.setdefault(fusion_key(method, weight), (method, weight))
     per_query = {
-        key: per_query_metrics(fuse_runs(*dev_runs, weight, method, settings.rrf_k), dev_qrels, [10])["ndcg@10"]  # type: ignore[arg-type]
+        key: per_query_metrics(
+            fuse_runs(*dev_runs, weight, method, settings.rrf_k, settings.fusion_depth),  # type: ignore[arg-type]
+            dev_qrels,
+            [10],
+        )["ndcg@10"]
         for key, (method, weight) in options.items()
     }
     choice = choose_on_evidence("fusion", prior, per_query, alpha, permutations)

@@ -7,8 +7,8 @@ it on the machine at hand), and it saves and loads as plain ``.npy`` files that 
 index version carries beside ``index.faiss``.
 
 The formula is Okapi BM25 (``idf = ln((N − df + 0.5) / (df + 0.5))`` floored at 0, term part
-``tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl))``), over terms made the way Anserini's BEIR baselines make them:
-lowercase words, Lucene's English stopwords dropped, Snowball English stems, k1 0.9, b 0.4
+``tf·(k1+1) / (tf + k1·(1 − b + b·|d|/avgdl))``), over terms made much as Anserini's BEIR baselines make them:
+lowercase words, Lucene's English stopwords dropped, English stems (Snowball's, through PyStemmer), k1 0.9, b 0.4
 (:class:`BM25Settings`). Every part of the project builds BM25 from one ``BM25Settings`` (``bm25:`` in the
 configuration), and a saved index records it, so a query is analysed the way its index was.
 
@@ -72,8 +72,9 @@ class BM25Settings:
     """Okapi BM25's parameters and the analyzer that turns text into terms: lowercase ``[a-z0-9]+`` tokens, a
     stopword list dropped, then a Snowball stemmer (PyStemmer, as bm25s's ``stemmer`` argument takes it).
 
-    The defaults are Anserini's BEIR baseline (Kamphuis et al. 2020; Thakur et al. 2021): k1 0.9, b 0.4, English
-    stopwords, English stemming. :attr:`tokenizer` names the analyzer; a saved index records it, and a query is
+    The defaults follow Anserini's BEIR baseline (Kamphuis et al. 2020; Thakur et al. 2021): k1 0.9, b 0.4, Lucene's
+    English stopwords, English stemming (Snowball's English here, as bm25s uses it; Lucene's analyzer applies the
+    original Porter stemmer, ``stemmer: porter``). :attr:`tokenizer` names the analyzer; a saved index records it, and a query is
     always analysed the way its index was built (:meth:`from_tokenizer` reads the name back)."""
 
     k1: float = 0.9

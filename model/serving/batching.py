@@ -44,12 +44,26 @@ class MicroBatcher:
         self._worker.start()
 
     def encode(self, key: Hashable, context: object, text: str) -> np.ndarray:
-        """``text``'s embedding (a ``(1, dim)`` row), computed in a batch with whatever else arrives meanwhile."""
+        """``text``'s embedding (a ``(1, dim)`` row), computed in a batch with whatever else arrives meanwhile;
+        alone, in this thread, should the batching thread ever have died."""
+        if not self._worker.is_alive():
+            return self.encode_many(context, [text])
         pending = _Pending(key, context, text)
         self._queue.put(pending)
         return pending.future.result()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # whatever ended the loop, nobody waits forever: the queued queries are answered alone
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                try:
+                    item.future.set_result(self.encode_many(item.context, [item.text]))
+                except Exception as err:  # noqa: BLE001 - delivered to that query's caller
+                    item.future.set_exception(err)
+
+    def _loop(self) -> None:
         while True:
             first = self._queue.get()
             batch = [first]

@@ -134,8 +134,9 @@ def test_promote_and_rollback_move_the_alias_and_the_served_index_together(
     assert result["published"]["reused"] is True  # the kept index, not a new publication
     assert published == ["1", "2"]
     assert published_model_label(root, "default") == f"{NAME}@1"
-    assert main(["status", *workspace]) == 0
-    assert "agree" in capsys.readouterr().out
+    assert main(["status", "--json", *workspace]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["production"], status["index"]["serves"], status["agree"]) == ("1", f"{NAME}@1", True)
 
 
 def test_promote_whose_publication_fails_leaves_production_where_it_was(

@@ -59,3 +59,18 @@ def test_fusion_moves_off_the_prior_when_dev_shows_it_is_worse():
     fusion, record = choose_fusion(EvalConfig(fusion_methods=["convex"]), "dev", 40, True, (dense, bm25), qrels)
     assert record.overruled
     assert fusion.weight > 0.5
+
+
+def test_the_best_of_many_noisy_options_does_not_overrule_the_prior():
+    """Picked among 30 options that differ from the prior by noise alone, the winner must not pass as a real gain."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    queries = [f"q{i}" for i in range(72)]
+    prior = {q: float(v) for q, v in zip(queries, rng.uniform(0.3, 0.9, len(queries)), strict=True)}
+    options = {"prior": prior} | {
+        f"option{k}": {q: prior[q] + float(rng.normal(0, 0.08)) for q in queries} for k in range(30)
+    }
+    choice = choose_on_evidence("fusion", "prior", options, permutations=2000)
+    assert choice.dev_winner != "prior" and choice.winner_dev > choice.prior_dev
+    assert choice.used == "prior"
