@@ -184,7 +184,9 @@ def export_query_tower(model: Any, folder: Path, max_seq_length: int, tolerance:
     poolings = [module for module in rest if isinstance(module, Pooling)]
     if len(poolings) != 1 or any(not isinstance(module, Pooling | Normalize) for module in rest):
         return f"query tower modules {[type(m).__name__ for m in modules]} are not Transformer, Pooling, Normalize"
-    mode = poolings[0].get_pooling_mode_str()
+    pooling = poolings[0]
+    mode = pooling.pooling_mode if hasattr(pooling, "pooling_mode") else pooling.get_pooling_mode_str()
+    mode = mode if isinstance(mode, str) else "+".join(mode)  # a combination of modes is not exported
     if mode not in ("mean", "cls"):
         return f"pooling {mode!r} is not exported (mean and cls are)"
     tokenizer = getattr(transformer.tokenizer, "backend_tokenizer", None)

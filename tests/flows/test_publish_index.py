@@ -162,10 +162,9 @@ def test_registered_model_is_resolved_and_index_logged_to_its_run(
     manifest = load_current(tmp_path / "indexes", "tiny").manifest
     assert (manifest["model"]["name"], manifest["model"]["version"]) == ("retriever", version)
     artifacts = {a.path for a in MlflowClient().list_artifacts(run.info.run_id, "indexes/tiny/v0001")}
-    # The BM25 index is published beside the FAISS one (hybrid search), in the same version folder.
-    assert artifacts == {
-        f"indexes/tiny/v0001/{name}" for name in ("index.faiss", "doc_ids.json", "manifest.json", "bm25")
-    }
+    # Every file search needs, in the same version folder: a replica can serve the version from the registry.
+    names = ("index.faiss", "doc_ids.json", "manifest.json", "bm25", "docs.sqlite", "query_tower")
+    assert artifacts == {f"indexes/tiny/v0001/{name}" for name in names}
     logged = json.loads(
         Path(
             mlflow.artifacts.download_artifacts(
