@@ -262,22 +262,3 @@ def test_a_version_loaded_by_mlflows_own_api_embeds_queries_and_compares_with_th
     folder = Path(result["folder"])
     assert (folder / "compare.md").read_text().startswith("# 1 against base")
     assert "<table>" in (folder / "compare.html").read_text()
-
-
-def test_an_alternative_recipe_is_trained_and_ships_only_when_dev_proves_it(
-    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
-):
-    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir)
-    config = config.model_copy(update={"choices": config.choices.model_copy(update={"min_recipe_dev_queries": 2})})
-    summary = retrain(config)
-    tags = client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.tags
-    assert tags["choice.recipe.prior"] == "prior"
-    assert tags["choice.recipe.dev_winner"] in {"prior", "siamese-free"}
-    used = tags["choice.recipe.used"]
-    assert (used == "prior") == (
-        float(tags["choice.recipe.p_value"] if tags["choice.recipe.p_value"] != "none" else 1) >= 0.05
-    )
-    # The registered model is the chosen recipe's: query-only towers for the prior, shared ones for siamese-free.
-    assert tags["towers"] == ("asymmetric" if used == "prior" else "siamese")
-    metrics = client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.metrics
-    assert "recipe.siamese-free.train.steps" in metrics
