@@ -37,7 +37,7 @@ def print_retrain_summary(summary: dict, console: Console | None = None) -> None
         )
     )
     for line in choice_lines(summary):
-        console.print(line)
+        console.print(line, markup=False)  # settings such as "[a-z0-9]+" are text, not markup
     promotion = summary["promotion"]
     rows = gate_rows(promotion)
     if rows:

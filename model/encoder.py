@@ -195,6 +195,11 @@ def document_encoder_fingerprint(model_dir: str | Path) -> str:
             digest.update(f"{type(module).__name__}|{json.dumps(config, sort_keys=True, default=str)}\n".encode())
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+                # -0.0 and 0.0 compute the same: WiSE-FT's lerp turns a frozen tower's -0.0 into 0.0, and that must
+                # not re-encode the corpus.
+                tensor = (
+                    torch.where(tensor == 0, torch.zeros_like(tensor), tensor) if tensor.is_floating_point() else tensor
+                )
                 digest.update(tensor.detach().contiguous().view(torch.uint8).numpy().tobytes())
             tokenizer = getattr(module, "tokenizer", None)
             if tokenizer is not None:

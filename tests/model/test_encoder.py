@@ -143,3 +143,22 @@ def test_a_query_tower_only_model_shares_its_base_models_corpus_embeddings(tiny_
     assert document_encoder_fingerprint(tmp_path / "same-documents") == base
     assert document_encoder_fingerprint(tmp_path / "query-moved") == base
     assert document_encoder_fingerprint(tmp_path / "documents-moved") != base
+
+
+def test_a_wise_ft_merge_with_a_frozen_document_tower_keeps_its_corpus_embeddings(tiny_model_dir, tmp_path):
+    """lerp turns a frozen tower's -0.0 weights into 0.0: the fingerprint must not see a new document tower."""
+    import torch
+
+    from denseflow.model.encoder import document_encoder_fingerprint, load_encoder, make_asymmetric
+    from denseflow.model.training.trainer import interpolate
+
+    base = load_encoder(tiny_model_dir)
+    with torch.no_grad():
+        next(base.parameters()).view(-1)[:4] = -0.0
+    base.save(str(tmp_path / "base"))
+    tuned = make_asymmetric(load_encoder(tmp_path / "base"))
+    with torch.no_grad():
+        for parameter in tuned[0].sub_modules["query"].parameters():
+            parameter.add_(0.01)
+    interpolate(make_asymmetric(load_encoder(tmp_path / "base")), tuned, 0.2).save(str(tmp_path / "merged"))
+    assert document_encoder_fingerprint(tmp_path / "merged") == document_encoder_fingerprint(tmp_path / "base")
