@@ -72,7 +72,7 @@ def main() -> None:
             results[backend] = result
             print(f"| {backend} | {'cold' if run == 0 else 'warm'} | {wall:.2f} | {rss:.0f} |", flush=True)
     fast, slow = results["auto"]["hits"], results["torch"]["hits"]
-    same_ids = [hit["id"] for hit in fast] == [hit["id"] for hit in slow]
+    same_ids = [hit["doc_id"] for hit in fast] == [hit["doc_id"] for hit in slow]
     gap = max(abs(a["score"] - b["score"]) for a, b in zip(fast, slow, strict=True)) if fast else 0.0
     print(f"same ids: {same_ids}; largest score difference {gap:.2e}")
 

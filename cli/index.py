@@ -190,8 +190,9 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--batch-wait-ms",
         type=float,
-        default=2.0,
-        help="micro-batching: a query waits up to this long for concurrent ones, embedded together (0 = off)",
+        default=0.0,
+        help="micro-batching: a query waits up to this long for concurrent ones, embedded together (default 0 = off: "
+        "with the torch-free query tower it measured slower here, docs/benchmarks.md)",
     )
     serve.add_argument("--max-batch", type=int, default=32, help="micro-batching: queries embedded in one call")
     serve.add_argument(
