@@ -196,14 +196,19 @@ def test_too_few_train_queries_train_without_selection_and_say_so(
     assert summary["hybrid"]["weight"] == 0.5
 
 
-def test_a_query_tower_only_retrain_registers_and_publishes_the_asymmetric_model(
-    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+def test_a_query_tower_only_retrain_registers_publishes_and_serves_queries_through_mlflows_own_api(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir, capsys, monkeypatch
 ):
+    import mlflow
+    import numpy as np
     import torch
 
-    from denseflow.model.encoder import load_encoder
+    from denseflow.model.encoder import encode, load_encoder
+    from denseflow.registry.resolve import resolve_model
 
-    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train={"towers": "query_only"}))
+    # No WiSE-FT merge and a large step: the query tower surely moves, so MLflow's routing below is visible.
+    train = {"towers": "query_only", "interpolation": 1.0, "learning_rate": 1e-2}
+    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train=train))
     client = client_of(tmp_path)
     candidate = client.get_model_version_by_alias("retriever", "candidate")
     assert candidate.tags["towers"] == "asymmetric"
@@ -217,24 +222,9 @@ def test_a_query_tower_only_retrain_registers_and_publishes_the_asymmetric_model
     assert set(document) == set(base)
     assert all(torch.equal(value, base[name]) for name, value in document.items())
     assert summary["promotion"]["decision"] in {"promoted", "base model shipped"}
-    if run_alpha(tmp_path, summary) > 0:
-        assert not all(torch.equal(value, base[name]) for name, value in query.items())
+    assert not all(torch.equal(value, base[name]) for name, value in query.items())
 
-
-def run_alpha(tmp_path: Path, summary: dict) -> float:
-    return client_of(tmp_path).get_run(summary["mlflow_run_id"]).data.metrics["train.interpolation"]
-
-
-def test_a_version_loaded_by_mlflows_own_api_embeds_queries_and_compares_with_the_base_as_served(
-    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir, capsys, monkeypatch
-):
-    import mlflow
-    import numpy as np
-
-    from denseflow.model.encoder import encode, load_encoder
-    from denseflow.registry.resolve import resolve_model
-
-    retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train={"interpolation": 1.0, "learning_rate": 1e-2}))
+    # MLflow's own loaders embed queries with the query tower (encode used to run the document tower).
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     texts = ["heart rate and exercise", "gene expression"]
     ours = load_encoder(resolve_model("retriever/1", tmp_path / "ws", default_name="retriever").local_dir)
