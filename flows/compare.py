@@ -73,6 +73,7 @@ def compare(
     data: Path | None = None,
     split: str = "test",
     train_split: str = "train",
+    dev_split: str = "dev",
     queries_file: Path | None = None,
     tracking: TrackingConfig | None = None,
 ) -> dict:
@@ -85,7 +86,9 @@ def compare(
     configure_tracking(tracking, workspace)
     registered_model = tracking.registered_model
     folder, data_label = comparison_data([system_b, system_a], registered_model, workspace, data)
-    splits = [split] + ([train_split] if (folder / "qrels" / f"{train_split}.tsv").is_file() else [])
+    # The partition is against every judged split a version trained or chose on (train and dev), as retrain's.
+    used = [name for name in (train_split, dev_split) if (folder / "qrels" / f"{name}.tsv").is_file()]
+    splits = [split, *used]
     dataset = load_beir(folder, splits, RejectLog())
     texts = [document.full_text for document in dataset.corpus.values()]
     settings = EvalConfig()
@@ -109,7 +112,7 @@ def compare(
         runs[label] = evaluation.run if queries_file is None else _rank(model_dir, dataset, queries, context, fusion)
         latency[system] = _latency(model_dir, dataset, list(queries.values()), context, fusion)
         get_run_logger().info("%s: nDCG@10 %.4f on %s (%s)", system, evaluation.metrics["ndcg@10"], split, served.mode)
-    unseen = seen_document_split(dataset.qrels[split], [dataset.qrels[train_split]])[UNSEEN] if len(splits) > 1 else []
+    unseen = seen_document_split(dataset.qrels[split], [dataset.qrels[name] for name in used])[UNSEEN] if used else []
     titles = {doc_id: document.title for doc_id, document in dataset.corpus.items()}
     comparison = compare_systems(
         system_a,
