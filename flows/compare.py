@@ -12,13 +12,16 @@ from prefect import flow, get_run_logger
 from denseflow.model.config import BM25Config, EvalConfig, TrackingConfig, TrainConfig
 from denseflow.model.context import build_context
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
-from denseflow.model.encoder import cached_corpus_embeddings, document_length, encode, load_encoder, resolve_base_model
-from denseflow.model.evaluation.compare import Comparison, compare_systems, comparison_markdown, query_latency_ms
+from denseflow.model.encoder import document_length, resolve_base_model
+from denseflow.model.evaluation.compare import (
+    Comparison,
+    ServedRanker,
+    compare_systems,
+    comparison_markdown,
+    query_latency_ms,
+)
 from denseflow.model.evaluation.evaluate import Fusion, evaluate_system
 from denseflow.model.evaluation.partition import UNSEEN, seen_document_split
-from denseflow.model.fusion import fuse_query
-from denseflow.model.index.bm25 import BM25Index
-from denseflow.model.index.topk import exact_search
 from denseflow.model.served_system import ServedSystem
 from denseflow.model.workspace import workspace_dir
 
@@ -109,8 +112,9 @@ def compare(
         fusion = Fusion(served.fusion_weight, served.fusion_method) if served.mode == "hybrid" else None  # type: ignore[arg-type]
         evaluation = evaluate_system(system, model_dir, dataset, split, context, settings, fusion)
         evaluations[label] = evaluation
-        runs[label] = evaluation.run if queries_file is None else _rank(model_dir, dataset, queries, context, fusion)
-        latency[system] = _latency(model_dir, dataset, list(queries.values()), context, fusion)
+        ranker = ServedRanker(model_dir, dataset.corpus, context, fusion)  # built once: file queries and latency
+        runs[label] = evaluation.run if queries_file is None else {q: ranker.rank(text) for q, text in queries.items()}
+        latency[system] = query_latency_ms(ranker.rank, list(queries.values()))
         get_run_logger().info("%s: nDCG@10 %.4f on %s (%s)", system, evaluation.metrics["ndcg@10"], split, served.mode)
     unseen = seen_document_split(dataset.qrels[split], [dataset.qrels[name] for name in used])[UNSEEN] if used else []
     titles = {doc_id: document.title for doc_id, document in dataset.corpus.items()}
@@ -127,44 +131,6 @@ def compare(
         latency,
     )
     return record_comparison(comparison, data_label, workspace, tracking, evaluations)
-
-
-def _rank(model_dir: str, dataset, queries: dict[str, str], context, fusion: Fusion | None) -> dict:  # noqa: ANN001
-    """Rankings of queries that need not be judged (a file of queries)."""
-    doc_ids, doc_embeddings = cached_corpus_embeddings(
-        model_dir, dataset.corpus, context.cache_dir, context.document_length, 64, context.precision, progress=False
-    )
-    model = load_encoder(model_dir, context.max_seq_length)
-    indices, scores = exact_search(
-        encode(model, list(queries.values()), "query", 64, context.precision), doc_embeddings, 100
-    )
-    bm25 = BM25Index(dataset.corpus, context.bm25) if fusion is not None else None
-    runs = {}
-    for row, query_id in enumerate(queries):
-        dense = {doc_ids[i]: float(s) for i, s in zip(indices[row], scores[row], strict=True) if i >= 0}
-        if bm25 is not None and fusion is not None:
-            sparse = dict(bm25.search(queries[query_id], 100))
-            dense = fuse_query(dense, sparse, fusion.weight, fusion.method)
-        runs[query_id] = dense
-    return runs
-
-
-def _latency(model_dir: str, dataset, queries: list[str], context, fusion: Fusion | None) -> float:  # noqa: ANN001
-    """Encode one query and search the corpus (and BM25, fused, when served hybrid), one query at a time."""
-    doc_ids, doc_embeddings = cached_corpus_embeddings(
-        model_dir, dataset.corpus, context.cache_dir, context.document_length, 64, context.precision, progress=False
-    )
-    model = load_encoder(model_dir, context.max_seq_length)
-    bm25 = BM25Index(dataset.corpus, context.bm25) if fusion is not None else None
-
-    def search_one(query: str) -> object:
-        indices, scores = exact_search(encode(model, [query], "query", 1, context.precision), doc_embeddings, 100)
-        dense = {doc_ids[i]: float(s) for i, s in zip(indices[0], scores[0], strict=True) if i >= 0}
-        if bm25 is None or fusion is None:
-            return dense
-        return fuse_query(dense, dict(bm25.search(query, 100)), fusion.weight, fusion.method)
-
-    return query_latency_ms(search_one, queries)
 
 
 def record_comparison(

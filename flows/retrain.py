@@ -18,7 +18,7 @@ from denseflow.model.context import EvaluationData, RunContext, build_context
 from denseflow.model.encoder import resolve_base_model
 from denseflow.model.evaluation.choice import prior_only, read_choices
 from denseflow.model.evaluation.evaluate import BM25, EvaluationResult
-from denseflow.model.evaluation.served import served_system
+from denseflow.model.evaluation.served import ServedMode, served_system
 from denseflow.model.evaluation.summary import gains, retrain_summary, summary_markdown
 from denseflow.model.index.store import published_model_label
 from denseflow.model.promotion import GateOutcome
@@ -85,7 +85,8 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             dataset_dir, mined.examples_path, config.train, train_split, selection_split, data.fingerprint, context
         )
         # The recipe is a choice too: the conservative prior, unless a freer recipe wins on dev by the paired test.
-        if selection_split and config.choices.recipes and data.dev_queries >= config.choices.min_recipe_dev_queries:
+        alternatives, why_none = config.choices.recipes_to_try(data.dev_queries, selection_split is not None)
+        if alternatives:
             recipes = {PRIOR_RECIPE: model_dir} | {
                 name: train(
                     dataset_dir,
@@ -97,16 +98,11 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                     context,
                     metric_prefix=f"recipe.{name}.train.",
                 )
-                for name in config.choices.recipes
+                for name in alternatives
             }
             model_dir = choose_recipe(recipes, dataset_dir, selection_split, config.eval, config.choices, context)
         else:
-            reason = (
-                f"{data.dev_queries} dev queries < choices.min_recipe_dev_queries {config.choices.min_recipe_dev_queries}"
-                if config.choices.recipes
-                else "no alternative recipes configured"
-            )
-            log_choice(context, prior_only("recipe", PRIOR_RECIPE, f"prior ({reason})", config.choices.alpha))
+            log_choice(context, prior_only("recipe", PRIOR_RECIPE, f"prior ({why_none})", config.choices.alpha))
         tune = selection_split is not None
         splits = dict(dataset_dir=dataset_dir, split=split, dev_split=dev_split, settings=config.eval, context=context)
         trained = evaluate(model_dir, "trained", **splits, train_split=train_split)
@@ -186,11 +182,7 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             evaluations=evaluations,
             promotion=promotion,
             choices=read_choices(context.run_dir / "choices.jsonl"),
-            parts={
-                "bm25": parts.bm25.describe(),
-                "document_max_seq_length": parts.document_max_seq_length,
-                "length_reason": parts.length_reason,
-            },
+            parts=parts.as_dict(),
         )
         describe_version(version, model_dir, summary, context, mined.examples_path, config)
         if config.promotion.publish_on_promotion:
@@ -210,11 +202,13 @@ def retrain(config: RetrainConfig | None = None) -> dict:
     return result
 
 
-def served_record(mode: str, fused: EvaluationResult, config: RetrainConfig, context: RunContext) -> ServedSystem:
+def served_record(
+    mode: ServedMode, fused: EvaluationResult, config: RetrainConfig, context: RunContext
+) -> ServedSystem:
     """The served-system record of a registered version: what publication and the gate rebuild it from."""
     fusion = fused.fusion
     return ServedSystem(
-        mode="hybrid" if mode == "hybrid" else "dense",
+        mode=mode,
         fusion_method=fusion.method if fusion else config.eval.fusion,
         fusion_weight=fusion.weight if fusion else 0.5,
         bm25=context.bm25,

@@ -403,6 +403,16 @@ class ChoicesConfig(Section):
         "large gains (about 0.06 nDCG@10 at 72 queries) and the extra training is spent for nothing.",
     )
 
+    def recipes_to_try(self, dev_queries: int, can_choose: bool = True) -> tuple[list[str], str]:
+        """The alternative recipes worth training with ``dev_queries`` to choose on, and, when none, why."""
+        if not self.recipes:
+            return [], "no alternative recipes configured"
+        if not can_choose:
+            return [], "no dev split large enough to choose on"
+        if dev_queries < self.min_recipe_dev_queries:
+            return [], f"{dev_queries} dev queries < choices.min_recipe_dev_queries {self.min_recipe_dev_queries}"
+        return list(self.recipes), ""
+
     @field_validator("recipes")
     @classmethod
     def _recipes_are_train_settings(cls, recipes: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -83,8 +83,9 @@ def _record(
             log_metrics(
                 run_id, {"training_positives_in_top10": entry["training_positives_in_top10"]}, f"{system_prefix}{part}."
             )
-    for path in (run_file, metrics_file, per_query_file):
+    for path in (run_file, metrics_file):
         log_artifact(run_id, path, "evaluation")
+    # Per-query figures go to MLflow once, as a table; the plain file stays in the run folder for the study's report.
     log_per_query_table(run_id, evaluation.per_query, f"evaluation/per_query_{stem}.table.json")
     return run_file
 
@@ -151,8 +152,8 @@ def hybrid(
     train_split: str = TRAIN_SPLIT,
     choices: ChoicesConfig | None = None,
 ) -> EvaluationResult:
-    """BM25 + dense fusion of two evaluations' runs; the dense weight is tuned on dev unless configured, or unless
-    dev is too small to choose on (``tune_on_dev`` False: the even mix, the prior Bruch et al. found robust)."""
+    """BM25 + dense fusion of two evaluations' runs, at the fusion :func:`choose_fusion` picks: the prior (convex,
+    the even mix Bruch et al. found robust) unless dev's paired test overrules it, or the configured weight."""
     choices = choices or ChoicesConfig()
     splits, dataset, out_dir = _splits_and_folder(dataset_dir, split, dev_split, context, train_split)
     dev_runs = (
@@ -216,6 +217,13 @@ class Parts:
     bm25: BM25Settings
     document_max_seq_length: int
     length_reason: str
+
+    def as_dict(self) -> dict:
+        return {
+            "bm25": self.bm25.describe(),
+            "document_max_seq_length": self.document_max_seq_length,
+            "length_reason": self.length_reason,
+        }
 
 
 @task(name="choose-parts")

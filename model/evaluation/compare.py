@@ -13,8 +13,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from denseflow.model.context import RunContext
+from denseflow.model.data.beir import Document
+from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
+from denseflow.model.evaluation.evaluate import Fusion
 from denseflow.model.evaluation.metrics import ranked
 from denseflow.model.evaluation.stats import PairedTest, paired_test
+from denseflow.model.fusion import fuse_query
+from denseflow.model.index.bm25 import BM25Index
+from denseflow.model.index.topk import exact_search
 from denseflow.model.promotion import MIN_UNSEEN_QUERIES
 
 Run = Mapping[str, Mapping[str, float]]
@@ -123,6 +130,32 @@ def compare_systems(
 
 def _titled(doc_ids: Sequence[str], titles: Mapping[str, str] | None) -> list[str]:
     return [(titles or {}).get(doc_id) or doc_id for doc_id in doc_ids]
+
+
+class ServedRanker:
+    """One system as it is served, ranking one query at a time: its query tower, its corpus embeddings (from the
+    embedding cache), BM25 and the fusion. Built once per system; it ranks unjudged queries and is what the latency
+    figure times."""
+
+    def __init__(self, model_dir: str, corpus: Mapping[str, Document], context: RunContext, fusion: Fusion | None):
+        self.doc_ids, self.doc_embeddings = cached_corpus_embeddings(
+            model_dir, corpus, context.cache_dir, context.document_length, context.eval_batch_size,
+            context.precision, progress=False,
+        )  # fmt: skip
+        self.model = load_encoder(model_dir, context.max_seq_length)
+        self.precision = context.precision
+        self.bm25 = BM25Index(corpus, context.bm25) if fusion is not None else None
+        self.fusion = fusion
+
+    def rank(self, query: str, depth: int = 100) -> dict[str, float]:
+        rows, scores = exact_search(encode(self.model, [query], "query", 1, self.precision), self.doc_embeddings, depth)
+        dense = {self.doc_ids[i]: float(s) for i, s in zip(rows[0], scores[0], strict=True) if i >= 0}
+        if self.bm25 is None or self.fusion is None:
+            return dense
+        fusion = self.fusion
+        return fuse_query(
+            dense, dict(self.bm25.search(query, depth)), fusion.weight, fusion.method, fusion.rrf_k, fusion.depth
+        )
 
 
 def query_latency_ms(search_one, queries: Sequence[str], repeats: int = 30) -> float:  # noqa: ANN001 - str -> object

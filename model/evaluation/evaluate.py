@@ -186,11 +186,12 @@ def choose_fusion(
     if settings.fusion_weight is not None:
         configured = FusionChoice(settings.fusion_weight, settings.fusion, "configured")
         return configured, prior_only("fusion", fusion_key(settings.fusion, settings.fusion_weight), "configured")
-    if not dev_split or dev_runs is None or dev_qrels is None:
-        reason = NO_DEV_SPLIT if not dev_split else f"prior: the even mix ({dev_queries} dev queries are too few)"
-        return FusionChoice(NEUTRAL_WEIGHT, settings.fusion, reason), prior_only("fusion", prior, reason, alpha)
-    if not tune_on_dev:
-        reason = f"prior: the even mix ({dev_queries} dev queries are too few to choose on)"
+    if not (dev_split and tune_on_dev and dev_runs is not None and dev_qrels is not None):
+        reason = (
+            NO_DEV_SPLIT
+            if not dev_split
+            else f"prior: the even mix ({dev_queries} dev queries are too few to choose on)"
+        )
         return FusionChoice(NEUTRAL_WEIGHT, settings.fusion, reason), prior_only("fusion", prior, reason, alpha)
     options: dict[str, tuple[str, float]] = {prior: (settings.fusion, NEUTRAL_WEIGHT)}
     for method in settings.fusion_methods:

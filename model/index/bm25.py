@@ -146,10 +146,6 @@ def _stemmer(language: str):  # noqa: ANN202 - Stemmer.Stemmer, which has no stu
     return Stemmer.Stemmer(language)
 
 
-def tokenize(text: str, settings: BM25Settings | None = None) -> list[str]:
-    return (settings or BM25Settings()).tokenize(text)
-
-
 def _okapi(k1: float, b: float) -> bm25s.BM25:
     # bm25s names the parts: "atire" term frequency is tf·(k1+1)/(tf + k1·norm), "robertson" idf is the Okapi one.
     return bm25s.BM25(k1=k1, b=b, method="atire", idf_method="robertson")
@@ -215,11 +211,6 @@ def okapi_from_counts(counts: TermCounts, k1: float, b: float) -> tuple[dict[str
     score = (frequency * (k1 + 1) / (frequency + k1 * norm)).astype(np.float32) * idf[columns]
     scored = sp.csc_matrix((score, (rows, columns)), shape=(documents, len(vocabulary)), dtype=np.float32)
     return {"data": scored.data, "indices": scored.indices, "indptr": scored.indptr, "num_docs": documents}, vocabulary
-
-
-def okapi_scores(tokens: Sequence[list[str]], settings: BM25Settings) -> tuple[dict[str, Any], list[str]]:
-    """bm25s's score matrix and vocabulary over ``tokens`` (see :func:`okapi_from_counts`)."""
-    return okapi_from_counts(count_terms(tokens, settings), settings.k1, settings.b)
 
 
 def save_counts(path: Path, counts: TermCounts, hashes: Sequence[str], settings: BM25Settings) -> None:
