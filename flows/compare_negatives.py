@@ -10,7 +10,7 @@ zero-shot, first dense round) are computed once, and a re-run of the study reuse
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -18,8 +18,9 @@ from prefect.runtime import flow_run
 
 from denseflow.model.config import CompareNegativesConfig
 from denseflow.model.context import RunContext, build_context
+from denseflow.model.data.beir import RejectLog, load_beir
 from denseflow.model.data.ingest import IngestedData
-from denseflow.model.encoder import resolve_base_model
+from denseflow.model.encoder import document_length, resolve_base_model
 from denseflow.model.evaluation.compare_negatives.plan import (
     ArmResult,
     ArmSpec,
@@ -53,6 +54,8 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
     started = time.perf_counter()
     try:
         data = ingest(config.data, run_dir, parent_id)
+        # Documents are read at their own length, as retrain reads them (tasks/evaluate.py:choose_parts).
+        document_max_seq_length = study_document_length(config, data, parent_id)
         estimate = estimate_study(config, data.documents, data.train_queries, data.eval_queries, specs)
         logger.info(
             "study plan (%d runs), estimated on this machine's measured rates:\n%s", len(specs), estimate.describe()
@@ -68,7 +71,7 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
         for done, spec in enumerate(specs, start=1):
             runs.append(
                 compare_negatives_arm.with_options(flow_run_name=spec.slug)(
-                    spec, config, data, str(run_dir), parent_id, workspace
+                    spec, config, data, str(run_dir), parent_id, workspace, document_max_seq_length
                 )
             )
             elapsed = time.perf_counter() - started
@@ -84,7 +87,7 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
                 estimate.remaining_seconds(done, elapsed) / 60,
             )
         minutes = (time.perf_counter() - started) / 60
-        notes = [study_note(config, data, parent_id, minutes)]
+        notes = [study_note(config, data, parent_id, minutes, document_max_seq_length)]
         split = config.data.eval_split
         title = f"negatives study: recall@k on {split}"
         summary = report(
@@ -110,7 +113,13 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
 
 @flow(name="compare_negatives_arm")
 def compare_negatives_arm(
-    spec: ArmSpec, config: CompareNegativesConfig, data: IngestedData, run_dir: str, parent_id: str, workspace: Path
+    spec: ArmSpec,
+    config: CompareNegativesConfig,
+    data: IngestedData,
+    run_dir: str,
+    parent_id: str,
+    workspace: Path,
+    document_max_seq_length: int | None = None,
 ) -> ArmResult:
     """One child run: (mine → train) × rounds → evaluate, for one arm, tower type, batch size and seed.
 
@@ -129,6 +138,7 @@ def compare_negatives_arm(
         config.eval.batch_size,
         bm25=config.bm25.settings(),
     )
+    context = replace(context, document_max_seq_length=document_max_seq_length)
     arm_dir = Path(run_dir) / "arms" / spec.slug
     dataset_dir, dev_split, split = data.dataset_dir, data.dev_split, config.data.eval_split
     # As in retrain: a dev split too small to choose on is reported, not chosen on.
@@ -214,3 +224,15 @@ def mine_round(
         dataset_dir, mining, *splits, context, model_dir, base_model, round_dir / "dense", f"mine.{stage}dense."
     )
     return mix(bm25, dense, config.mix_dense_share, spec.seed, round_dir, context.run_id, f"mine.{stage}")
+
+
+def study_document_length(config: CompareNegativesConfig, data: IngestedData, parent_id: str) -> int:
+    """The length every arm reads documents at: the base model's, capped by the corpus (model/encoder.py)."""
+    dataset = load_beir(Path(data.dataset_dir), [], RejectLog())
+    texts = [document.full_text for document in dataset.corpus.values()]
+    length, reason = document_length(
+        resolve_base_model(config.train.base_model), texts, config.eval.document_max_seq_length
+    )
+    get_run_logger().info("documents are read at %d tokens (%s)", length, reason)
+    log_metrics(parent_id, {"document_max_seq_length": length}, prefix="study.")
+    return length

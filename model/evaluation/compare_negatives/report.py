@@ -411,14 +411,22 @@ class StudyReport:
     variants: list[dict]
 
 
-def study_note(config: CompareNegativesConfig, data: IngestedData, parent_run_id: str, minutes: float) -> str:
+def study_note(
+    config: CompareNegativesConfig,
+    data: IngestedData,
+    parent_run_id: str,
+    minutes: float,
+    document_max_seq_length: int | None = None,
+) -> str:
     """What every arm shared, under the table: data, steps, batch, rate, length, rounds, seeds, wall time."""
+    documents_read_at = document_max_seq_length or config.train.max_seq_length
     train, mining = config.train, config.mining
     return (
         f"Data: {data.train_queries} train / {data.eval_queries} {config.data.eval_split} queries, "
         f"{data.documents} documents (fingerprint `{data.fingerprint}`). Every trained arm: "
         f"{train.max_steps} steps at batch {train.batch_size}, lr {train.learning_rate}, max_seq_length "
-        f"{train.max_seq_length}; re-mined arms split the steps over {config.dense_rounds} rounds, re-mining with "
+        f"{train.max_seq_length} (documents read at {documents_read_at} tokens, BM25 k1 {config.bm25.k1}, b {config.bm25.b}, stemmer {config.bm25.stemmer}); "
+        f"re-mined arms split the steps over {config.dense_rounds} rounds, re-mining with "
         f"the round's best model. Hard arms: teacher `{mining.teacher}`, margin {mining.margin}, selection "
         f"`{mining.selection}`, {mining.num_negatives} negative(s) per pair from the top {mining.rank_end}; "
         f"bm25-old: BM25, margin on BM25's scores, sampled from ranks 4-50. Seeds {config.seeds}. MLflow "
