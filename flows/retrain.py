@@ -23,10 +23,19 @@ from denseflow.model.evaluation.summary import gains, retrain_summary, summary_m
 from denseflow.model.index.store import published_model_label
 from denseflow.model.promotion import GateOutcome
 from denseflow.model.served_system import ServedSystem
+from denseflow.model.training.shallow import check_query_layers, folder_query_depth
 from denseflow.model.workspace import workspace_dir
 from denseflow.registry.keys import BASE_MODEL_TAG, SERVED_SYSTEM_TAG
 from denseflow.registry.tags import registration_tags
-from denseflow.tasks.evaluate import BASE_HYBRID, choose_parts, choose_recipe, evaluate, hybrid, plot_recall
+from denseflow.tasks.evaluate import (
+    BASE_HYBRID,
+    choose_parts,
+    choose_query_layers,
+    choose_recipe,
+    evaluate,
+    hybrid,
+    plot_recall,
+)
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
 from denseflow.tasks.promotion import PerQuery, promotion_gate, record_comparisons, ship_base_model
@@ -39,12 +48,14 @@ from denseflow.tasks.tracking import (
     run_url,
     start_tracking_run,
 )
-from denseflow.tasks.train import train
+from denseflow.tasks.train import distill_query_towers, train
 
 
 @flow(name="retrain")
 def retrain(config: RetrainConfig | None = None) -> dict:
     config = config or RetrainConfig()
+    # Checked before anything runs: a depth past the model's is a setting error, not a failed run.
+    check_query_layers(config.train.query_layers, folder_query_depth(resolve_base_model(config.train.base_model)))
     workspace = workspace_dir(config.workspace)
     configure_tracking(config.tracking, workspace)
     run_id = start_tracking_run(config, flow_run.id, config.run_name)
@@ -103,6 +114,20 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             model_dir = choose_recipe(recipes, dataset_dir, selection_split, config.eval, config.choices, context)
         else:
             log_choice(context, prior_only("recipe", PRIOR_RECIPE, f"prior ({why_none})", config.choices.alpha))
+        # A shallow query tower distilled onto the chosen one, when dev shows it serves as well (train.query_layers).
+        towers = distill_query_towers(model_dir, dataset_dir, mined.examples_path, config.train, train_split, context)
+        model_dir = choose_query_layers(
+            model_dir,
+            towers,
+            dataset_dir,
+            split,
+            dev_split,
+            selection_split is not None,
+            config.train,
+            config.eval,
+            context,
+            train_split,
+        )
         tune = selection_split is not None
         splits = dict(dataset_dir=dataset_dir, split=split, dev_split=dev_split, settings=config.eval, context=context)
         trained = evaluate(model_dir, "trained", **splits, train_split=train_split)

@@ -279,6 +279,36 @@ class TrainConfig(Section):
         0.5, ge=0, le=1, description="α without enough dev queries to choose (WiSE-FT's recommended even mix)."
     )
     seed: int = Field(42, description="Seed of model init, data order and dropout.")
+    # A shallow query tower (model/training/shallow.py): distilled after training, so not part of training's key.
+    query_layers: list[int] = Field(
+        [],
+        description="Depths of a shallow query tower to try: each student keeps the trained query tower's first N "
+        "layers and is distilled onto it (MSE on train and corpus pseudo-queries, then the contrastive loss); the "
+        "smallest N whose served dev nDCG@10 is within query_layers_tolerance of the full tower ships. [] = the "
+        "full tower only. Documents stay encoded by the full document tower.",
+    )
+    query_layers_tolerance: float = Field(
+        0.005, ge=0, description="How much served dev nDCG@10 a shallow query tower may give up against the full one."
+    )
+    query_distill_texts: int = Field(
+        4000, ge=1, description="Texts a shallow query tower is distilled on: the train queries, then pseudo-queries."
+    )
+    query_distill_epochs: float = Field(2.0, gt=0, description="Epochs of MSE distillation onto the full tower.")
+    query_contrastive_epochs: float = Field(
+        1.0, ge=0, description="Epochs of the contrastive loss on the judged pairs after distillation (0 = none)."
+    )
+
+    @field_validator("query_layers", mode="before")
+    @classmethod
+    def _layers_as_list(cls, value: object) -> object:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("query_layers")
+    @classmethod
+    def _layers_positive(cls, layers: list[int]) -> list[int]:
+        if any(depth < 1 for depth in layers):
+            raise ValueError(f"train.query_layers: every depth must be at least 1, got {layers}")
+        return sorted(set(layers))
 
     @model_validator(mode="after")
     def _launcher_supports_towers(self) -> TrainConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from filelock import FileLock
@@ -17,8 +18,23 @@ from denseflow.model.encoder import model_fingerprint, resolve_base_model
 from denseflow.model.evaluation.plots import plot_dev_selection
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.mining.negatives import read_examples
-from denseflow.model.training.trainer import train_bi_encoder
+from denseflow.model.training.shallow import (
+    check_query_layers,
+    distill_query_tower,
+    distillation_texts,
+    folder_query_depth,
+)
+from denseflow.model.training.trainer import to_hf_dataset, train_bi_encoder
 from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
+
+# Settings of the shallow query tower distilled after training (model/training/shallow.py): not training's inputs.
+SHALLOW_TOWER_SETTINGS = {
+    "query_layers",
+    "query_layers_tolerance",
+    "query_distill_texts",
+    "query_distill_epochs",
+    "query_contrastive_epochs",
+}
 
 
 def training_key(
@@ -34,7 +50,7 @@ def training_key(
     checksum covers a model folder whose weights changed under the same path.
     """
     digest = hashlib.sha256(Path(examples_path).read_bytes())
-    digest.update(settings.model_dump_json().encode())
+    digest.update(settings.model_dump_json(exclude=SHALLOW_TOWER_SETTINGS).encode())
     digest.update(f"{dataset_fingerprint}|{dev_split}".encode())
     if bm25 is not None:  # dev's candidate corpus is BM25's top documents
         digest.update(bm25.tokenizer.encode() + f"|{bm25.k1}|{bm25.b}".encode())
@@ -112,3 +128,42 @@ def train(
         log_artifact(context.run_id, plot, "plots")
     log_artifact(context.run_id, result_path)
     return record["model_dir"]
+
+
+@task(name="distill-query-towers")
+def distill_query_towers(
+    model_dir: str,
+    dataset_dir: Path,
+    examples_path: Path,
+    settings: TrainConfig,
+    train_split: str,
+    context: RunContext,
+) -> dict[int, str]:
+    """A shallow query tower of each depth in ``settings.query_layers`` below the model's, distilled onto
+    ``model_dir``'s query tower (model/training/shallow.py); each reused when its inputs are unchanged."""
+    depth = folder_query_depth(model_dir)
+    check_query_layers(settings.query_layers, depth)
+    depths = [layers for layers in settings.query_layers if layers < depth]
+    if not depths:
+        return {}
+    dataset = load_beir(Path(dataset_dir), [train_split], RejectLog())
+    texts = distillation_texts(dataset, train_split, settings.query_distill_texts, settings.seed)
+    pairs = to_hf_dataset(read_examples(Path(examples_path)), dataset)
+    shallow_settings = settings.model_dump_json(include=SHALLOW_TOWER_SETTINGS - {"query_layers"})
+    towers: dict[int, str] = {}
+    for layers in depths:
+        digest = hashlib.sha256(f"{model_fingerprint(model_dir)}|{layers}|{shallow_settings}".encode())
+        digest.update(Path(examples_path).read_bytes() + "\n".join(texts).encode())
+        output_dir = context.workspace / "training" / f"query-{layers}-layers-{digest.hexdigest()[:16]}"
+        with FileLock(str(output_dir) + ".lock"):
+            if not (output_dir / "model").is_dir():
+                run_logger().info("distilling a %d-layer query tower onto %s's %d", layers, model_dir, depth)
+                started = time.perf_counter()
+                tower = distill_query_tower(model_dir, layers, texts, pairs, settings, output_dir)
+                log_metrics(
+                    context.run_id,
+                    {"seconds": time.perf_counter() - started, "texts": tower.distill_texts},
+                    prefix=f"query_layers.{layers}.distill.",
+                )
+        towers[layers] = str(output_dir / "model")
+    return towers

@@ -62,3 +62,17 @@ class OnnxQueryTower:
         if self.config.get("normalize", True):
             pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return np.ascontiguousarray(pooled, dtype=np.float32)
+
+
+def single_query_p50_ms(tower: OnnxQueryTower, queries: list[str], warmup: int = 10) -> float:
+    """Median milliseconds of one query encoded alone: what a search at one client waits for."""
+    import time
+
+    for query in queries[:warmup]:
+        tower.encode([query])
+    timings = []
+    for query in queries:
+        started = time.perf_counter()
+        tower.encode([query])
+        timings.append((time.perf_counter() - started) * 1000)
+    return float(np.median(timings)) if timings else 0.0

@@ -168,7 +168,8 @@ def test_production_left_without_an_index_is_published_by_the_next_run(
 def test_a_dev_split_too_small_to_choose_on_uses_the_priors_and_says_so(
     prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
 ):
-    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, data={"min_dev_queries": 30})
+    shallow = {"query_layers": [1], "query_distill_epochs": 1, "query_contrastive_epochs": 0}
+    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, data={"min_dev_queries": 30}, train=shallow)
     summary = retrain(config)
     assert summary["dev_split"] == "dev"
     assert summary["selection_split"] is None
@@ -182,6 +183,38 @@ def test_a_dev_split_too_small_to_choose_on_uses_the_priors_and_says_so(
     # Dev is still reported, with its bootstrap interval around the figure.
     low, high = summary["dev_intervals"]["trained"]
     assert low <= summary["dev_metrics"]["trained"]["ndcg@10"] <= high
+    # A shallow query tower was distilled and measured, but dev this small keeps the full tower (the prior).
+    assert run.data.tags["choice.query_layers.used"] == "2"
+    assert {"query_layers.1.test_served_ndcg_at_10", "query_layers.2.encode_p50_ms"} <= set(run.data.metrics)
+
+
+def test_a_shallow_query_tower_within_the_tolerance_ships_without_re_encoding_the_corpus(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    from denseflow.model.encoder import load_encoder
+    from denseflow.model.training.shallow import query_tower_depth
+    from denseflow.registry.resolve import resolve_model
+
+    train = {"query_layers": [1], "query_layers_tolerance": 1.0, "query_distill_epochs": 1}
+    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train=train))
+
+    run = client_of(tmp_path).get_run(summary["mlflow_run_id"])
+    assert run.data.tags["choice.query_layers.used"] == "1"
+    registered = load_encoder(resolve_model(f"retriever/{summary['version']}", tmp_path / "ws").local_dir)
+    assert query_tower_depth(registered) == 1
+    assert len(registered[0].sub_modules["document"][0].auto_model.encoder.layer) == 2  # documents: the full tower
+    # The document tower is the one evaluation encoded the corpus with: publication encodes nothing again.
+    assert (summary["published"]["documents_encoded"], summary["published"]["documents_reused"]) == (0, 36)
+    report = tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "query_layers.md"
+    assert "| 1 (ships) |" in report.read_text()
+
+
+def test_a_query_tower_deeper_than_the_model_is_refused_before_a_run_starts(
+    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
+):
+    with pytest.raises(ValueError, match=r"train\.query_layers"):
+        retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train={"query_layers": [3]}))
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was started, so none is left RUNNING
 
 
 def test_too_few_train_queries_train_without_selection_and_say_so(
