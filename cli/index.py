@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 # Same as denseflow.model.index.store.SEARCH_MODES, for the same reason.
 MODES = ["dense", "bm25", "hybrid"]
+# Same as denseflow.model.serving.replica's defaults, for the same reason.
+DEFAULT_POLL_SECONDS = 30.0
+DEFAULT_KEEP_VERSIONS = 2
 
 
 def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -100,13 +104,40 @@ def cmd_index_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replica(args: argparse.Namespace, searcher_options: dict):  # noqa: ANN202 - denseflow.model.serving.replica.Replica
+    """A replica of ``--model`` (``retriever@production``) with its cache under ``--cache-dir``."""
+    import mlflow
+
+    from denseflow.model.serving.replica import Replica, ReplicaCache
+    from denseflow.registry.replica_source import MlflowVersionSource
+
+    workspace = workspace_dir(args.workspace)
+    # As denseflow.tasks.tracking.tracking_uri resolves it, without importing Prefect (a replica never needs it).
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    source = MlflowVersionSource(args.model, args.name)
+    cache = ReplicaCache(args.cache_dir or workspace / "replica-cache", source.model)
+    return Replica(
+        source, cache, keep=getattr(args, "keep_versions", DEFAULT_KEEP_VERSIONS), searcher_options=searcher_options
+    )
+
+
 @_user_errors
 def cmd_search(args: argparse.Namespace) -> int:
     from denseflow.model.serving.search import Searcher
 
-    searcher = Searcher(_index_root(args), args.name, threads=args.threads, backend=args.backend, mode=args.mode)
+    options = {"threads": args.threads, "backend": args.backend, "mode": args.mode}
     fields = ("title", "snippet", "text") if args.text else ("title", "snippet")
-    result = searcher.search(args.query, args.k, fields=fields)
+    if args.model:
+        with _replica(args, options) as replica:
+            searcher = replica.start()
+            if replica.watch.error:  # the registry is away, or its target cannot be served: say what answers
+                served = replica.watch.served.label if replica.watch.served else "version"
+                print(f"denseflow search: {replica.watch.error}; answering from the cached {served}", file=sys.stderr)
+            result = searcher.search(args.query, args.k, fields=fields)
+    else:
+        result = Searcher(_index_root(args), args.name, **options).search(args.query, args.k, fields=fields)
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         return 0
@@ -116,24 +147,46 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_to_stderr() -> None:
+    """denseflow's own INFO lines (versions loaded, downloaded, swapped, dropped) beside uvicorn's access log; other
+    libraries stay at their defaults (httpx would log every poll)."""
+    import logging
+
+    logger = logging.getLogger("denseflow")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 @_user_errors
 def cmd_serve(args: argparse.Namespace) -> int:
     from denseflow.model.serving.search import Searcher
-    from denseflow.model.serving.service import serve
+    from denseflow.model.serving.service import check_bind, read_api_key, serve
 
-    serve(
-        Searcher(
-            _index_root(args),
-            args.name,
-            threads=args.threads,
-            backend=args.backend,
-            mode=args.mode,
-            batch_wait_ms=args.batch_wait_ms,
-            max_batch=args.max_batch,
-        ),
-        host=args.host,
-        port=args.port,
-    )
+    # Both before anything is loaded or downloaded: a refused bind should not cost a model load first.
+    api_key = read_api_key(args.api_key_file) if args.api_key_file else None
+    check_bind(args.host, api_key)
+    _log_to_stderr()
+    options = {
+        "threads": args.threads,
+        "backend": args.backend,
+        "mode": args.mode,
+        "batch_wait_ms": args.batch_wait_ms,
+        "max_batch": args.max_batch,
+    }
+    if not args.model:
+        serve(Searcher(_index_root(args), args.name, **options), host=args.host, port=args.port, api_key=api_key)
+        return 0
+    if args.poll_seconds <= 0:
+        raise ValueError(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    replica = _replica(args, options)
+    try:
+        searcher = replica.start()
+        serve(searcher, args.host, args.port, api_key=api_key, replica=replica, poll_seconds=args.poll_seconds)
+    finally:
+        replica.close()
     return 0
 
 
@@ -179,10 +232,16 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
     search.add_argument("--backend", choices=["auto", "torch", "onnx"], default="auto", help="query tower runtime")
     search.add_argument("--mode", choices=MODES, help="dense, bm25 or hybrid (default: what was published)")
+    search.add_argument(
+        "--model",
+        help="search what a registry reference serves (retriever@production, retriever/3): its published index is "
+        "downloaded from the tracking server into --cache-dir and verified, instead of the workspace's indexes/",
+    )
+    search.add_argument("--cache-dir", type=Path, help="replica cache for --model (default: <workspace>/replica-cache)")
     common(search)
     search.set_defaults(handler=cmd_search)
 
-    serve = commands.add_parser("serve", help="HTTP search service (/search, /health) on loopback by default")
+    serve = commands.add_parser("serve", help="HTTP search service (/search, /health, /metrics) on loopback by default")
     serve.add_argument("--host", default=DEFAULT_HOST, help="bind address (default: %(default)s)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--threads", type=int, help="threads for query encoding (default: all cores)")
@@ -197,6 +256,30 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-batch", type=int, default=32, help="micro-batching: queries embedded in one call")
     serve.add_argument(
         "--mode", choices=MODES, help="default mode of /search (default: what each version was published with)"
+    )
+    serve.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="file holding the API key clients must send (Authorization: Bearer <key> or X-API-Key) on every path "
+        "but /health; required to bind beyond loopback",
+    )
+    serve.add_argument(
+        "--model",
+        help="a replica: serve what this registry reference names (retriever@production), downloaded from the "
+        "tracking server into --cache-dir and verified, and follow it when it moves (no shared folder needed)",
+    )
+    serve.add_argument("--cache-dir", type=Path, help="replica cache for --model (default: <workspace>/replica-cache)")
+    serve.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=DEFAULT_POLL_SECONDS,
+        help="--model: how often the reference is looked up (default: %(default)s)",
+    )
+    serve.add_argument(
+        "--keep-versions",
+        type=int,
+        default=DEFAULT_KEEP_VERSIONS,
+        help="--model: versions kept in the cache, the one served included (default: %(default)s)",
     )
     common(serve)
     serve.set_defaults(handler=cmd_serve)

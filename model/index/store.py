@@ -129,17 +129,27 @@ def published_model_checksum(files: Mapping[str, str]) -> str:
     return model_checksum({rel[len(prefix) :]: sha for rel, sha in files.items() if rel.startswith(prefix)})
 
 
-def verify_checksums(version_dir: Path, manifest: Mapping[str, Any]) -> None:
-    """Raise :class:`ChecksumError` naming every file missing, extra or differing from the manifest."""
+def checksum_problems(version_dir: Path, manifest: Mapping[str, Any], absent_ok: tuple[str, ...] = ()) -> list[str]:
+    """Every file missing, extra or differing from the manifest, as ``"<file>: <what>"`` lines, sorted.
+
+    ``absent_ok``: top-level folders a copy may lack (a replica's download has no ``model/`` when the version's
+    query tower embeds queries); what is there of them is still checked."""
     recorded: Mapping[str, str] = manifest.get("files", {})
     actual = folder_checksums(version_dir, skip=(MANIFEST,))
-    problems = [f"{rel}: missing" for rel in recorded if rel not in actual]
+    optional = tuple(f"{folder}/" for folder in absent_ok)
+    problems = [f"{rel}: missing" for rel in recorded if rel not in actual and not rel.startswith(optional)]
     problems += [f"{rel}: not in the manifest" for rel in actual if rel not in recorded]
     problems += [f"{rel}: sha256 differs" for rel in recorded if rel in actual and actual[rel] != recorded[rel]]
     if not recorded:
         problems.append("manifest records no checksums")
+    return sorted(problems)
+
+
+def verify_checksums(version_dir: Path, manifest: Mapping[str, Any], absent_ok: tuple[str, ...] = ()) -> None:
+    """Raise :class:`ChecksumError` naming every file missing, extra or differing from the manifest."""
+    problems = checksum_problems(version_dir, manifest, absent_ok)
     if problems:
-        raise ChecksumError(f"{version_dir}: refusing to load, {'; '.join(sorted(problems)[:5])}")
+        raise ChecksumError(f"{version_dir}: refusing to load, {'; '.join(problems[:5])}")
 
 
 # --------------------------------------------------------------------------------------------- versions
@@ -257,12 +267,13 @@ def list_versions(root: Path, name: str) -> list[VersionInfo]:
     return found
 
 
-def load_version(version_dir: Path, verify: bool = True) -> LoadedIndex:
-    """Read a version folder; with ``verify`` every file's sha256 is checked against the manifest first."""
+def load_version(version_dir: Path, verify: bool = True, absent_ok: tuple[str, ...] = ()) -> LoadedIndex:
+    """Read a version folder; with ``verify`` every file's sha256 is checked against the manifest first
+    (``absent_ok``: folders the copy may lack, see :func:`checksum_problems`)."""
     version_dir = Path(version_dir)
     manifest = read_manifest(version_dir)
     if verify:
-        verify_checksums(version_dir, manifest)
+        verify_checksums(version_dir, manifest, absent_ok)
     index = faiss.read_index(str(version_dir / INDEX_FILE))
     doc_ids = json.loads((version_dir / DOC_IDS_FILE).read_text(encoding="utf-8"))
     if index.ntotal != len(doc_ids) or index.ntotal != manifest["count"] or index.d != manifest["dimension"]:
@@ -305,7 +316,7 @@ def _locked(home: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -320,13 +331,13 @@ def _write_durably(path: Path, text: str) -> None:
         os.fsync(out.fileno())
 
 
-def _fsync_tree(folder: Path) -> None:
+def fsync_tree(folder: Path) -> None:
     for path in folder.rglob("*"):
         if path.is_file():
             with path.open("rb") as stream:
                 os.fsync(stream.fileno())
     for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
-        _fsync_dir(path)
+        fsync_dir(path)
 
 
 def _version_number(name: str) -> int:
@@ -345,7 +356,7 @@ def _move_pointer(home: Path, version: str) -> None:
     tmp = home / f".{POINTER}.{uuid.uuid4().hex}.tmp"
     _write_durably(tmp, version + "\n")
     os.replace(tmp, home / POINTER)
-    _fsync_dir(home)
+    fsync_dir(home)
 
 
 HISTORY = "history.jsonl"
@@ -454,11 +465,11 @@ def publish(
             }
             full["model"] = {**full.get("model", {}), "checksum": published_model_checksum(files)}
             _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
-            _fsync_tree(staging)
+            fsync_tree(staging)
             load_version(staging, verify=True)
             final = home / version
             os.rename(staging, final)
-            _fsync_dir(home)
+            fsync_dir(home)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

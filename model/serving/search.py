@@ -9,6 +9,9 @@ It loads the model stored with that version (the exact weights that encoded the 
 never queried through another model's embedding space. When ``current`` moves it loads the new version
 beside the old one and swaps both together; a version that fails its checks is refused and the old one
 keeps serving.
+
+A replica (:mod:`denseflow.model.serving.replica`) serves one downloaded version folder instead: there is no
+``current`` to follow, the replica hands each new folder to :meth:`Searcher.serve_folder`, and the same swap applies.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from denseflow.model.evaluation.metrics import ranked
 from denseflow.model.fusion import fuse_query
 from denseflow.model.index.build import search
 from denseflow.model.index.store import (
+    MODEL_FOLDER,
     SEARCH_MODES,
     LoadedIndex,
     ModelMismatchError,
@@ -208,6 +212,8 @@ class Searcher:
     ``int8_min_cosine``, else falls back to ONNX fp32 (then PyTorch) and says so in the log and ``health()``.
     ``mode`` (dense, bm25, hybrid) overrides the mode each version was published with; a version that
     cannot serve it (no BM25 index) is refused like a corrupt one.
+    ``folder``: serve that one version folder (a replica's download, :meth:`for_folder`) instead of following
+    ``current``; a copy without ``model/`` embeds queries with its query tower.
     """
 
     def __init__(
@@ -224,6 +230,7 @@ class Searcher:
         mode: str | None = None,
         batch_wait_ms: float = 0.0,
         max_batch: int = 32,
+        folder: Path | None = None,
     ) -> None:
         if mode is not None and mode not in SEARCH_MODES:
             raise ValueError(f"search mode {mode!r} is not one of {', '.join(SEARCH_MODES)}")
@@ -244,10 +251,19 @@ class Searcher:
         self._lock = threading.Lock()
         self._checked_at = 0.0
         self._refused: str | None = None
+        self._folder = Path(folder) if folder is not None else None
+        if self._folder is not None:
+            self._state = self._load(self._folder, previous=None)
+            return
         version = read_pointer(self.root, name)
         if version is None:
             raise NoPublishedIndexError(f"{index_home(self.root, name)}: nothing published yet")
-        self._state = self._load(version, previous=None)
+        self._state = self._load(index_home(self.root, name) / version, previous=None)
+
+    @classmethod
+    def for_folder(cls, folder: Path, name: str, **options: Any) -> Searcher:
+        """A searcher of one version folder that follows no pointer; :meth:`serve_folder` swaps in another."""
+        return cls(Path(folder).parent, name, folder=Path(folder), reload_interval_s=float("inf"), **options)
 
     # ------------------------------------------------------------------ loading
     def _load_model(
@@ -287,8 +303,17 @@ class Searcher:
                 raise RuntimeError(f"{model_dir}: the query tower could not run on ONNX Runtime (see the log)")
         return LoadedModel(model, checksum, named.get("name"), named.get("version"), str(model_dir), backend)
 
-    def _load(self, version: str, previous: _State | None) -> _State:
-        loaded = load_version(index_home(self.root, self.name) / version, verify=True)
+    def _load(self, path: Path, previous: _State | None) -> _State:
+        # A replica's copy of a version may leave out model/ when its query tower embeds queries (the download
+        # then skips the weights); in the workspace a missing model/ is damage, refused like any missing file.
+        model_less = self._folder is not None and not (path / MODEL_FOLDER).is_dir()
+        loaded = load_version(path, verify=True, absent_ok=(MODEL_FOLDER,) if model_less else ())
+        if model_less and (not loaded.manifest.get("query_tower") or self.backend not in ("auto", "onnx")):
+            raise PublishedIndexError(
+                f"{path}: no {MODEL_FOLDER}/ folder, and no query tower to embed queries without it"
+                + (f" (backend {self.backend} needs the model)" if loaded.manifest.get("query_tower") else "")
+            )
+        version = loaded.version
         if self.mode is not None and self.mode not in loaded.modes():
             raise SearchSettingsError(f"{loaded.path}: no BM25 index, so it cannot serve mode {self.mode!r}")
         manifest = loaded.manifest
@@ -327,6 +352,8 @@ class Searcher:
 
     def maybe_reload(self, force: bool = False) -> bool:
         """Follow ``current`` if it moved; returns True when a new version was swapped in."""
+        if self._folder is not None:
+            return False  # one folder, no pointer: the replica swaps with serve_folder
         now = time.monotonic()
         if not force and now - self._checked_at < self.reload_interval_s:
             return False
@@ -345,7 +372,7 @@ class Searcher:
             if version is None or version == self._refused:
                 return False
             try:
-                state = self._load(version, previous=self._state)
+                state = self._load(index_home(self.root, self.name) / version, previous=self._state)
             except Exception as err:  # a bad version must not take the service down
                 self._refused = version
                 self.last_error = f"refused {self.name}/{version}: {err}"
@@ -353,6 +380,20 @@ class Searcher:
                 return False
             self._state, self._refused, self.last_error = state, None, None
             return True
+
+    def serve_folder(self, folder: Path) -> None:
+        """Load ``folder`` beside the version being served, then swap both index and model in one assignment.
+
+        In-flight queries finish on the state they read; a folder that fails its checks raises, and the version
+        being served keeps serving."""
+        with self._lock:
+            self._state = self._load(Path(folder), previous=self._state)
+            self._folder, self.last_error = Path(folder), None
+
+    @property
+    def default_mode(self) -> str:
+        """The mode a query that names none is answered in."""
+        return self.mode or self._state.index.search["mode"]
 
     # ------------------------------------------------------------------ querying
     def encode_query(self, query: str) -> np.ndarray:
@@ -442,7 +483,7 @@ class Searcher:
             "search_mode": self.mode or state.index.search["mode"],
             "modes": list(state.index.modes()),
             "fusion": state.index.search["hybrid"],
-            "pointer": None if self.pointer_error else _pointer_or_none(self.root, self.name),
+            "pointer": None if self.pointer_error or self._folder else _pointer_or_none(self.root, self.name),
             "last_error": self.pointer_error or self.last_error,
         }
 
