@@ -85,13 +85,18 @@ def main() -> None:
     try:
         state = json.loads((folder / "stack.json").read_text())
         api = f"http://127.0.0.1:{state['ports']['prefect']}/api"
-        prefect = Prefect(api)
+        auth = state["credentials"]["prefect_auth_string"]  # the stack's Prefect server wants it from every client
+        prefect = Prefect(api, auth)
         figures["stack_retrain_s"], _ = timed_runs(prefect, "retrain", [tiny_config(root, beir, model, "one")])
 
         wall, each = timed_runs(prefect, "retrain", pair(root, beir, model, "queued"))
         figures["two_queued"] = {"wall_s": round(wall, 1), "each_s": [round(s, 1) for s in each]}
 
-        cli_env = os.environ | {"PREFECT_API_URL": api, "PREFECT_HOME": str(folder / "prefect-home")}
+        cli_env = os.environ | {
+            "PREFECT_API_URL": api,
+            "PREFECT_HOME": str(folder / "prefect-home"),
+            "PREFECT_API_AUTH_STRING": auth,
+        }
         deploy_file(folder, cli_env, without_limit(), "bench")
         wall, each = timed_runs(prefect, "retrain-overlap", pair(root, beir, model, "overlap"))
         figures["two_overlapping"] = {"wall_s": round(wall, 1), "each_s": [round(s, 1) for s in each]}

@@ -7,11 +7,25 @@ a Prefect server, workers that pick up deployment runs) can be run and tested wi
     python deploy/stack.py up        # start what is not running, wait for health, print URLs and the env
     python deploy/stack.py status    # each service: running, answering, or stale (a killed `up`)
     python deploy/stack.py down      # stop every process `up` started (by the pids it recorded); data stays
+    python deploy/stack.py rotate    # new credentials; a running stack is restarted on them (see below)
+
+Nobody gets in without credentials, generated on the first `up` (``secrets``) and kept with the database
+password: MLflow runs its basic-auth app (``--app-name basic-auth``, users in the database ``mlflow_auth``,
+``default_permission = READ``) with two users, ``admin`` (the workers and the ``denseflow`` commands: register,
+move ``production``) and ``reader`` (search replicas: read and download, every write refused with 403); the
+Prefect server wants ``PREFECT_SERVER_API_AUTH_STRING`` from every client (``PREFECT_API_AUTH_STRING``). Only the
+health routes answer without them (MLflow's ``/health``, Prefect's ``/api/health``). No secret is put on a command
+line (``ps`` shows those to every user), in a log or in a message: the files below are the only place they are.
 
 Everything lives in one folder (``--dir``, else ``$DENSEFLOW_STACK_DIR``, else ``.denseflow/stack`` in the
 repository)::
 
-    stack.json        ports, the database password, and each started process's pid (the state `down` reads)
+    stack.json        ports, the database password and the credentials, and each started process's pid (the state
+                      `down` reads); mode 600, as are the next three
+    admin.env         the admin's client environment: URLs, MLFLOW_TRACKING_USERNAME/_PASSWORD, PREFECT_API_AUTH_STRING
+                      (``set -a; . admin.env; set +a``)
+    reader.env        the read-only user's: MLFLOW_TRACKING_URI and its MLflow user, no Prefect credential
+    mlflow-auth.ini   the basic-auth app's configuration (``MLFLOW_AUTH_CONFIG_PATH``), by deploy/mlflow_users.py
     pg/               the PostgreSQL cluster (owned by the ``postgres`` user when this runs as root)
     artifacts/        MLflow's artifact store, served by the tracking server (``--serve-artifacts``): the S3 stand-in
     workspace/        DENSEFLOW_HOME of the workers (runs, checkpoints, published indexes, locks)
@@ -21,15 +35,24 @@ repository)::
 The settings are the compose file's names: ``PREFECT_API_DATABASE_CONNECTION_URL`` (asyncpg) on the Prefect
 server, ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL`` and ``DENSEFLOW_HOME`` on the workers; the work pool is
 ``denseflow`` and the deployments are those of ``deploy/prefect.yaml``, registered with ``prefect deploy``.
+
+``rotate`` writes new credentials (the database password stays); on a running stack it then does what `up` does
+for any process started with other credentials than the recorded ones: restarts it (MLflow, Prefect, the workers)
+after the new passwords are in MLflow's user store. It refuses while flow runs are pending or running (restarting a
+worker ends its runs) unless ``--force``. A stack that is down gets them on its next `up`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import pwd
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -49,8 +72,25 @@ STATE_FILE = "stack.json"
 STACK_DIR_ENV = "DENSEFLOW_STACK_DIR"
 PG_BIN_ENV = "DENSEFLOW_PG_BIN"
 PG_USER = "denseflow"
-DATABASES = ("mlflow", "prefect")
+DATABASES = ("mlflow", "mlflow_auth", "prefect")  # mlflow_auth: the basic-auth app's users and grants
 POOL = "denseflow"
+MLFLOW_ADMIN = "admin"  # every permission: the workers and the denseflow commands
+MLFLOW_READER = "reader"  # default_permission (READ) only: search replicas
+PREFECT_USER = "denseflow"  # the user part of Prefect's "user:password" auth string
+ROLES = {"admin": MLFLOW_ADMIN, "reader": MLFLOW_READER}
+# Credentials a process could inherit from the shell that runs `up`: the stack sets its own, never those.
+INHERITED_SECRETS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "MLFLOW_AUTH_CONFIG_PATH",
+    "MLFLOW_AUTH_ADMIN_USERNAME",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_API_KEY",
+    "PREFECT_SERVER_API_AUTH_STRING",
+)
 # The ports docker-compose.yml publishes; a taken one moves to the next free port, and `up` says so.
 DEFAULT_PORTS = {"postgres": 5432, "mlflow": 5000, "prefect": 4200}
 # Server start-up is mostly imports and, the first time, schema migrations: slow on a loaded small machine.
@@ -59,7 +99,64 @@ STOP_TIMEOUT_SECONDS = 30.0
 
 
 class StackError(Exception):
-    """Ends the command with one line on stderr."""
+    """Ends the command with one line on stderr (with every known secret masked)."""
+
+
+# --- secrets: generated here, kept in mode-600 files, masked in everything the stack prints or logs ------------
+
+# Every secret this process has read or made; scrub() masks them.
+KNOWN_SECRETS: set[str] = set()
+MIN_SCRUBBED = 8  # shorter strings are not secrets of ours, and masking them would mangle words
+
+
+def token() -> str:
+    return secrets.token_urlsafe(24)  # 32 URL- and shell-safe characters; MLflow wants at least 12
+
+
+def new_credentials() -> dict[str, str]:
+    credentials = {
+        "mlflow_admin_password": token(),
+        "mlflow_reader_password": token(),
+        "mlflow_secret_key": secrets.token_hex(32),  # the basic-auth app's Flask key (CSRF on its sign-up form)
+        "prefect_auth_string": f"{PREFECT_USER}:{token()}",
+    }
+    remember_secrets({"credentials": credentials})
+    return credentials
+
+
+def remember_secrets(state: dict[str, Any]) -> None:
+    found = [state.get("password"), *(state.get("credentials") or {}).values()]
+    for item in found:
+        if not isinstance(item, str):
+            continue
+        # Prefect's auth string is "user:password": the password is a secret on its own, the user name is not.
+        for secret in (item, item.partition(":")[2]):
+            if len(secret) >= MIN_SCRUBBED:
+                KNOWN_SECRETS.add(secret)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every known secret, and the password of any URL in it, replaced by ``***``."""
+    for secret in sorted(KNOWN_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return re.sub(r"(\w[\w+.-]*://[^:/@\s]+:)[^@/\s]+@", r"\1***@", text)
+
+
+def fingerprint(state: dict[str, Any]) -> str:
+    """Which credentials a process was started with (recorded beside its pid; a hash, not the secrets)."""
+    text = json.dumps(state.get("credentials") or {}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_private(path: Path, text: str) -> None:
+    """``text`` to ``path``, readable by this user only from its creation on, replaced atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    os.chmod(tmp, 0o600)  # a leftover file of that name kept its mode through O_TRUNC
+    os.replace(tmp, path)
 
 
 @dataclass
@@ -88,22 +185,27 @@ class Stack:
     def prefect_home(self) -> Path:
         return self.root / "prefect-home"
 
+    @property
+    def auth_ini(self) -> Path:
+        return self.root / "mlflow-auth.ini"
+
+    def env_file(self, role: str) -> Path:
+        return self.root / f"{role}.env"
+
     def log(self, service: str) -> Path:
         return self.root / "logs" / f"{service}.log"
 
     def read(self) -> dict[str, Any]:
         if not self.state_path.is_file():
             return {}
-        return json.loads(self.state_path.read_text(encoding="utf-8"))
+        state = json.loads(self.state_path.read_text(encoding="utf-8"))
+        remember_secrets(state)
+        return state
 
     def write(self, state: dict[str, Any]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        # The file holds the database password: readable by this user only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(state, out, indent=2)
-        os.replace(tmp, self.state_path)
+        # The file holds the database password and the credentials: readable by this user only.
+        remember_secrets(state)
+        write_private(self.state_path, json.dumps(state, indent=2))
 
 
 def stack_dir(override: Path | str | None = None) -> Path:
@@ -120,6 +222,7 @@ def urls(state: dict[str, Any]) -> dict[str, str]:
         "postgres": f"postgresql://{auth}",
         # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; the driver installed here is psycopg2.
         "mlflow_store": f"postgresql+psycopg2://{auth}/mlflow",
+        "mlflow_auth_store": f"postgresql+psycopg2://{auth}/mlflow_auth",
         "prefect_store": f"postgresql+asyncpg://{auth}/prefect",
         "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
         "prefect_api": f"http://127.0.0.1:{ports['prefect']}/api",
@@ -138,10 +241,44 @@ def client_env(stack: Stack, state: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def credential_env(state: dict[str, Any], role: str) -> dict[str, str]:
+    """The credentials a client of ``role`` reads from its environment: ``admin`` (MLflow's admin and Prefect's auth
+    string: the workers, the denseflow commands) or ``reader`` (MLflow's read-only user, no Prefect credential)."""
+    credentials = state["credentials"]
+    env = {
+        "MLFLOW_TRACKING_USERNAME": ROLES[role],
+        "MLFLOW_TRACKING_PASSWORD": credentials[f"mlflow_{role}_password"],
+    }
+    if role == "admin":
+        env["PREFECT_API_AUTH_STRING"] = credentials["prefect_auth_string"]
+    return env
+
+
+def role_env(stack: Stack, state: dict[str, Any], role: str) -> dict[str, str]:
+    """Everything a client of ``role`` needs: what admin.env and reader.env hold."""
+    found = client_env(stack, state)
+    if role == "reader":  # a replica: the registry and its artifacts, nothing of Prefect's or the workspace's
+        found = {key: found[key] for key in ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE")}
+    return found | credential_env(state, role)
+
+
+def write_env_files(stack: Stack, state: dict[str, Any]) -> None:
+    for role in ROLES:
+        lines = [
+            f"# {role}'s environment for the stack in {stack.root} (deploy/stack.py writes it; mode 600).",
+            "# Use: set -a; . <this file>; set +a",
+        ]
+        lines += [f"{key}={shlex.quote(value)}" for key, value in role_env(stack, state, role).items()]
+        write_private(stack.env_file(role), "\n".join(lines) + "\n")
+
+
 def process_env(stack: Stack, state: dict[str, Any]) -> dict[str, str]:
     env = dict(os.environ)
-    # A client profile or an exported stack env must not point the servers at another store.
+    # A client profile or an exported stack env must not point the servers at another store, nor hand them
+    # credentials: each process gets the stack's own, below and in its starter.
     for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "MLFLOW_TRACKING_URI", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(key, None)
+    for key in INHERITED_SECRETS:
         env.pop(key, None)
     env |= {
         "PREFECT_HOME": str(stack.prefect_home),
@@ -191,7 +328,8 @@ def start_process(
         entry = pwd.getpwnam(as_user)
         extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
     with log.open("ab") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
+        # Secrets travel in the environment, never in ``command``; masked here all the same.
+        out.write(scrub(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n").encode())
         out.flush()
         popen = subprocess.Popen(
             command,
@@ -247,11 +385,39 @@ def pick_port(service: str, wanted: int, taken: set[int]) -> int:
 
 
 def http_ok(url: str, timeout: float = 5.0) -> bool:
+    """The health routes: both servers answer them without credentials."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def basic_auth(user_and_password: str) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP basic auth; Prefect's auth string is ``user:password`` already."""
+    return {"Authorization": "Basic " + base64.b64encode(user_and_password.encode()).decode()}
+
+
+def http_call(url: str, auth: str | None, body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, Any]:
+    """A GET (or a JSON POST when ``body`` is given) with basic auth: the status (0: no answer) and the JSON reply."""
+    headers = basic_auth(auth) if auth else {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    request = urllib.request.Request(url, data=data, headers=headers, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            raw = response.read()
+            status = response.status
+    except urllib.error.HTTPError as err:
+        return err.code, None
+    except (urllib.error.URLError, OSError, ValueError):
+        return 0, None
+    try:
+        return status, json.loads(raw) if raw else None
+    except ValueError:
+        return status, None
 
 
 def wait_for(what: str, check, record: dict[str, Any], timeout: float = START_TIMEOUT_SECONDS) -> None:  # noqa: ANN001
@@ -374,13 +540,47 @@ def start_postgres(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
     return start_process(stack, "postgres", command, process_env(stack, state), str(stack.pg_dir), as_user=user)
 
 
+def sync_mlflow_users(stack: Stack, state: dict[str, Any]) -> None:
+    """deploy/mlflow_users.py: the basic-auth ini, and the admin and reader users with the recorded passwords (created,
+    or their passwords changed after a rotation), before the MLflow server starts or while it runs. The secrets go
+    through the environment, not the command line."""
+    credentials = state["credentials"]
+    env = process_env(stack, state) | {
+        "MLFLOW_AUTH_CONFIG_PATH": str(stack.auth_ini),
+        "DENSEFLOW_MLFLOW_AUTH_DB": urls(state)["mlflow_auth_store"],
+        "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN,
+        "MLFLOW_AUTH_ADMIN_PASSWORD": credentials["mlflow_admin_password"],
+        "DENSEFLOW_MLFLOW_READER_USERNAME": MLFLOW_READER,
+        "DENSEFLOW_MLFLOW_READER_PASSWORD": credentials["mlflow_reader_password"],
+    }
+    done = subprocess.run(
+        [sys.executable, str(HERE / "mlflow_users.py")],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_SECONDS,
+    )
+    if done.returncode != 0:
+        raise StackError(f"MLflow users: {last_line(done)}")
+    for line in done.stdout.splitlines():
+        if line.startswith("mlflow_users: "):
+            print(f"stack: MLflow {line.removeprefix('mlflow_users: ')}")
+
+
 def start_mlflow(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
     stack.artifacts.mkdir(parents=True, exist_ok=True)
     port = state["ports"]["mlflow"]
     command = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    command += ["--backend-store-uri", urls(state)["mlflow_store"]]
+    command += ["--app-name", "basic-auth"]
     command += ["--serve-artifacts", "--artifacts-destination", str(stack.artifacts)]
-    return start_process(stack, "mlflow", command, process_env(stack, state), f"--port {port}")
+    env = process_env(stack, state) | {
+        # The store URL holds the database password: in the environment (the option's own variable), not argv.
+        "MLFLOW_BACKEND_STORE_URI": urls(state)["mlflow_store"],
+        "MLFLOW_AUTH_CONFIG_PATH": str(stack.auth_ini),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": state["credentials"]["mlflow_secret_key"],
+    }
+    return start_process(stack, "mlflow", command, env, f"--port {port}")
 
 
 def start_prefect(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
@@ -388,6 +588,7 @@ def start_prefect(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
     env = process_env(stack, state) | {
         "PREFECT_API_DATABASE_CONNECTION_URL": urls(state)["prefect_store"],
         "PREFECT_UI_API_URL": urls(state)["prefect_api"],
+        "PREFECT_SERVER_API_AUTH_STRING": state["credentials"]["prefect_auth_string"],
     }
     command = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     return start_process(stack, "prefect", command, env, f"--port {port}")
@@ -395,8 +596,9 @@ def start_prefect(stack: Stack, state: dict[str, Any]) -> dict[str, Any]:
 
 def worker_env(stack: Stack, state: dict[str, Any]) -> dict[str, str]:
     stack.workspace.mkdir(parents=True, exist_ok=True)
-    # The runs get deploy/prefect.yaml's job variables on top (MLflow's HTTP retry settings among them).
-    return process_env(stack, state) | client_env(stack, state)
+    # The runs get deploy/prefect.yaml's job variables on top (MLflow's HTTP retry settings among them), and the
+    # worker's environment, so the admin's credentials.
+    return process_env(stack, state) | client_env(stack, state) | credential_env(state, "admin")
 
 
 def start_worker(stack: Stack, state: dict[str, Any], name: str) -> dict[str, Any]:
@@ -431,19 +633,59 @@ def last_line(done: subprocess.CompletedProcess) -> str:
     return lines[-1].strip() if lines else f"exit status {done.returncode}"
 
 
+def prefect_call(state: dict[str, Any], path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+    auth = (state.get("credentials") or {}).get("prefect_auth_string")
+    return http_call(f"{urls(state)['prefect_api']}{path}", auth, body)
+
+
 def workers_online(state: dict[str, Any], names: list[str]) -> bool:
-    request = urllib.request.Request(
-        f"{urls(state)['prefect_api']}/work_pools/{POOL}/workers/filter",
-        data=b"{}",
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            found = {item["name"]: item["status"] for item in json.load(response)}
-    except (urllib.error.URLError, OSError, ValueError):
+    status, found = prefect_call(state, f"/work_pools/{POOL}/workers/filter", {})
+    if status != 200 or not isinstance(found, list):
         return False
-    return all(found.get(name) == "ONLINE" for name in names)
+    online = {item.get("name"): item.get("status") for item in found}
+    return all(online.get(name) == "ONLINE" for name in names)
+
+
+ACTIVE_RUN_STATES = ["PENDING", "RUNNING", "CANCELLING"]
+
+
+def active_flow_runs(state: dict[str, Any]) -> int | None:
+    """Flow runs pending or running on the Prefect server; None when it does not answer."""
+    status, count = prefect_call(
+        state, "/flow_runs/count", {"flow_runs": {"state": {"type": {"any_": ACTIVE_RUN_STATES}}}}
+    )
+    return count if status == 200 and isinstance(count, int) else None
+
+
+def check_credentials(stack: Stack, state: dict[str, Any], timeout: float = 60.0) -> None:
+    """Each server refuses a call without credentials and takes the recorded ones: checked once both answer, so a
+    server started without its auth settings, or a user store that disagrees with stack.json, stops `up`."""
+    found = urls(state)
+    current_user = f"{found['mlflow']}/api/2.0/mlflow/users/current"
+    credentials = state["credentials"]
+    checks = {
+        "MLflow without credentials": (current_user, None, None, 401),
+        "MLflow's admin": (current_user, f"{MLFLOW_ADMIN}:{credentials['mlflow_admin_password']}", None, 200),
+        "MLflow's reader": (current_user, f"{MLFLOW_READER}:{credentials['mlflow_reader_password']}", None, 200),
+        "Prefect without credentials": (f"{found['prefect_api']}/flow_runs/count", None, {}, 401),
+        "Prefect's auth string": (
+            f"{found['prefect_api']}/flow_runs/count",
+            credentials["prefect_auth_string"],
+            {},
+            200,
+        ),
+    }
+    for what, (url, auth, body, wanted) in checks.items():
+        deadline = time.monotonic() + timeout
+        status = 0
+        while time.monotonic() < deadline:
+            status, _ = http_call(url, auth, body)
+            if status == wanted or status not in (0, 502, 503):
+                break
+            time.sleep(1)
+        if status != wanted:
+            service = "mlflow" if what.startswith("MLflow") else "prefect"
+            raise StackError(f"{what}: HTTP {status or 'no answer'} from {url}, not {wanted}; see {stack.log(service)}")
 
 
 # Each service's health: what `status` reports and what `up` waits for.
@@ -500,7 +742,9 @@ def cmd_status(stack: Stack, as_json: bool = False) -> int:
         print(f"stack: nothing in {stack.root} (run `python deploy/stack.py up`)")
         return 3
     if as_json:
-        print(json.dumps({"dir": str(stack.root), "services": conditions, "env": client_env(stack, state)}, indent=2))
+        files = {role: str(stack.env_file(role)) for role in ROLES}
+        shown = {"dir": str(stack.root), "services": conditions, "env": client_env(stack, state), "env_files": files}
+        print(json.dumps(shown, indent=2))
     else:
         for name, condition in conditions.items():
             print(f"{name:<10} {condition}")
@@ -515,34 +759,48 @@ def cmd_status(stack: Stack, as_json: bool = False) -> int:
 
 def print_env(stack: Stack, state: dict[str, Any]) -> None:
     found = urls(state)
-    print(f"MLflow      {found['mlflow']}")
-    print(f"Prefect UI  {found['prefect_ui']}")
+    print(f"MLflow      {found['mlflow']} (users {MLFLOW_ADMIN} and {MLFLOW_READER}, read-only)")
+    print(f"Prefect UI  {found['prefect_ui']} (asks for the auth string: PREFECT_API_AUTH_STRING in admin.env)")
     print(f"PostgreSQL  127.0.0.1:{state['ports']['postgres']} (user {PG_USER}, password in {stack.state_path})")
-    print("# to use the stack from this shell:")
+    print("# to use the stack from this shell (the credentials stay in the mode-600 file, not on screen):")
     for key, value in client_env(stack, state).items():
         print(f"export {key}={value}")
+    print(f"set -a; . {shlex.quote(str(stack.env_file('admin')))}; set +a")
+    print(f"# a search replica reads the registry as the read-only user: {stack.env_file('reader')}")
 
 
 def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
     started = time.monotonic()
     try:
         import asyncpg  # noqa: F401 - the Prefect server's driver
+        import flask_wtf  # noqa: F401 - MLflow's basic-auth app
         import psycopg2  # noqa: F401 - MLflow's driver and database creation
     except ImportError as err:
-        raise StackError(f"{err.name} is missing: pip install -e '.[stack]' (psycopg2-binary, asyncpg)") from err
+        raise StackError(
+            f"{err.name} is missing: pip install -e '.[stack]' (psycopg2-binary, asyncpg, mlflow[auth])"
+        ) from err
     postgres_bin()  # fail before anything starts when PostgreSQL is not installed
     state, conditions = inspect(stack)
     for name, condition in conditions.items():
         if condition.startswith("stale"):
             print(f"stack: {name} from an earlier `up` is not running: restarting it")
     state.setdefault("password", secrets.token_urlsafe(18))
+    credentials = state.setdefault("credentials", {})
+    for key, value in new_credentials().items():  # first `up`, or a stack from before the credentials
+        credentials.setdefault(key, value)
     state["workers"] = workers
     services: dict[str, Any] = state.setdefault("services", {})
     # Keep every process that still runs, answering or not: a worker cannot answer while the Prefect server is
     # down, and restarting it would kill the flow runs it is running. The rest (stale or never started) is
-    # cleaned up (what is left of its process group) and started again.
+    # cleaned up (what is left of its process group) and started again; so is a process started with other
+    # credentials than the recorded ones (after `rotate`, or from before the stack had any).
     keep = {name for name, condition in conditions.items() if condition.startswith(("running", "not answering"))}
-    for name in list(services):
+    for name in sorted(keep - {"postgres"}):
+        if services[name].get("credentials") != fingerprint(state):
+            print(f"stack: {name} runs with other credentials than {stack.state_path.name}: restarting it")
+            keep.discard(name)
+    # Workers first: a server stopped under a running worker only makes it retry.
+    for name in sorted(services, key=lambda name: name in SERVERS):
         if name not in keep:
             stop_process(services.pop(name), STOP_SIGNALS.get(name, signal.SIGINT))
     ports = state.setdefault("ports", {})
@@ -552,9 +810,11 @@ def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
             ports[name] = pick_port(name, ports.get(name, wanted), taken | {ports[n] for n in keep if n in ports})
         taken.add(ports[name])
     stack.write(state)
+    write_env_files(stack, state)
 
     def launch(name: str, starter) -> dict[str, Any]:  # noqa: ANN001
         record = starter(stack, state) if name in SERVERS else start_worker(stack, state, name)
+        record["credentials"] = fingerprint(state)
         services[name] = record
         stack.write(state)
         return record
@@ -563,12 +823,16 @@ def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
         record = launch("postgres", start_postgres)
         wait_for("PostgreSQL", lambda: healthy(stack, state, "postgres"), record)
     create_databases(state)
-    # MLflow and Prefect start side by side: start-up is mostly imports and migrations.
-    for name, starter in (("mlflow", start_mlflow), ("prefect", start_prefect)):
-        if name not in keep:
-            launch(name, starter)
+    # Prefect starts while MLflow's users are written (start-up is mostly imports and migrations); MLflow after
+    # them, since its basic-auth app reads the ini and finds its admin there.
+    if "prefect" not in keep:
+        launch("prefect", start_prefect)
+    sync_mlflow_users(stack, state)
+    if "mlflow" not in keep:
+        launch("mlflow", start_mlflow)
     for name in ("mlflow", "prefect"):
         wait_for(name, lambda name=name: healthy(stack, state, name), services[name])
+    check_credentials(stack, state)
     deploy(stack, state, prefect_file)
     for name in worker_names(state):
         if name not in keep:
@@ -599,13 +863,43 @@ def cmd_down(stack: Stack) -> int:
     return 0
 
 
+def cmd_rotate(stack: Stack, force: bool, prefect_file: Path) -> int:
+    """New MLflow passwords, Prefect auth string and Flask key in stack.json and the env files; a running stack is
+    brought onto them by `up` (MLflow's users changed in its store, every process but PostgreSQL restarted)."""
+    state, conditions = inspect(stack)
+    if not state:
+        print(f"stack: nothing in {stack.root} (run `python deploy/stack.py up`)")
+        return 3
+    running = [name for name, condition in conditions.items() if condition.startswith(("running", "not answering"))]
+    if not force and any(name != "postgres" for name in running):
+        active = active_flow_runs(state)
+        if active is None:
+            raise StackError("the Prefect server does not answer, so runs in flight cannot be ruled out: --force")
+        if active:
+            raise StackError(
+                f"{active} flow run(s) pending or running: rotating restarts the workers, which ends their runs; "
+                "wait for them, or pass --force"
+            )
+    state["credentials"] = new_credentials()
+    stack.write(state)
+    write_env_files(stack, state)
+    files = ", ".join(str(stack.env_file(role)) for role in ROLES)
+    print(f"stack: new credentials in {stack.state_path} ({files})")
+    if not running:
+        print("stack: the stack is down; the next `up` starts it with them")
+        return 0
+    print("stack: restarting the servers and workers with them; clients must read the new env file")
+    return cmd_up(stack, int(state.get("workers", 2)), prefect_file)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "rotate"])
     parser.add_argument("--dir", type=Path, help=f"stack folder (default: ${STACK_DIR_ENV} or .denseflow/stack)")
     parser.add_argument("--workers", type=int, default=2, help="process workers on the pool (default: %(default)s)")
     parser.add_argument("--prefect-file", type=Path, default=HERE / "prefect.yaml", help="deployments to register")
     parser.add_argument("--json", action="store_true", help="status as JSON")
+    parser.add_argument("--force", action="store_true", help="rotate even while flow runs are in flight")
     args = parser.parse_args(argv)
     stack = Stack(stack_dir(args.dir))
     try:
@@ -613,9 +907,11 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_up(stack, args.workers, args.prefect_file.resolve())
         if args.command == "down":
             return cmd_down(stack)
+        if args.command == "rotate":
+            return cmd_rotate(stack, args.force, args.prefect_file.resolve())
         return cmd_status(stack, args.json)
     except StackError as err:
-        print(f"stack {args.command}: {err}", file=sys.stderr)
+        print(f"stack {args.command}: {scrub(str(err))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"stack {args.command}: interrupted; `status` shows what runs, `down` stops it", file=sys.stderr)

@@ -82,7 +82,7 @@ IMAGE_KEYS = {
 
 def read_by_python(key: str) -> str | None:
     """Who reads ``key``: denseflow's own code, Prefect's settings, MLflow's or Hugging Face's environment."""
-    own = [REPO / "model", REPO / "tasks", REPO / "flows", DEPLOY / "schedule.py"]
+    own = [REPO / "model", REPO / "tasks", REPO / "flows", DEPLOY / "schedule.py", DEPLOY / "mlflow_users.py"]
     for root in own:
         for path in [root] if root.is_file() else root.rglob("*.py"):
             if re.search(rf"\b{key}\b", path.read_text()):
@@ -124,6 +124,7 @@ def test_every_compose_key_is_read_by_someone():
 def test_env_example_matches_the_compose_file():
     text = (DEPLOY / "docker-compose.yml").read_text()
     substituted = set(re.findall(r"(?<!\$)\$\{(\w+)\}", text))
+    substituted |= {secret["environment"] for secret in compose().get("secrets", {}).values() if "environment" in secret}
     example = {
         line.split("=", 1)[0]
         for line in (DEPLOY / ".env.example").read_text().splitlines()

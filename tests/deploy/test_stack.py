@@ -5,11 +5,15 @@ test has its own registered model, experiment and workspace (the flow's ``worksp
 of each test meets an empty registry on a shared server, as a new team's first runs would. The retrains use the
 tiny random BERT and the 36-document dataset of tests/conftest.py, so a retrain takes seconds and the servers'
 own behaviour is what is measured. ``make test-stack`` runs this module in file order (the overlap case first, on
-a store nothing has written to; ``down`` last); ``make test`` leaves it out.
+a store nothing has written to; ``down`` and ``rotate`` last); ``make test`` leaves it out.
+
+The stack runs with credentials (MLflow's basic-auth app, Prefect's auth string): the tests' own clients use the
+admin's, from stack.json, as a person who sourced admin.env would; the credential cases are near the end.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -71,7 +75,8 @@ def stack() -> Iterator[SimpleNamespace]:
     # Under /tmp with a traversable mode: PostgreSQL runs as the `postgres` user, and pytest's folders are private.
     folder = Path(tempfile.mkdtemp(prefix="denseflow-stack-", dir="/tmp"))
     folder.chmod(0o755)
-    env = os.environ | {"PREFECT_WORKER_QUERY_SECONDS": "2"}  # workers pick a run up within 2 s, not 10
+    # Workers pick a run up within 2 s, not 10. No credential: `up` makes and hands out its own.
+    env = os.environ | {"PREFECT_WORKER_QUERY_SECONDS": "2"}
     module = load_stack_module()
     mlflow_default = module.DEFAULT_PORTS["mlflow"]
     started = time.monotonic()
@@ -82,20 +87,28 @@ def stack() -> Iterator[SimpleNamespace]:
         assert up.returncode == 0, f"stack up failed:\n{up.stdout}\n{up.stderr}"
         state = json.loads((folder / "stack.json").read_text())
         client_env = module.client_env(module.Stack(folder), state)
-        yield SimpleNamespace(
-            dir=folder,
-            module=module,
-            env=env,
-            up=up,
-            up_seconds=up_seconds,
-            state=state,
-            api=client_env["PREFECT_API_URL"],
-            mlflow=client_env["MLFLOW_TRACKING_URI"],
-            client_env=client_env,
-            cli_env=os.environ
-            | client_env
-            | {"PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
-        )
+        admin_env = module.credential_env(state, "admin")
+        with pytest.MonkeyPatch.context() as patch:
+            # This process's MLflow clients (registry(), `main([...])`) log in as the admin, as a shell that sourced
+            # admin.env would; the subprocesses get it in cli_env.
+            for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+                patch.setenv(key, admin_env[key])
+            yield SimpleNamespace(
+                dir=folder,
+                module=module,
+                env=env,
+                up=up,
+                up_seconds=up_seconds,
+                state=state,
+                api=client_env["PREFECT_API_URL"],
+                mlflow=client_env["MLFLOW_TRACKING_URI"],
+                client_env=client_env,
+                credentials=state["credentials"],
+                cli_env=os.environ
+                | client_env
+                | admin_env
+                | {"PREFECT_HOME": str(folder / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"},
+            )
     finally:
         down = stack_cli(folder, "down", timeout=180)
         print(f"\nstack up in {up_seconds:.0f}s; down: {down.stdout.strip().splitlines()[-1:]}")
@@ -128,9 +141,14 @@ def tiny_config(tmp: Path, beir: Path, model: Path, name: str, **train: object) 
 LONG_TRAINING = {"epochs": 1, "max_steps": 1500, "save_steps": 500}
 
 
+def basic_auth(user_and_password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(user_and_password.encode()).decode()}
+
+
 class Prefect:
-    def __init__(self, api: str) -> None:
-        self.http = httpx.Client(base_url=api, timeout=30)
+    def __init__(self, api: str, auth: str | None = None) -> None:
+        """``auth``: the server's auth string (``user:password``), sent as Prefect's own client sends it."""
+        self.http = httpx.Client(base_url=api, timeout=30, headers=basic_auth(auth) if auth else {})
 
     def deployment(self, name: str) -> dict:
         response = self.http.get(f"/deployments/name/retrain/{name}")
@@ -206,7 +224,7 @@ def index_label(workspace: Path) -> str | None:
 
 @pytest.fixture(scope="module")
 def prefect(stack) -> Prefect:
-    return Prefect(stack.api)
+    return Prefect(stack.api, stack.credentials["prefect_auth_string"])
 
 
 @pytest.fixture(scope="module")
@@ -248,11 +266,17 @@ def test_up_moves_off_a_taken_port_and_prints_what_to_export(stack):
     assert f"export MLFLOW_TRACKING_URI={stack.mlflow}" in out
     assert f"export PREFECT_API_URL={stack.api}" in out
     assert f"export DENSEFLOW_HOME={stack.dir / 'workspace'}" in out
+    # The credentials are in mode-600 files, named on screen, never shown there.
+    assert f"set -a; . {stack.dir / 'admin.env'}; set +a" in out and str(stack.dir / "reader.env") in out
+    assert not [secret for secret in secrets_of(stack) if secret in out + stack.up.stderr]
+    for name in ("stack.json", "admin.env", "reader.env", "mlflow-auth.ini"):
+        assert (stack.dir / name).stat().st_mode & 0o777 == 0o600, name
     status = stack_cli(stack.dir, "status", "--json", timeout=60)
     assert status.returncode == 0, status.stdout + status.stderr
     services = json.loads(status.stdout)["services"]
     assert set(services) == {"postgres", "mlflow", "prefect", "worker-1", "worker-2"}
     assert all(condition.startswith("running") for condition in services.values()), services
+    assert json.loads(status.stdout)["env_files"]["reader"] == str(stack.dir / "reader.env")
     # The servers run on PostgreSQL: MLflow's and Prefect's tables are in their databases.
     import psycopg2
 
@@ -527,6 +551,208 @@ def test_wrong_database_credentials_are_one_line_in_seconds(stack):
     assert seconds < 20, f"{seconds:.0f}s"
 
 
+def secrets_of(stack) -> list[str]:
+    """Every secret the stack holds: the database password, both MLflow passwords, Prefect's auth string and its
+    password part, and the basic-auth app's Flask key."""
+    state = state_of(stack)
+    credentials = state["credentials"]
+    return [state["password"], *credentials.values(), credentials["prefect_auth_string"].partition(":")[2]]
+
+
+def leaks(texts: dict[str, str], secrets: list[str]) -> dict[str, list[str]]:
+    """Where each secret shows up (by the secret's first 4 characters, so a failure prints no secret)."""
+    found = {where: [secret[:4] + "…" for secret in secrets if secret in text] for where, text in texts.items()}
+    return {where: hits for where, hits in found.items() if hits}
+
+
+@pytest.fixture(scope="module")
+def auth_model(stack, prefect, tmp_path_factory, tiny_model_dir) -> SimpleNamespace:
+    """One retrain through the deployment, as the admin: a registered model with production and another version."""
+    from tests.conftest import write_tiny_beir
+
+    tmp = tmp_path_factory.mktemp("auth")
+    name = "auth"
+    config = tiny_config(tmp, write_tiny_beir(tmp / "tiny-beir"), tiny_model_dir, name)
+    run_id = prefect.start("retrain", config)
+    run = prefect.wait(run_id)
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    client = registry(stack)
+    production = str(client.get_model_version_by_alias(name, "production").version)
+    versions = sorted(str(item.version) for item in client.search_model_versions(f"name = '{name}'"))
+    other = next(version for version in versions if version != production)  # the candidate (α 0: base ships)
+    return SimpleNamespace(
+        name=name,
+        production=production,
+        other=other,
+        flow_run=run_id,
+        workspace=Path(config["workspace"]),
+        history=history(stack, name),
+    )
+
+
+def denseflow_cli(stack, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "denseflow"), *args], env=env, capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+
+
+def production_of(stack, name: str) -> str:
+    return str(registry(stack).get_model_version_by_alias(name, "production").version)
+
+
+def test_without_or_with_wrong_credentials_mlflow_and_prefect_refuse(stack, prefect, auth_model):
+    name = auth_model.name
+    wrong = "not-the-password-0123"
+    # MLflow: a read, an alias move (production to the other version) and a create, without credentials, with a
+    # wrong password for each user, and as a user that does not exist: 401, and the answer echoes nothing.
+    mlflow_calls = [
+        ("GET", "/api/2.0/mlflow/registered-models/get", {"params": {"name": name}}),
+        (
+            "POST",
+            "/api/2.0/mlflow/registered-models/alias",
+            {"json": {"name": name, "alias": "production", "version": auth_model.other}},
+        ),
+        ("POST", "/api/2.0/mlflow/experiments/create", {"json": {"name": "intruder"}}),
+    ]
+    for auth in (None, ("admin", wrong), ("reader", wrong), ("intruder", wrong)):
+        for method, path, kwargs in mlflow_calls:
+            response = httpx.request(method, stack.mlflow + path, auth=auth, timeout=30, **kwargs)
+            assert response.status_code == 401, (auth and auth[0], path, response.status_code, response.text)
+            assert wrong not in response.text
+    assert httpx.get(f"{stack.mlflow}/health", timeout=30).status_code == 200  # health stays open (probes)
+
+    # Prefect: read the deployments, start a run, cancel a finished one; the MLflow admin's password is no Prefect
+    # credential either.
+    deployment_id = prefect.deployment("retrain")["id"]
+    count = prefect.http.post("/flow_runs/count", json={}).json()
+    prefect_calls = [
+        ("/deployments/filter", {}),
+        (f"/deployments/{deployment_id}/create_flow_run", {"parameters": {}}),
+        (f"/flow_runs/{auth_model.flow_run}/set_state", {"state": {"type": "CANCELLING"}, "force": True}),
+    ]
+    admin_password = stack.credentials["mlflow_admin_password"]
+    for auth in (None, ("denseflow", wrong), ("admin", admin_password)):
+        for path, body in prefect_calls:
+            response = httpx.post(stack.api + path, json=body, auth=auth, timeout=30)
+            assert response.status_code == 401, (auth and auth[0], path, response.status_code, response.text)
+            assert wrong not in response.text and admin_password not in response.text
+    assert prefect.http.post("/flow_runs/count", json={}).json() == count  # no run was started
+    assert prefect.run(auth_model.flow_run)["state"]["type"] == "COMPLETED"
+    assert httpx.get(f"{stack.api}/health", timeout=30).status_code == 200
+
+    # `production` through the project's command: with a wrong password, and with none.
+    anonymous = {
+        k: v for k, v in stack.cli_env.items() if k not in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    }
+    promote = ["promote", auth_model.other, "--name", name, "--workspace", str(auth_model.workspace), "--alias-only"]
+    for env in (stack.cli_env | {"MLFLOW_TRACKING_PASSWORD": wrong}, anonymous):
+        done = denseflow_cli(stack, *promote, "--reason", "intruder", env=env)
+        assert done.returncode != 0, done.stdout
+        assert "401" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert wrong not in done.stderr + done.stdout
+    assert production_of(stack, name) == auth_model.production
+    assert history(stack, name) == auth_model.history
+    print(f"\nrefused without credentials: {done.stderr.strip().splitlines()[-1]}")
+
+
+def test_the_read_only_user_pulls_a_version_but_cannot_promote_it(stack, auth_model, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    name = auth_model.name
+    reader = stack.module.credential_env(state_of(stack), "reader")
+    assert reader["MLFLOW_TRACKING_USERNAME"] == "reader" and "PREFECT_API_AUTH_STRING" not in reader
+    reader_file = (stack.dir / "reader.env").read_text()
+    assert f"MLFLOW_TRACKING_PASSWORD={reader['MLFLOW_TRACKING_PASSWORD']}" in reader_file
+    assert "PREFECT" not in reader_file  # a replica gets no Prefect credential
+    for key, value in reader.items():
+        monkeypatch.setenv(key, value)
+
+    # Pull, as a replica does: resolve the alias, download the version's model and its run's artifacts.
+    client = MlflowClient(tracking_uri=stack.mlflow, registry_uri=stack.mlflow)
+    version = client.get_model_version_by_alias(name, "production")
+    assert str(version.version) == auth_model.production
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}@production", dst_path=str(tmp_path / "model"), tracking_uri=stack.mlflow
+        )
+    )
+    assert any(path.is_file() for path in model_dir.rglob("*"))
+    run_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=version.run_id, dst_path=str(tmp_path / "run"), tracking_uri=stack.mlflow
+        )
+    )  # the run's artifacts (what it logged beside the version), through the server's artifact proxy
+    assert any(path.is_file() for path in run_dir.rglob("*"))
+
+    # Promote: every write that would move production, or change what it serves, is refused with 403.
+    auth = (reader["MLFLOW_TRACKING_USERNAME"], reader["MLFLOW_TRACKING_PASSWORD"])
+    artifacts = client.get_run(version.run_id).info.artifact_uri.removeprefix("mlflow-artifacts:/")
+    writes = [
+        ("POST", "registered-models/alias", {"name": name, "alias": "production", "version": auth_model.other}),
+        ("DELETE", "registered-models/alias", {"name": name, "alias": "production"}),
+        ("POST", "model-versions/create", {"name": name, "source": version.source, "run_id": version.run_id}),
+        ("POST", "registered-models/set-tag", {"name": name, "key": "denseflow.production_history", "value": "[]"}),
+        ("POST", "model-versions/set-tag", {"name": name, "version": version.version, "key": "k", "value": "v"}),
+    ]
+    for method, path, body in writes:
+        response = httpx.request(method, f"{stack.mlflow}/api/2.0/mlflow/{path}", json=body, auth=auth, timeout=30)
+        assert response.status_code == 403, (path, response.status_code, response.text)
+    tamper = httpx.put(
+        f"{stack.mlflow}/api/2.0/mlflow-artifacts/artifacts/{artifacts}/tampered.txt", content=b"x", auth=auth
+    )
+    assert tamper.status_code == 403, tamper.text
+    done = denseflow_cli(
+        stack,
+        *("promote", auth_model.other, "--name", name, "--workspace", str(auth_model.workspace), "--alias-only"),
+        env=stack.cli_env | reader,
+    )
+    assert done.returncode != 0, done.stdout
+    assert "403" in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert reader["MLFLOW_TRACKING_PASSWORD"] not in done.stderr + done.stdout
+    assert production_of(stack, name) == auth_model.production
+    assert history(stack, name) == auth_model.history
+    print(f"\nread-only user promoting: {done.stderr.strip().splitlines()[-1]}")
+
+
+def test_no_credential_in_logs_params_or_error_messages(stack, prefect, auth_model):
+    secrets = secrets_of(stack)
+    texts = {str(path): path.read_text(errors="replace") for path in (stack.dir / "logs").glob("*.log")}
+    assert {"mlflow.log", "prefect.log", "worker-1.log"} <= {Path(where).name for where in texts}
+    texts["up"] = stack.up.stdout + stack.up.stderr
+    status = stack_cli(stack.dir, "status", "--json", timeout=60)
+    texts["status --json"] = status.stdout + status.stderr
+    # The MLflow runs (params, tags) and versions the retrain wrote, and the Prefect flow run and its logs.
+    client = registry(stack)
+    experiment = client.get_experiment_by_name(auth_model.name)
+    runs = client.search_runs([experiment.experiment_id])
+    assert runs
+    for run in runs:
+        texts[f"run {run.info.run_id}"] = json.dumps({"params": run.data.params, "tags": run.data.tags})
+    for version in client.search_model_versions(f"name = '{auth_model.name}'"):
+        texts[f"version {version.version}"] = json.dumps({"tags": version.tags, "source": version.source})
+    texts["flow run"] = json.dumps(prefect.run(auth_model.flow_run))
+    body = {"logs": {"flow_run_id": {"any_": [auth_model.flow_run]}}, "limit": 200}
+    logs = prefect.http.post("/logs/filter", json=body).json()
+    assert logs
+    texts["flow run logs"] = "\n".join(item["message"] for item in logs)
+    # Refused calls that carried a real secret under a wrong name: the answers and the command's message.
+    admin_password = stack.credentials["mlflow_admin_password"]
+    refused = httpx.get(f"{stack.mlflow}/api/2.0/mlflow/users/current", auth=("intruder", admin_password))
+    assert refused.status_code == 401
+    texts["MLflow 401"] = refused.text + json.dumps(dict(refused.headers))
+    prefect_password = stack.credentials["prefect_auth_string"].partition(":")[2]
+    refused = httpx.post(f"{stack.api}/flow_runs/filter", json={}, auth=("intruder", prefect_password))
+    assert refused.status_code == 401
+    texts["Prefect 401"] = refused.text + json.dumps(dict(refused.headers))
+    done = denseflow_cli(
+        stack, "models", "list", "--name", auth_model.name, env=stack.cli_env | {"MLFLOW_TRACKING_USERNAME": "intruder"}
+    )
+    assert done.returncode != 0 and "401" in done.stderr, done.stdout + done.stderr
+    texts["denseflow models list, refused"] = done.stdout + done.stderr
+    assert not leaks(texts, secrets), leaks(texts, secrets)
+
+
 def test_down_stops_every_process_and_keeps_the_data(stack):
     records = state_of(stack)["services"]
     models = sorted(item.name for item in registry(stack).search_registered_models())
@@ -540,3 +766,37 @@ def test_down_stops_every_process_and_keeps_the_data(stack):
     up = stack_cli(stack.dir, "up", env=stack.env)
     assert up.returncode == 0, up.stdout + up.stderr
     assert sorted(item.name for item in registry(stack).search_registered_models()) == models
+
+
+def test_rotate_restarts_the_stack_on_new_credentials_and_the_old_ones_stop_working(stack):
+    before = state_of(stack)
+    old = before["credentials"]
+    done = stack_cli(stack.dir, "rotate", env=stack.env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    after = state_of(stack)
+    new = after["credentials"]
+    assert not set(old.values()) & set(new.values()) and after["password"] == before["password"]
+    # Every process but PostgreSQL restarted on the new credentials, on its port: the same URIs.
+    assert after["services"]["postgres"]["pid"] == before["services"]["postgres"]["pid"]
+    restarted = {
+        name for name in before["services"] if after["services"][name]["pid"] != before["services"][name]["pid"]
+    }
+    assert restarted == set(before["services"]) - {"postgres"}
+    assert after["ports"] == before["ports"]
+    assert not leaks({"rotate": done.stdout + done.stderr}, [*secrets_of(stack), *old.values()])
+
+    current = f"{stack.mlflow}/api/2.0/mlflow/users/current"
+    for user in ("admin", "reader"):
+        assert httpx.get(current, auth=(user, old[f"mlflow_{user}_password"])).status_code == 401
+        assert httpx.get(current, auth=(user, new[f"mlflow_{user}_password"])).status_code == 200
+    for auth, wanted in ((old["prefect_auth_string"], 401), (new["prefect_auth_string"], 200)):
+        assert Prefect(stack.api, auth).http.post("/flow_runs/count", json={}).status_code == wanted
+    assert f"MLFLOW_TRACKING_PASSWORD={new['mlflow_admin_password']}" in (stack.dir / "admin.env").read_text()
+    status = stack_cli(stack.dir, "status", "--json", timeout=60)
+    services = json.loads(status.stdout)["services"]
+    assert all(condition.startswith("running") for condition in services.values()), services  # workers ONLINE
+    # What comes after this case (none in file order) would log in with the new credentials.
+    admin = stack.module.credential_env(after, "admin")
+    os.environ.update({key: admin[key] for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+    stack.cli_env.update(admin)
+    stack.credentials.update(new)
