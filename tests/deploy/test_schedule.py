@@ -124,7 +124,9 @@ def test_every_compose_key_is_read_by_someone():
 def test_env_example_matches_the_compose_file():
     text = (DEPLOY / "docker-compose.yml").read_text()
     substituted = set(re.findall(r"(?<!\$)\$\{(\w+)\}", text))
-    substituted |= {secret["environment"] for secret in compose().get("secrets", {}).values() if "environment" in secret}
+    substituted |= {
+        secret["environment"] for secret in compose().get("secrets", {}).values() if "environment" in secret
+    }
     example = {
         line.split("=", 1)[0]
         for line in (DEPLOY / ".env.example").read_text().splitlines()
