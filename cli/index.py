@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from denseflow.cli import overrides
-from denseflow.model.workspace import workspace_dir
+from denseflow.model.workspace import tracking_uri, workspace_dir
 
 # Same as denseflow.model.serving.service's defaults; repeated so parsing does not import torch and FastAPI.
 DEFAULT_HOST = "127.0.0.1"
@@ -112,8 +111,7 @@ def _replica(args: argparse.Namespace, searcher_options: dict):  # noqa: ANN202 
     from denseflow.registry.replica_source import MlflowVersionSource
 
     workspace = workspace_dir(args.workspace)
-    # As denseflow.tasks.tracking.tracking_uri resolves it, without importing Prefect (a replica never needs it).
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace / 'mlflow.db'}"
+    uri = tracking_uri(None, workspace)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     source = MlflowVersionSource(args.model, args.name)

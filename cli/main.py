@@ -105,9 +105,9 @@ def check_tracking_env(command: str) -> None:
 
 def preflight_retrain(config) -> None:  # noqa: ANN001 - denseflow.model.config.RetrainConfig
     """What a retrain would otherwise find out minutes in, inside Prefect's logs: the store and the data."""
-    # The tracking URI as denseflow.tasks.tracking.tracking_uri resolves it, without importing MLflow first.
-    uri = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    check_tracking_reachable(uri)
+    from denseflow.model.workspace import tracking_uri
+
+    check_tracking_reachable(tracking_uri(config.tracking.tracking_uri, config.workspace))
     from denseflow.model.data.io import DataError, RejectLog
     from denseflow.tasks.ingest import load_source
 

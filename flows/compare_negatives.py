@@ -38,7 +38,7 @@ from denseflow.tasks.compare_negatives import mix, report, start_arm_run
 from denseflow.tasks.evaluate import evaluate
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
-from denseflow.tasks.tracking import configure_tracking, end_tracking_run, log_metrics, start_tracking_run
+from denseflow.tasks.tracking import configure_tracking, log_metrics, start_tracking_run, tracking_run
 from denseflow.tasks.train import train
 
 
@@ -52,7 +52,7 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
     run_dir = workspace / "runs" / parent_id
     specs = plan_study(config)
     started = time.perf_counter()
-    try:
+    with tracking_run(parent_id):
         data = ingest(config.data, run_dir, parent_id)
         # Documents are read at their own length, as retrain reads them (tasks/evaluate.py:choose_parts).
         document_max_seq_length = study_document_length(config, data, parent_id)
@@ -103,10 +103,6 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
             data.dev_split,
         )
         log_metrics(parent_id, {"wall_minutes": (time.perf_counter() - started) / 60}, prefix="study.")
-    except BaseException:
-        end_tracking_run(parent_id, "FAILED")
-        raise
-    end_tracking_run(parent_id)
     logger.info("negatives study done (MLflow run %s): %s", parent_id, summary.markdown)
     return {"mlflow_run_id": parent_id, "estimated_minutes": estimate.total_seconds / 60, **asdict(summary)}
 
@@ -146,7 +142,7 @@ def compare_negatives_arm(
     started = time.perf_counter()
     base_model = resolve_base_model(config.train.base_model)
     examples_paths: dict[str, str] = {}
-    try:
+    with tracking_run(run_id):
         if spec.arm == "zero-shot":
             target = base_model
         elif spec.arm == "bm25-alone":
@@ -179,10 +175,6 @@ def compare_negatives_arm(
         )
         seconds = time.perf_counter() - started
         log_metrics(run_id, {"seconds": seconds}, prefix="study.")
-    except BaseException:
-        end_tracking_run(run_id, "FAILED")
-        raise
-    end_tracking_run(run_id)
     return ArmResult(
         spec=spec,
         run_id=run_id,

@@ -42,11 +42,11 @@ from denseflow.tasks.promotion import PerQuery, promotion_gate, record_compariso
 from denseflow.tasks.registry import describe_version, register
 from denseflow.tasks.tracking import (
     configure_tracking,
-    end_tracking_run,
     log_choice,
     log_metrics,
     run_url,
     start_tracking_run,
+    tracking_run,
 )
 from denseflow.tasks.train import distill_query_towers, train
 
@@ -70,7 +70,8 @@ def retrain(config: RetrainConfig | None = None) -> dict:
     base_model = resolve_base_model(config.train.base_model)
     registered_model = config.tracking.registered_model
     split, train_split = config.data.eval_split, config.data.train_split
-    try:
+    # The run covers publication: a run killed while publishing must not read FINISHED.
+    with tracking_run(run_id):
         data = ingest(config.data, context.run_dir, run_id)
         dataset_dir, dev_split = data.dataset_dir, data.dev_split
         selection_split = data.selection_split(config.data.min_dev_queries)
@@ -214,11 +215,6 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             target = publish_target(config, promotion.as_dict(), workspace)
             if target is not None:
                 summary = replace(summary, published=publish_version_of(config, target, dataset_dir, workspace))
-    except BaseException:
-        end_tracking_run(run_id, "FAILED")
-        raise
-    # Ended after publication: a run killed while publishing must not read FINISHED.
-    end_tracking_run(run_id)
     result = summary.as_dict()
     create_markdown_artifact(markdown=summary_markdown(result, split), key="retrain-summary", description="retrain")
     get_run_logger().info(

@@ -26,6 +26,14 @@ class LockTimeout(TimeoutError):
     """Another process held the workspace lock for longer than the timeout."""
 
 
+def tracking_uri(configured: str | None, workspace: Path | str | None = None) -> str:
+    """The MLflow tracking URI every command uses: the configured one, else ``$MLFLOW_TRACKING_URI``, else SQLite in
+    the workspace. Free of MLflow and Prefect, so the CLI's pre-flight checks and a replica resolve it cheaply."""
+    if configured:
+        return configured
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace_dir(workspace) / 'mlflow.db'}"
+
+
 def lock_path(workspace: Path | str, name: str) -> Path:
     """``<workspace>/locks/<name>.lock``; ``name`` may hold only letters, digits, ``._-``."""
     safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)

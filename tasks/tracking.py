@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -20,6 +20,7 @@ from prefect.exceptions import MissingContextError
 from denseflow.model.config import TrackingConfig, flatten
 from denseflow.model.context import RunContext
 from denseflow.model.evaluation.choice import Choice
+from denseflow.model.workspace import tracking_uri as resolve_tracking_uri
 from denseflow.model.workspace import workspace_dir, workspace_lock
 from denseflow.registry.keys import metric_key
 
@@ -67,8 +68,8 @@ def names_the_server(function: Callable[P, R]) -> Callable[P, R]:
 
 
 def tracking_uri(config: TrackingConfig, workspace: Path) -> str:
-    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else SQLite in the workspace."""
-    return config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{workspace / 'mlflow.db'}"
+    """The configured URI, else ``$MLFLOW_TRACKING_URI``, else SQLite in the workspace (model/workspace.py's rule)."""
+    return resolve_tracking_uri(config.tracking_uri, workspace)
 
 
 # Workspace lock held while the store is opened (and, the first time, created) and the experiment looked up.
@@ -163,6 +164,18 @@ def end_tracking_run(run_id: str, status: str = "FINISHED") -> None:
         if status == "FINISHED":
             raise
         run_logger().warning("MLflow run %s not marked %s: %s", run_id, status, err)
+
+
+@contextlib.contextmanager
+def tracking_run(run_id: str) -> Iterator[str]:
+    """The block a flow's MLflow run covers: ended FINISHED when the block completes, FAILED when anything escapes it
+    (an error, a cancellation, Ctrl-C), which is then raised again."""
+    try:
+        yield run_id
+    except BaseException:
+        end_tracking_run(run_id, "FAILED")
+        raise
+    end_tracking_run(run_id)
 
 
 @names_the_server

@@ -69,3 +69,36 @@ def test_a_flow_run_can_be_traced_to_its_user_command_and_code(tmp_path: Path) -
     checkout = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
     if checkout.returncode == 0:  # run from a checkout: the commit of the code that ran
         assert tags["mlflow.source.git.commit"] == checkout.stdout.strip()
+
+
+def test_a_run_block_ends_finished_or_failed_and_reraises(tmp_path: Path) -> None:
+    import pytest
+
+    from denseflow.model.config import TrackingConfig
+    from denseflow.tasks.tracking import configure_tracking, tracking_run
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="lifecycle")
+    configure_tracking(tracking, tmp_path)
+    client = MlflowClient(tracking.tracking_uri)
+    experiment = client.get_experiment_by_name("lifecycle").experiment_id
+    done, broken = (client.create_run(experiment).info.run_id for _ in range(2))
+
+    with tracking_run(done):
+        pass
+    with pytest.raises(KeyboardInterrupt), tracking_run(broken):
+        raise KeyboardInterrupt  # a Ctrl-C mid-run too
+
+    assert client.get_run(done).info.status == "FINISHED"
+    assert client.get_run(broken).info.status == "FAILED"
+
+
+def test_the_tracking_uri_is_the_configured_one_then_the_environment_then_the_workspace(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from denseflow.model.workspace import tracking_uri
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
+    assert tracking_uri("sqlite:///configured.db", tmp_path) == "sqlite:///configured.db"
+    assert tracking_uri(None, tmp_path) == "http://tracking:5000"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
