@@ -9,7 +9,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from denseflow.model.config import BM25Config, EvalConfig, TrackingConfig, TrainConfig
+from denseflow.model.config import BM25Config, EvalConfig, RetrainConfig, TrackingConfig, TrainConfig
 from denseflow.model.context import build_context
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir, load_beir
 from denseflow.model.encoder import document_length, resolve_base_model
@@ -95,7 +95,7 @@ def compare(
     dataset = load_beir(folder, splits, RejectLog())
     texts = [document.full_text for document in dataset.corpus.values()]
     settings = EvalConfig()
-    base_context = build_context(workspace, "compare", TrainConfig().precision, TrainConfig().max_seq_length)
+    base_context = build_context(workspace, "compare", RetrainConfig())
     queries = dataset.split_queries(split)
     if queries_file is not None:
         lines = Path(queries_file).read_text(encoding="utf-8").splitlines()

@@ -125,15 +125,7 @@ def compare_negatives_arm(
     """
     run_id = start_arm_run(run_config(config, spec), spec, flow_run.id, parent_id)
     train_settings = spec.train_settings(config.train) if spec.trained else config.train
-    context = build_context(
-        workspace,
-        run_id,
-        config.train.precision,
-        config.train.max_seq_length,
-        train_settings.batch_size,
-        config.eval.batch_size,
-        bm25=config.bm25.settings(),
-    )
+    context = build_context(workspace, run_id, config)
     context = replace(context, document_max_seq_length=document_max_seq_length)
     arm_dir = Path(run_dir) / "arms" / spec.slug
     dataset_dir, dev_split, split = data.dataset_dir, data.dev_split, config.data.eval_split

@@ -59,14 +59,7 @@ def retrain(config: RetrainConfig | None = None) -> dict:
     workspace = workspace_dir(config.workspace)
     configure_tracking(config.tracking, workspace)
     run_id = start_tracking_run(config, flow_run.id, config.run_name)
-    context = build_context(
-        workspace,
-        run_id,
-        config.train.precision,
-        config.train.max_seq_length,
-        config.train.batch_size,
-        config.eval.batch_size,
-    )
+    context = build_context(workspace, run_id, config)
     base_model = resolve_base_model(config.train.base_model)
     registered_model = config.tracking.registered_model
     split, train_split = config.data.eval_split, config.data.train_split

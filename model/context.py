@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
+from denseflow.model.config import BM25Config, EvalConfig, TrainConfig
 from denseflow.model.encoder import resolve_precision
 from denseflow.model.index.bm25 import BM25Settings
+
+
+class FlowSettings(Protocol):
+    """What a flow's config hands its context: RetrainConfig and CompareNegativesConfig both have these sections."""
+
+    @property
+    def train(self) -> TrainConfig: ...
+
+    @property
+    def eval(self) -> EvalConfig: ...
+
+    @property
+    def bm25(self) -> BM25Config: ...
 
 
 @dataclass(frozen=True)
@@ -20,7 +34,6 @@ class RunContext:
     run_id: str
     precision: Literal["bf16", "fp32"]
     max_seq_length: int
-    train_batch_size: int = 32
     eval_batch_size: int = 64
     # Corpus texts are encoded at their own length (model/encoder.py:document_length); None = max_seq_length.
     document_max_seq_length: int | None = None
@@ -40,24 +53,16 @@ class RunContext:
         return self.workspace / "cache" / "embeddings"
 
 
-def build_context(
-    workspace: Path,
-    run_id: str,
-    precision: Literal["auto", "bf16", "fp32"],
-    max_seq_length: int,
-    train_batch_size: int = 32,
-    eval_batch_size: int = 64,
-    bm25: BM25Settings | None = None,
-) -> RunContext:
-    """Resolve ``precision: auto`` against this CPU once; everything else is taken as given."""
+def build_context(workspace: Path, run_id: str, config: FlowSettings) -> RunContext:
+    """The run's settings from its config, whole: encoding precision and batch from ``eval`` (``auto`` resolved
+    against this CPU once), the query length from ``train``, BM25 from ``bm25``."""
     return RunContext(
         workspace=Path(workspace),
         run_id=run_id,
-        precision=resolve_precision(precision),
-        max_seq_length=max_seq_length,
-        train_batch_size=train_batch_size,
-        eval_batch_size=eval_batch_size,
-        bm25=bm25 or BM25Settings(),
+        precision=resolve_precision(config.eval.precision),
+        max_seq_length=config.train.max_seq_length,
+        eval_batch_size=config.eval.batch_size,
+        bm25=config.bm25.settings(),
     )
 
 
