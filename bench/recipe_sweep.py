@@ -101,6 +101,8 @@ def run_recipe(name: str, overrides: dict, out: Path) -> dict:
         "choices": {choice["key"]: choice["used"] for choice in summary.get("choices", [])},
         "choice_p_values": {choice["key"]: choice["p_value"] for choice in summary.get("choices", [])},
         "document_max_seq_length": (summary.get("parts") or {}).get("document_max_seq_length"),
+        # A shallow query tower's rows (train.query_layers): served dev/test per depth and encode p50.
+        "query_layers": {key: value for key, value in run.data.metrics.items() if key.startswith("query_layers.")},
     }
     return row
 
