@@ -26,9 +26,10 @@ test: $(STAMP)
 test-stack: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly -m stack tests/deploy
 
-# The local stack (deploy/stack.py): PostgreSQL, MLflow and Prefect servers, a work pool and two workers.
+# The local stack (deploy/stack.py): PostgreSQL, MLflow and Prefect servers, a work pool and two workers, and two
+# search replicas of retriever@production once the registry has one (before the first retrain: said, none started).
 stack: $(STAMP)
-	$(BIN)/python deploy/stack.py up
+	$(BIN)/python deploy/stack.py up --replicas 2
 
 stack-down:
 	$(BIN)/python deploy/stack.py down

@@ -8,6 +8,8 @@ a Prefect server, workers that pick up deployment runs) can be run and tested wi
     python deploy/stack.py status    # each service: running, answering, or stale (a killed `up`)
     python deploy/stack.py down      # stop every process `up` started (by the pids it recorded); data stays
     python deploy/stack.py rotate    # new credentials; a running stack is restarted on them (see below)
+    python deploy/stack.py up --replicas 2      # ... and two search replicas of retriever@production (see below)
+    python deploy/stack.py replicas --replicas 0  # start or stop the replicas alone, on a running stack
 
 Nobody gets in without credentials, generated on the first `up` (``secrets``) and kept with the database
 password: MLflow runs its basic-auth app (``--app-name basic-auth``, users in the database ``mlflow_auth``,
@@ -30,6 +32,8 @@ repository)::
     artifacts/        MLflow's artifact store, served by the tracking server (``--serve-artifacts``): the S3 stand-in
     workspace/        DENSEFLOW_HOME of the workers (runs, checkpoints, published indexes, locks)
     prefect-home/     PREFECT_HOME of the server and the workers
+    search.key        the search replicas' API key (mode 600; made when the first replica starts, new on `rotate`)
+    replicas/<n>/     replica-<n>'s own DENSEFLOW_HOME and cache/, as a second machine would have
     logs/<service>.log
 
 The settings are the compose file's names: ``PREFECT_API_DATABASE_CONNECTION_URL`` (asyncpg) on the Prefect
@@ -40,6 +44,14 @@ server, ``MLFLOW_TRACKING_URI``, ``PREFECT_API_URL`` and ``DENSEFLOW_HOME`` on t
 for any process started with other credentials than the recorded ones: restarts it (MLflow, Prefect, the workers)
 after the new passwords are in MLflow's user store. It refuses while flow runs are pending or running (restarting a
 worker ends its runs) unless ``--force``. A stack that is down gets them on its next `up`.
+
+Search replicas (``--replicas N``, 0 unless asked; the number is recorded, so a later `up` restores them): each is
+``denseflow serve --model retriever@production`` (``--model``) on a loopback port from 8080 up, with the read-only
+user's environment only (``reader.env``'s, never the admin's), its own cache folder, the API key file, and the
+alias polled every ``--poll-seconds``; the compose file's ``search`` service as processes. A replica needs the
+reference to exist: while the registry has no such alias (a new stack, before the first retrain), or its version no
+published index, `up` says so in one line and starts none (``status``: ``not started``); `up` or ``replicas`` once
+a retrain has published production starts them.
 """
 
 from __future__ import annotations
@@ -60,6 +72,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +106,13 @@ INHERITED_SECRETS = (
 )
 # The ports docker-compose.yml publishes; a taken one moves to the next free port, and `up` says so.
 DEFAULT_PORTS = {"postgres": 5432, "mlflow": 5000, "prefect": 4200}
+# Search replicas: the compose file's search port and settings; replica-N asks for REPLICA_PORT + N - 1.
+REPLICA_PREFIX = "replica-"
+REPLICA_PORT = 8080
+REPLICA_INDEX = "default"
+REPLICA_KEEP_VERSIONS = 2
+DEFAULT_REPLICAS = {"count": 0, "model": "retriever@production", "poll_seconds": 30.0}
+SEARCH_KEY_FILE = "search.key"
 # Server start-up is mostly imports and, the first time, schema migrations: slow on a loaded small machine.
 START_TIMEOUT_SECONDS = 300.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -189,6 +209,14 @@ class Stack:
     def auth_ini(self) -> Path:
         return self.root / "mlflow-auth.ini"
 
+    @property
+    def search_key(self) -> Path:
+        return self.root / SEARCH_KEY_FILE
+
+    def replica_dir(self, name: str) -> Path:
+        """replica-<n>'s own folder (its DENSEFLOW_HOME, and its cache under ``cache/``)."""
+        return self.root / "replicas" / name.removeprefix(REPLICA_PREFIX)
+
     def env_file(self, role: str) -> Path:
         return self.root / f"{role}.env"
 
@@ -200,12 +228,27 @@ class Stack:
             return {}
         state = json.loads(self.state_path.read_text(encoding="utf-8"))
         remember_secrets(state)
+        read_search_key(self)  # masked in messages too
         return state
 
     def write(self, state: dict[str, Any]) -> None:
         # The file holds the database password and the credentials: readable by this user only.
         remember_secrets(state)
         write_private(self.state_path, json.dumps(state, indent=2))
+
+
+def read_search_key(stack: Stack, create: bool = False) -> str | None:
+    """The replicas' API key (``search.key``), made with ``secrets`` when ``create`` and there is none; remembered,
+    so every message masks it. Never printed: clients read the file."""
+    if create and not stack.search_key.is_file():
+        write_private(stack.search_key, secrets.token_hex(32) + "\n")
+    try:
+        key = stack.search_key.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    if len(key) >= MIN_SCRUBBED:
+        KNOWN_SECRETS.add(key)
+    return key or None
 
 
 def stack_dir(override: Path | str | None = None) -> Path:
@@ -606,6 +649,177 @@ def start_worker(stack: Stack, state: dict[str, Any], name: str) -> dict[str, An
     return start_process(stack, name, command, worker_env(stack, state), f"--name {name}")
 
 
+# --- search replicas: `denseflow serve --model`, as the read-only user, each with its own cache ------------------
+
+
+def is_replica(name: str) -> bool:
+    return name.startswith(REPLICA_PREFIX)
+
+
+def replica_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """How many replicas the stack runs, of which reference, polled how often (``state["replicas"]``)."""
+    return DEFAULT_REPLICAS | (state.get("replicas") or {})
+
+
+def replica_names(state: dict[str, Any]) -> list[str]:
+    return [f"{REPLICA_PREFIX}{number}" for number in range(1, int(replica_settings(state)["count"]) + 1)]
+
+
+def replica_url(state: dict[str, Any], name: str) -> str:
+    return f"http://127.0.0.1:{state['ports'][name]}"
+
+
+def replica_serves(settings: dict[str, Any]) -> dict[str, Any]:
+    """What a replica was started to serve (recorded beside its pid: other settings mean a restart)."""
+    return {"model": settings["model"], "poll_seconds": float(settings["poll_seconds"])}
+
+
+def replica_credentials(state: dict[str, Any], key: str | None) -> str:
+    """Which credentials and API key a replica was started with: a hash, as :func:`fingerprint`."""
+    return hashlib.sha256(f"{fingerprint(state)}:{key}".encode()).hexdigest()[:16]
+
+
+def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """``name@alias`` or ``name/<version>``: (name, alias, version); anything else is refused."""
+    name, at, alias = reference.rpartition("@")
+    if at and name and alias:
+        return name, alias, None
+    name, slash, version = reference.rpartition("/")
+    if slash and name and version.isdigit():
+        return name, None, version
+    raise StackError(f"--model {reference!r}: give a registry reference, name@alias (retriever@production) or name/3")
+
+
+def served_version(state: dict[str, Any], reference: str) -> tuple[str | None, str]:
+    """What ``reference`` names in the registry, looked up as the read-only user: (the model version, "") when it
+    has a published index a replica can serve, else (None, why not). A server that refuses the reader is an error."""
+    name, alias, version = parse_reference(reference)
+    mlflow = urls(state)["mlflow"]
+    if alias:
+        query = urllib.parse.urlencode({"name": name, "alias": alias})
+        url = f"{mlflow}/api/2.0/mlflow/registered-models/alias?{query}"
+    else:
+        url = f"{mlflow}/api/2.0/mlflow/model-versions/get?{urllib.parse.urlencode({'name': name, 'version': version})}"
+    status, found = http_call(url, f"{MLFLOW_READER}:{state['credentials']['mlflow_reader_password']}")
+    # No such alias on a model: 400 (INVALID_PARAMETER_VALUE) from MLflow's SQL store; no such model: 403 from the
+    # basic-auth app to a user who is not an admin (it does not disclose which models exist), 404 without it.
+    if status in (400, 403, 404):
+        return None, f"the registry has no {reference} yet (MLflow answered {status} to {MLFLOW_READER})"
+    if status != 200 or not isinstance(found, dict) or "model_version" not in found:
+        raise StackError(f"looking {reference} up as {MLFLOW_READER}: HTTP {status or 'no answer'} from {mlflow}")
+    model_version = found["model_version"]
+    tags = {tag.get("key"): tag.get("value") for tag in model_version.get("tags") or []}
+    if not tags.get(f"index.{REPLICA_INDEX}"):
+        return None, (
+            f"{reference} is version {model_version.get('version')}, which has no published index "
+            f"(no index.{REPLICA_INDEX} tag)"
+        )
+    return str(model_version.get("version")), ""
+
+
+def replica_env(stack: Stack, state: dict[str, Any], name: str) -> dict[str, str]:
+    """The read-only user's environment (reader.env's keys), never the admin's; a home of its own."""
+    env = process_env(stack, state) | role_env(stack, state, "reader")
+    env.pop("PREFECT_HOME", None)  # nothing of Prefect's: the command sets its own under DENSEFLOW_HOME
+    env.pop("DENSEFLOW_HOME", None)
+    return env | {"DENSEFLOW_HOME": str(stack.replica_dir(name))}
+
+
+def start_replica(stack: Stack, state: dict[str, Any], name: str) -> dict[str, Any]:
+    settings = replica_settings(state)
+    cache = stack.replica_dir(name) / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    command = [str(BIN / "denseflow"), "serve", "--model", settings["model"], "--name", REPLICA_INDEX]
+    command += ["--cache-dir", str(cache), "--api-key-file", str(stack.search_key)]  # the key's file, not the key
+    command += ["--host", "127.0.0.1", "--port", str(state["ports"][name])]
+    command += ["--poll-seconds", f"{float(settings['poll_seconds']):g}", "--keep-versions", str(REPLICA_KEEP_VERSIONS)]
+    return start_process(stack, name, command, replica_env(stack, state, name), f"--cache-dir {cache}")
+
+
+def replica_health(state: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The replica's ``/health`` answer (open without the key), None when it does not answer."""
+    if name not in state.get("ports", {}):
+        return None
+    status, found = http_call(f"{replica_url(state, name)}/health", None)
+    return found if status == 200 and isinstance(found, dict) else None
+
+
+def describe_replica(health: dict[str, Any]) -> str:
+    registry = health.get("registry") or {}
+    text = (
+        f"{registry.get('reference')}: version {registry.get('served_version')} "
+        f"(index {health.get('index')}/{health.get('index_version')})"
+    )
+    if health.get("stale"):
+        text += ", stale: the tracking server does not answer"
+    elif registry.get("last_error"):
+        text += f", {health.get('status')}: {registry['last_error']}"
+    return text
+
+
+def last_log_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
+
+
+def ensure_replicas(stack: Stack, state: dict[str, Any]) -> None:
+    """Make the recorded number of replicas run (MLflow answering): stop the extra ones and those started with
+    other credentials, key or settings, then start the missing ones, unless their reference cannot be served yet
+    (recorded in ``not_started`` and said in one line). Waits until each started one answers ``/health``."""
+    settings = state.setdefault("replicas", dict(DEFAULT_REPLICAS))
+    settings.pop("not_started", None)
+    wanted = replica_names(state)
+    services: dict[str, Any] = state.setdefault("services", {})
+    ports: dict[str, int] = state.setdefault("ports", {})
+    key = read_search_key(stack, create=bool(wanted))
+    for name in sorted(item for item in services if is_replica(item)):
+        record = services[name]
+        if name not in wanted:
+            was_running = stop_process(services.pop(name), signal.SIGTERM)
+            print(f"stack: {name} {'stopped' if was_running else 'was not running'} (pid {record['pid']})")
+        elif not is_ours(record):
+            print(f"stack: {name} from an earlier `up` is not running: restarting it")
+            stop_process(services.pop(name), signal.SIGTERM)
+        elif record.get("credentials") != replica_credentials(state, key):
+            print(f"stack: {name} runs with other credentials or key than the recorded ones: restarting it")
+            stop_process(services.pop(name), signal.SIGTERM)
+        elif record.get("serves") != replica_serves(settings):
+            print(f"stack: {name} serves other settings than asked: restarting it")
+            stop_process(services.pop(name), signal.SIGTERM)
+        stack.write(state)
+    for name in [item for item in ports if is_replica(item) and item not in wanted]:
+        ports.pop(name)
+    missing = [name for name in wanted if name not in services]
+    if missing:
+        version, why_not = served_version(state, settings["model"])
+        if version is None:
+            settings["not_started"] = why_not
+            stack.write(state)
+            print(f"stack: search replicas not started: {why_not}; `up` or `replicas` starts them once it has one")
+            return
+    taken = {port for name, port in ports.items() if name not in missing}
+    for name in missing:
+        wanted_port = ports.get(name, REPLICA_PORT + int(name.removeprefix(REPLICA_PREFIX)) - 1)
+        ports[name] = pick_port(name, wanted_port, taken)
+        taken.add(ports[name])
+    stack.write(state)
+    for name in missing:
+        record = start_replica(stack, state, name)
+        record |= {"credentials": replica_credentials(state, key), "serves": replica_serves(settings)}
+        services[name] = record
+        stack.write(state)
+    for name in missing:
+        record = services[name]
+        try:
+            wait_for(name, lambda name=name: replica_health(state, name) is not None, record)
+        except StackError as err:
+            last = last_log_line(Path(record["log"]))
+            raise StackError(f"{err}: {last}" if last else str(err)) from None
+
+
 def prefect_cli(stack: Stack, state: dict[str, Any], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "prefect"), *args],
@@ -700,6 +914,8 @@ def healthy(stack: Stack, state: dict[str, Any], name: str) -> bool:
         return http_ok(f"{found['mlflow']}/health")
     if name == "prefect":
         return http_ok(f"{found['prefect_api']}/health")
+    if is_replica(name):
+        return replica_health(state, name) is not None
     return workers_online(state, [name])
 
 
@@ -713,7 +929,11 @@ def worker_names(state: dict[str, Any]) -> list[str]:
 
 
 def service_order(state: dict[str, Any]) -> list[str]:
-    return [*SERVERS, *worker_names(state)]
+    return [*SERVERS, *worker_names(state), *replica_names(state)]
+
+
+def stop_signal(name: str) -> int:
+    return signal.SIGTERM if is_replica(name) else STOP_SIGNALS.get(name, signal.SIGINT)
 
 
 # --- the commands ----------------------------------------------------------------------------------------------
@@ -723,12 +943,21 @@ def inspect(stack: Stack) -> tuple[dict[str, Any], dict[str, str]]:
     """The recorded state and each recorded service's condition: running, not answering, or stale."""
     state = stack.read()
     conditions = {}
+    not_started = replica_settings(state).get("not_started") if state else None
     for name in service_order(state) if state else []:
         record = state.get("services", {}).get(name)
         if record is None:
-            conditions[name] = "stopped"
+            conditions[name] = f"not started: {not_started}" if is_replica(name) and not_started else "stopped"
         elif not is_ours(record):
             conditions[name] = f"stale (pid {record['pid']} is not running)"
+        elif is_replica(name):
+            health = replica_health(state, name)
+            if health is None:
+                conditions[name] = f"not answering (pid {record['pid']})"
+            else:
+                conditions[name] = (
+                    f"running (pid {record['pid']}) {replica_url(state, name)} {describe_replica(health)}"
+                )
         elif not healthy(stack, state, name):
             conditions[name] = f"not answering (pid {record['pid']})"
         else:
@@ -744,6 +973,8 @@ def cmd_status(stack: Stack, as_json: bool = False) -> int:
     if as_json:
         files = {role: str(stack.env_file(role)) for role in ROLES}
         shown = {"dir": str(stack.root), "services": conditions, "env": client_env(stack, state), "env_files": files}
+        shown["replicas"] = {name: replica_url(state, name) for name in replica_names(state) if name in state["ports"]}
+        shown["search_key_file"] = str(stack.search_key)
         print(json.dumps(shown, indent=2))
     else:
         for name, condition in conditions.items():
@@ -751,7 +982,8 @@ def cmd_status(stack: Stack, as_json: bool = False) -> int:
     stale = [name for name, condition in conditions.items() if condition.startswith("stale")]
     if stale:
         print(f"stack: stale state from a stopped or killed `up` ({', '.join(stale)}): `up` restarts them")
-    running = all(condition.startswith("running") for condition in conditions.values())
+    # A replica waiting for its reference to exist is the stack as asked for, not a failure.
+    running = all(condition.startswith(("running", "not started")) for condition in conditions.values())
     if running and not as_json:
         print_env(stack, state)
     return 0 if running else 1
@@ -767,9 +999,43 @@ def print_env(stack: Stack, state: dict[str, Any]) -> None:
         print(f"export {key}={value}")
     print(f"set -a; . {shlex.quote(str(stack.env_file('admin')))}; set +a")
     print(f"# a search replica reads the registry as the read-only user: {stack.env_file('reader')}")
+    started = [name for name in replica_names(state) if name in state.get("services", {})]
+    if started:
+        model = replica_settings(state)["model"]
+        print(f"# search replicas of {model}; the API key is in {stack.search_key} (mode 600):")
+        for name in started:
+            print(f"search      {replica_url(state, name)} ({name}; /health open, /search and /metrics need the key)")
+        key = shlex.quote(str(stack.search_key))
+        print(f'curl -H "Authorization: Bearer $(cat {key})" "{replica_url(state, started[0])}/search?q=...&k=5"')
 
 
-def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
+def set_replicas(
+    state: dict[str, Any], count: int | None, model: str | None = None, poll_seconds: float | None = None
+) -> None:
+    """Record the replicas asked for; what is not given stays as recorded (none on a new stack)."""
+    settings = replica_settings(state)
+    if count is not None:
+        if count < 0:
+            raise StackError(f"--replicas {count}: give 0 or more")
+        settings["count"] = count
+    if model is not None:
+        parse_reference(model)
+        settings["model"] = model
+    if poll_seconds is not None:
+        if poll_seconds <= 0:
+            raise StackError(f"--poll-seconds {poll_seconds:g}: give a positive number of seconds")
+        settings["poll_seconds"] = poll_seconds
+    state["replicas"] = settings
+
+
+def cmd_up(
+    stack: Stack,
+    workers: int,
+    prefect_file: Path,
+    replicas: int | None = None,
+    model: str | None = None,
+    poll_seconds: float | None = None,
+) -> int:
     started = time.monotonic()
     try:
         import asyncpg  # noqa: F401 - the Prefect server's driver
@@ -781,8 +1047,9 @@ def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
         ) from err
     postgres_bin()  # fail before anything starts when PostgreSQL is not installed
     state, conditions = inspect(stack)
+    set_replicas(state, replicas, model, poll_seconds)  # checked before anything starts
     for name, condition in conditions.items():
-        if condition.startswith("stale"):
+        if condition.startswith("stale") and not is_replica(name):  # replicas: ensure_replicas, at the end
             print(f"stack: {name} from an earlier `up` is not running: restarting it")
     state.setdefault("password", secrets.token_urlsafe(18))
     credentials = state.setdefault("credentials", {})
@@ -794,15 +1061,20 @@ def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
     # down, and restarting it would kill the flow runs it is running. The rest (stale or never started) is
     # cleaned up (what is left of its process group) and started again; so is a process started with other
     # credentials than the recorded ones (after `rotate`, or from before the stack had any).
-    keep = {name for name, condition in conditions.items() if condition.startswith(("running", "not answering"))}
+    # Replicas are left to ensure_replicas, once MLflow answers.
+    keep = {
+        name
+        for name, condition in conditions.items()
+        if condition.startswith(("running", "not answering")) and not is_replica(name)
+    }
     for name in sorted(keep - {"postgres"}):
         if services[name].get("credentials") != fingerprint(state):
             print(f"stack: {name} runs with other credentials than {stack.state_path.name}: restarting it")
             keep.discard(name)
     # Workers first: a server stopped under a running worker only makes it retry.
     for name in sorted(services, key=lambda name: name in SERVERS):
-        if name not in keep:
-            stop_process(services.pop(name), STOP_SIGNALS.get(name, signal.SIGINT))
+        if name not in keep and not is_replica(name):
+            stop_process(services.pop(name), stop_signal(name))
     ports = state.setdefault("ports", {})
     taken: set[int] = set()
     for name, wanted in DEFAULT_PORTS.items():
@@ -839,6 +1111,7 @@ def cmd_up(stack: Stack, workers: int, prefect_file: Path) -> int:
             launch(name, None)
     for name in worker_names(state):  # kept ones too: they reconnect to a restarted server by themselves
         wait_for(name, lambda name=name: healthy(stack, state, name), services[name])
+    ensure_replicas(stack, state)
     state["up_seconds"] = round(time.monotonic() - started, 1)
     stack.write(state)
     print(f"stack: up in {state['up_seconds']:.0f}s ({stack.root})")
@@ -852,11 +1125,14 @@ def cmd_down(stack: Stack) -> int:
     if not services:
         print(f"stack: nothing running from {stack.root}")
         return 0
-    for name in reversed(service_order(state)):
+    # Anything recorded beyond the numbers asked for now, replicas and workers before the servers they call,
+    # PostgreSQL last.
+    order = list(reversed(service_order(state)))
+    for name in [name for name in list(services) if name not in order] + order:
         record = services.pop(name, None)
         if record is None:
             continue
-        was_running = stop_process(record, STOP_SIGNALS.get(name, signal.SIGINT))
+        was_running = stop_process(record, stop_signal(name))
         print(f"stack: {name} {'stopped' if was_running else 'was not running'} (pid {record['pid']})")
         stack.write(state)
     print(f"stack: down; data kept in {stack.root}")
@@ -884,27 +1160,64 @@ def cmd_rotate(stack: Stack, force: bool, prefect_file: Path) -> int:
     stack.write(state)
     write_env_files(stack, state)
     files = ", ".join(str(stack.env_file(role)) for role in ROLES)
+    if stack.search_key.is_file():  # the replicas' API key too: `up` restarts them on it
+        write_private(stack.search_key, secrets.token_hex(32) + "\n")
+        read_search_key(stack)
+        files += f", {stack.search_key}"
     print(f"stack: new credentials in {stack.state_path} ({files})")
     if not running:
         print("stack: the stack is down; the next `up` starts it with them")
         return 0
-    print("stack: restarting the servers and workers with them; clients must read the new env file")
+    print("stack: restarting the servers, workers and any replicas with them; clients must read the new files")
     return cmd_up(stack, int(state.get("workers", 2)), prefect_file)
+
+
+def cmd_replicas(stack: Stack, count: int | None, model: str | None, poll_seconds: float | None) -> int:
+    """Start or stop the search replicas alone, on a running stack (no other process is touched)."""
+    state = stack.read()
+    if not state:
+        print(f"stack: nothing in {stack.root} (run `python deploy/stack.py up`)")
+        return 3
+    if not healthy(stack, state, "mlflow"):
+        raise StackError(f"MLflow does not answer at {urls(state)['mlflow']}: start the stack with `up` first")
+    set_replicas(state, 2 if count is None and not replica_settings(state)["count"] else count, model, poll_seconds)
+    stack.write(state)
+    ensure_replicas(stack, state)
+    if replica_settings(state).get("not_started"):
+        return 1
+    running = [name for name in replica_names(state) if name in state.get("services", {})]
+    model = replica_settings(state)["model"]
+    print(f"stack: {len(running)} search replica(s) of {model}; the API key is in {stack.search_key}")
+    for name in running:
+        print(f"search      {replica_url(state, name)} ({name})")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["up", "down", "status", "rotate"])
+    parser.add_argument("command", choices=["up", "down", "status", "rotate", "replicas"])
     parser.add_argument("--dir", type=Path, help=f"stack folder (default: ${STACK_DIR_ENV} or .denseflow/stack)")
     parser.add_argument("--workers", type=int, default=2, help="process workers on the pool (default: %(default)s)")
     parser.add_argument("--prefect-file", type=Path, default=HERE / "prefect.yaml", help="deployments to register")
     parser.add_argument("--json", action="store_true", help="status as JSON")
     parser.add_argument("--force", action="store_true", help="rotate even while flow runs are in flight")
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        help="up, replicas: search replicas to run (default: as recorded; none on a new stack, 2 for `replicas`)",
+    )
+    parser.add_argument("--model", help="up, replicas: the reference they serve (default: retriever@production)")
+    parser.add_argument("--poll-seconds", type=float, help="up, replicas: how often they look it up (default: 30)")
     args = parser.parse_args(argv)
     stack = Stack(stack_dir(args.dir))
     try:
+        set_replicas({}, args.replicas, args.model, args.poll_seconds)  # bad settings: one line, before anything
         if args.command == "up":
-            return cmd_up(stack, args.workers, args.prefect_file.resolve())
+            return cmd_up(
+                stack, args.workers, args.prefect_file.resolve(), args.replicas, args.model, args.poll_seconds
+            )
+        if args.command == "replicas":
+            return cmd_replicas(stack, args.replicas, args.model, args.poll_seconds)
         if args.command == "down":
             return cmd_down(stack)
         if args.command == "rotate":

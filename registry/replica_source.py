@@ -27,6 +27,9 @@ from denseflow.registry.resolve import parse_reference
 
 # Error codes with which the registry says "no such model, version or alias" (the SQL store and the REST API differ).
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
+# MLflow's basic-auth app answers a user who is not an admin with 403, not 404, for a registered model that does not
+# exist (it does not disclose which exist): the server answered, so this is no outage.
+_DENIED = "PERMISSION_DENIED"
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -63,6 +66,11 @@ class MlflowVersionSource:
                 raise RegistryReferenceError(
                     f"{self.reference}: no such {'alias' if self._alias else 'version'} in the registry at "
                     f"{self.where()}"
+                ) from None
+            if err.error_code == _DENIED:
+                raise RegistryReferenceError(
+                    f"{self.reference}: the registry at {self.where()} refused to read it (permission denied): no "
+                    f"registered model {self.model}, or these credentials may not read it"
                 ) from None
             raise self._unavailable(err) from err
         except Exception as err:  # connection refused, a timeout, a database gone: the server did not answer

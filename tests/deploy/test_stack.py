@@ -553,10 +553,12 @@ def test_wrong_database_credentials_are_one_line_in_seconds(stack):
 
 def secrets_of(stack) -> list[str]:
     """Every secret the stack holds: the database password, both MLflow passwords, Prefect's auth string and its
-    password part, and the basic-auth app's Flask key."""
+    password part, the basic-auth app's Flask key, and the search replicas' API key once there is one."""
     state = state_of(stack)
     credentials = state["credentials"]
-    return [state["password"], *credentials.values(), credentials["prefect_auth_string"].partition(":")[2]]
+    found = [state["password"], *credentials.values(), credentials["prefect_auth_string"].partition(":")[2]]
+    key = stack.dir / "search.key"
+    return found + ([key.read_text().strip()] if key.is_file() else [])
 
 
 def leaks(texts: dict[str, str], secrets: list[str]) -> dict[str, list[str]]:
@@ -572,7 +574,8 @@ def auth_model(stack, prefect, tmp_path_factory, tiny_model_dir) -> SimpleNamesp
 
     tmp = tmp_path_factory.mktemp("auth")
     name = "auth"
-    config = tiny_config(tmp, write_tiny_beir(tmp / "tiny-beir"), tiny_model_dir, name)
+    beir = write_tiny_beir(tmp / "tiny-beir")
+    config = tiny_config(tmp, beir, tiny_model_dir, name)
     run_id = prefect.start("retrain", config)
     run = prefect.wait(run_id)
     assert run["state"]["type"] == "COMPLETED", run["state"]
@@ -586,6 +589,7 @@ def auth_model(stack, prefect, tmp_path_factory, tiny_model_dir) -> SimpleNamesp
         other=other,
         flow_run=run_id,
         workspace=Path(config["workspace"]),
+        beir=beir,
         history=history(stack, name),
     )
 
@@ -713,6 +717,173 @@ def test_the_read_only_user_pulls_a_version_but_cannot_promote_it(stack, auth_mo
     assert production_of(stack, name) == auth_model.production
     assert history(stack, name) == auth_model.history
     print(f"\nread-only user promoting: {done.stderr.strip().splitlines()[-1]}")
+
+
+# --- search replicas: `stack.py replicas`, serving auth@production from the registry as the read-only user ---------
+
+REPLICAS = ("replica-1", "replica-2")
+
+
+def test_replicas_are_not_started_for_a_reference_the_registry_does_not_have(stack, auth_model):
+    """No model of that name (the basic-auth app answers the reader 403), or no such alias on one (400): one line,
+    exit 1, nothing started, and `status` names the replica as not started without calling the stack broken."""
+    for reference, status_code in (("no-such-model@production", 403), (f"{auth_model.name}@staging", 400)):
+        done = stack_cli(stack.dir, "replicas", "--replicas", "1", "--model", reference, timeout=120)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert (
+            f"search replicas not started: the registry has no {reference} yet (MLflow answered {status_code} to "
+            "reader)" in done.stdout
+        ), done.stdout
+        assert not [name for name in state_of(stack)["services"] if name.startswith("replica-")]
+    status = stack_cli(stack.dir, "status", "--json", timeout=60)
+    services = json.loads(status.stdout)["services"]
+    assert services["replica-1"].startswith("not started: the registry has no"), services
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def search(url: str, query: str, key: str | None) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{url}/search", json={"query": query, "k": 5}, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def replicas(stack, auth_model, tmp_path_factory) -> SimpleNamespace:
+    """Two replicas of auth@production started by `stack.py replicas` (the reader's environment, a cache each, the
+    API key, polling every second), while `denseflow publish` logs an index for the other version as the admin, so
+    production can move to a version a replica can serve. Stopped by the last replica case (`--replicas 0`)."""
+    name, other = auth_model.name, auth_model.other
+    log = tmp_path_factory.mktemp("replicas") / "publish.log"
+    with log.open("w") as out:  # a file, not a pipe: nobody reads a pipe while the replicas start
+        publish = subprocess.Popen(
+            [str(BIN / "denseflow"), "publish", "--model", f"{name}/{other}", "--workspace", str(auth_model.workspace)]
+            + ["--data", str(auth_model.beir)],
+            env=stack.cli_env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        started = time.monotonic()
+        done = stack_cli(
+            stack.dir,
+            *("replicas", "--replicas", "2", "--model", f"{name}@production", "--poll-seconds", "1"),
+            timeout=UP_TIMEOUT,
+        )
+        start_seconds = time.monotonic() - started
+        publish.wait(timeout=RUN_TIMEOUT)
+    finally:
+        if publish.poll() is None:
+            publish.kill()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert publish.returncode == 0, log.read_text()[-3000:]
+    state = state_of(stack)
+    key = (stack.dir / "search.key").read_text().strip()
+    queries = [json.loads(line)["text"] for line in (auth_model.beir / "queries.jsonl").read_text().splitlines()]
+    return SimpleNamespace(
+        command=done,
+        start_seconds=start_seconds,
+        state=state,
+        urls={replica: f"http://127.0.0.1:{state['ports'][replica]}" for replica in REPLICAS},
+        key=key,
+        queries=queries[::9][:4],
+    )
+
+
+def health_of(url: str) -> dict:
+    return httpx.get(f"{url}/health", timeout=30).json()
+
+
+def test_two_replicas_serve_production_from_the_registry_behind_the_key(stack, auth_model, replicas):
+    out = replicas.command.stdout
+    key = replicas.key
+    assert len(key) == 64 and (stack.dir / "search.key").stat().st_mode & 0o777 == 0o600
+    for replica, url in replicas.urls.items():
+        assert f"{url} ({replica})" in out, out
+        health = health_of(url)  # open without the key
+        assert health["registry"]["served_version"] == auth_model.production, health
+        assert health["model"] == auth_model.name and str(health["model_version"]) == auth_model.production
+        assert health["stale"] is False and health["status"] == "ok", health
+        assert search(url, replicas.queries[0], None).status_code == 401
+        assert search(url, replicas.queries[0], "not-the-key-0123456789").status_code == 401
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 401
+        # Each replica pulled the version into its own cache, as a second machine would.
+        cache = stack.dir / "replicas" / replica.removeprefix("replica-") / "cache" / auth_model.name
+        assert (cache / auth_model.production / "indexes" / "default").is_dir()
+        # It runs as the read-only user, with no admin or Prefect credential in its environment.
+        pid = replicas.state["services"][replica]["pid"]
+        environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0")
+        env = dict(item.split("=", 1) for item in environ if "=" in item)
+        assert env["MLFLOW_TRACKING_USERNAME"] == "reader" and env["MLFLOW_TRACKING_URI"] == stack.mlflow
+        assert "PREFECT_API_AUTH_STRING" not in env
+        assert stack.credentials["mlflow_admin_password"] not in "\0".join(environ)
+    # Both answer every query with the same documents and scores, from production's index version.
+    index_versions = {health_of(url)["index_version"] for url in replicas.urls.values()}
+    assert len(index_versions) == 1, index_versions
+    for query in replicas.queries:
+        answers = [search(url, query, key) for url in replicas.urls.values()]
+        assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
+        bodies = [answer.json() for answer in answers]
+        assert bodies[0]["hits"], bodies[0]
+        hits = [[(hit["doc_id"], round(hit["score"], 5)) for hit in body["hits"]] for body in bodies]
+        assert hits[0] == hits[1], (query, hits)
+        assert {body["index_version"] for body in bodies} == index_versions
+    status = stack_cli(stack.dir, "status", "--json", timeout=60)
+    shown = json.loads(status.stdout)
+    assert shown["replicas"] == replicas.urls
+    for replica in REPLICAS:
+        condition = shown["services"][replica]
+        assert condition.startswith("running") and f"{auth_model.name}@production: version" in condition, condition
+    print(f"\ntwo replicas started and serving in {replicas.start_seconds:.0f}s (with a publication beside them)")
+
+
+def test_replicas_swap_when_production_moves(stack, auth_model, replicas):
+    name, other = auth_model.name, auth_model.other
+    client = registry(stack)
+    assert client.get_model_version(name, other).tags.get("index.default"), "the other version has no index"
+    # Moved by hand as the admin, as the MLflow UI would: replicas follow the alias, whoever moves it.
+    client.set_registered_model_alias(name, "production", other)
+    moved = time.monotonic()
+    swapped: dict[str, float] = {}
+    deadline = moved + 90
+    while time.monotonic() < deadline and len(swapped) < len(REPLICAS):
+        for replica, url in replicas.urls.items():
+            if replica not in swapped and health_of(url)["registry"]["served_version"] == other:
+                swapped[replica] = time.monotonic() - moved
+        time.sleep(0.2)
+    assert set(swapped) == set(REPLICAS), f"not swapped within 90 s: {swapped}"
+    headers = {"Authorization": f"Bearer {replicas.key}"}
+    for url in replicas.urls.values():
+        health = health_of(url)
+        assert str(health["model_version"]) == other and health["registry"]["alias_version"] == other, health
+        answer = search(url, replicas.queries[0], replicas.key)
+        assert answer.status_code == 200 and answer.json()["index_version"] == health["index_version"]
+        metrics = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
+        assert metrics.status_code == 200
+        served = [line for line in metrics.text.splitlines() if line.startswith("denseflow_served_info{")]
+        assert len(served) == 1 and f'model_version="{other}"' in served[0], served
+        assert f'index_version="{health["index_version"]}"' in served[0], served
+        assert "denseflow_registry_stale 0.0" in metrics.text
+        assert 'denseflow_search_requests_total{mode="' in metrics.text
+    # Within a few 1-second polls each: the download, its checks and the load of the new version included.
+    assert max(swapped.values()) < 30, swapped
+    print(f"\nalias moved: replicas serving version {other} after " + ", ".join(f"{s:.1f}s" for s in swapped.values()))
+
+
+def test_the_key_is_in_no_replica_log_and_replicas_stop_alone(stack, replicas):
+    secrets = [replicas.key, *secrets_of(stack)]
+    texts = {replica: (stack.dir / "logs" / f"{replica}.log").read_text(errors="replace") for replica in REPLICAS}
+    assert all("/search" in text for text in texts.values())  # the access log is there, and the key is not
+    texts["replicas"] = replicas.command.stdout + replicas.command.stderr
+    assert not leaks(texts, secrets), leaks(texts, secrets)
+    pids = [replicas.state["services"][replica]["pid"] for replica in REPLICAS]
+    others = {name: record["pid"] for name, record in state_of(stack)["services"].items() if name not in REPLICAS}
+    done = stack_cli(stack.dir, "replicas", "--replicas", "0", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not [pid for pid in pids if stack.module.pid_alive(int(pid))]
+    after = state_of(stack)["services"]
+    assert not [name for name in after if name.startswith("replica-")]
+    assert {name: record["pid"] for name, record in after.items()} == others  # nothing else was touched
+    assert not leaks({"replicas --replicas 0": done.stdout + done.stderr}, secrets)
 
 
 def test_no_credential_in_logs_params_or_error_messages(stack, prefect, auth_model):

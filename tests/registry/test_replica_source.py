@@ -150,3 +150,24 @@ def test_a_tracking_server_that_does_not_answer_is_unavailable_and_its_credentia
         source.resolve()
     assert "hunter2secret" not in str(raised.value)
     assert redacted(uri) == f"http://***@127.0.0.1:{port}"
+
+
+def test_a_model_the_reader_may_not_read_is_a_reference_error_not_an_outage() -> None:
+    """MLflow's basic-auth app answers a user who is not an admin 403, not 404, for a registered model that does not
+    exist: the server answered, so the replica must not call it unreachable (nor report itself stale)."""
+    from mlflow.exceptions import MlflowException, get_error_code
+
+    class Refusing:
+        def get_model_version_by_alias(self, name: str, alias: str) -> None:
+            # What MLflow's REST client raises for the app's plain-text 403.
+            raise MlflowException(
+                "API request to endpoint /api/2.0/mlflow/registered-models/alias failed with error code 403 != 200. "
+                "Response body: 'Permission denied'",
+                error_code=get_error_code(403),
+            )
+
+    source = MlflowVersionSource(f"{NAME}@production", INDEX, client=Refusing())
+    with pytest.raises(
+        RegistryReferenceError, match=rf"refused to read it \(permission denied\): no registered model {NAME}"
+    ):
+        source.resolve()
