@@ -55,7 +55,8 @@ from denseflow.tasks.train import distill_query_towers, train
 def retrain(config: RetrainConfig | None = None) -> dict:
     config = config or RetrainConfig()
     # Checked before anything runs: a depth past the model's is a setting error, not a failed run.
-    check_query_layers(config.train.query_layers, folder_query_depth(resolve_base_model(config.train.base_model)))
+    if config.train.query_layers:
+        check_query_layers(config.train.query_layers, folder_query_depth(resolve_base_model(config.train.base_model)))
     workspace = workspace_dir(config.workspace)
     configure_tracking(config.tracking, workspace)
     run_id = start_tracking_run(config, flow_run.id, config.run_name)
@@ -109,7 +110,9 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         else:
             log_choice(context, prior_only("recipe", PRIOR_RECIPE, f"prior ({why_none})", config.choices.alpha))
         # A shallow query tower distilled onto the chosen one, when dev shows it serves as well (train.query_layers).
-        towers = distill_query_towers(model_dir, dataset_dir, mined.examples_path, config.train, train_split, context)
+        towers = distill_query_towers(
+            model_dir, dataset_dir, mined.examples_path, config.train, train_split, data.fingerprint, context
+        )
         model_dir = choose_query_layers(
             model_dir,
             towers,

@@ -137,10 +137,13 @@ def distill_query_towers(
     examples_path: Path,
     settings: TrainConfig,
     train_split: str,
+    dataset_fingerprint: str,
     context: RunContext,
 ) -> dict[int, str]:
     """A shallow query tower of each depth in ``settings.query_layers`` below the model's, distilled onto
     ``model_dir``'s query tower (model/training/shallow.py); each reused when its inputs are unchanged."""
+    if not settings.query_layers:
+        return {}
     depth = folder_query_depth(model_dir)
     check_query_layers(settings.query_layers, depth)
     depths = [layers for layers in settings.query_layers if layers < depth]
@@ -149,11 +152,15 @@ def distill_query_towers(
     dataset = load_beir(Path(dataset_dir), [train_split], RejectLog())
     texts = distillation_texts(dataset, train_split, settings.query_distill_texts, settings.seed)
     pairs = to_hf_dataset(read_examples(Path(examples_path)), dataset)
-    shallow_settings = settings.model_dump_json(include=SHALLOW_TOWER_SETTINGS - {"query_layers"})
+    # Everything the distillation reads: the teacher's weights, the settings it trains with (not the choice's
+    # tolerance, nor the other depths), the texts, and the judged pairs (ids, so the dataset's fingerprint too).
+    distill_settings = settings.model_dump_json(exclude={"query_layers", "query_layers_tolerance", "base_model"})
+    teacher_record = Path(model_dir).parent / "train_result.json"
     towers: dict[int, str] = {}
     for layers in depths:
-        digest = hashlib.sha256(f"{model_fingerprint(model_dir)}|{layers}|{shallow_settings}".encode())
-        digest.update(Path(examples_path).read_bytes() + "\n".join(texts).encode())
+        digest = hashlib.sha256(f"{model_fingerprint(model_dir)}|{layers}|{distill_settings}".encode())
+        digest.update(f"{dataset_fingerprint}|".encode() + Path(examples_path).read_bytes())
+        digest.update("\n".join(texts).encode())
         output_dir = context.workspace / "training" / f"query-{layers}-layers-{digest.hexdigest()[:16]}"
         with FileLock(str(output_dir) + ".lock"):
             if not (output_dir / "model").is_dir():
@@ -165,5 +172,10 @@ def distill_query_towers(
                     {"seconds": time.perf_counter() - started, "texts": tower.distill_texts},
                     prefix=f"query_layers.{layers}.distill.",
                 )
+                # The version's model card reads the training record beside its model folder: the teacher's, and
+                # how this student was made from it.
+                record = json.loads(teacher_record.read_text()) if teacher_record.is_file() else {}
+                record |= {"model_dir": str(tower.model_dir), "query_layers": layers, "distilled_from": model_dir}
+                (output_dir / "train_result.json").write_text(json.dumps(record, indent=2))
         towers[layers] = str(output_dir / "model")
     return towers

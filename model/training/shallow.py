@@ -20,6 +20,7 @@ tolerance of the full tower's.
 from __future__ import annotations
 
 import copy
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,14 +47,19 @@ def query_tower_depth(model: SentenceTransformer) -> int:
 
 
 def folder_query_depth(model_dir: str | Path) -> int:
-    """:func:`query_tower_depth` of a saved model, read from its config files without loading weights."""
-    import json
+    """:func:`query_tower_depth` of a saved model, from its transformer configs without loading weights (through
+    transformers' ``AutoConfig``, which maps each architecture's own name: DistilBERT's ``n_layers``, T5's
+    ``num_layers``). A two-tower model's shallower tower is its query tower."""
+    from transformers import AutoConfig
 
-    configs = sorted(Path(model_dir).rglob("config.json"))
-    depths = [json.loads(path.read_text()).get("num_hidden_layers") for path in configs]
-    depths = [int(depth) for depth in depths if depth]
+    depths = []
+    for path in sorted(Path(model_dir).rglob("config.json")):
+        try:
+            depths.append(int(AutoConfig.from_pretrained(path.parent, local_files_only=True).num_hidden_layers))
+        except (ValueError, OSError, AttributeError, TypeError):
+            continue  # not a transformer's config (sentence-transformers writes config_sentence_transformers.json)
     if not depths:
-        raise ValueError(f"{model_dir}: no transformer config.json with num_hidden_layers")
+        raise ValueError(f"train.query_layers: {model_dir} has no transformer config with a layer count")
     return min(depths)
 
 
@@ -71,6 +77,11 @@ def truncated_query_tower(model: SentenceTransformer, layers: int) -> SentenceTr
     student = make_asymmetric(copy.deepcopy(model))
     (transformer,) = role_transformers(student, "query")
     bert = transformer.auto_model
+    if not isinstance(getattr(getattr(bert, "encoder", None), "layer", None), torch.nn.ModuleList):
+        raise ValueError(
+            f"train.query_layers: a {type(bert).__name__} query tower cannot be cut (a BERT-style encoder.layer is "
+            "needed); leave train.query_layers empty"
+        )
     bert.encoder.layer = torch.nn.ModuleList(list(bert.encoder.layer)[:layers])
     bert.config.num_hidden_layers = layers
     for parameter in student[0].sub_modules["document"].parameters():
@@ -170,7 +181,11 @@ def distill_query_tower(
         ).train()
         pairs = len(training_data)
     model_dir = output_dir / "model"
-    student.save(str(model_dir))
+    # Saved beside, then renamed: a run killed mid-save leaves no folder a later run would take as finished.
+    partial = output_dir / "model.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    student.save(str(partial))
+    partial.rename(model_dir)
     return DistilledTower(model_dir, layers, len(texts), pairs)
 
 

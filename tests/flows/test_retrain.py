@@ -36,7 +36,13 @@ def client_of(tmp_path: Path) -> MlflowClient:
 
 
 def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir):
-    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir))
+    from denseflow.model.encoder import load_encoder
+    from denseflow.model.training.shallow import query_tower_depth
+    from denseflow.registry.resolve import resolve_model
+
+    # A one-layer query tower is distilled too, and (any loss tolerated here) is what ships.
+    shallow = {"query_layers": [1], "query_layers_tolerance": 1.0, "query_distill_epochs": 1}
+    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train=shallow))
 
     client = client_of(tmp_path)
     candidate = client.get_model_version_by_alias("retriever", "candidate")
@@ -113,6 +119,15 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert "MultipleNegativesRankingLoss" in whole
     assert "WiSE-FT α" in card and "### Promotion gate" in card
     assert "model_card.md" in artifacts
+    # The shallow query tower shipped: one layer for queries, the document tower whole, so publication encoded
+    # nothing again (above), and every depth's served figures and encode time are on the run.
+    assert run.data.tags["choice.query_layers.used"] == "1"
+    registered = load_encoder(resolve_model(f"retriever/{summary['version']}", tmp_path / "ws").local_dir)
+    assert query_tower_depth(registered) == 1
+    assert len(registered[0].sub_modules["document"][0].auto_model.encoder.layer) == 2
+    assert {"query_layers.1.dev_served_ndcg_at_10", "query_layers.2.encode_p50_ms"} <= set(run.data.metrics)
+    report = tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "query_layers.md"
+    assert "| 1 (ships) |" in report.read_text()
 
 
 def test_a_candidate_no_better_than_its_base_model_is_not_shipped_the_base_is(
@@ -168,8 +183,7 @@ def test_production_left_without_an_index_is_published_by_the_next_run(
 def test_a_dev_split_too_small_to_choose_on_uses_the_priors_and_says_so(
     prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
 ):
-    shallow = {"query_layers": [1], "query_distill_epochs": 1, "query_contrastive_epochs": 0}
-    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, data={"min_dev_queries": 30}, train=shallow)
+    config = tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, data={"min_dev_queries": 30})
     summary = retrain(config)
     assert summary["dev_split"] == "dev"
     assert summary["selection_split"] is None
@@ -183,30 +197,6 @@ def test_a_dev_split_too_small_to_choose_on_uses_the_priors_and_says_so(
     # Dev is still reported, with its bootstrap interval around the figure.
     low, high = summary["dev_intervals"]["trained"]
     assert low <= summary["dev_metrics"]["trained"]["ndcg@10"] <= high
-    # A shallow query tower was distilled and measured, but dev this small keeps the full tower (the prior).
-    assert run.data.tags["choice.query_layers.used"] == "2"
-    assert {"query_layers.1.test_served_ndcg_at_10", "query_layers.2.encode_p50_ms"} <= set(run.data.metrics)
-
-
-def test_a_shallow_query_tower_within_the_tolerance_ships_without_re_encoding_the_corpus(
-    prefect_harness, tmp_path, tiny_beir_dir, tiny_model_dir
-):
-    from denseflow.model.encoder import load_encoder
-    from denseflow.model.training.shallow import query_tower_depth
-    from denseflow.registry.resolve import resolve_model
-
-    train = {"query_layers": [1], "query_layers_tolerance": 1.0, "query_distill_epochs": 1}
-    summary = retrain(tiny_config(tmp_path, tiny_beir_dir, tiny_model_dir, train=train))
-
-    run = client_of(tmp_path).get_run(summary["mlflow_run_id"])
-    assert run.data.tags["choice.query_layers.used"] == "1"
-    registered = load_encoder(resolve_model(f"retriever/{summary['version']}", tmp_path / "ws").local_dir)
-    assert query_tower_depth(registered) == 1
-    assert len(registered[0].sub_modules["document"][0].auto_model.encoder.layer) == 2  # documents: the full tower
-    # The document tower is the one evaluation encoded the corpus with: publication encodes nothing again.
-    assert (summary["published"]["documents_encoded"], summary["published"]["documents_reused"]) == (0, 36)
-    report = tmp_path / "ws" / "runs" / summary["mlflow_run_id"] / "query_layers.md"
-    assert "| 1 (ships) |" in report.read_text()
 
 
 def test_a_query_tower_deeper_than_the_model_is_refused_before_a_run_starts(
