@@ -115,7 +115,9 @@ def _replica(args: argparse.Namespace, searcher_options: dict):  # noqa: ANN202 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     source = MlflowVersionSource(args.model, args.name)
-    cache = ReplicaCache(args.cache_dir or workspace / "replica-cache", source.model)
+    # One replica per cache folder (a lock): a one-off search keeps its own, so it runs beside a serving replica.
+    default_cache = workspace / ("replica-cache" if args.handler is cmd_serve else "search-cache")
+    cache = ReplicaCache(args.cache_dir or default_cache, source.model)
     return Replica(
         source, cache, keep=getattr(args, "keep_versions", DEFAULT_KEEP_VERSIONS), searcher_options=searcher_options
     )
@@ -235,7 +237,7 @@ def add_index_commands(commands: argparse._SubParsersAction) -> None:
         help="search what a registry reference serves (retriever@production, retriever/3): its published index is "
         "downloaded from the tracking server into --cache-dir and verified, instead of the workspace's indexes/",
     )
-    search.add_argument("--cache-dir", type=Path, help="replica cache for --model (default: <workspace>/replica-cache)")
+    search.add_argument("--cache-dir", type=Path, help="cache for --model (default: <workspace>/search-cache)")
     common(search)
     search.set_defaults(handler=cmd_search)
 

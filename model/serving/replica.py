@@ -522,13 +522,20 @@ class Replica:
                 "version): publish its index first"
             )
         cached = self.cache.complete(version)
+        backend = str(self.options.get("backend", "auto"))
+        if cached is not None and needs_model(read_manifest(cached), backend) and not (cached / MODEL_FOLDER).is_dir():
+            # Cached for the exported query tower alone, now asked for a backend that runs the model: fetched whole.
+            log.info("cached %s has no model weights, which --backend %s needs: downloading it again", version.label,
+                     backend)  # fmt: skip
+            self.cache.drop(cached.relative_to(self.cache.home).as_posix())
+            cached = None
         if cached is not None:
             return cached, False
         started = time.perf_counter()
         with self.cache.partial(version) as scratch:
             folder = self.source.download_index(version, scratch / "index")
             manifest = read_manifest(folder)
-            with_model = needs_model(manifest, str(self.options.get("backend", "auto")))
+            with_model = needs_model(manifest, backend)
             if with_model:
                 os.rename(self.source.download_model(version, scratch / "model"), folder / MODEL_FOLDER)
             verify_download(folder, version, with_model)

@@ -68,7 +68,8 @@ def test_search_model_pulls_production_from_the_registry(
     assert main(argv) == 0
     answer = json.loads(capsys.readouterr().out)
     assert (answer["index_version"], answer["model"], len(answer["hits"])) == ("v0001", "retriever@1", 3)
-    assert (home / "ws" / "replica-cache" / "retriever" / "1" / "indexes" / "tiny" / "v0001").is_dir()
+    # Its own cache, so a one-off search runs beside a replica serving from the same workspace.
+    assert (home / "ws" / "search-cache" / "retriever" / "1" / "indexes" / "tiny" / "v0001").is_dir()
 
     assert main(["search", "--model", "retriever@candidate", "--name", "tiny", "cancer"]) == 2
     assert "retriever@candidate: no such alias" in one_error_line(capsys)

@@ -77,6 +77,7 @@ IMAGE_KEYS = {
     "MLFLOW_BUCKET": {"minio-init"},  # read by its entrypoint script
     "AWS_ACCESS_KEY_ID": {"mlflow"},  # boto3 inside the MLflow image
     "AWS_SECRET_ACCESS_KEY": {"mlflow"},
+    "MLFLOW_BACKEND_STORE_URI": {"mlflow"},  # `mlflow server`'s --backend-store-uri envvar (click, not a setting)
 }
 
 
