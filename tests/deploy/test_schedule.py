@@ -146,7 +146,9 @@ def test_worker_and_mlflow_server_agree_on_the_stores():
     assert worker["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert worker["PREFECT_API_URL"] == "http://prefect:4200/api"
     mlflow_command = services["mlflow"]["command"]
-    assert "postgresql://" in mlflow_command
+    # The store URL (with the database password) reaches `mlflow server` through its environment, not argv.
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert "postgresql://" not in mlflow_command and "PASSWORD" not in mlflow_command
     assert "--artifacts-destination s3://" in mlflow_command
     assert services["mlflow"]["environment"]["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
     assert "postgresql+asyncpg://" in services["prefect"]["environment"]["PREFECT_API_DATABASE_CONNECTION_URL"]
