@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-stack stack stack-down lint install clean
+.PHONY: run test test-servers test-stack stack stack-down lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/denseflow retrain $(if $(CONFIG),--config $(CONFIG),)
 
-# The stack tests start PostgreSQL, MLflow, Prefect and workers: `make test-stack` (and .ci/run) runs them.
+# Three suites, each under 10 minutes on a 2-core CPU, all three in .ci/run: `make test` (everything on the
+# workspace and loopback), `make test-servers` (real Prefect and MLflow servers started per module), and
+# `make test-stack` (PostgreSQL, MLflow, Prefect, workers and replicas: deploy/stack.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests -m "not stack"
+	$(BIN)/python -m pytest -q tests -m "not stack and not servers"
+
+test-servers: $(STAMP)
+	$(BIN)/python -m pytest -q -m "servers and not stack" tests
 
 test-stack: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:randomly -m stack tests/deploy
