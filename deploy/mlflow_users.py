@@ -18,6 +18,7 @@ Everything comes from the environment, never the command line (which ``ps`` show
     MLFLOW_AUTH_ADMIN_PASSWORD
     DENSEFLOW_MLFLOW_READER_USERNAME   the read-only user's name and password
     DENSEFLOW_MLFLOW_READER_PASSWORD
+    DENSEFLOW_MLFLOW_GENERATED_PASSWORDS  1 = the passwords are generated random tokens: stored under a one-round hash
 
 It prints what it changed (names only) and exits 0; 2 with one line on stderr when a setting is missing or a
 password is shorter than MLflow's 12 characters; 1 with one line when the user store refuses. No password, and
@@ -119,8 +120,32 @@ def database_password(uri: str) -> str:
         return ""
 
 
-def sync_users(database_uri: str, users: list[User]) -> list[str]:
-    """Create the missing users, set each one's password and admin flag to the given ones; what changed."""
+# MLflow's basic-auth app checks the password on every request, against werkzeug's default scrypt hash: ~0.1 s of
+# CPU each, 0.4 s measured on a busy 2-core stack, which made a retrain's few hundred tracking calls minutes slower.
+# Key stretching protects passwords people choose; against a generated secret (deploy/stack.py's are 192-bit random
+# tokens) it adds nothing, so those are stored as one salted PBKDF2-SHA256 round, a format check_password_hash reads.
+GENERATED_ENV = "DENSEFLOW_MLFLOW_GENERATED_PASSWORDS"
+GENERATED_SECRET_HASH = "pbkdf2:sha256:1"
+
+
+def store_generated_hash(store, name: str, password: str) -> bool:  # noqa: ANN001 - MLflow's auth SqlAlchemyStore
+    """Store ``password`` under the one-round hash unless it already is; whether it changed."""
+    from mlflow.server.auth.db.models import SqlUser
+    from werkzeug.security import check_password_hash, generate_password_hash
+
+    with store.ManagedSessionMaker(read_only=False) as session:
+        user = session.query(SqlUser).filter(SqlUser.username == name).one()
+        if user.password_hash.startswith(GENERATED_SECRET_HASH + "$") and check_password_hash(
+            user.password_hash, password
+        ):
+            return False
+        user.password_hash = generate_password_hash(password, method=GENERATED_SECRET_HASH)
+        return True
+
+
+def sync_users(database_uri: str, users: list[User], generated: bool = False) -> list[str]:
+    """Create the missing users, set each one's password and admin flag to the given ones; what changed. With
+    ``generated`` (the passwords are random tokens), each is stored under the one-round hash."""
     # Imported here: the package reads MLFLOW_AUTH_CONFIG_PATH when it is first imported.
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
@@ -138,6 +163,9 @@ def sync_users(database_uri: str, users: list[User]) -> list[str]:
         if store.get_user(user.name).is_admin != user.is_admin:
             store.update_user(user.name, is_admin=user.is_admin)
             changes.append(f"{user.name} {'made' if user.is_admin else 'no longer'} admin")
+    if generated:
+        for user in users:
+            store_generated_hash(store, user.name, user.password)
     store.engine.dispose()
     return changes
 
@@ -150,7 +178,7 @@ def main(env: dict[str, str] | None = None) -> int:
         write_private(ini_path, auth_ini(database_uri, users[0].name))
         os.environ[CONFIG_ENV] = str(ini_path)
         try:
-            changes = sync_users(database_uri, users)
+            changes = sync_users(database_uri, users, generated=env.get(GENERATED_ENV) == "1")
         except Exception as err:  # the store's errors: a refused database, a failed migration
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise UsersError(f"the MLflow user store refused: {type(err).__name__}: {first}", code=1) from err

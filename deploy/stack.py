@@ -591,6 +591,7 @@ def sync_mlflow_users(stack: Stack, state: dict[str, Any]) -> None:
     env = process_env(stack, state) | {
         "MLFLOW_AUTH_CONFIG_PATH": str(stack.auth_ini),
         "DENSEFLOW_MLFLOW_AUTH_DB": urls(state)["mlflow_auth_store"],
+        "DENSEFLOW_MLFLOW_GENERATED_PASSWORDS": "1",  # ours are secrets.token_urlsafe(24): mlflow_users.py
         "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_ADMIN,
         "MLFLOW_AUTH_ADMIN_PASSWORD": credentials["mlflow_admin_password"],
         "DENSEFLOW_MLFLOW_READER_USERNAME": MLFLOW_READER,

@@ -284,3 +284,25 @@ def test_users_script_refuses_bad_settings_in_one_line_without_secrets(tmp_path,
     assert users.scrub("at postgresql://u:db-password-123@h/x: db-password-123", ["db-password-123"]) == (
         "at postgresql://u:***@h/x: ***"
     )
+
+
+def test_generated_passwords_are_checked_in_one_hash_round_and_others_keep_mlflows_hash(tmp_path, monkeypatch):
+    """MLflow checks the password on every request: its scrypt hash made each tracking call ~0.4 s on the stack."""
+    users = load_users_module()
+    (tmp_path / "auth.ini").write_text(users.auth_ini(f"sqlite:///{tmp_path / 'auth.db'}", "admin"))
+    monkeypatch.setenv("MLFLOW_AUTH_CONFIG_PATH", str(tmp_path / "auth.ini"))
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    def stored(database: Path, generated: bool) -> tuple[str, bool]:
+        uri = f"sqlite:///{database}"
+        people = [users.User("admin", "a" * 32, True), users.User("reader", "r" * 32, False)]
+        users.sync_users(uri, people, generated=generated)
+        users.sync_users(uri, people, generated=generated)  # a second sync changes nothing and still checks
+        store = SqlAlchemyStore()
+        store.init_db(uri)
+        return store.get_user("reader").password_hash, store.authenticate_user("reader", "r" * 32)
+
+    fast, accepted = stored(tmp_path / "generated.db", generated=True)
+    assert fast.startswith("pbkdf2:sha256:1$") and accepted
+    slow, accepted = stored(tmp_path / "chosen.db", generated=False)
+    assert not slow.startswith("pbkdf2:sha256:1$") and accepted
