@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-servers test-stack stack stack-down lint install clean
+.PHONY: run test test-servers test-stack test-stack-access stack stack-down lint install clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,17 +19,23 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/denseflow retrain $(if $(CONFIG),--config $(CONFIG),)
 
-# Three suites, each under 10 minutes on a 2-core CPU, all three in .ci/run: `make test` (everything on the
-# workspace and loopback), `make test-servers` (real Prefect and MLflow servers started per module), and
-# `make test-stack` (PostgreSQL, MLflow, Prefect, workers and replicas: deploy/stack.py).
+# Four suites, each under 10 minutes on a 2-core CPU, all in .ci/run: `make test` (everything on the workspace and
+# loopback), `make test-servers` (real Prefect and MLflow servers started per module), and two on the local stack
+# (deploy/stack.py: PostgreSQL, MLflow, Prefect, workers), each on a stack of its own: `make test-stack` (retrains,
+# races, servers killed and restarted, schedules) and `make test-stack-access` (credentials, the read-only user,
+# search replicas from the registry, rotation).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests -m "not stack and not servers"
 
 test-servers: $(STAMP)
 	$(BIN)/python -m pytest -q -m "servers and not stack" tests
 
+STACK_ACCESS := credential or read_only or replica or rotate
 test-stack: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:randomly -m stack tests/deploy
+	$(BIN)/python -m pytest -q -p no:randomly -m stack -k "not ($(STACK_ACCESS))" tests/deploy
+
+test-stack-access: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:randomly -m stack -k "$(STACK_ACCESS)" tests/deploy
 
 # The local stack (deploy/stack.py): PostgreSQL, MLflow and Prefect servers, a work pool and two workers, and two
 # search replicas of retriever@production once the registry has one (before the first retrain: said, none started).
