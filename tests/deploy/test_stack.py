@@ -678,7 +678,10 @@ def test_the_read_only_user_pulls_a_version_but_cannot_promote_it(stack, auth_mo
     assert str(version.version) == auth_model.production
     model_dir = Path(
         mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}@production", dst_path=str(tmp_path / "model"), tracking_uri=stack.mlflow
+            artifact_uri=f"models:/{name}@production",
+            dst_path=str(tmp_path / "model"),
+            tracking_uri=stack.mlflow,
+            registry_uri=stack.mlflow,  # not this process's default registry, whatever an earlier test set
         )
     )
     assert any(path.is_file() for path in model_dir.rglob("*"))
