@@ -676,14 +676,18 @@ def test_the_read_only_user_pulls_a_version_but_cannot_promote_it(stack, auth_mo
     client = MlflowClient(tracking_uri=stack.mlflow, registry_uri=stack.mlflow)
     version = client.get_model_version_by_alias(name, "production")
     assert str(version.version) == auth_model.production
-    model_dir = Path(
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{name}@production",
-            dst_path=str(tmp_path / "model"),
-            tracking_uri=stack.mlflow,
-            registry_uri=stack.mlflow,  # not this process's default registry, whatever an earlier test set
+    # MLflow resolves models:/ through the process-wide registry URI (not download_artifacts' own argument), which an
+    # earlier test in this process may have pointed at a local store.
+    previous_registry = mlflow.get_registry_uri()
+    mlflow.set_registry_uri(stack.mlflow)
+    try:
+        model_dir = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}@production", dst_path=str(tmp_path / "model"), tracking_uri=stack.mlflow
+            )
         )
-    )
+    finally:
+        mlflow.set_registry_uri(previous_registry)
     assert any(path.is_file() for path in model_dir.rglob("*"))
     run_dir = Path(
         mlflow.artifacts.download_artifacts(
