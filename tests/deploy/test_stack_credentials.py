@@ -11,14 +11,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.deploy.conftest import load_stack_module
+from tests.deploy.conftest import fake_http_server, load_stack_module
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -204,14 +203,8 @@ class FakeServers(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_servers() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeServers)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_http_server(FakeServers) as port:
+        yield port
 
 
 def test_checks_send_the_credentials_and_catch_a_server_without_auth(tmp_path, fake_servers, monkeypatch):

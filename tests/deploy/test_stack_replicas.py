@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.deploy.conftest import STACK, load_stack_module
+from tests.deploy.conftest import STACK, fake_http_server, load_stack_module
 from tests.deploy.test_stack_credentials import mode, stack_state
 
 
@@ -58,14 +58,8 @@ class FakeRegistry(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_registry() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeRegistry)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with fake_http_server(FakeRegistry) as port:
+        yield port
 
 
 def test_a_replica_runs_as_the_reader_with_its_own_cache_and_the_key_file_only(tmp_path, monkeypatch):
