@@ -210,6 +210,36 @@ class MiningConfig(Section):
         return self.teacher.strip().lower() != "none"
 
 
+class HybridDistillConfig(Section):
+    """Distilling the served hybrid into the dense model over pseudo-queries from every document (GPL's recipe, the
+    hybrid in the cross-encoder's place; model/training/hybrid_distill.py). Off unless ``queries`` is set."""
+
+    queries: Literal["none", "title", "first_sentence"] = Field(
+        "none",
+        description="Claim-like pseudo-queries drawn from the corpus, one per drawn document: its title or its first "
+        "sentence; none = no distillation.",
+    )
+    ratio: float = Field(1.0, gt=0, description="Pseudo-queries per judged training pair, mixed into the same epochs.")
+    loss: Literal["margin_mse", "kl"] = Field(
+        "margin_mse", description="MarginMSELoss (GPL's) or DistillKLDivLoss on the teacher's scores."
+    )
+    teacher: Literal["base", "trained"] = Field(
+        "base",
+        description="The teacher hybrid's dense half: the base model, or the tower trained on the judged pairs alone "
+        "(one extra training, reused from the workspace when it exists).",
+    )
+    candidates: int = Field(20, ge=2, description="The teacher's top-N a pseudo-query's negatives are drawn from.")
+    negatives: int = Field(3, ge=1, description="Negatives per pseudo-query, drawn from the teacher's top-N.")
+
+    @model_validator(mode="after")
+    def _negatives_fit(self) -> HybridDistillConfig:
+        if self.negatives >= self.candidates:
+            raise ValueError(
+                f"train.hybrid_distill.negatives ({self.negatives}) must be below candidates ({self.candidates})"
+            )
+        return self
+
+
 class TrainConfig(Section):
     base_model: str | None = Field(None, description="Model folder or name; None = bundled all-MiniLM-L6-v2.")
     towers: Literal["siamese", "asymmetric", "query_only"] = Field(
@@ -279,6 +309,15 @@ class TrainConfig(Section):
         0.5, ge=0, le=1, description="α without enough dev queries to choose (WiSE-FT's recommended even mix)."
     )
     seed: int = Field(42, description="Seed of model init, data order and dropout.")
+    adapter: Literal["none", "lora"] = Field(
+        "none",
+        description="lora: train a low-rank adapter on the trained towers instead of their weights (a regulariser), "
+        "merged into plain weights before saving.",
+    )
+    lora_rank: int = Field(8, ge=1, description="Rank of the LoRA adapter (with adapter: lora).")
+    hybrid_distill: HybridDistillConfig = Field(
+        default_factory=HybridDistillConfig, description="Hybrid-teacher distillation over pseudo-queries (off)."
+    )
     # A shallow query tower (model/training/shallow.py): distilled after training, so not part of training's key.
     query_layers: list[int] = Field(
         [],

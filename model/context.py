@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from denseflow.model.config import BM25Config, EvalConfig, TrainConfig
-from denseflow.model.encoder import resolve_precision
+from denseflow.model.encoder import EncodingSettings, resolve_precision
 from denseflow.model.index.bm25 import BM25Settings
 
 
@@ -51,6 +51,12 @@ class RunContext:
     def cache_dir(self) -> Path:
         """Corpus embeddings shared across runs (keyed by model, corpus and settings)."""
         return self.workspace / "cache" / "embeddings"
+
+    @property
+    def encoding(self) -> EncodingSettings:
+        return EncodingSettings(
+            self.cache_dir, self.max_seq_length, self.document_length, self.eval_batch_size, self.precision
+        )
 
 
 def build_context(workspace: Path, run_id: str, config: FlowSettings) -> RunContext:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +30,17 @@ from denseflow.model.embedding_cache import CacheKey, EmbeddingCache, content_ha
 log = logging.getLogger(__name__)
 Role = Literal["query", "document"]
 Precision = Literal["auto", "bf16", "fp32", "int8"]
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    """How a run turns text into embeddings, passed whole: the corpus cache, each side's length, batch, precision."""
+
+    cache_dir: Path
+    query_length: int
+    document_length: int
+    batch_size: int = 64
+    precision: Precision = "fp32"
 
 
 def bundled_model_path() -> str:

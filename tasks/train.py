@@ -11,13 +11,14 @@ from filelock import FileLock
 from mlflow.tracking import MlflowClient
 from prefect import task
 
-from denseflow.model.config import TrainConfig
+from denseflow.model.config import HybridDistillConfig, TrainConfig
 from denseflow.model.context import RunContext
-from denseflow.model.data.beir import RejectLog, load_beir
+from denseflow.model.data.beir import Dataset, RejectLog, load_beir
 from denseflow.model.encoder import model_fingerprint, resolve_base_model
 from denseflow.model.evaluation.plots import plot_dev_selection
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.mining.negatives import read_examples
+from denseflow.model.training.hybrid_distill import MIN_DOCUMENTS, DistillExample, hybrid_labels
 from denseflow.model.training.shallow import (
     check_query_layers,
     distill_query_tower,
@@ -36,6 +37,8 @@ SHALLOW_TOWER_SETTINGS = {
     "query_contrastive_epochs",
 }
 
+KEYED_WHEN_SET = {"adapter", "lora_rank", "hybrid_distill"}
+
 
 def training_key(
     examples_path: Path,
@@ -43,19 +46,128 @@ def training_key(
     dataset_fingerprint: str,
     dev_split: str | None,
     bm25: BM25Settings | None = None,
+    context: RunContext | None = None,
 ) -> str:
     """Same examples, texts, base weights, settings and dev split → same folder, so a re-run resumes or reuses.
 
     The examples file holds ids only; the dataset fingerprint covers the texts behind them, and the base model's
-    checksum covers a model folder whose weights changed under the same path.
+    checksum covers a model folder whose weights changed under the same path. Hybrid distillation also reads the
+    corpus at the run's document length, with the run's BM25 (covered below) and precision.
     """
     digest = hashlib.sha256(Path(examples_path).read_bytes())
-    digest.update(settings.model_dump_json(exclude=SHALLOW_TOWER_SETTINGS).encode())
+    # Settings added after trainings were cached count only when set: adding one keeps every existing folder's key.
+    unset = {
+        name
+        for name in KEYED_WHEN_SET
+        if getattr(settings, name) == TrainConfig.model_fields[name].get_default(call_default_factory=True)
+    }
+    digest.update(settings.model_dump_json(exclude=SHALLOW_TOWER_SETTINGS | unset).encode())
+    if settings.hybrid_distill.queries != "none" and context is not None:
+        encoding = context.encoding
+        digest.update(f"|{encoding.query_length}|{encoding.document_length}|{encoding.precision}".encode())
     digest.update(f"{dataset_fingerprint}|{dev_split}".encode())
     if bm25 is not None:  # dev's candidate corpus is BM25's top documents
         digest.update(bm25.tokenizer.encode() + f"|{bm25.k1}|{bm25.b}".encode())
     digest.update(model_fingerprint(resolve_base_model(settings.base_model)).encode())
     return digest.hexdigest()[:16]
+
+
+def trained_folder(
+    dataset_dir: Path,
+    examples_path: Path,
+    settings: TrainConfig,
+    train_split: str,
+    dev_split: str | None,
+    dataset_fingerprint: str,
+    context: RunContext,
+) -> Path:
+    """The training folder of these inputs, trained first when it holds no finished result (resumed after a crash)."""
+    output_dir = (
+        context.workspace
+        / "training"
+        / training_key(Path(examples_path), settings, dataset_fingerprint, dev_split, context.bm25, context)
+    )
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    result_path = output_dir / "train_result.json"
+    # Two runs with the same key on one workspace would write the same checkpoints: the second waits, then reuses.
+    with FileLock(str(output_dir) + ".lock"):
+        if not result_path.is_file():
+            splits = [train_split] + ([dev_split] if dev_split else [])
+            dataset = load_beir(Path(dataset_dir), splits, RejectLog())
+            examples = read_examples(Path(examples_path))
+            distill = hybrid_teacher_labels(
+                dataset,
+                len(examples),
+                dataset_dir,
+                examples_path,
+                settings,
+                train_split,
+                dev_split,
+                dataset_fingerprint,
+                context,
+            )
+            result = train_bi_encoder(
+                examples,
+                dataset,
+                settings,
+                output_dir,
+                dev_split,
+                data_name=f"dataset {dataset_fingerprint}",
+                data_fingerprint=dataset_fingerprint,
+                bm25=context.bm25,
+                distill=distill,
+            )
+            if result.resumed_from:
+                run_logger().info("training resumed from %s", result.resumed_from)
+            result_path.write_text(result.to_json())
+    return output_dir
+
+
+def hybrid_teacher_labels(
+    dataset: Dataset,
+    judged_pairs: int,
+    dataset_dir: Path,
+    examples_path: Path,
+    settings: TrainConfig,
+    train_split: str,
+    dev_split: str | None,
+    dataset_fingerprint: str,
+    context: RunContext,
+) -> list[DistillExample]:
+    """The hybrid teacher's labels for ``settings.hybrid_distill`` (none when it is off); a ``trained`` teacher's
+    dense half is these settings' training without distillation (trained here, or reused from the workspace)."""
+    distill = settings.hybrid_distill
+    if distill.queries == "none":
+        return []
+    if len(dataset.corpus) < MIN_DOCUMENTS:
+        message = f"{len(dataset.corpus)} documents (< {MIN_DOCUMENTS}): no pseudo-queries, distillation skipped"
+        run_logger().warning("train.hybrid_distill: %s", message)
+        MlflowClient().set_tag(context.run_id, "train.hybrid_distill", message)
+        return []
+    teacher_dir = resolve_base_model(settings.base_model)
+    if distill.teacher == "trained":
+        plain = settings.model_copy(update={"hybrid_distill": HybridDistillConfig()})
+        teacher_folder = trained_folder(
+            dataset_dir, examples_path, plain, train_split, dev_split, dataset_fingerprint, context
+        )
+        teacher_dir = str(teacher_folder / "model")
+    labels = hybrid_labels(
+        dataset.corpus, judged_pairs, distill, teacher_dir, context.encoding, context.bm25, settings.seed
+    )
+    log_metrics(
+        context.run_id,
+        {"drawn": labels.drawn, "dropped_round_trip": labels.dropped_round_trip, "kept": len(labels.examples)},
+        prefix="train.hybrid_distill.",
+    )
+    run_logger().info(
+        "hybrid teacher (%s dense half): %d of %d %s pseudo-queries kept (%d dropped by the round-trip filter)",
+        distill.teacher,
+        len(labels.examples),
+        labels.drawn,
+        distill.queries,
+        labels.dropped_round_trip,
+    )
+    return labels.examples
 
 
 @task(name="train")
@@ -70,31 +182,10 @@ def train(
     metric_prefix: str = "train.",
 ) -> str:
     """Returns the trained model folder (the best checkpoint on ``dev_split`` when there is one)."""
-    output_dir = (
-        context.workspace
-        / "training"
-        / training_key(Path(examples_path), settings, dataset_fingerprint, dev_split, context.bm25)
+    output_dir = trained_folder(
+        dataset_dir, examples_path, settings, train_split, dev_split, dataset_fingerprint, context
     )
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
     result_path = output_dir / "train_result.json"
-    # Two runs with the same key on one workspace would write the same checkpoints: the second waits, then reuses.
-    with FileLock(str(output_dir) + ".lock"):
-        if not result_path.is_file():
-            splits = [train_split] + ([dev_split] if dev_split else [])
-            dataset = load_beir(Path(dataset_dir), splits, RejectLog())
-            result = train_bi_encoder(
-                read_examples(Path(examples_path)),
-                dataset,
-                settings,
-                output_dir,
-                dev_split,
-                data_name=f"dataset {dataset_fingerprint}",
-                data_fingerprint=dataset_fingerprint,
-                bm25=context.bm25,
-            )
-            if result.resumed_from:
-                run_logger().info("training resumed from %s", result.resumed_from)
-            result_path.write_text(result.to_json())
     record = json.loads(result_path.read_text())
     if record.get("kept_base_model"):
         run_logger().warning("α 0 was best on dev: the base model's weights are kept")

@@ -54,11 +54,16 @@ def _pair_texts(document: Document, kind: PseudoKind, doc_id: str, seed: int) ->
     return query, positive
 
 
+def draw_order(corpus: Mapping[str, Document], seed: int = 42) -> list[str]:
+    """The corpus's document ids in a stable seeded order: the same draw for the same corpus and seed."""
+    return sorted(corpus, key=lambda doc_id: _rank(doc_id, seed))
+
+
 def pseudo_pairs(corpus: Mapping[str, Document], kind: PseudoKind, count: int, seed: int = 42) -> list[PseudoPair]:
     """Up to ``count`` pairs of ``kind`` from ``corpus`` (fewer when too few documents qualify)."""
     if kind == "none" or count <= 0:
         return []
-    order = sorted(corpus, key=lambda doc_id: _rank(doc_id, seed))
+    order = draw_order(corpus, seed)
     usable = [(doc_id, texts) for doc_id in order if (texts := _pair_texts(corpus[doc_id], kind, doc_id, seed))]
     if len(usable) < 2:
         return []

@@ -35,6 +35,7 @@ import copy
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 from sentence_transformers.sentence_transformer.training_args import BatchSamplers
+from torch import nn
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from denseflow.model.config import TrainConfig
@@ -56,6 +58,8 @@ from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.mining.negatives import TrainExample
 from denseflow.model.training import distributed
 from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
+from denseflow.model.training.hybrid_distill import DistillExample, distill_dataset, distill_loss
+from denseflow.model.training.lora import add_lora, load_adapted_checkpoint, merge_lora
 from denseflow.model.training.model_card import describe_training_data
 from denseflow.model.training.pseudo import PseudoPair, pseudo_pairs
 
@@ -78,6 +82,7 @@ class TrainResult:
     kept_base_model: bool = False
     interpolation: float = 1.0
     pseudo_pairs: int = 0
+    distill_examples: int = 0
     interpolation_curve: list[tuple[float, float]] = field(default_factory=list)
     selection: str = "none (no dev split)"
 
@@ -110,6 +115,11 @@ def to_hf_dataset(
         for i in range(num_negatives):
             columns[f"negative_{i + 1}"].append(pair.negative)
     return datasets.Dataset.from_dict(columns)
+
+
+def route_columns(columns: Sequence[str]) -> dict[str, str]:
+    """The anchor to the query tower, every text column after it to the document tower (a label to neither)."""
+    return {column: "query" if column == "anchor" else "document" for column in columns if column != "label"}
 
 
 def build_model(settings: TrainConfig) -> SentenceTransformer:
@@ -202,6 +212,14 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     return None
 
 
+class AdaptedModelTrainer(SentenceTransformerTrainer):
+    """Reloads the best checkpoint of a LoRA-adapted model into it (the library's reload builds plain modules)."""
+
+    def _load_best_model(self) -> None:
+        if self.state.best_model_checkpoint:
+            load_adapted_checkpoint(self.model, self.state.best_model_checkpoint)
+
+
 class _StepClock(TrainerCallback):
     """Wall time of each optimizer step and the logged losses, for the run's record."""
 
@@ -231,17 +249,32 @@ def train_bi_encoder(
     data_name: str = "training data",
     data_fingerprint: str = "",
     bm25: BM25Settings | None = None,
+    distill: Sequence[DistillExample] = (),
 ) -> TrainResult:
-    """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the checkpoint and α on it."""
+    """Train on ``examples``; with ``dev_split`` (judged in ``data``), select the checkpoint and α on it.
+
+    ``distill`` (hybrid-teacher labels, ``hybrid_distill.py``) is a second dataset under its own loss, mixed into the
+    same steps by sentence-transformers' multi-dataset sampler (each batch from one dataset, in proportion to size).
+    """
     output_dir = Path(output_dir)
     checkpoints = output_dir / "checkpoints"
     pseudo = pseudo_pairs(
         data.corpus, settings.pseudo_queries, round(settings.pseudo_query_ratio * len(examples)), settings.seed
     )
-    train_dataset = to_hf_dataset(examples, data, pseudo)
+    judged = to_hf_dataset(examples, data, pseudo)
     model = build_model(settings)
+    if settings.adapter == "lora":
+        model = add_lora(model, settings.towers, settings.lora_rank)
     precision = resolve_precision(settings.precision)
-    columns = train_dataset.column_names
+    train_dataset: datasets.Dataset | datasets.DatasetDict = judged
+    loss: nn.Module | dict[str, nn.Module] = build_loss(model, settings)
+    # Asymmetric models route each column to its tower; siamese models ignore the mapping.
+    router_mapping: dict = route_columns(judged.column_names)
+    if distill:
+        train_dataset = datasets.DatasetDict({"judged": judged, "hybrid": distill_dataset(distill, data.corpus)})
+        loss = {"judged": loss, "hybrid": distill_loss(model, settings.hybrid_distill.loss)}
+        router_mapping = {name: route_columns(part.column_names) for name, part in train_dataset.items()}
+    examples_per_epoch = sum(part.num_rows for part in train_dataset.values()) if distill else judged.num_rows
     training_positives = {example.positive_id for example in examples}
     evaluator = (
         dev_evaluator(
@@ -251,7 +284,7 @@ def train_bi_encoder(
         else None
     )
     if evaluator is not None:
-        eval_steps = max(1, math.ceil(len(train_dataset) / settings.batch_size / settings.evals_per_epoch))
+        eval_steps = max(1, math.ceil(examples_per_epoch / settings.batch_size / settings.evals_per_epoch))
         schedule = {
             "eval_strategy": "steps",
             "eval_steps": eval_steps,
@@ -272,8 +305,7 @@ def train_bi_encoder(
         bf16=precision == "bf16",
         use_cpu=True,
         batch_sampler=BatchSamplers.NO_DUPLICATES,
-        # Asymmetric models route each column to its tower; siamese models ignore the mapping.
-        router_mapping={column: "query" if column == "anchor" else "document" for column in columns},
+        router_mapping=router_mapping,
         save_strategy="steps",
         save_total_limit=2,  # with selection: the best and the newest
         **schedule,
@@ -288,11 +320,12 @@ def train_bi_encoder(
     callbacks: list[TrainerCallback] = [clock]
     if evaluator is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=settings.patience))
-    trainer = SentenceTransformerTrainer(
+    trainer_class = AdaptedModelTrainer if settings.adapter == "lora" else SentenceTransformerTrainer
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        loss=build_loss(model, settings),
+        loss=loss,
         evaluator=evaluator,
         callbacks=callbacks,
     )
@@ -305,17 +338,18 @@ def train_bi_encoder(
         (int(entry["step"]), float(entry[DEV_METRIC])) for entry in trainer.state.log_history if DEV_METRIC in entry
     ]
     base = build_model(settings)
+    tuned = merge_lora(trainer.model, build_model(settings)) if settings.adapter == "lora" else trainer.model
     curve: list[tuple[float, float]] = []
     if settings.interpolation is not None:
         alpha, selection = settings.interpolation, f"α {settings.interpolation:g} configured"
     elif evaluator is not None:
-        alpha, curve = choose_interpolation(base, trainer.model, evaluator, settings.interpolation_grid, precision)
+        alpha, curve = choose_interpolation(base, tuned, evaluator, settings.interpolation_grid, precision)
         selection = f"best dev checkpoint, α {alpha:g} chosen on {dev_split}"
     else:
         alpha = settings.interpolation_prior
         selection = f"none (no dev split to select on): last checkpoint, prior α {alpha:g}"
     if trainer.is_world_process_zero():  # data-parallel hook: one process writes the model
-        merged = interpolate(base, trainer.model, alpha)
+        merged = interpolate(base, tuned, alpha)
         describe_training_data(
             merged, data_name, data_fingerprint, resolve_base_model(settings.base_model) == resolve_base_model(None)
         )
@@ -335,6 +369,7 @@ def train_bi_encoder(
         kept_base_model=alpha == 0,
         interpolation=alpha,
         pseudo_pairs=len(pseudo),
+        distill_examples=len(distill),
         interpolation_curve=curve,
         selection=selection,
     )
