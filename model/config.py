@@ -277,7 +277,10 @@ class TrainConfig(Section):
         50, ge=1, description="Checkpoint every N steps when there is no dev split (else at every dev evaluation)."
     )
     evals_per_epoch: int = Field(
-        2, ge=1, description="Dev evaluations (and checkpoints) per epoch; the best by dev nDCG@10 is kept."
+        2,
+        ge=1,
+        description="Dev evaluations (and checkpoints) per epoch; the last checkpoint is kept unless the best by dev "
+        "nDCG@10 beats it by the paired test.",
     )
     patience: int = Field(
         3, ge=1, description="Stop after this many dev evaluations without a better nDCG@10 (early stopping)."
@@ -291,8 +294,8 @@ class TrainConfig(Section):
         None,
         ge=0,
         le=1,
-        description="WiSE-FT weight of the fine-tuned model in (1-α)·base + α·tuned; None = chosen on dev from "
-        "interpolation_grid (interpolation_prior without enough dev queries); 1 = no merge.",
+        description="WiSE-FT weight of the fine-tuned model in (1-α)·base + α·tuned; None = interpolation_prior "
+        "unless another α of interpolation_grid beats it on dev by the paired test (choices.alpha); 1 = no merge.",
     )
     interpolation_grid: list[float] = Field(
         [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], min_length=1, description="α values tried on dev (0 = the base model)."
@@ -306,7 +309,11 @@ class TrainConfig(Section):
         0.5, ge=0, le=1, description="Pseudo pairs per judged training pair (with pseudo_queries other than none)."
     )
     interpolation_prior: float = Field(
-        0.5, ge=0, le=1, description="α without enough dev queries to choose (WiSE-FT's recommended even mix)."
+        0.5,
+        ge=0,
+        le=1,
+        description="The prior α (WiSE-FT's recommended even mix): used unless dev's paired test overrules it, and "
+        "always without enough dev queries.",
     )
     seed: int = Field(42, description="Seed of model init, data order and dropout.")
     adapter: Literal["none", "lora"] = Field(

@@ -15,6 +15,7 @@ from denseflow.model.config import HybridDistillConfig, TrainConfig
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import Dataset, RejectLog, load_beir
 from denseflow.model.encoder import model_fingerprint, resolve_base_model
+from denseflow.model.evaluation.choice import Choice
 from denseflow.model.evaluation.plots import plot_dev_selection
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.mining.negatives import read_examples
@@ -26,7 +27,7 @@ from denseflow.model.training.shallow import (
     folder_query_depth,
 )
 from denseflow.model.training.trainer import to_hf_dataset, train_bi_encoder
-from denseflow.tasks.tracking import log_artifact, log_metrics, run_logger
+from denseflow.tasks.tracking import log_artifact, log_choice, log_metrics, run_logger
 
 # Settings of the shallow query tower distilled after training (model/training/shallow.py): not training's inputs.
 SHALLOW_TOWER_SETTINGS = {
@@ -38,6 +39,9 @@ SHALLOW_TOWER_SETTINGS = {
 }
 
 KEYED_WHEN_SET = {"adapter", "lora_rank", "hybrid_distill"}
+# Bumped when what a training folder holds changes for the same inputs: 2 = checkpoint and α chosen under the
+# paired test (priors: the last checkpoint, α 0.5), where 1 took dev's best of each.
+SELECTION_RULE = 2
 
 
 def training_key(
@@ -65,7 +69,7 @@ def training_key(
     if settings.hybrid_distill.queries != "none" and context is not None:
         encoding = context.encoding
         digest.update(f"|{encoding.query_length}|{encoding.document_length}|{encoding.precision}".encode())
-    digest.update(f"{dataset_fingerprint}|{dev_split}".encode())
+    digest.update(f"{dataset_fingerprint}|{dev_split}|selection {SELECTION_RULE}".encode())
     if bm25 is not None:  # dev's candidate corpus is BM25's top documents
         digest.update(bm25.tokenizer.encode() + f"|{bm25.k1}|{bm25.b}".encode())
     digest.update(model_fingerprint(resolve_base_model(settings.base_model)).encode())
@@ -190,6 +194,8 @@ def train(
     if record.get("kept_base_model"):
         run_logger().warning("α 0 was best on dev: the base model's weights are kept")
     run_logger().info("training selection: %s", record["selection"])
+    for choice in record.get("choices", []):
+        log_choice(context, Choice(**choice), prefix=metric_prefix)
     summary = {
         "steps": record["steps"],
         "seconds": record["seconds"],

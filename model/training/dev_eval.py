@@ -11,10 +11,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+import numpy as np
+from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import cos_sim
 
 from denseflow.model.data.beir import Dataset
+from denseflow.model.encoder import encode
+from denseflow.model.evaluation.metrics import per_query_metrics
 from denseflow.model.index.bm25 import BM25Index, BM25Settings
 
 EVALUATOR_NAME = "dev"
@@ -85,3 +89,31 @@ def dev_evaluator(
         batch_size=batch_size,
         write_csv=False,
     )
+
+
+def per_query_dev_ndcg(
+    model: SentenceTransformer,
+    evaluator: InformationRetrievalEvaluator,
+    precision: str = "fp32",
+    document_embeddings: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Each dev query's nDCG@10 on ``evaluator``'s candidate corpus: what a paired test between two models needs
+    (the evaluator itself reports only the mean). ``document_embeddings`` (in the evaluator's corpus order) skips the
+    corpus encode when the document tower is known to be unchanged."""
+    queries = encode(model, evaluator.queries, "query", evaluator.batch_size, precision)
+    if document_embeddings is None:
+        document_embeddings = dev_document_embeddings(model, evaluator, precision)
+    scores = queries @ document_embeddings.T
+    depth = min(10, scores.shape[1])
+    run = {}
+    for row, query_id in enumerate(evaluator.queries_ids):
+        top = np.argpartition(-scores[row], depth - 1)[:depth]
+        run[query_id] = {evaluator.corpus_ids[i]: float(scores[row, i]) for i in top}
+    qrels = {query_id: dict.fromkeys(evaluator.relevant_docs[query_id], 1) for query_id in evaluator.queries_ids}
+    return per_query_metrics(run, qrels, ks=(10,))["ndcg@10"]
+
+
+def dev_document_embeddings(
+    model: SentenceTransformer, evaluator: InformationRetrievalEvaluator, precision: str = "fp32"
+) -> np.ndarray:
+    return encode(model, evaluator.corpus, "document", evaluator.batch_size, precision)

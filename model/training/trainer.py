@@ -9,20 +9,18 @@ out of one batch, where one would count as the other's negative. ``CachedMultipl
 
 With a dev split, the model is evaluated on it every ``1 / evals_per_epoch`` of an epoch (sentence-transformers'
 ``InformationRetrievalEvaluator`` on a candidate corpus, see ``dev_eval.py``), checkpoints are taken at the same
-steps, training stops after ``patience`` evaluations without a better dev nDCG@10, and the best checkpoint is the
-model that is saved (``load_best_model_at_end``). Without one it trains for the configured epochs and keeps the
-last weights.
-
-After training, the fine-tuned weights are interpolated with the base model's (WiSE-FT, Wortsman et al. 2022,
-"Robust fine-tuning of zero-shot models"): ``θ = (1 − α)·θ_base + α·θ_tuned``. Fine-tuning on a few hundred
-judged queries moves every document embedding, and the ones trained on become attractors for unseen queries; the
-merge keeps most of the gain on the training distribution and the base model's behaviour elsewhere. α is chosen
-on dev from ``interpolation_grid`` (α = 0 is the base model itself, so a retrain never keeps weights below its
-base on dev), or fixed by ``train.interpolation``.
+steps, and training stops after ``patience`` evaluations without a better dev nDCG@10. Then two choices follow the
+project's rule for every dev choice (model/evaluation/choice.py): a prior, overruled only by a one-sided paired
+test on the dev queries (p < choices.alpha's default). The **checkpoint**: the last one (what a plain training
+keeps), unless dev's best beats it. **WiSE-FT's α** (Wortsman et al. 2022, "Robust fine-tuning of zero-shot
+models"), merging ``θ = (1 − α)·θ_base + α·θ_tuned``: the paper's even mix 0.5 (``interpolation_prior``), unless
+another α of ``interpolation_grid`` beats it (max-T over the grid, so the best of six cannot win by noise).
+Fine-tuning on a few hundred judged queries moves every document embedding, and the ones trained on become
+attractors for unseen queries; the merge keeps most of the gain on the training distribution and the base model's
+behaviour elsewhere. α = 0 is the base model itself. ``train.interpolation`` fixes α instead.
 
 Without a dev split to select on (none, or fewer queries than ``data.min_dev_queries``, where a dev figure
-decides by noise) the configured epochs run to the end and α is the prior ``interpolation_prior`` (0.5, the
-mix WiSE-FT recommends), said in the result's ``selection``.
+decides by noise) the configured epochs run to the end and α is the prior, said in the result's ``selection``.
 
 Training runs in ``output_dir/checkpoints``; a re-run with the same ``output_dir`` resumes from the newest
 *complete* checkpoint (a crash while one was being written leaves it without ``trainer_state.json``: it is moved
@@ -40,8 +38,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     GISTEmbedLoss,
@@ -51,19 +51,28 @@ from sentence_transformers.sentence_transformer.training_args import BatchSample
 from torch import nn
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from denseflow.model.config import TrainConfig
+from denseflow.model.config import ChoicesConfig, TrainConfig
 from denseflow.model.data.beir import Dataset
 from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_base_model, resolve_precision
+from denseflow.model.evaluation.choice import Choice, choose_on_evidence, prior_only
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.mining.negatives import TrainExample
 from denseflow.model.training import distributed
-from denseflow.model.training.dev_eval import DEV_METRIC, dev_evaluator
+from denseflow.model.training.dev_eval import (
+    DEV_METRIC,
+    dev_document_embeddings,
+    dev_evaluator,
+    per_query_dev_ndcg,
+)
 from denseflow.model.training.hybrid_distill import DistillExample, distill_dataset, distill_loss
 from denseflow.model.training.lora import add_lora, load_adapted_checkpoint, merge_lora
 from denseflow.model.training.model_card import describe_training_data
 from denseflow.model.training.pseudo import PseudoPair, pseudo_pairs
 
 CHECKPOINT_PREFIX = "checkpoint-"
+# The checkpoint and α follow the project's rule for every dev choice, at its defaults (choices.alpha, permutations).
+SIGNIFICANCE = ChoicesConfig().alpha
+PERMUTATIONS = ChoicesConfig().permutations
 
 
 @dataclass
@@ -85,6 +94,7 @@ class TrainResult:
     distill_examples: int = 0
     interpolation_curve: list[tuple[float, float]] = field(default_factory=list)
     selection: str = "none (no dev split)"
+    choices: list[dict] = field(default_factory=list)  # the checkpoint and α choices (model/evaluation/choice.py)
 
     @property
     def median_step_seconds(self) -> float:
@@ -149,24 +159,56 @@ def interpolate(base: SentenceTransformer, tuned: SentenceTransformer, weight: f
     return merged
 
 
+def choose_checkpoint(
+    best: SentenceTransformer,
+    last: SentenceTransformer | None,
+    evaluator: InformationRetrievalEvaluator,
+    precision: str,
+    documents: np.ndarray | None = None,
+) -> tuple[SentenceTransformer, Choice]:
+    """The end of the configured schedule (the prior: what a plain training keeps) unless dev's best checkpoint
+    beats it by the paired test on the dev queries."""
+    if last is None:
+        return best, prior_only("checkpoint", "best", "the best dev checkpoint is the last one", SIGNIFICANCE)
+    per_query = {
+        "last": per_query_dev_ndcg(last, evaluator, precision, documents),
+        "best": per_query_dev_ndcg(best, evaluator, precision, documents),
+    }
+    choice = choose_on_evidence("checkpoint", "last", per_query, SIGNIFICANCE, PERMUTATIONS)
+    return (best if choice.used == "best" else last), choice
+
+
 def choose_interpolation(
     base: SentenceTransformer,
     tuned: SentenceTransformer,
-    evaluator,  # noqa: ANN001 - sentence-transformers' evaluator
+    evaluator: InformationRetrievalEvaluator,
     grid: list[float],
+    prior: float,
     precision: str = "fp32",
-) -> tuple[float, list[tuple[float, float]]]:
-    """The α of ``grid`` with the best dev nDCG@10 (ties to the smaller α: nearer the base), and the curve.
+    documents: np.ndarray | None = None,
+) -> tuple[float, list[tuple[float, float]], Choice]:
+    """WiSE-FT's α: the prior (0.5, the paper's even mix) unless another α of ``grid`` beats it on dev by the paired
+    test (max-T over the grid). Returns α, the dev curve (mean nDCG@10 per α) and the recorded choice."""
+    alphas = sorted(set(grid) | {prior})
+    per_query = {
+        f"{alpha:g}": per_query_dev_ndcg(interpolate(base, tuned, alpha), evaluator, precision, documents)
+        for alpha in alphas
+    }
+    choice = choose_on_evidence("interpolation", f"{prior:g}", per_query, SIGNIFICANCE, PERMUTATIONS)
+    curve = [(alpha, sum(per_query[f"{alpha:g}"].values()) / len(per_query[f"{alpha:g}"])) for alpha in alphas]
+    return float(choice.used), curve, choice
 
-    Encoded under bf16 autocast where training ran in bf16: the numerics of the checkpoints' own evaluations.
-    """
-    metric = DEV_METRIC.removeprefix("eval_")
-    curve = []
-    for alpha in sorted(set(grid)):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            curve.append((alpha, float(evaluator(interpolate(base, tuned, alpha))[metric])))
-    best = max(curve, key=lambda point: (round(point[1], 6), -point[0]))
-    return best[0], curve
+
+def last_checkpoint_model(checkpoints: Path, best_checkpoint: str | None, settings: TrainConfig):
+    """The newest checkpoint's model, None when it is the best one (already loaded) or missing."""
+    last = last_complete_checkpoint(checkpoints)
+    if last is None or (best_checkpoint and Path(last).resolve() == Path(best_checkpoint).resolve()):
+        return None
+    if settings.adapter == "lora":
+        adapted = add_lora(build_model(settings), settings.towers, settings.lora_rank)
+        load_adapted_checkpoint(adapted, last)
+        return merge_lora(adapted, build_model(settings))
+    return load_encoder(last, settings.max_seq_length)
 
 
 def build_loss(model: SentenceTransformer, settings: TrainConfig) -> MultipleNegativesRankingLoss:
@@ -340,11 +382,19 @@ def train_bi_encoder(
     base = build_model(settings)
     tuned = merge_lora(trainer.model, build_model(settings)) if settings.adapter == "lora" else trainer.model
     curve: list[tuple[float, float]] = []
+    choices: list[Choice] = []
     if settings.interpolation is not None:
         alpha, selection = settings.interpolation, f"α {settings.interpolation:g} configured"
     elif evaluator is not None:
-        alpha, curve = choose_interpolation(base, tuned, evaluator, settings.interpolation_grid, precision)
-        selection = f"best dev checkpoint, α {alpha:g} chosen on {dev_split}"
+        # A frozen document tower is the base model's in every candidate: its dev corpus is encoded once.
+        documents = dev_document_embeddings(base, evaluator, precision) if settings.towers == "query_only" else None
+        last = last_checkpoint_model(checkpoints, trainer.state.best_model_checkpoint, settings)
+        tuned, checkpoint_choice = choose_checkpoint(tuned, last, evaluator, precision, documents)
+        alpha, curve, alpha_choice = choose_interpolation(
+            base, tuned, evaluator, settings.interpolation_grid, settings.interpolation_prior, precision, documents
+        )
+        choices = [checkpoint_choice, alpha_choice]
+        selection = f"{checkpoint_choice.used} checkpoint, α {alpha:g}, on {dev_split} (priors unless a paired test)"
     else:
         alpha = settings.interpolation_prior
         selection = f"none (no dev split to select on): last checkpoint, prior α {alpha:g}"
@@ -372,4 +422,5 @@ def train_bi_encoder(
         distill_examples=len(distill),
         interpolation_curve=curve,
         selection=selection,
+        choices=[choice.as_dict() for choice in choices],
     )

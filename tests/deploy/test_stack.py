@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.deploy.conftest import STACK, load_stack_module
+from tests.deploy.conftest import STACK, fake_http_server, load_stack_module
 
 pytestmark = pytest.mark.stack
 
@@ -874,6 +876,458 @@ def test_replicas_swap_when_production_moves(stack, auth_model, replicas):
     # Within a few 1-second polls each: the download, its checks and the load of the new version included.
     assert max(swapped.values()) < 30, swapped
     print(f"\nalias moved: replicas serving version {other} after " + ", ".join(f"{s:.1f}s" for s in swapped.values()))
+
+
+# --- replicas as second machines: started by the test itself (`denseflow serve --model`, the reader, a cache of its
+# own, loopback), beside the stack's two; the cases that need the stack's two run before they are stopped ----------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def served_key(body: dict) -> tuple[str, str]:
+    """What an answer (or `denseflow search --json`) says it came from: the model version and the index version."""
+    return body["model"], body["index_version"]
+
+
+def hits_of(body: dict) -> list[tuple[str, float]]:
+    return [(hit["doc_id"], hit["score"]) for hit in body["hits"]]
+
+
+def same_hits(found: list[tuple[str, float]], wanted: list[tuple[str, float]]) -> bool:
+    """The same documents in the same order, each score the same to 5 decimals."""
+    return [doc for doc, _ in found] == [doc for doc, _ in wanted] and all(
+        abs(score - other) <= 1e-5 for (_, score), (_, other) in zip(found, wanted, strict=True)
+    )
+
+
+def cached_versions(home: Path) -> list[str]:
+    """The whole versions in a replica's cache of one model (``<version>/indexes/<index>/<index version>``)."""
+    return sorted(path.parent.relative_to(home).as_posix() for path in home.glob("*/indexes/*/*/manifest.json"))
+
+
+def replica_log(replica: SimpleNamespace) -> str:
+    return replica.log.read_text(errors="replace")
+
+
+def wait_health(url: str, check, timeout: float, what: str) -> tuple[dict, float]:  # noqa: ANN001 - dict -> bool
+    """``url``'s /health once ``check`` holds on it, and the seconds that took; an AssertionError after ``timeout``."""
+    started = time.monotonic()
+    health: dict | None = None
+    while time.monotonic() < started + timeout:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            health = health_of(url)
+            if check(health):
+                return health, time.monotonic() - started
+        time.sleep(0.2)
+    raise AssertionError(f"{url}: not {what} within {timeout:.0f}s; last /health: {health}")
+
+
+def stop_own_replica(replica: SimpleNamespace) -> None:
+    """SIGTERM to the replica's process group, SIGKILL after 30 s; nothing when it has already exited."""
+    if replica.process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(replica.process.pid, signal.SIGTERM)
+    try:
+        replica.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(replica.process.pid, signal.SIGKILL)
+        replica.process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def own_replica(
+    stack, folder: Path, reference: str, cache: Path, tracking: str | None = None, wait: bool = True
+) -> Iterator[SimpleNamespace]:
+    """``denseflow serve --model reference`` as `stack.py replicas` starts one (the read-only user's environment only,
+    an API key file, loopback, polls every second), on ``cache`` and a free port, its output in a log under
+    ``folder``; until ``/health`` answers when ``wait``. Stopped at the end, whatever happened. ``tracking``: a
+    tracking URI other than the stack's MLflow server (a proxy in front of it)."""
+    module = stack.module
+    state = state_of(stack)
+    layout = module.Stack(stack.dir)
+    key_file = folder / "search.key"
+    if not key_file.is_file():
+        key_file.write_text(os.urandom(32).hex() + "\n")
+        key_file.chmod(0o600)
+    env = module.process_env(layout, state) | module.role_env(layout, state, "reader")
+    env.pop("PREFECT_HOME", None)
+    env["DENSEFLOW_HOME"] = str(folder / "home")
+    if tracking:
+        env["MLFLOW_TRACKING_URI"] = tracking
+    port = free_port()
+    command = [str(BIN / "denseflow"), "serve", "--model", reference, "--cache-dir", str(cache)]
+    command += ["--api-key-file", str(key_file), "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", "1"]
+    log = folder / f"replica-{port}.log"
+    with log.open("ab") as out:  # a file, not a pipe: nobody reads a pipe while it runs
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+            start_new_session=True,  # its own process group: stopped (or killed) whole
+        )
+    replica = SimpleNamespace(
+        process=process, url=f"http://127.0.0.1:{port}", log=log, cache=cache, key=key_file.read_text().strip()
+    )
+    try:
+        if wait:
+            deadline = time.monotonic() + UP_TIMEOUT
+            while True:
+                assert process.poll() is None, f"replica exited ({process.returncode}):\n{replica_log(replica)[-3000:]}"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{replica.url}/health", timeout=10).status_code == 200:
+                        break
+                assert time.monotonic() < deadline, f"replica not answering:\n{replica_log(replica)[-3000:]}"
+                time.sleep(0.5)
+        yield replica
+    finally:
+        stop_own_replica(replica)
+
+
+def test_a_replica_on_an_empty_cache_answers_as_denseflow_search_on_the_publishing_workspace(
+    stack, auth_model, replicas, tmp_path
+):
+    """A second machine's replica (the tracking server and the read-only user, nothing shared) gives the answers
+    `denseflow search` gives on the workspace that published the version: the same ids, scores to 5 decimals."""
+    name, workspace = auth_model.name, auth_model.workspace
+    client = registry(stack)
+    # The publishing machine's `current` serves production (after the swap case it does; moved there otherwise).
+    version = index_label(workspace).rpartition("@")[2]
+    if production_of(stack, name) != version:
+        client.set_registered_model_alias(name, "production", version)
+    index_version = client.get_model_version(name, version).tags["index.default"]
+    expected = {}
+    for query in replicas.queries:
+        done = denseflow_cli(
+            stack, "search", "--workspace", str(workspace), "--json", "-k", "5", query, env=stack.cli_env
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        expected[query] = json.loads(done.stdout[done.stdout.index("{") :])
+        assert served_key(expected[query]) == (f"{name}@{version}", index_version), expected[query]
+        assert expected[query]["hits"], expected[query]
+    cache = tmp_path / "cache"
+    assert not cache.exists()
+    with own_replica(stack, tmp_path, f"{name}@production", cache) as replica:
+        health = health_of(replica.url)
+        assert health["registry"]["served_version"] == version and health["index_version"] == index_version, health
+        assert health["stale"] is False and health["status"] == "ok", health
+        for query in replicas.queries:
+            answer = search(replica.url, query, replica.key)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert served_key(body) == served_key(expected[query])
+            assert same_hits(hits_of(body), hits_of(expected[query])), (query, hits_of(body), hits_of(expected[query]))
+        home = cache / name
+        assert cached_versions(home) == [f"{version}/indexes/default/{index_version}"]
+        assert not list(home.glob(".partial-*"))
+    print(f"\nreplica on an empty cache: {len(replicas.queries)} queries as `denseflow search` answers them")
+
+
+def test_replicas_answer_from_one_whole_version_while_production_moves_under_load(stack, auth_model, replicas):
+    """`denseflow promote` moves production while 8 threads query both replicas without pause: every answer is 200
+    and wholly from the version it names (its hits are that version's for the query), and both replicas serve the
+    new version within a bound (printed)."""
+    name = auth_model.name
+    before = production_of(stack, name)
+    after = auth_model.other if before == auth_model.production else auth_model.production
+    urls = list(replicas.urls.values())
+    for url in urls:
+        wait_health(url, lambda h: h["registry"]["served_version"] == before and not h["stale"], 90, f"on {before}")
+
+    def snapshot() -> tuple[tuple[str, str], dict[str, list[tuple[str, float]]]]:
+        """The one version both replicas serve now, and its hits for each query (the two agree)."""
+        keys, found = set(), {}
+        for query in replicas.queries:
+            answers = [search(url, query, replicas.key) for url in urls]
+            assert [answer.status_code for answer in answers] == [200, 200], [answer.text for answer in answers]
+            bodies = [answer.json() for answer in answers]
+            keys |= {served_key(body) for body in bodies}
+            assert same_hits(hits_of(bodies[0]), hits_of(bodies[1])), (query, bodies)
+            found[query] = hits_of(bodies[0])
+        assert len(keys) == 1, keys
+        return keys.pop(), found
+
+    old_key, old_hits = snapshot()
+    answers: list[tuple[str, str, int, tuple[str, str] | None, object]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    deadline = time.monotonic() + 240  # the threads' own bound, whatever happens below
+
+    def query_loop(worker: int) -> None:
+        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {replicas.key}"}) as http:
+            turn = worker
+            while not stop.is_set() and time.monotonic() < deadline:
+                url, query = urls[turn % 2], replicas.queries[turn // 2 % len(replicas.queries)]
+                turn += 1
+                try:
+                    response = http.post(f"{url}/search", json={"query": query, "k": 5})
+                except httpx.HTTPError as err:
+                    errors.append(f"{url}: {type(err).__name__}: {err}")
+                    continue
+                if response.status_code == 200:
+                    body = response.json()
+                    answers.append((url, query, 200, served_key(body), hits_of(body)))
+                else:
+                    answers.append((url, query, response.status_code, None, response.text[:300]))
+
+    threads = [threading.Thread(target=query_loop, args=(worker,), daemon=True) for worker in range(8)]
+    swapped: dict[str, float] = {}
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1)  # the old version answers under load first
+        started = time.monotonic()
+        done = denseflow_cli(
+            stack,
+            *("promote", after, "--name", name, "--workspace", str(auth_model.workspace)),
+            *("--reason", "replicas under load"),
+            env=stack.cli_env,
+        )
+        moved = time.monotonic()  # the alias move is the command's last act
+        assert done.returncode == 0, done.stdout + done.stderr
+        while time.monotonic() < moved + 90 and len(swapped) < len(urls):
+            for url in urls:
+                with contextlib.suppress(httpx.HTTPError):
+                    if url not in swapped and health_of(url)["registry"]["served_version"] == after:
+                        swapped[url] = time.monotonic() - moved
+            time.sleep(0.1)
+        time.sleep(2)  # and the new version answers under load
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert set(swapped) == set(urls), f"not both swapped within 90 s: {swapped}"
+    assert not [thread for thread in threads if thread.is_alive()]
+    new_key, new_hits = snapshot()
+    assert new_key[0] == f"{name}@{after}" and old_key[0] == f"{name}@{before}", (old_key, new_key)
+    expected = {old_key: old_hits, new_key: new_hits}
+    assert errors == [], errors[:5]
+    refused = [answer for answer in answers if answer[2] != 200]
+    assert refused == [], refused[:5]
+    assert {answer[3] for answer in answers} <= set(expected), {answer[3] for answer in answers}
+    mixed = [answer for answer in answers if not same_hits(answer[4], expected[answer[3]][answer[1]])]
+    assert mixed == [], mixed[:3]
+    for url in urls:  # each replica answered from both versions while it was queried
+        assert {answer[3] for answer in answers if answer[0] == url} == set(expected), url
+        health = health_of(url)
+        assert health["registry"]["alias_version"] == after and health["status"] == "ok", health
+    assert history(stack, name)[-1]["version"] == after and history(stack, name)[-1]["action"] == "promote"
+    # Two 1-second polls and the fetch, checks and load of the new version, under 8 clients' load on the same cores.
+    assert max(swapped.values()) < 45, swapped
+    print(
+        f"\n8 threads, {len(answers)} answers ({sum(a[3] == old_key for a in answers)} from version {before}, "
+        f"{sum(a[3] == new_key for a in answers)} from {after}), no error; `denseflow promote` took "
+        f"{moved - started:.1f}s; alias moved → both replicas on {after} after "
+        + ", ".join(f"{seconds:.1f}s" for seconds in swapped.values())
+    )
+
+
+def test_replicas_answer_from_their_cache_while_mlflow_is_down_and_catch_up_after(stack, auth_model, replicas):
+    """The stack's MLflow server killed (SIGKILL): both replicas keep answering from their cached version and say
+    `stale: true`; `up` restarts the server (and only it), and the replicas are current again by themselves."""
+    name = auth_model.name
+    production = production_of(stack, name)
+    headers = {"Authorization": f"Bearer {replicas.key}"}
+    for url in replicas.urls.values():
+        wait_health(url, lambda h: h["registry"]["served_version"] == production and not h["stale"], 90, "current")
+    keys = {}  # what each replica answers from before the outage
+    for replica, url in replicas.urls.items():
+        keys[replica] = served_key(search(url, replicas.queries[0], replicas.key).json())
+    pids = {replica: state_of(stack)["services"][replica]["pid"] for replica in REPLICAS}
+    stale_after: dict[str, float] = {}
+    up = None
+    try:
+        kill_service(stack, "mlflow")
+        killed = time.monotonic()
+        for replica, url in replicas.urls.items():
+            # A poll gives up after MLflow's HTTP retries (3, backoff 1: seconds), then the replica says so.
+            health, _ = wait_health(url, lambda h: h["stale"] is True, 120, "stale")
+            stale_after[replica] = time.monotonic() - killed
+            assert health["registry"]["served_version"] == production, health
+            assert "did not answer" in (health["registry"]["last_error"] or ""), health
+            for query in replicas.queries:
+                answer = search(url, query, replicas.key)
+                assert answer.status_code == 200, answer.text
+                assert served_key(answer.json()) == keys[replica]
+            metrics = httpx.get(f"{url}/metrics", headers=headers, timeout=30)
+            assert metrics.status_code == 200 and "denseflow_registry_stale 1.0" in metrics.text
+    finally:
+        up = stack_cli(stack.dir, "up", env=stack.env)  # the server back, whatever happened above
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "mlflow from an earlier `up` is not running: restarting it" in up.stdout
+    restarted = time.monotonic()
+    # The replicas came through the outage on their own: `up` did not restart them.
+    assert {replica: state_of(stack)["services"][replica]["pid"] for replica in REPLICAS} == pids
+    caught_up = {}
+    for replica, url in replicas.urls.items():
+        health, _ = wait_health(
+            url,
+            lambda h: (
+                not h["stale"] and h["registry"]["alias_version"] == production and not h["registry"]["last_error"]
+            ),
+            90,
+            "caught up",
+        )
+        caught_up[replica] = time.monotonic() - restarted
+        assert health["registry"]["served_version"] == production and health["status"] == "ok", health
+        assert served_key(search(url, replicas.queries[0], replicas.key).json()) == keys[replica]
+    print(
+        "\nMLflow killed: replicas stale after "
+        + ", ".join(f"{seconds:.0f}s" for seconds in stale_after.values())
+        + ", answering from cache throughout; after `up`, current again after "
+        + ", ".join(f"{seconds:.1f}s" for seconds in caught_up.values())
+    )
+
+
+def test_a_replica_refuses_a_version_tampered_in_the_artifact_store_and_keeps_serving(
+    stack, auth_model, replicas, tmp_path
+):
+    """One file of the other version's logged index changed in the stack's artifact store (the S3 stand-in), then
+    production moved there: a replica that must download it refuses it by the file's name, in /health and its log,
+    and keeps answering from the version it served. The file and production are put back afterwards."""
+    name = auth_model.name
+    client = registry(stack)
+    served = production_of(stack, name)
+    tampered = auth_model.other if served == auth_model.production else auth_model.production
+    version = client.get_model_version(name, tampered)
+    index_version = version.tags["index.default"]
+    # The run's mlflow-artifacts:/<experiment>/<run>/artifacts, as the server keeps it under --artifacts-destination.
+    logged = f"{version.run_id}/artifacts/indexes/default/{index_version}/doc_ids.json"
+    found = list((stack.dir / "artifacts").glob(f"**/{logged}"))
+    assert len(found) == 1, f"{logged} not (once) in the stack's artifact store: {found}"
+    stored = found[0]
+    original = stored.read_bytes()
+    cache = tmp_path / "cache"
+    with own_replica(stack, tmp_path, f"{name}@production", cache) as replica:
+        before = health_of(replica.url)
+        assert before["registry"]["served_version"] == served, before
+        key = (f"{name}@{served}", before["index_version"])
+        try:
+            stored.write_bytes(original + b"\n")  # still valid JSON; its sha256 no longer the manifest's
+            client.set_registered_model_alias(name, "production", tampered)
+            health, seconds = wait_health(
+                replica.url,
+                lambda h: (
+                    h["registry"]["alias_version"] == tampered and "doc_ids.json" in (h["registry"]["last_error"] or "")
+                ),
+                90,
+                f"refusing version {tampered}",
+            )
+            error = health["registry"]["last_error"]
+            assert error.startswith(f"refused {name} version {tampered}") and "doc_ids.json: sha256 differs" in error
+            assert health["registry"]["served_version"] == served and health["index_version"] == key[1], health
+            assert health["status"] == "degraded" and health["stale"] is False, health
+            for query in replicas.queries:
+                answer = search(replica.url, query, replica.key)
+                assert answer.status_code == 200, answer.text
+                assert served_key(answer.json()) == key
+            named = [line for line in replica_log(replica).splitlines() if "refused" in line and "doc_ids.json" in line]
+            assert named, replica_log(replica)[-3000:]
+            home = cache / name
+            assert cached_versions(home) == [f"{served}/indexes/default/{key[1]}"]  # nothing of it kept
+            assert not list(home.glob(".partial-*"))
+        finally:
+            stored.write_bytes(original)
+            client.set_registered_model_alias(name, "production", served)
+        # Production back: the replica agrees with the registry again.
+        wait_health(replica.url, lambda h: h["registry"]["alias_version"] == served and h["status"] == "ok", 60, "ok")
+    print(f"\ntampered version {tampered} refused {seconds:.1f}s after the alias move: {named[0][-200:]}")
+
+
+HOP_HEADERS = {"host", "connection", "keep-alive", "content-length", "transfer-encoding", "accept-encoding", "te"}
+
+
+class HeldArtifacts(http.server.BaseHTTPRequestHandler):
+    """A loopback proxy to the stack's MLflow server that holds every artifact request (``/api/2.0/mlflow-artifacts/``)
+    until ``release`` is set, and sets ``held`` when the first one comes: a replica's download caught in the middle,
+    every time (the replica code has no hook to slow it). Subclassed per test with its own events and upstream."""
+
+    upstream = ""
+    held = threading.Event()
+    release = threading.Event()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def forward(self) -> None:
+        if self.path.startswith("/api/2.0/mlflow-artifacts/"):
+            self.held.set()
+            self.release.wait(300)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        headers = {key: value for key, value in self.headers.items() if key.lower() not in HOP_HEADERS}
+        try:
+            answer = httpx.request(self.command, self.upstream + self.path, headers=headers, content=body, timeout=60)
+            payload = answer.content
+            self.send_response(answer.status_code)
+            for key, value in answer.headers.items():
+                if key.lower() not in HOP_HEADERS | {"content-encoding", "date", "server"}:
+                    self.send_header(key, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except (httpx.HTTPError, OSError):
+            pass  # the replica was killed meanwhile: nobody to answer
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = forward  # noqa: N815 - http.server's names
+
+
+def test_a_replica_killed_mid_download_restarts_on_its_cache_and_never_loads_half_a_version(
+    stack, auth_model, replicas, tmp_path
+):
+    """A replica on an empty cache, its download held in the middle (a proxy in front of MLflow), killed with
+    SIGKILL: only the scratch folder is left, never a version folder. Restarted on the same cache (straight to
+    MLflow), it clears the scratch folder, downloads production again and serves it, and every file of the version it
+    serves matches the manifest."""
+    from denseflow.model.index.store import checksum_problems, read_manifest
+
+    name = auth_model.name
+    production = production_of(stack, name)
+    cache = tmp_path / "cache"
+    home = cache / name
+    proxy = type(
+        "Held", (HeldArtifacts,), {"upstream": stack.mlflow, "held": threading.Event(), "release": threading.Event()}
+    )
+    with fake_http_server(proxy) as port:
+        try:
+            with own_replica(
+                stack, tmp_path, f"{name}@production", cache, tracking=f"http://127.0.0.1:{port}", wait=False
+            ) as killed:
+                deadline = time.monotonic() + UP_TIMEOUT
+                while not proxy.held.wait(0.2):
+                    assert killed.process.poll() is None, replica_log(killed)[-3000:]
+                    assert time.monotonic() < deadline, "no download started:\n" + replica_log(killed)[-3000:]
+                partials = list(home.glob(".partial-*"))
+                assert partials and cached_versions(home) == [], (partials, cached_versions(home))
+                os.killpg(killed.process.pid, signal.SIGKILL)
+                killed.process.wait(timeout=30)
+        finally:
+            proxy.release.set()
+    assert killed.process.returncode == -signal.SIGKILL
+    # What kill -9 leaves: the scratch folder, never a version.
+    assert list(home.glob(".partial-*")) and cached_versions(home) == []
+
+    with own_replica(stack, tmp_path, f"{name}@production", cache) as replica:
+        health = health_of(replica.url)
+        assert health["registry"]["served_version"] == production and health["status"] == "ok", health
+        assert not list(home.glob(".partial-*"))  # cleared at the start, never taken for a version
+        (relative,) = cached_versions(home)
+        assert relative == f"{production}/indexes/default/{health['index_version']}"
+        folder = home / relative
+        assert checksum_problems(folder, read_manifest(folder), absent_ok=("model",)) == []
+        for query in replicas.queries:
+            answer = search(replica.url, query, replica.key)
+            assert answer.status_code == 200, answer.text
+            assert served_key(answer.json()) == (f"{name}@{production}", health["index_version"])
+    print(f"\nreplica killed mid-download ({len(partials)} scratch folder left); restarted, it serves {relative}")
 
 
 def test_the_key_is_in_no_replica_log_and_replicas_stop_alone(stack, replicas):

@@ -52,7 +52,9 @@ def test_no_checkpoint_folder_means_a_fresh_start(tmp_path):
     assert last_complete_checkpoint(tmp_path / "missing") is None
 
 
-def test_training_with_dev_keeps_the_best_checkpoint_and_records_the_curve(tmp_path, tiny_beir_dir, tiny_model_dir):
+def test_training_with_dev_records_the_curve_and_chooses_checkpoint_and_alpha_under_the_rule(
+    tmp_path, tiny_beir_dir, tiny_model_dir
+):
     dataset, examples = tiny_training_data(tiny_beir_dir)
     settings = TrainConfig(
         base_model=str(tiny_model_dir), batch_size=4, epochs=2, max_seq_length=32, evals_per_epoch=2, patience=10
@@ -64,17 +66,42 @@ def test_training_with_dev_keeps_the_best_checkpoint_and_records_the_curve(tmp_p
     assert result.best_step is not None
     assert result.best_dev_ndcg == max(value for step, value in result.dev_curve if step > 0)
     assert (result.model_dir / "modules.json").is_file()
+    checkpoint, alpha = result.choices
+    assert (checkpoint["name"], checkpoint["prior"]) == ("checkpoint", "last")
+    assert (alpha["name"], alpha["prior"]) == ("interpolation", "0.5")
+    assert f"{result.interpolation:g}" == alpha["used"]
+    # A handful of dev queries cannot overrule a prior (or it is dev's best anyway).
+    assert alpha["used"] == "0.5" or alpha["p_value"] < 0.05
+    assert [point[0] for point in result.interpolation_curve] == [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
 
 
-def test_when_no_checkpoint_beats_the_base_model_on_dev_the_base_model_ships(tmp_path, tiny_beir_dir, tiny_model_dir):
+def test_when_dev_cannot_tell_the_candidates_apart_the_priors_stand(tmp_path, tiny_beir_dir, tiny_model_dir):
     dataset, examples = tiny_training_data(tiny_beir_dir)
-    # A learning rate below fp32's resolution: the weights never move, so no checkpoint can beat the start.
+    # A learning rate below fp32's resolution: the weights never move, so every candidate scores the same on dev.
     settings = TrainConfig(
         base_model=str(tiny_model_dir), batch_size=4, epochs=1, max_seq_length=32, learning_rate=1e-30, patience=10
     )
     result = train_bi_encoder(examples, dataset, settings, tmp_path / "out", dev_split="dev", progress=False)
-    assert result.kept_base_model is True
+    assert [choice["used"] for choice in result.choices] == ["last", "0.5"]
+    assert all(choice["p_value"] is None for choice in result.choices)  # the prior ties dev's best: nothing to test
+    assert result.interpolation == 0.5 and not result.kept_base_model
     assert (result.model_dir / "modules.json").is_file()
+
+
+def test_the_best_checkpoint_is_kept_only_when_it_beats_the_last_by_the_paired_test(monkeypatch) -> None:
+    from denseflow.model.training import trainer
+
+    best, last = object(), object()
+    queries = [f"q{i}" for i in range(40)]
+    clear = {id(best): dict.fromkeys(queries, 0.9), id(last): dict.fromkeys(queries, 0.1)}
+    monkeypatch.setattr(trainer, "per_query_dev_ndcg", lambda model, *args: clear[id(model)])
+    chosen, choice = trainer.choose_checkpoint(best, last, None, "fp32")
+    assert chosen is best and choice.used == "best" and choice.p_value < 0.05
+    noise = {id(best): {q: 0.5 + (0.01 if i % 2 else -0.009) for i, q in enumerate(queries)}, id(last): {}}
+    noise[id(last)] = {q: 0.5 for q in queries}
+    monkeypatch.setattr(trainer, "per_query_dev_ndcg", lambda model, *args: noise[id(model)])
+    chosen, choice = trainer.choose_checkpoint(best, last, None, "fp32")
+    assert chosen is last and choice.used == "last" and choice.dev_winner == "best" and choice.p_value >= 0.05
 
 
 def test_a_stopped_run_with_dev_selection_resumes_from_its_checkpoint(tmp_path, tiny_beir_dir, tiny_model_dir):
