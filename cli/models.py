@@ -116,10 +116,10 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 def _index_serving(workspace: Path, name: str, version: str) -> str | None:
     """The newest kept index version (``index.keep_versions``) built for registry version ``version``."""
     from denseflow.model.config import IndexConfig
-    from denseflow.model.index.store import list_versions, model_label
+    from denseflow.model.index.store import list_versions
 
     for info in reversed(list_versions(workspace / "indexes", IndexConfig().name)):
-        if not info.broken and model_label(info.manifest.get("model") or {}) == f"{name}@{version}":
+        if info.manifest is not None and info.manifest.model.label == f"{name}@{version}":
             return info.version
     return None
 

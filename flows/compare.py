@@ -136,7 +136,7 @@ def compare(
 def record_comparison(
     comparison: Comparison, data_label: str, workspace: Path, tracking: TrackingConfig, evaluations: dict
 ) -> dict:
-    from mlflow.tracking import MlflowClient
+    from denseflow.tasks.tracking import end_tracking_run, log_artifact, log_metrics, start_record_run
 
     out = workspace / "compare" / f"{comparison.label_a}-vs-{comparison.label_b}".replace("/", "_").replace("@", "_")
     out.mkdir(parents=True, exist_ok=True)
@@ -152,16 +152,17 @@ def record_comparison(
         "folder": str(out),
     }
     (out / "compare.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name("compare") or client.get_experiment(client.create_experiment("compare"))
-    run = client.create_run(experiment.experiment_id, run_name=f"{comparison.label_b} vs {comparison.label_a}")
+    run_id = start_record_run("compare", f"{comparison.label_b} vs {comparison.label_a}")
     for name in ("compare.md", "compare.html", "compare.json"):
-        client.log_artifact(run.info.run_id, str(out / name))
+        log_artifact(run_id, out / name)
     if comparison.all_queries is not None:
-        client.log_metric(run.info.run_id, "delta_ndcg_at_10", comparison.all_queries.mean_difference)
-        client.log_metric(run.info.run_id, "p_value", comparison.all_queries.p_value)
-    client.set_terminated(run.info.run_id)
-    return result | {"mlflow_run_id": run.info.run_id}
+        figures = {
+            "delta_ndcg_at_10": comparison.all_queries.mean_difference,
+            "p_value": comparison.all_queries.p_value,
+        }
+        log_metrics(run_id, figures)
+    end_tracking_run(run_id)
+    return result | {"mlflow_run_id": run_id}
 
 
 def _html(markdown: str) -> str:

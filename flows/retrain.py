@@ -208,7 +208,7 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         )
         describe_version(version, model_dir, summary, context, mined.examples_path, config)
         if config.promotion.publish_on_promotion:
-            target = publish_target(config, promotion.as_dict(), workspace)
+            target = publish_target(config, promotion, workspace)
             if target is not None:
                 summary = replace(summary, published=publish_version_of(config, target, dataset_dir, workspace))
     result = summary.as_dict()
@@ -234,20 +234,23 @@ def served_record(
     )
 
 
-def publish_target(config: RetrainConfig, promotion: dict, workspace: Path) -> str | None:
+def publish_target(
+    config: RetrainConfig, promotion: GateOutcome, workspace: Path, index_name: str = IndexConfig().name
+) -> str | None:
     """The version to publish now: the one this run promoted, else production when its index is missing.
 
     A crash between the gate's move and the publication (or a publication that failed) leaves production
-    without an index; the next run repairs that instead of waiting for another promotion.
+    without an index; the next run repairs that instead of waiting for another promotion. ``index_name`` is the
+    index retrain publishes (``publish_config_for``'s, the default index).
     """
-    if promotion.get("promote"):
-        return str(promotion["version"])
-    production = promotion.get("production")
-    if production is not None and str(production) == str(promotion.get("base_version")):
+    if promotion.promote:
+        return str(promotion.version)
+    production = promotion.production
+    if production is not None and str(production) == str(promotion.base_version):
         return str(production)  # the base model's system won the gate
     if production is None:
         return None
-    label = published_model_label(workspace / "indexes", IndexConfig().name)
+    label = published_model_label(workspace / "indexes", index_name)
     expected = f"{config.tracking.registered_model}@{production}"
     if label == expected:
         return None

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 Action = Literal["gate", "promote", "rollback", "external"]
+GateDecision = Literal["promoted", "rejected", "base model shipped", "conflict", "skipped"]
 # Metric figures in the registry carry 6 decimals; both figures are compared at that precision, and anything
 # closer than this after rounding is a tie, not a win (nor a loss).
 DECIMALS = 6
@@ -113,7 +114,7 @@ class Decision:
         return round(self.candidate.value, DECIMALS) - round(self.production.value, DECIMALS)
 
     @property
-    def outcome(self) -> str:
+    def outcome(self) -> Literal["promoted", "base model shipped", "rejected"]:
         return "promoted" if self.promote else "base model shipped" if self.ship_base else "rejected"
 
     def as_tags(self) -> dict[str, str]:
@@ -139,14 +140,15 @@ class Decision:
 
 @dataclass(frozen=True)
 class GateOutcome:
-    """What a gate did: its decision, the figures it compared, and where ``production`` points afterwards.
+    """What a gate did: its one decision, the figures it compared, and where ``production`` points afterwards.
 
-    ``decision`` is the :attr:`Decision.outcome`, or ``conflict`` when production moved under the gate, or
-    ``skipped`` when no gate ran. ``base_version`` is set once the base model was registered and shipped.
+    ``decision`` is the :attr:`Decision.outcome` (``promoted``, ``rejected``, ``base model shipped``), or
+    ``conflict`` when production moved under the gate, or ``skipped`` when no gate ran; whether it promoted and
+    whether the base model ships are read from it. ``base_version`` is set once the base model was registered and
+    shipped.
     """
 
-    decision: str
-    promote: bool
+    decision: GateDecision
     reason: str
     metric: str | None = None
     margin: float | None = None
@@ -155,16 +157,23 @@ class GateOutcome:
     production_figure: Scored | None = None
     base_figure: Scored | None = None
     base_delta: float | None = None
-    ship_base: bool = False
     version: str | None = None
     production: str | None = None
     previous_production: str | None = None
     at: str | None = None
     base_version: str | None = None
 
+    @property
+    def promote(self) -> bool:
+        return self.decision == "promoted"
+
+    @property
+    def ship_base(self) -> bool:
+        return self.decision == "base model shipped"
+
     @classmethod
     def skipped(cls, reason: str) -> GateOutcome:
-        return cls("skipped", False, reason)
+        return cls("skipped", reason)
 
     @classmethod
     def of(
@@ -172,7 +181,6 @@ class GateOutcome:
     ) -> GateOutcome:
         return cls(
             decision=decision.outcome,
-            promote=decision.promote,
             reason=decision.reason,
             metric=decision.metric,
             margin=decision.margin,
@@ -181,7 +189,6 @@ class GateOutcome:
             production_figure=decision.production,
             base_figure=decision.base,
             base_delta=decision.base_delta,
-            ship_base=decision.ship_base,
             version=version,
             production=production,
             previous_production=previous_production,
@@ -193,7 +200,7 @@ class GateOutcome:
         that and why; ``base_version`` appears once the base model shipped (or conflicted)."""
         if self.decision == "skipped":
             return {"decision": self.decision, "promote": self.promote, "reason": self.reason}
-        data = asdict(self)
+        data = asdict(self) | {"promote": self.promote, "ship_base": self.ship_base}
         if self.base_version is None:
             del data["base_version"]
         return data

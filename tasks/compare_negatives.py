@@ -40,7 +40,7 @@ from denseflow.model.evaluation.partition import (
 from denseflow.model.evaluation.plots import plot_negatives
 from denseflow.model.evaluation.runs import bm25_run
 from denseflow.model.mining.negatives import MiningResult, mining_summary, mix_examples, read_examples, write_examples
-from denseflow.tasks.tracking import log_artifact, log_metrics, start_tracking_run
+from denseflow.tasks.tracking import log_artifact, log_metrics, set_tags, start_tracking_run
 
 
 def start_arm_run(config: ArmRunConfig, spec: ArmSpec, flow_run_id: str | None, parent_run_id: str) -> str:
@@ -53,9 +53,7 @@ def start_arm_run(config: ArmRunConfig, spec: ArmSpec, flow_run_id: str | None, 
         "towers": spec.towers or "none",
         "study.batch_size": "none" if spec.batch_size is None else str(spec.batch_size),
     }
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    set_tags(run_id, tags)
     return run_id
 
 

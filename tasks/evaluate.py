@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from prefect import task
 
 from denseflow.model.config import PRIOR_RECIPE, BM25Config, ChoicesConfig, EvalConfig, TrainConfig
@@ -33,7 +32,14 @@ from denseflow.model.evaluation.runs import Evaluation, score_run
 from denseflow.model.fusion import NEUTRAL_WEIGHT
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.training.shallow import choose_depth, folder_query_depth
-from denseflow.tasks.tracking import log_artifact, log_choice, log_metrics, log_per_query_table, run_logger
+from denseflow.tasks.tracking import (
+    log_artifact,
+    log_choice,
+    log_metrics,
+    log_per_query_table,
+    run_logger,
+    set_tags,
+)
 
 HYBRID = "hybrid"
 BASE_HYBRID = "zero-shot+bm25"
@@ -192,9 +198,8 @@ def hybrid(
             figures,
             _record(evaluation, name, out_dir, context.run_id, prefix, stem, figures),
         )
-    client = MlflowClient()
-    for key, value in {"weight": choice.weight, "method": choice.method, "weight_chosen_by": choice.chosen_by}.items():
-        client.set_tag(context.run_id, f"{metric_label(label)}.{key}", str(value))
+    tags = {"weight": choice.weight, "method": choice.method, "weight_chosen_by": choice.chosen_by}
+    set_tags(context.run_id, {f"{metric_label(label)}.{key}": str(value) for key, value in tags.items()})
     log_metrics(context.run_id, {"weight": choice.weight}, prefix=f"{metric_label(label)}.")
     return replace(_result(label, recorded, split), fusion=choice)
 
@@ -247,7 +252,7 @@ def choose_parts(
     texts = [document.full_text for document in dataset.corpus.values()]
     length, reason = document_length(base_model, texts, settings.document_max_seq_length)
     run_logger().info("documents are read at %d tokens (%s); BM25 %s", length, reason, chosen.describe())
-    MlflowClient().set_tag(context.run_id, "document_max_seq_length.reason", reason[:250])
+    set_tags(context.run_id, {"document_max_seq_length.reason": reason[:250]})
     log_metrics(context.run_id, {"document_max_seq_length": length, "bm25.k1": chosen.k1, "bm25.b": chosen.b})
     return Parts(chosen, length, reason)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
 from prefect import task
 
 from denseflow.model.config import DataConfig
@@ -13,7 +12,7 @@ from denseflow.model.data.assemble import SourceResult
 from denseflow.model.data.beir import RejectLog, bundled_scifact_dir
 from denseflow.model.data.dev import carve_dev_split
 from denseflow.model.data.ingest import IngestedData
-from denseflow.tasks.tracking import log_artifact, log_dataset_inputs, log_metrics, run_logger
+from denseflow.tasks.tracking import log_artifact, log_dataset_inputs, log_metrics, run_logger, set_tags
 
 
 def load_source(data: DataConfig, rejects: RejectLog) -> SourceResult:
@@ -70,10 +69,7 @@ def ingest(data: DataConfig, run_dir: Path, run_id: str) -> IngestedData:
     source = str(data.path or bundled_scifact_dir())
     # Client calls, not ``with mlflow.start_run(run_id=...)``: leaving that block ends the run as FINISHED, so a
     # retrain killed later would show a finished run with no metrics.
-    client = MlflowClient()
-    client.set_tag(run_id, "dataset_fingerprint", digest)
-    for key, value in dev.as_tags().items():
-        client.set_tag(run_id, key, value)
+    set_tags(run_id, {"dataset_fingerprint": digest, **dev.as_tags()})
     log_dataset_inputs(run_id, source, digest, {"training": data.train_split, "evaluation": data.eval_split})
     return IngestedData(
         dataset_dir=str(dataset_dir),

@@ -192,7 +192,7 @@ def run_gate(
         now_production = previous
     result = GateOutcome.of(decision, version, now_production, previous, at)
     if conflict:
-        result = replace(result, decision="conflict", promote=False, reason=conflict)
+        result = replace(result, decision="conflict", reason=conflict)
     _write_outcome(result, context)
     return result
 
@@ -265,7 +265,7 @@ def ship_base_model(gate: GateOutcome, base_version: str, registered_model: str,
                 gate, decision="conflict", reason=f"conflict: {err}", base_version=base_version, production=err.found
             )
         else:
-            result = replace(gate, production=moved["production"], base_version=base_version, promote=False)
+            result = replace(gate, production=moved["production"], base_version=base_version)
     for key, value in {"promotion.decision": result.decision, "promotion.reason": result.reason}.items():
         client.set_model_version_tag(registered_model, base_version, key, value)
     _write_outcome(result, context)

@@ -15,7 +15,7 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from denseflow.model.encoder import (
 from denseflow.model.index.bm25 import BM25Settings
 from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
 from denseflow.model.index.documents import DOCS_FILE
+from denseflow.model.index.manifest import CorpusRecord, EncodeRecord, ManifestDraft, ModelRef, SearchSection
 from denseflow.model.index.publication import (
     CorpusSnapshot,
     PrecisionChoice,
@@ -64,6 +65,7 @@ from denseflow.model.index.store import (
     BM25_FOLDER,
     DOC_IDS_FILE,
     INDEX_FILE,
+    MANIFEST,
     QUERY_TOWER_FOLDER,
     build_manifest,
     publish,
@@ -95,6 +97,9 @@ def _compiled_encoder(model_dir: str, max_seq_length: int | None) -> tuple[Sente
     """A second copy, its document tower compiled (or why not), once per worker process: shards in threads wait."""
     with _compile_lock:
         return _compiled_encoder_unlocked(model_dir, max_seq_length)
+
+
+PARTIAL_MANIFEST = "manifest.partial.json"  # the caller's part, from build to publish
 
 
 @dataclass(frozen=True)
@@ -362,37 +367,31 @@ def build_and_verify(
 
     faiss.write_index(index, str(build_dir / INDEX_FILE))
     (build_dir / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
-    model_info = {
-        "name": model.name,
-        "version": model.version,
-        "run_id": model.run_id,
-        "tower_type": tower_type(encoder_model),
-        "max_seq_length": encode_config.max_seq_length or encoder_model.max_seq_length,
-        "query_max_seq_length": model.served.query_max_seq_length if model.served else None,
-    }
-    manifest = build_manifest(
-        spec,
-        len(doc_ids),
-        embeddings.shape[1],
-        model_info,
-        snapshot.fingerprint,
-        build_seconds,
-        recall,
-        len(queries) if queries else min(index_config.verify_queries, len(doc_ids)),
-        extra={
-            "encode": {
-                **asdict(choice),
-                "batch_size": encode_config.batch_size,
-                "documents_encoded": plan.to_encode,
-                "documents_reused": plan.reused,
-            },
-            "corpus": {"path": snapshot.corpus_dir, "rejected_rows": snapshot.rejected_rows},
-            "search": model.search,
-            "served_system": model.served.as_dict() if model.served else None,
-        },
+    identity = ModelRef(
+        name=model.name,
+        version=model.version,
+        run_id=model.run_id,
+        tower_type=tower_type(encoder_model),
+        max_seq_length=encode_config.max_seq_length or encoder_model.max_seq_length,
+        query_max_seq_length=model.served.query_max_seq_length if model.served else None,
     )
-    (build_dir / "manifest.partial.json").write_text(json.dumps(manifest), encoding="utf-8")
-    query_length = model_info["query_max_seq_length"] or model_info["max_seq_length"]
+    verified = len(queries) if queries else min(index_config.verify_queries, len(doc_ids))
+    manifest = replace(
+        build_manifest(
+            spec, len(doc_ids), embeddings.shape[1], identity, snapshot.fingerprint, build_seconds, recall, verified
+        ),
+        encode=EncodeRecord(
+            **asdict(choice),
+            batch_size=encode_config.batch_size,
+            documents_encoded=plan.to_encode,
+            documents_reused=plan.reused,
+        ),
+        corpus=CorpusRecord(snapshot.corpus_dir, snapshot.rejected_rows),
+        search=SearchSection.from_dict(model.search) if model.search else None,
+        served_system=model.served,
+    )
+    (build_dir / PARTIAL_MANIFEST).write_text(json.dumps(manifest.to_dict()), encoding="utf-8")
+    query_length = identity.query_length
     try:  # the query tower at its own length: the export is checked against it
         why_not = export_query_tower(
             load_encoder(model.model_dir, query_length), build_dir / QUERY_TOWER_FOLDER, query_length
@@ -415,7 +414,8 @@ def publish_version(
     build_dir = Path(built.build_dir)
     index = faiss.read_index(str(build_dir / INDEX_FILE))
     doc_ids = json.loads((build_dir / DOC_IDS_FILE).read_text(encoding="utf-8"))
-    manifest = json.loads((build_dir / "manifest.partial.json").read_text(encoding="utf-8"))
+    partial = build_dir / PARTIAL_MANIFEST
+    manifest = ManifestDraft.from_dict(json.loads(partial.read_text(encoding="utf-8")), partial)
     info = publish(
         Path(index_root),
         index_config.name,
@@ -428,9 +428,7 @@ def publish_version(
         documents_file=Path(built.documents_file),
         query_tower_dir=build_dir / QUERY_TOWER_FOLDER if (build_dir / QUERY_TOWER_FOLDER).is_dir() else None,
     )
-    run_logger().info(
-        "published %s/%s (%d documents)", index_config.name, info.version, manifest.get("count", len(doc_ids))
-    )
+    run_logger().info("published %s/%s (%d documents)", index_config.name, info.version, len(doc_ids))
     return PublishedVersion(index_config.name, info.version, str(info.path), len(doc_ids))
 
 
@@ -445,20 +443,18 @@ def log_index_artifact(
         return None
     from mlflow.tracking import MlflowClient
 
-    from denseflow.tasks.tracking import configure_tracking
+    from denseflow.tasks.tracking import configure_tracking, log_artifact, log_metrics
 
     configure_tracking(config.tracking, config.workspace)
-    client = MlflowClient()
     folder = Path(published.path)
     artifact_path = f"indexes/{published.name}/{published.version}"
     # Every file search needs, under the manifest's checksums: a replica can serve the version from the registry.
-    for name in (INDEX_FILE, DOC_IDS_FILE, "manifest.json", DOCS_FILE):
+    for name in (INDEX_FILE, DOC_IDS_FILE, MANIFEST, DOCS_FILE):
         if (folder / name).is_file():
-            client.log_artifact(model.run_id, str(folder / name), artifact_path)
+            log_artifact(model.run_id, folder / name, artifact_path)
     for sub in (BM25_FOLDER, QUERY_TOWER_FOLDER):
         if (folder / sub).is_dir():
-            client.log_artifacts(model.run_id, str(folder / sub), f"{artifact_path}/{sub}")
-    client.set_model_version_tag(model.name, model.version, f"index.{published.name}", published.version)
-    client.log_metric(model.run_id, "publish.documents_encoded", plan.to_encode)
-    client.log_metric(model.run_id, "publish.documents_reused", plan.reused)
+            log_artifact(model.run_id, folder / sub, f"{artifact_path}/{sub}")
+    MlflowClient().set_model_version_tag(model.name, model.version, f"index.{published.name}", published.version)
+    log_metrics(model.run_id, {"documents_encoded": plan.to_encode, "documents_reused": plan.reused}, "publish.")
     return artifact_path

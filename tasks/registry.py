@@ -18,7 +18,7 @@ from denseflow.model.evaluation.summary import RetrainSummary
 from denseflow.model.mining.negatives import mining_summary, read_examples
 from denseflow.model.training.model_card import full_card, pipeline_section
 from denseflow.registry.keys import CANDIDATE, SERVED_SYSTEM_TAG, metric_key
-from denseflow.tasks.tracking import run_logger
+from denseflow.tasks.tracking import log_artifact, run_logger, set_tags
 
 
 @task(name="register", retries=2, retry_delay_seconds=5)
@@ -53,7 +53,7 @@ def register(
         metadata={"towers": towers, "dataset_fingerprint": dataset_fingerprint},
         signature=signature,
     )
-    MlflowClient().set_tag(run_id, "towers", towers)
+    set_tags(run_id, {"towers": towers})
     version = str(info.registered_model_version)
     client = MlflowClient()
     tags = {"towers": towers, "dataset_fingerprint": dataset_fingerprint, "run_id": run_id}
@@ -65,7 +65,7 @@ def register(
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{artifact_name}_served_system.json"
             path.write_text(json.dumps(json.loads(tags[SERVED_SYSTEM_TAG]), indent=2), encoding="utf-8")
-            client.log_artifact(run_id, str(path))
+            log_artifact(run_id, path)
     if alias:
         client.set_registered_model_alias(registered_model, alias, version)
     return version
@@ -100,7 +100,7 @@ def describe_version(
         client.update_model_version(registered_model, version, description=registry_description(card))
         path = context.run_dir / MODEL_CARD_FILE
         path.write_text(card, encoding="utf-8")
-        client.log_artifact(context.run_id, str(path))
+        log_artifact(context.run_id, path)
         return str(path)
     except Exception as err:  # noqa: BLE001 - the card is documentation; the version stands without it
         run_logger().warning("model card for %s version %s not written: %s", registered_model, version, err)

@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -188,13 +188,44 @@ def log_metrics(run_id: str, metrics: dict[str, float], prefix: str = "", step: 
     client.log_batch(run_id, metrics=batch)
 
 
+METRIC_BATCH = 1000  # the most metrics MLflow takes in one log_batch
+
+
+@names_the_server
+def log_metric_history(run_id: str, key: str, points: Iterable[tuple[int, float]]) -> None:
+    """One metric's values by step (a loss curve, a sweep over positions), charted by step in the UI."""
+    now = int(time.time() * 1000)
+    batch = [mlflow.entities.Metric(key, float(value), now, int(step)) for step, value in points]
+    client = MlflowClient()
+    for start in range(0, len(batch), METRIC_BATCH):
+        client.log_batch(run_id, metrics=batch[start : start + METRIC_BATCH])
+
+
+@names_the_server
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Tags on the run, in order."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+
+
 @names_the_server
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """A file, or a folder's files, under ``artifact_path`` of the run's artifacts."""
     client = MlflowClient()
     if Path(path).is_dir():
         client.log_artifacts(run_id, str(path), artifact_path)
     else:
         client.log_artifact(run_id, str(path), artifact_path)
+
+
+@names_the_server
+def start_record_run(experiment: str, run_name: str) -> str:
+    """A run in ``experiment`` (created when missing) recording a one-off result, such as ``denseflow compare``'s:
+    no configuration params, no flow run; end it with :func:`end_tracking_run`."""
+    client = MlflowClient()
+    found = client.get_experiment_by_name(experiment) or client.get_experiment(client.create_experiment(experiment))
+    return client.create_run(found.experiment_id, run_name=run_name).info.run_id
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from filelock import FileLock
-from mlflow.tracking import MlflowClient
 from prefect import task
 
 from denseflow.model.config import HybridDistillConfig, TrainConfig
@@ -27,7 +26,7 @@ from denseflow.model.training.shallow import (
     folder_query_depth,
 )
 from denseflow.model.training.trainer import to_hf_dataset, train_bi_encoder
-from denseflow.tasks.tracking import log_artifact, log_choice, log_metrics, run_logger
+from denseflow.tasks.tracking import log_artifact, log_choice, log_metric_history, log_metrics, run_logger, set_tags
 
 # Settings of the shallow query tower distilled after training (model/training/shallow.py): not training's inputs.
 SHALLOW_TOWER_SETTINGS = {
@@ -146,7 +145,7 @@ def hybrid_teacher_labels(
     if len(dataset.corpus) < MIN_DOCUMENTS:
         message = f"{len(dataset.corpus)} documents (< {MIN_DOCUMENTS}): no pseudo-queries, distillation skipped"
         run_logger().warning("train.hybrid_distill: %s", message)
-        MlflowClient().set_tag(context.run_id, "train.hybrid_distill", message)
+        set_tags(context.run_id, {"train.hybrid_distill": message})
         return []
     teacher_dir = resolve_base_model(settings.base_model)
     if distill.teacher == "trained":
@@ -205,22 +204,25 @@ def train(
     if record.get("best_step") is not None:
         summary |= {"best_step": record["best_step"], "best_dev_ndcg_at_10": record["best_dev_ndcg"]}
     log_metrics(context.run_id, summary, prefix=metric_prefix)
-    client = MlflowClient()
-    for step, loss in record["loss_history"]:
-        client.log_metric(context.run_id, f"{metric_prefix}loss", loss, step=step)
+    log_metric_history(context.run_id, f"{metric_prefix}loss", record["loss_history"])
     # The dev curves as metric histories: MLflow draws them as charts on the run page.
-    for step, value in record.get("dev_curve", []):
-        client.log_metric(context.run_id, f"{metric_prefix}dev_ndcg_at_10", value, step=step)
-    for position, (alpha, value) in enumerate(record.get("interpolation_curve", [])):
-        client.log_metric(context.run_id, f"{metric_prefix}interpolation_dev_ndcg_at_10", value, step=position)
-        client.log_metric(context.run_id, f"{metric_prefix}interpolation_alpha", alpha, step=position)
-    client.set_tag(context.run_id, f"{metric_prefix}selection", record["selection"])
+    log_metric_history(context.run_id, f"{metric_prefix}dev_ndcg_at_10", record.get("dev_curve", []))
+    curve = record.get("interpolation_curve", [])
+    log_metric_history(
+        context.run_id, f"{metric_prefix}interpolation_dev_ndcg_at_10", [(i, v) for i, (_, v) in enumerate(curve)]
+    )
+    log_metric_history(
+        context.run_id, f"{metric_prefix}interpolation_alpha", [(i, a) for i, (a, _) in enumerate(curve)]
+    )
+    set_tags(context.run_id, {f"{metric_prefix}selection": record["selection"]})
     if record.get("dev_curve") or record.get("interpolation_curve"):
         plot = plot_dev_selection(
             record.get("dev_curve", []),
             record.get("interpolation_curve", []),
             context.run_dir / f"{metric_prefix}dev_selection.png",
             f"choices on dev: {record['selection']}",
+            used_step=record.get("best_step") if record["selection"].startswith("best") else record["steps"],
+            used_alpha=record["interpolation"],
         )
         log_artifact(context.run_id, plot, "plots")
     log_artifact(context.run_id, result_path)

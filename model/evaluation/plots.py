@@ -64,18 +64,27 @@ def plot_negatives(series: Mapping[str, Sequence], path: Path, title: str) -> Pa
 
 
 def plot_dev_selection(
-    steps: Sequence[tuple[int, float]], alphas: Sequence[tuple[float, float]], path: Path, title: str
+    steps: Sequence[tuple[int, float]],
+    alphas: Sequence[tuple[float, float]],
+    path: Path,
+    title: str,
+    used_step: int | None = None,
+    used_alpha: float | None = None,
 ) -> Path:
-    """The two choices made on dev: nDCG@10 by training step (the checkpoint), and by WiSE-FT α (the merge)."""
+    """The two choices made on dev: nDCG@10 by training step (the checkpoint), and by WiSE-FT α (the merge), each
+    marked where the run's choice fell: the prior unless dev's paired test overruled it, so not always the top."""
     figure, (by_step, by_alpha) = plt.subplots(1, 2, figsize=(10, 3.8))
     if steps:
         by_step.plot([s for s, _ in steps], [v for _, v in steps], marker="o")
+        if used_step is not None:
+            by_step.axvline(used_step, color="grey", linestyle=":", label=f"used step {used_step}")
+            by_step.legend()
     by_step.set(xlabel="training step (0 = base model)", ylabel="dev nDCG@10 (candidate corpus)", title="checkpoint")
     if alphas:
         by_alpha.plot([a for a, _ in alphas], [v for _, v in alphas], marker="o", color="tab:orange")
-        best = max(alphas, key=lambda point: (round(point[1], 6), -point[0]))
-        by_alpha.axvline(best[0], color="grey", linestyle=":", label=f"chosen α {best[0]:g}")
-        by_alpha.legend()
+        if used_alpha is not None:
+            by_alpha.axvline(used_alpha, color="grey", linestyle=":", label=f"used α {used_alpha:g}")
+            by_alpha.legend()
     by_alpha.set(xlabel="α (0 = base model, 1 = fine-tuned)", ylabel="dev nDCG@10 (candidate corpus)", title="merge")
     for axis in (by_step, by_alpha):
         axis.grid(alpha=0.3)

@@ -16,7 +16,8 @@ Layout of one published index (``root`` is usually ``<workspace>/indexes``)::
             manifest.json  model name/version/run id, corpus fingerprint, dimension, metric, count,
                            index type and parameters, recall check, build time, BM25 parameters, the
                            search mode to serve (dense | bm25 | hybrid, with the fusion weight and
-                           method), sha256 of every file
+                           method), sha256 of every file (the typed record:
+                           :class:`~denseflow.model.index.manifest.Manifest`)
 
 A version is written to ``.staging-*``, fsync'd, re-read and checked, then renamed into place; only
 then does ``current`` move, by ``os.replace`` of a temporary file. A crash anywhere before that rename
@@ -36,7 +37,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -45,22 +46,34 @@ import faiss
 
 from denseflow.model.checksums import folder_checksums, model_checksum
 from denseflow.model.index.bm25 import META_FILE as BM25_META_FILE
-from denseflow.model.index.bm25 import BM25FormatError, BM25Index, BM25Settings
+from denseflow.model.index.bm25 import BM25FormatError, BM25Index
 from denseflow.model.index.build import IndexSpec, PublishedIndexError, apply_search_params
 from denseflow.model.index.documents import DOCS_FILE, DocumentStore
+from denseflow.model.index.manifest import (
+    BM25_FOLDER,
+    DEFAULT_SEARCH,
+    DENSE_ONLY,
+    QUERY_TOWER_FOLDER,
+    BM25Section,
+    DocumentsSection,
+    IndexSection,
+    Manifest,
+    ManifestDraft,
+    ModelRef,
+    QueryTowerSection,
+    SearchSection,
+    Verification,
+    read_section,
+)
 
 MANIFEST = "manifest.json"
 INDEX_FILE = "index.faiss"
 DOC_IDS_FILE = "doc_ids.json"
 MODEL_FOLDER = "model"
-BM25_FOLDER = "bm25"
-QUERY_TOWER_FOLDER = "query_tower"
 SearchMode = Literal["dense", "bm25", "hybrid"]
 FusionMethod = Literal["convex", "zscore", "rrf"]
 SEARCH_MODES: tuple[str, ...] = get_args(SearchMode)
-DEFAULT_SEARCH = {"mode": "hybrid", "hybrid": {"weight": 0.5, "method": "convex", "depth": 100}}
 POINTER = "current"
-FORMAT_VERSION = 1
 _VERSION_RE = re.compile(r"^v(\d{4,})$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -129,12 +142,12 @@ def published_model_checksum(files: Mapping[str, str]) -> str:
     return model_checksum({rel[len(prefix) :]: sha for rel, sha in files.items() if rel.startswith(prefix)})
 
 
-def checksum_problems(version_dir: Path, manifest: Mapping[str, Any], absent_ok: tuple[str, ...] = ()) -> list[str]:
+def checksum_problems(version_dir: Path, manifest: Manifest, absent_ok: tuple[str, ...] = ()) -> list[str]:
     """Every file missing, extra or differing from the manifest, as ``"<file>: <what>"`` lines, sorted.
 
     ``absent_ok``: top-level folders a copy may lack (a replica's download has no ``model/`` when the version's
     query tower embeds queries); what is there of them is still checked."""
-    recorded: Mapping[str, str] = manifest.get("files", {})
+    recorded = manifest.files
     actual = folder_checksums(version_dir, skip=(MANIFEST,))
     optional = tuple(f"{folder}/" for folder in absent_ok)
     problems = [f"{rel}: missing" for rel in recorded if rel not in actual and not rel.startswith(optional)]
@@ -145,7 +158,7 @@ def checksum_problems(version_dir: Path, manifest: Mapping[str, Any], absent_ok:
     return sorted(problems)
 
 
-def verify_checksums(version_dir: Path, manifest: Mapping[str, Any], absent_ok: tuple[str, ...] = ()) -> None:
+def verify_checksums(version_dir: Path, manifest: Manifest, absent_ok: tuple[str, ...] = ()) -> None:
     """Raise :class:`ChecksumError` naming every file missing, extra or differing from the manifest."""
     problems = checksum_problems(version_dir, manifest, absent_ok)
     if problems:
@@ -162,18 +175,18 @@ class LoadedIndex:
     path: Path
     index: faiss.Index
     doc_ids: list[str]
-    manifest: dict[str, Any]
+    manifest: Manifest
     bm25: BM25Index | None = None
     documents: DocumentStore | None = None  # None for versions published before documents were stored
 
     @property
     def version(self) -> str:
-        return self.manifest["version"]
+        return self.manifest.version
 
     @property
-    def search(self) -> dict[str, Any]:
+    def search(self) -> SearchSection:
         """What to serve by default; a version published before BM25 was carried serves dense only."""
-        return self.manifest.get("search") or {**DEFAULT_SEARCH, "mode": "dense"}
+        return self.manifest.served_search
 
     def modes(self) -> tuple[str, ...]:
         """The search modes this version can answer."""
@@ -189,29 +202,33 @@ class VersionInfo:
     version: str
     path: Path
     current: bool
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest | None = None
     broken: str | None = None  # why the manifest could not be read; such a version is listed, never loaded
 
     def summary(self) -> dict[str, Any]:
-        model = self.manifest.get("model", {})
-        return {
-            "version": self.version,
-            "current": self.current,
-            "broken": self.broken,
-            "created_at": self.manifest.get("created_at"),
-            "model": model_label(model),
-            "index_type": self.manifest.get("index", {}).get("type"),
-            "count": self.manifest.get("count"),
-            "recall_at_10": self.manifest.get("verification", {}).get("recall_at_10"),
-            "search_mode": (self.manifest.get("search") or {"mode": "dense"})["mode"],
+        row: dict[str, Any] = {"version": self.version, "current": self.current, "broken": self.broken}
+        manifest = self.manifest
+        if manifest is None:
+            return (
+                row
+                | dict.fromkeys(("created_at", "model", "index_type", "count", "recall_at_10"))
+                | {"search_mode": DENSE_ONLY.mode}
+            )
+        return row | {
+            "created_at": manifest.created_at,
+            "model": manifest.model.label,
+            "index_type": manifest.index.type,
+            "count": manifest.count,
+            "recall_at_10": manifest.verification.recall_at_10,
+            "search_mode": manifest.served_search.mode,
         }
 
 
 def model_label(model: Mapping[str, Any]) -> str | None:
-    """``name@version`` of a manifest's model; a model published from a folder has no version."""
+    """``name@version`` of a model identity; a model published from a folder has no version."""
     if not model:
         return None
-    return f"{model.get('name')}@{model['version']}" if model.get("version") is not None else str(model.get("name"))
+    return ModelRef(name=model.get("name"), version=model.get("version")).label
 
 
 def check_name(name: str) -> str:
@@ -224,14 +241,18 @@ def index_home(root: Path, name: str) -> Path:
     return Path(root) / check_name(name)
 
 
-def read_manifest(version_dir: Path) -> dict[str, Any]:
+def read_manifest(version_dir: Path) -> Manifest:
+    """A version folder's manifest. Missing: :class:`NoPublishedIndexError`; not JSON: :class:`ChecksumError`, a
+    damaged file like any other (a replica downloads it again); a format this denseflow does not read or a
+    section of the wrong shape: :class:`~denseflow.model.index.manifest.ManifestError`."""
     path = Path(version_dir) / MANIFEST
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as err:
         raise NoPublishedIndexError(f"{path}: manifest missing") from err
     except json.JSONDecodeError as err:
         raise ChecksumError(f"{path}: manifest is not valid JSON ({err})") from err
+    return Manifest.from_dict(data, path)
 
 
 def read_pointer(root: Path, name: str) -> str | None:
@@ -258,8 +279,6 @@ def list_versions(root: Path, name: str) -> list[VersionInfo]:
         if path.is_dir() and _VERSION_RE.match(path.name):
             try:
                 manifest = read_manifest(path)
-                if not isinstance(manifest, dict):
-                    raise ChecksumError(f"{path / MANIFEST}: manifest is not a JSON object")
             except PublishedIndexError as err:
                 found.append(VersionInfo(path.name, path, path.name == current, broken=str(err)))
                 continue
@@ -276,24 +295,24 @@ def load_version(version_dir: Path, verify: bool = True, absent_ok: tuple[str, .
         verify_checksums(version_dir, manifest, absent_ok)
     index = faiss.read_index(str(version_dir / INDEX_FILE))
     doc_ids = json.loads((version_dir / DOC_IDS_FILE).read_text(encoding="utf-8"))
-    if index.ntotal != len(doc_ids) or index.ntotal != manifest["count"] or index.d != manifest["dimension"]:
+    if index.ntotal != len(doc_ids) or index.ntotal != manifest.count or index.d != manifest.dimension:
         raise ChecksumError(
             f"{version_dir}: index has {index.ntotal}×{index.d}, doc_ids {len(doc_ids)}, "
-            f"manifest says {manifest['count']}×{manifest['dimension']}"
+            f"manifest says {manifest.count}×{manifest.dimension}"
         )
-    apply_search_params(index, manifest.get("index", {}).get("search_params", {}))
+    apply_search_params(index, manifest.index.search_params)
     loaded = LoadedIndex(version_dir, index, doc_ids, manifest)
-    if manifest.get("bm25"):
-        folder = version_dir / manifest["bm25"].get("folder", BM25_FOLDER)
+    if manifest.bm25 is not None:
+        folder = version_dir / manifest.bm25.folder
         try:
-            loaded.bm25 = BM25Index.load(folder, doc_ids, expected=manifest_bm25(manifest["bm25"]))
+            loaded.bm25 = BM25Index.load(folder, doc_ids, expected=manifest.bm25.settings())
         except (OSError, ValueError, BM25FormatError) as err:  # bm25s raises plain errors on a damaged file
             raise ChecksumError(f"{folder}: refusing to load the BM25 index, {err}") from err
-    if manifest.get("documents"):
-        loaded.documents = DocumentStore(version_dir / manifest["documents"].get("file", DOCS_FILE))
-    check_search_settings(loaded.search, f"{version_dir / MANIFEST}")
-    if loaded.search["mode"] not in loaded.modes():
-        raise SearchSettingsError(f"{version_dir}: manifest serves {loaded.search['mode']!r} but has no BM25 index")
+    if manifest.documents is not None:
+        loaded.documents = DocumentStore(version_dir / manifest.documents.file)
+    check_search_settings(loaded.search.to_dict(), f"{version_dir / MANIFEST}")
+    if loaded.search.mode not in loaded.modes():
+        raise SearchSettingsError(f"{version_dir}: manifest serves {loaded.search.mode!r} but has no BM25 index")
     return loaded
 
 
@@ -391,20 +410,13 @@ def _log_history(home: Path, action: str, previous: str | None, version: str) ->
         os.fsync(out.fileno())
 
 
-def manifest_bm25(described: dict[str, Any]) -> BM25Settings | None:
-    """The BM25 settings a manifest promises (None for a version published before they were recorded whole)."""
-    if "tokenizer" not in described or "k1" not in described or "b" not in described:
-        return None
-    return BM25Settings.from_tokenizer(described["tokenizer"], float(described["k1"]), float(described["b"]))
-
-
 def publish(
     root: Path,
     name: str,
     index: faiss.Index,
     doc_ids: list[str],
     model_dir: Path,
-    manifest: Mapping[str, Any],
+    manifest: ManifestDraft,
     keep: int = 3,
     bm25_dir: Path | None = None,
     documents_file: Path | None = None,
@@ -413,7 +425,7 @@ def publish(
     """Write a new version, verify it by reading it back, rename it into place, then move ``current``.
 
     ``manifest`` carries what the caller knows (model identity, corpus fingerprint, build and
-    verification figures); this adds version, count, dimension, metric, creation time and checksums.
+    verification figures); this completes it with version, count, dimension, metric, creation time and checksums.
     ``bm25_dir``, a folder :meth:`BM25Index.save` wrote over ``doc_ids`` in the same order, is copied in as
     ``bm25/`` so both indexes share one manifest, one set of checksums and one ``current`` move;
     ``documents_file`` (:func:`~denseflow.model.index.documents.write_documents`) is copied in the same way, and
@@ -434,37 +446,36 @@ def publish(
             faiss.write_index(index, str(staging / INDEX_FILE))
             (staging / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
             shutil.copytree(model_dir, staging / MODEL_FOLDER, ignore=shutil.ignore_patterns("checkpoint-*"))
-            described: dict[str, Any] = {}
+            bm25 = query_tower = documents = None
             if bm25_dir is not None:
                 shutil.copytree(bm25_dir, staging / BM25_FOLDER)
                 meta = json.loads((staging / BM25_FOLDER / BM25_META_FILE).read_text(encoding="utf-8"))
-                described["bm25"] = {"folder": BM25_FOLDER, **meta}
-            elif manifest.get("bm25"):
-                raise ValueError("the manifest describes a BM25 index but no bm25_dir was given")
+                bm25 = read_section(
+                    BM25Section, {"folder": BM25_FOLDER, **meta}, str(staging / BM25_FOLDER / BM25_META_FILE)
+                )
             if query_tower_dir is not None:
                 shutil.copytree(query_tower_dir, staging / QUERY_TOWER_FOLDER)
-                described["query_tower"] = {"folder": QUERY_TOWER_FOLDER}
+                query_tower = QueryTowerSection(QUERY_TOWER_FOLDER)
             if documents_file is not None:
                 shutil.copyfile(documents_file, staging / DOCS_FILE)
-                described["documents"] = {"file": DOCS_FILE, "count": DocumentStore(staging / DOCS_FILE).count()}
+                documents = DocumentsSection(DOCS_FILE, DocumentStore(staging / DOCS_FILE).count())
             # Without BM25 only dense can be served, whatever the caller's default would have been.
-            described["search"] = manifest.get("search") or search_settings("hybrid" if bm25_dir else "dense")
+            search = manifest.search or SearchSection.from_dict(search_settings("hybrid" if bm25_dir else "dense"))
             files = folder_checksums(staging, skip=(MANIFEST,))
-            full = {
-                **manifest,
-                **described,
-                "format_version": FORMAT_VERSION,
-                "name": name,
-                "version": version,
-                "created_at": datetime.now(UTC).isoformat(),
-                "count": int(index.ntotal),
-                "dimension": int(index.d),
-                "metric": "inner_product",
-                "normalized": True,
-                "files": files,
-            }
-            full["model"] = {**full.get("model", {}), "checksum": published_model_checksum(files)}
-            _write_durably(staging / MANIFEST, json.dumps(full, indent=2, sort_keys=True))
+            full = manifest.complete(
+                model=replace(manifest.model, checksum=published_model_checksum(files)),
+                search=search,
+                name=name,
+                version=version,
+                created_at=datetime.now(UTC).isoformat(),
+                count=int(index.ntotal),
+                dimension=int(index.d),
+                files=files,
+                bm25=bm25,
+                query_tower=query_tower,
+                documents=documents,
+            )
+            _write_durably(staging / MANIFEST, json.dumps(full.to_dict(), indent=2, sort_keys=True))
             fsync_tree(staging)
             load_version(staging, verify=True)
             final = home / version
@@ -522,27 +533,28 @@ def build_manifest(
     spec: IndexSpec,
     count: int,
     dimension: int,
-    model: Mapping[str, Any],
+    model: ModelRef | Mapping[str, Any],
     corpus_fingerprint: str,
     build_seconds: float,
     recall: float | None,
     verify_queries: int,
     extra: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The caller-side part of a manifest (see :func:`publish` for the rest)."""
-    return {
-        "model": dict(model),
-        "corpus_fingerprint": corpus_fingerprint,
-        "index": {
-            "type": spec.type,
-            "factory": spec.factory_string(count, dimension),
-            "search_params": spec.search_params(),
-            "build_params": {"hnsw_ef_construction": spec.hnsw_ef_construction} if spec.type == "hnsw" else {},
-        },
-        "build_seconds": round(build_seconds, 3),
-        "verification": {"recall_at_10": recall, "queries": verify_queries},
-        **(extra or {}),
-    }
+) -> ManifestDraft:
+    """The caller-side part of a manifest (see :func:`publish` for the rest). ``model``: the identity, typed or as
+    its JSON object; ``extra``: further draft sections (``encode``, ``corpus``, ``search``, ``served_system``) as
+    they are written, read like a manifest's (``dataclasses.replace`` sets them typed)."""
+    unknown = set(extra or {}) - {"encode", "corpus", "search", "served_system"}
+    if unknown:
+        raise ValueError(f"build_manifest: no manifest section {', '.join(sorted(unknown))} to set")
+    sections = ManifestDraft.from_dict(dict(extra or {}), "build_manifest extra")
+    return replace(
+        sections,
+        model=model if isinstance(model, ModelRef) else read_section(ModelRef, model, "build_manifest model"),
+        corpus_fingerprint=corpus_fingerprint,
+        index=IndexSection.of(spec, count, dimension),
+        build_seconds=round(build_seconds, 3),
+        verification=Verification(recall, verify_queries),
+    )
 
 
 def published_model_label(root: Path, name: str) -> str | None:
@@ -554,4 +566,4 @@ def published_model_label(root: Path, name: str) -> str | None:
         manifest = read_manifest(index_home(root, name) / version)
     except (OSError, ValueError, PublishedIndexError):
         return None
-    return model_label(manifest.get("model") or {})
+    return manifest.model.label

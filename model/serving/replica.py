@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from denseflow.model.index.build import PublishedIndexError
+from denseflow.model.index.manifest import Manifest
 from denseflow.model.index.store import (
     MANIFEST,
     MODEL_FOLDER,
@@ -123,25 +124,21 @@ class VersionSource(Protocol):
 # --------------------------------------------------------------------------------------------- the cache
 
 
-def needs_model(manifest: Mapping[str, Any], backend: str) -> bool:
+def needs_model(manifest: Manifest, backend: str) -> bool:
     """Whether serving a version needs its ``model/`` weights: yes without an exported query tower, or when the
     backend asked for runs the model itself (torch, int8 quantised from it); otherwise the tower embeds queries."""
-    return not manifest.get("query_tower") or backend not in ("auto", "onnx")
+    return manifest.query_tower is None or backend not in ("auto", "onnx")
 
 
-def verify_download(folder: Path, version: RegistryVersion, with_model: bool) -> dict[str, Any]:
+def verify_download(folder: Path, version: RegistryVersion, with_model: bool) -> Manifest:
     """The downloaded folder's manifest, once it names this model version and index version and every file
     matches its sha256; otherwise :class:`ChecksumError` naming the files (at most five) that do not."""
     manifest = read_manifest(folder)
-    named = manifest.get("model") or {}
-    if (named.get("name"), str(named.get("version")), manifest.get("version")) != (
-        version.model,
-        version.version,
-        version.index_version,
-    ):
+    named = manifest.model
+    if (named.name, str(named.version), manifest.version) != (version.model, version.version, version.index_version):
         raise ChecksumError(
-            f"{version.label}: the downloaded manifest is for model {named.get('name')} version "
-            f"{named.get('version')}, index version {manifest.get('version')}: refusing it"
+            f"{version.label}: the downloaded manifest is for model {named.name} version "
+            f"{named.version}, index version {manifest.version}: refusing it"
         )
     problems = checksum_problems(folder, manifest, absent_ok=() if with_model else (MODEL_FOLDER,))
     if problems:

@@ -29,6 +29,7 @@ from denseflow.model.checksums import model_fingerprint
 from denseflow.model.evaluation.metrics import ranked
 from denseflow.model.fusion import fuse_query
 from denseflow.model.index.build import search
+from denseflow.model.index.manifest import Manifest, ModelRef
 from denseflow.model.index.store import (
     MODEL_FOLDER,
     SEARCH_MODES,
@@ -163,19 +164,19 @@ class _State:
         return str(model_label({"name": self.model.name, "version": self.model.version}))
 
 
-def check_model(manifest: dict[str, Any], loaded: LoadedModel, dimension: int) -> None:
+def check_model(manifest: Manifest, loaded: LoadedModel, dimension: int) -> None:
     """Refuse a manifest whose model is not ``loaded``: checksum, name/version and dimension must agree."""
-    named = manifest.get("model", {})
-    where = f"index {manifest.get('name')}/{manifest.get('version')}"
-    if named.get("checksum") != loaded.checksum:
+    named = manifest.model
+    where = f"index {manifest.name}/{manifest.version}"
+    if named.checksum != loaded.checksum:
         raise ModelMismatchError(
-            f"{where} was built with model {named.get('name')}@{named.get('version')} "
-            f"(checksum {str(named.get('checksum'))[:12]}), but the loaded model {loaded.source} "
+            f"{where} was built with model {named.name}@{named.version} "
+            f"(checksum {str(named.checksum)[:12]}), but the loaded model {loaded.source} "
             f"has checksum {loaded.checksum[:12]}: refusing to pair them"
         )
-    if loaded.name is not None and (named.get("name"), str(named.get("version"))) != (loaded.name, str(loaded.version)):
+    if loaded.name is not None and (named.name, str(named.version)) != (loaded.name, str(loaded.version)):
         raise ModelMismatchError(
-            f"{where} names model {named.get('name')}@{named.get('version')}, "
+            f"{where} names model {named.name}@{named.version}, "
             f"but {loaded.name}@{loaded.version} is loaded: refusing to pair them"
         )
     model_dim = (
@@ -269,7 +270,7 @@ class Searcher:
     def _load_model(
         self,
         model_dir: Path,
-        manifest: dict[str, Any] | None,
+        manifest: Manifest | None,
         checksum: str | None = None,
         query_tower: Path | None = None,
     ) -> LoadedModel:
@@ -277,11 +278,11 @@ class Searcher:
 
         With ``query_tower`` (the version's torch-free export, verified with its files) and a backend that allows
         ONNX, queries are embedded there and torch is never imported."""
-        named = (manifest or {}).get("model", {})
+        named = manifest.model if manifest is not None else ModelRef()
         if query_tower is not None and self.backend in ("auto", "onnx"):
             tower = OnnxQueryTower(query_tower, self.threads)
-            return LoadedModel(tower, checksum or model_fingerprint(model_dir), named.get("name"),
-                               named.get("version"), str(model_dir), "onnxruntime (torch-free)")  # fmt: skip
+            return LoadedModel(tower, checksum or model_fingerprint(model_dir), named.name,
+                               named.version, str(model_dir), "onnxruntime (torch-free)")  # fmt: skip
         import torch
 
         from denseflow.model.encoder import load_encoder
@@ -291,7 +292,7 @@ class Searcher:
             torch.set_num_threads(self.threads)
 
         # Queries at their own length; versions published before it was recorded used the documents' one.
-        model = load_encoder(model_dir, named.get("query_max_seq_length") or named.get("max_seq_length"))
+        model = load_encoder(model_dir, named.query_length)
         checksum = checksum or model_fingerprint(model_dir)
         backend = "torch"
         if self.backend != "torch":
@@ -301,46 +302,46 @@ class Searcher:
                 backend = "onnxruntime" if kept == "fp32" else "onnxruntime-int8"
             elif self.backend == "onnx":
                 raise RuntimeError(f"{model_dir}: the query tower could not run on ONNX Runtime (see the log)")
-        return LoadedModel(model, checksum, named.get("name"), named.get("version"), str(model_dir), backend)
+        return LoadedModel(model, checksum, named.name, named.version, str(model_dir), backend)
 
     def _load(self, path: Path, previous: _State | None) -> _State:
         # A replica's copy of a version may leave out model/ when its query tower embeds queries (the download
         # then skips the weights); in the workspace a missing model/ is damage, refused like any missing file.
         model_less = self._folder is not None and not (path / MODEL_FOLDER).is_dir()
         loaded = load_version(path, verify=True, absent_ok=(MODEL_FOLDER,) if model_less else ())
-        if model_less and (not loaded.manifest.get("query_tower") or self.backend not in ("auto", "onnx")):
+        exported = loaded.manifest.query_tower
+        if model_less and (exported is None or self.backend not in ("auto", "onnx")):
             raise PublishedIndexError(
                 f"{path}: no {MODEL_FOLDER}/ folder, and no query tower to embed queries without it"
-                + (f" (backend {self.backend} needs the model)" if loaded.manifest.get("query_tower") else "")
+                + (f" (backend {self.backend} needs the model)" if exported is not None else "")
             )
         version = loaded.version
         if self.mode is not None and self.mode not in loaded.modes():
             raise SearchSettingsError(f"{loaded.path}: no BM25 index, so it cannot serve mode {self.mode!r}")
         manifest = loaded.manifest
-        stored_checksum = published_model_checksum(manifest["files"])  # the files were just verified against this map
-        if stored_checksum != manifest.get("model", {}).get("checksum"):
+        stored_checksum = published_model_checksum(manifest.files)  # the files were just verified against this map
+        if stored_checksum != manifest.model.checksum:
             raise ModelMismatchError(f"{loaded.path}: manifest's model checksum does not match its model/ files")
-        named = manifest["model"]
+        named = manifest.model
         if self._pinned is not None:
             model = self._pinned
-        elif previous is not None and previous.model.checksum == named["checksum"]:
+        elif previous is not None and previous.model.checksum == named.checksum:
             # Same weights: keep the warm model, but take the identity the new manifest gives it.
-            model = replace(previous.model, name=named.get("name"), version=named.get("version"))
+            model = replace(previous.model, name=named.name, version=named.version)
         else:
-            exported = manifest.get("query_tower")
-            tower = loaded.path / exported["folder"] if exported else None
+            tower = loaded.path / exported.folder if exported is not None else None
             model = self._load_model(loaded.model_dir, manifest, stored_checksum, tower)
         check_model(manifest, model if self._pinned is None else _unnamed(model), loaded.index.d)
         precision = "fp32"
         if not isinstance(model.model, OnnxQueryTower):
             from denseflow.model.encoder import native_bf16, tower_type
 
-            expected_towers = named.get("tower_type")
+            expected_towers = named.tower_type
             if expected_towers and expected_towers != tower_type(model.model):
                 raise ModelMismatchError(f"{loaded.path}: manifest says {expected_towers} towers, model is not")
-            if manifest.get("encode", {}).get("precision") == "bf16" and native_bf16():
+            if manifest.precision == "bf16" and native_bf16():
                 precision = "bf16"
-        log.info("serving index %s/%s with model %s", self.name, version, model.source or named.get("name"))
+        log.info("serving index %s/%s with model %s", self.name, version, model.source or named.name)
         if loaded.documents is None:
             log.warning(
                 "index %s/%s was published without its documents: hits carry ids and scores only (publish again "
@@ -393,7 +394,7 @@ class Searcher:
     @property
     def default_mode(self) -> str:
         """The mode a query that names none is answered in."""
-        return self.mode or self._state.index.search["mode"]
+        return self.mode or self._state.index.search.mode
 
     # ------------------------------------------------------------------ querying
     def encode_query(self, query: str) -> np.ndarray:
@@ -410,7 +411,7 @@ class Searcher:
     def _mode_for(self, state: _State, requested: Any) -> str:
         if requested is not None and requested not in SEARCH_MODES:
             raise QueryError(f"mode must be one of {', '.join(SEARCH_MODES)}, got {requested!r}")
-        mode = requested or self.mode or state.index.search["mode"]
+        mode = requested or self.mode or state.index.search.mode
         if mode not in state.index.modes():
             raise QueryError(f"index {self.name}/{state.index.version} has no BM25 index: it serves dense only")
         return mode
@@ -428,8 +429,8 @@ class Searcher:
             raise PublishedIndexError(self.pointer_error)
         state = self._state  # one read: model and indexes always come from the same version
         mode = self._mode_for(state, mode)
-        fusion = state.index.search["hybrid"]
-        depth = k if mode == "dense" else max(k, fusion["depth"])
+        fusion = state.index.search.hybrid
+        depth = k if mode == "dense" else max(k, fusion.depth)
         start = time.perf_counter()
         dense: dict[str, float] = {}
         encoded = start
@@ -450,7 +451,7 @@ class Searcher:
             assert state.index.bm25 is not None  # _mode_for checked it
             # A document scoring 0 shares no term with the query; min-max would lift a page of them to 1.
             sparse = {doc_id: score for doc_id, score in state.index.bm25.search(text, depth) if score > 0}
-            ranking = sparse if mode == "bm25" else fuse_query(dense, sparse, fusion["weight"], fusion["method"])
+            ranking = sparse if mode == "bm25" else fuse_query(dense, sparse, fusion.weight, fusion.method)
         done = time.perf_counter()
         hits = [Hit(rank, doc_id, ranking[doc_id]) for rank, doc_id in enumerate(ranked(ranking)[:k], start=1)]
         if fields and state.index.documents is not None:
@@ -469,20 +470,20 @@ class Searcher:
     def health(self) -> dict[str, Any]:
         state = self._state
         manifest = state.index.manifest
-        named = manifest.get("model", {})
+        named = manifest.model
         return {
             "status": "ok" if self.last_error is None and self.pointer_error is None else "degraded",
             "index": self.name,
             "index_version": state.index.version,
             "documents": int(state.index.index.ntotal),
-            "index_type": manifest.get("index", {}).get("type"),
-            "model": named.get("name"),
-            "model_version": named.get("version"),
-            "model_run_id": named.get("run_id"),
+            "index_type": manifest.index.type,
+            "model": named.name,
+            "model_version": named.version,
+            "model_run_id": named.run_id,
             "query_backend": state.model.backend,
-            "search_mode": self.mode or state.index.search["mode"],
+            "search_mode": self.mode or state.index.search.mode,
             "modes": list(state.index.modes()),
-            "fusion": state.index.search["hybrid"],
+            "fusion": state.index.search.to_dict()["hybrid"],
             "pointer": None if self.pointer_error or self._folder else _pointer_or_none(self.root, self.name),
             "last_error": self.pointer_error or self.last_error,
         }

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from denseflow.flows.retrain import retrain
-from denseflow.model.config import RetrainConfig
+from denseflow.model.config import RetrainConfig, TrainConfig
 from denseflow.model.served_system import ServedSystem
 
 
@@ -77,8 +77,12 @@ def test_retrain_registers_candidate_with_metrics(prefect_harness, tmp_path, tin
     assert set(summary["dev_metrics"]) == {"trained", "hybrid", "zero-shot", "zero-shot+bm25", "bm25"}
     dev_curve = client.get_metric_history(run.info.run_id, "train.dev_ndcg_at_10")
     assert len(dev_curve) >= 2
-    assert "chosen on dev" in run.data.tags["train.selection"]
-    assert len(client.get_metric_history(run.info.run_id, "train.interpolation_dev_ndcg_at_10")) == 6
+    # The checkpoint and α are the priors unless dev's paired test overrules them, and the tag says which.
+    assert "priors unless a paired test" in run.data.tags["train.selection"]
+    assert {"train.checkpoint", "train.interpolation"} <= {choice["key"] for choice in summary["choices"]}
+    train = TrainConfig()
+    alphas = set(train.interpolation_grid) | {train.interpolation_prior}  # every α tried, the prior among them
+    assert len(client.get_metric_history(run.info.run_id, "train.interpolation_dev_ndcg_at_10")) == len(alphas)
     assert {"zeroshot.ndcg_at_10", "bm25.recall_at_100", "ingest.rejected_rows"} <= set(run.data.metrics)
     artifacts = {item.path for item in client.list_artifacts(run.info.run_id)}
     assert {"train_examples.jsonl", "rejects.jsonl", "evaluation", "plots"} <= artifacts

@@ -102,3 +102,36 @@ def test_the_tracking_uri_is_the_configured_one_then_the_environment_then_the_wo
     assert tracking_uri(None, tmp_path) == "http://tracking:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_tags_metric_histories_and_one_off_records_are_written_through_tracking(tmp_path: Path) -> None:
+    from denseflow.model.config import TrackingConfig
+    from denseflow.tasks.tracking import (
+        configure_tracking,
+        end_tracking_run,
+        log_artifact,
+        log_metric_history,
+        set_tags,
+        start_record_run,
+    )
+
+    tracking = TrackingConfig(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="writes")
+    configure_tracking(tracking, tmp_path)
+    client = MlflowClient(tracking.tracking_uri)
+    run_id = start_record_run("records", "b vs a")
+    set_tags(run_id, {"towers": "asymmetric", "dataset_fingerprint": "fp"})
+    points = [(step, 1.0 / (step + 1)) for step in range(1001)]  # past one log_batch's 1000 metrics
+    log_metric_history(run_id, "train.loss", points)
+    folder = tmp_path / "report"
+    folder.mkdir()
+    (folder / "compare.md").write_text("# b vs a")
+    log_artifact(run_id, folder, "reports")
+    end_tracking_run(run_id)
+
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "records"
+    assert run.info.status == "FINISHED"
+    assert (run.data.tags["towers"], run.data.tags["dataset_fingerprint"]) == ("asymmetric", "fp")
+    history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train.loss"))
+    assert history == points
+    assert [item.path for item in client.list_artifacts(run_id, "reports")] == ["reports/compare.md"]
