@@ -37,7 +37,7 @@ from denseflow.registry.aliases import ProductionChanged, move_production, now, 
 from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.registry.tags import served_fusion, served_record
-from denseflow.tasks.tracking import log_artifact, log_metrics
+from denseflow.tasks.tracking import log_artifact, log_metrics, set_version_tags
 
 EVAL_SPLIT_TAG = "eval_split"
 
@@ -101,7 +101,7 @@ def run_gate(
     version = str(version)
     dataset_fingerprint, dataset_dir, split = data.fingerprint, data.dataset_dir, data.split
     run_id, workspace = context.run_id, context.workspace
-    client.set_model_version_tag(registered_model, version, EVAL_SPLIT_TAG, split)
+    set_version_tags(registered_model, version, {EVAL_SPLIT_TAG: split})
     out_dir = context.run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
 

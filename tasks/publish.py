@@ -441,9 +441,8 @@ def log_index_artifact(
     if not model.run_id:
         run_logger().info("model %s has no MLflow run: index not logged", model.name)
         return None
-    from mlflow.tracking import MlflowClient
 
-    from denseflow.tasks.tracking import configure_tracking, log_artifact, log_metrics
+    from denseflow.tasks.tracking import configure_tracking, log_artifact, log_metrics, set_version_tags
 
     configure_tracking(config.tracking, config.workspace)
     folder = Path(published.path)
@@ -455,6 +454,6 @@ def log_index_artifact(
     for sub in (BM25_FOLDER, QUERY_TOWER_FOLDER):
         if (folder / sub).is_dir():
             log_artifact(model.run_id, folder / sub, f"{artifact_path}/{sub}")
-    MlflowClient().set_model_version_tag(model.name, model.version, f"index.{published.name}", published.version)
+    set_version_tags(model.name, model.version, {f"index.{published.name}": published.version})
     log_metrics(model.run_id, {"documents_encoded": plan.to_encode, "documents_reused": plan.reused}, "publish.")
     return artifact_path

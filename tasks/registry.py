@@ -18,7 +18,7 @@ from denseflow.model.evaluation.summary import RetrainSummary
 from denseflow.model.mining.negatives import mining_summary, read_examples
 from denseflow.model.training.model_card import full_card, pipeline_section
 from denseflow.registry.keys import CANDIDATE, SERVED_SYSTEM_TAG, metric_key
-from denseflow.tasks.tracking import log_artifact, run_logger, set_tags
+from denseflow.tasks.tracking import log_artifact, run_logger, set_tags, set_version_tags
 
 
 @task(name="register", retries=2, retry_delay_seconds=5)
@@ -59,8 +59,7 @@ def register(
     tags = {"towers": towers, "dataset_fingerprint": dataset_fingerprint, "run_id": run_id}
     tags |= {metric_key(name): f"{value:.6f}" for name, value in metrics.items()}
     tags |= extra_tags or {}
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_model, version, key, value)
+    set_version_tags(registered_model, version, tags)
     if SERVED_SYSTEM_TAG in tags:  # the record as an artifact too, beside the model it describes
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / f"{artifact_name}_served_system.json"

@@ -210,6 +210,14 @@ def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
 
 
 @names_the_server
+def set_version_tags(registered_model: str, version: str, tags: Mapping[str, str]) -> None:
+    """Tags on a registered model version (its figures, the index published for it), in order."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_model, str(version), key, value)
+
+
+@names_the_server
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     """A file, or a folder's files, under ``artifact_path`` of the run's artifacts."""
     client = MlflowClient()

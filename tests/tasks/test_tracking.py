@@ -112,6 +112,7 @@ def test_tags_metric_histories_and_one_off_records_are_written_through_tracking(
         log_artifact,
         log_metric_history,
         set_tags,
+        set_version_tags,
         start_record_run,
     )
 
@@ -126,6 +127,9 @@ def test_tags_metric_histories_and_one_off_records_are_written_through_tracking(
     folder.mkdir()
     (folder / "compare.md").write_text("# b vs a")
     log_artifact(run_id, folder, "reports")
+    client.create_registered_model("retriever")
+    version = client.create_model_version("retriever", str(folder), run_id=run_id).version
+    set_version_tags("retriever", version, {"index.default": "v0003", "eval_split": "test"})
     end_tracking_run(run_id)
 
     run = client.get_run(run_id)
@@ -135,3 +139,5 @@ def test_tags_metric_histories_and_one_off_records_are_written_through_tracking(
     history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train.loss"))
     assert history == points
     assert [item.path for item in client.list_artifacts(run_id, "reports")] == ["reports/compare.md"]
+    tags = client.get_model_version("retriever", version).tags
+    assert (tags["index.default"], tags["eval_split"]) == ("v0003", "test")
