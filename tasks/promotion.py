@@ -266,8 +266,9 @@ def ship_base_model(gate: GateOutcome, base_version: str, registered_model: str,
             )
         else:
             result = replace(gate, production=moved["production"], base_version=base_version)
-    for key, value in {"promotion.decision": result.decision, "promotion.reason": result.reason}.items():
-        client.set_model_version_tag(registered_model, base_version, key, value)
+    set_version_tags(
+        registered_model, base_version, {"promotion.decision": result.decision, "promotion.reason": result.reason}
+    )
     _write_outcome(result, context)
     return result
 

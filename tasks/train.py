@@ -221,7 +221,7 @@ def train(
             record.get("interpolation_curve", []),
             context.run_dir / f"{metric_prefix}dev_selection.png",
             f"choices on dev: {record['selection']}",
-            used_step=record.get("best_step") if record["selection"].startswith("best") else record["steps"],
+            used_step=record.get("used_step"),  # None for a training cached before it was recorded: no marker
             used_alpha=record["interpolation"],
         )
         log_artifact(context.run_id, plot, "plots")

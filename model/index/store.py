@@ -224,13 +224,6 @@ class VersionInfo:
         }
 
 
-def model_label(model: Mapping[str, Any]) -> str | None:
-    """``name@version`` of a model identity; a model published from a folder has no version."""
-    if not model:
-        return None
-    return ModelRef(name=model.get("name"), version=model.get("version")).label
-
-
 def check_name(name: str) -> str:
     if not _NAME_RE.match(name):
         raise ValueError(f"index name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")

@@ -39,7 +39,6 @@ from denseflow.model.index.store import (
     SearchSettingsError,
     index_home,
     load_version,
-    model_label,
     published_model_checksum,
     read_pointer,
 )
@@ -161,7 +160,7 @@ class _State:
 
     @property
     def model_label(self) -> str:
-        return str(model_label({"name": self.model.name, "version": self.model.version}))
+        return str(ModelRef(name=self.model.name, version=self.model.version).label)
 
 
 def check_model(manifest: Manifest, loaded: LoadedModel, dimension: int) -> None:

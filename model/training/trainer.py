@@ -88,6 +88,7 @@ class TrainResult:
     dev_curve: list[tuple[int, float]] = field(default_factory=list)
     best_step: int | None = None
     best_dev_ndcg: float | None = None
+    used_step: int | None = None  # the checkpoint merged and saved: the last unless dev's paired test chose the best
     kept_base_model: bool = False
     interpolation: float = 1.0
     pseudo_pairs: int = 0
@@ -383,6 +384,7 @@ def train_bi_encoder(
     tuned = merge_lora(trainer.model, build_model(settings)) if settings.adapter == "lora" else trainer.model
     curve: list[tuple[float, float]] = []
     choices: list[Choice] = []
+    used_step = trainer.state.global_step
     if settings.interpolation is not None:
         alpha, selection = settings.interpolation, f"α {settings.interpolation:g} configured"
     elif evaluator is not None:
@@ -394,6 +396,8 @@ def train_bi_encoder(
             base, tuned, evaluator, settings.interpolation_grid, settings.interpolation_prior, precision, documents
         )
         choices = [checkpoint_choice, alpha_choice]
+        if checkpoint_choice.used == "best":
+            used_step = trainer.state.best_global_step
         selection = f"{checkpoint_choice.used} checkpoint, α {alpha:g}, on {dev_split} (priors unless a paired test)"
     else:
         alpha = settings.interpolation_prior
@@ -416,6 +420,7 @@ def train_bi_encoder(
         dev_curve=dev_curve,
         best_step=trainer.state.best_global_step if evaluator else None,
         best_dev_ndcg=trainer.state.best_metric if evaluator else None,
+        used_step=used_step,
         kept_base_model=alpha == 0,
         interpolation=alpha,
         pseudo_pairs=len(pseudo),

@@ -68,6 +68,8 @@ def test_training_with_dev_records_the_curve_and_chooses_checkpoint_and_alpha_un
     assert (result.model_dir / "modules.json").is_file()
     checkpoint, alpha = result.choices
     assert (checkpoint["name"], checkpoint["prior"]) == ("checkpoint", "last")
+    # The step merged and saved is the one the checkpoint choice used (the plot marks it).
+    assert result.used_step == (result.best_step if checkpoint["used"] == "best" else result.steps)
     assert (alpha["name"], alpha["prior"]) == ("interpolation", "0.5")
     assert f"{result.interpolation:g}" == alpha["used"]
     # A handful of dev queries cannot overrule a prior (or it is dev's best anyway).
