@@ -35,10 +35,10 @@ def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflo
     real training steps and an encoding batch are timed here first (a minute or two on a slow CPU).
     """
     from denseflow.model.data.beir import RejectLog
+    from denseflow.model.data.ingest import load_run_source
     from denseflow.model.evaluation.compare_negatives.plan import cpu_rates, estimate_study, measure_rates, plan_study
-    from denseflow.tasks.ingest import load_source
 
-    dataset = load_source(config.data, RejectLog()).dataset
+    dataset = load_run_source(config.data, RejectLog()).dataset
     specs = plan_study(config)
     rates = measure_rates(config, dataset) if measure else cpu_rates(config)
     estimate = estimate_study(

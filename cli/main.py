@@ -108,11 +108,11 @@ def preflight_retrain(config) -> None:  # noqa: ANN001 - denseflow.model.config.
     from denseflow.model.workspace import tracking_uri
 
     check_tracking_reachable(tracking_uri(config.tracking.tracking_uri, config.workspace))
+    from denseflow.model.data.ingest import load_run_source
     from denseflow.model.data.io import DataError, RejectLog
-    from denseflow.tasks.ingest import load_source
 
     try:
-        load_source(config.data, RejectLog())
+        load_run_source(config.data, RejectLog())
     except DataError as err:
         raise UserError(f"{err} (run `denseflow ingest` on it to see the rejected rows)") from err
     # The gate compares every candidate with the base model's own system: a base that cannot be loaded would

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
@@ -17,6 +18,7 @@ from denseflow.model.encoder import load_encoder, route_queries_by_default, towe
 from denseflow.model.evaluation.summary import RetrainSummary
 from denseflow.model.mining.negatives import mining_summary, read_examples
 from denseflow.model.training.model_card import full_card, pipeline_section
+from denseflow.model.training.trainer import training_record
 from denseflow.registry.keys import CANDIDATE, SERVED_SYSTEM_TAG, metric_key
 from denseflow.tasks.tracking import log_artifact, run_logger, set_tags, set_version_tags
 
@@ -89,8 +91,8 @@ def describe_version(
     registered_model = config.tracking.registered_model
     try:
         folder = Path(model_dir)
-        record = folder.parent / "train_result.json"
-        training = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
+        record = training_record(folder)
+        training = asdict(record) if record else {}
         mining = dict(mining_summary(read_examples(Path(examples_path))))
         facts = summary.as_dict() | {"run_dir": str(context.run_dir)}
         card = full_card(folder, pipeline_section(facts, training, mining, config.model_dump(mode="json")))

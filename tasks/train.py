@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from filelock import FileLock
@@ -25,7 +25,13 @@ from denseflow.model.training.shallow import (
     distillation_texts,
     folder_query_depth,
 )
-from denseflow.model.training.trainer import to_hf_dataset, train_bi_encoder
+from denseflow.model.training.trainer import (
+    RESULT_FILE,
+    TrainResult,
+    to_hf_dataset,
+    train_bi_encoder,
+    training_record,
+)
 from denseflow.tasks.tracking import log_artifact, log_choice, log_metric_history, log_metrics, run_logger, set_tags
 
 # Settings of the shallow query tower distilled after training (model/training/shallow.py): not training's inputs.
@@ -91,7 +97,7 @@ def trained_folder(
         / training_key(Path(examples_path), settings, dataset_fingerprint, dev_split, context.bm25, context)
     )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    result_path = output_dir / "train_result.json"
+    result_path = output_dir / RESULT_FILE
     # Two runs with the same key on one workspace would write the same checkpoints: the second waits, then reuses.
     with FileLock(str(output_dir) + ".lock"):
         if not result_path.is_file():
@@ -122,7 +128,7 @@ def trained_folder(
             )
             if result.resumed_from:
                 run_logger().info("training resumed from %s", result.resumed_from)
-            result_path.write_text(result.to_json())
+            result.write(output_dir)
     return output_dir
 
 
@@ -188,45 +194,45 @@ def train(
     output_dir = trained_folder(
         dataset_dir, examples_path, settings, train_split, dev_split, dataset_fingerprint, context
     )
-    result_path = output_dir / "train_result.json"
-    record = json.loads(result_path.read_text())
-    if record.get("kept_base_model"):
+    result_path = output_dir / RESULT_FILE
+    record = TrainResult.read(result_path)
+    if record.kept_base_model:
         run_logger().warning("α 0 was best on dev: the base model's weights are kept")
-    run_logger().info("training selection: %s", record["selection"])
-    for choice in record.get("choices", []):
+    run_logger().info("training selection: %s", record.selection)
+    for choice in record.choices:
         log_choice(context, Choice(**choice), prefix=metric_prefix)
     summary = {
-        "steps": record["steps"],
-        "seconds": record["seconds"],
-        "median_step_seconds": record["median_step_seconds"],
-        "interpolation": record["interpolation"],
+        "steps": record.steps,
+        "seconds": record.seconds,
+        "median_step_seconds": record.median_step_seconds,
+        "interpolation": record.interpolation,
     }
-    if record.get("best_step") is not None:
-        summary |= {"best_step": record["best_step"], "best_dev_ndcg_at_10": record["best_dev_ndcg"]}
+    if record.best_step is not None:
+        summary |= {"best_step": record.best_step, "best_dev_ndcg_at_10": record.best_dev_ndcg}
     log_metrics(context.run_id, summary, prefix=metric_prefix)
-    log_metric_history(context.run_id, f"{metric_prefix}loss", record["loss_history"])
+    log_metric_history(context.run_id, f"{metric_prefix}loss", record.loss_history)
     # The dev curves as metric histories: MLflow draws them as charts on the run page.
-    log_metric_history(context.run_id, f"{metric_prefix}dev_ndcg_at_10", record.get("dev_curve", []))
-    curve = record.get("interpolation_curve", [])
+    log_metric_history(context.run_id, f"{metric_prefix}dev_ndcg_at_10", record.dev_curve)
+    curve = record.interpolation_curve
     log_metric_history(
         context.run_id, f"{metric_prefix}interpolation_dev_ndcg_at_10", [(i, v) for i, (_, v) in enumerate(curve)]
     )
     log_metric_history(
         context.run_id, f"{metric_prefix}interpolation_alpha", [(i, a) for i, (a, _) in enumerate(curve)]
     )
-    set_tags(context.run_id, {f"{metric_prefix}selection": record["selection"]})
-    if record.get("dev_curve") or record.get("interpolation_curve"):
+    set_tags(context.run_id, {f"{metric_prefix}selection": record.selection})
+    if record.dev_curve or record.interpolation_curve:
         plot = plot_dev_selection(
-            record.get("dev_curve", []),
-            record.get("interpolation_curve", []),
+            record.dev_curve,
+            record.interpolation_curve,
             context.run_dir / f"{metric_prefix}dev_selection.png",
-            f"choices on dev: {record['selection']}",
-            used_step=record.get("used_step"),  # None for a training cached before it was recorded: no marker
-            used_alpha=record["interpolation"],
+            f"choices on dev: {record.selection}",
+            used_step=record.used_step,  # None for a training cached before it was recorded: no marker
+            used_alpha=record.interpolation,
         )
         log_artifact(context.run_id, plot, "plots")
     log_artifact(context.run_id, result_path)
-    return record["model_dir"]
+    return str(record.model_dir)
 
 
 @task(name="distill-query-towers")
@@ -254,7 +260,7 @@ def distill_query_towers(
     # Everything the distillation reads: the teacher's weights, the settings it trains with (not the choice's
     # tolerance, nor the other depths), the texts, and the judged pairs (ids, so the dataset's fingerprint too).
     distill_settings = settings.model_dump_json(exclude={"query_layers", "query_layers_tolerance", "base_model"})
-    teacher_record = Path(model_dir).parent / "train_result.json"
+    teacher = training_record(model_dir)
     towers: dict[int, str] = {}
     for layers in depths:
         digest = hashlib.sha256(f"{model_fingerprint(model_dir)}|{layers}|{distill_settings}".encode())
@@ -273,8 +279,8 @@ def distill_query_towers(
                 )
                 # The version's model card reads the training record beside its model folder: the teacher's, and
                 # how this student was made from it.
-                record = json.loads(teacher_record.read_text()) if teacher_record.is_file() else {}
-                record |= {"model_dir": str(tower.model_dir), "query_layers": layers, "distilled_from": model_dir}
-                (output_dir / "train_result.json").write_text(json.dumps(record, indent=2))
+                if teacher is not None:
+                    student = replace(teacher, model_dir=tower.model_dir, query_layers=layers, distilled_from=model_dir)
+                    student.write(output_dir)
         towers[layers] = str(output_dir / "model")
     return towers

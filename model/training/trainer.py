@@ -34,7 +34,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import datasets
@@ -96,6 +96,8 @@ class TrainResult:
     interpolation_curve: list[tuple[float, float]] = field(default_factory=list)
     selection: str = "none (no dev split)"
     choices: list[dict] = field(default_factory=list)  # the checkpoint and α choices (model/evaluation/choice.py)
+    query_layers: int | None = None  # a shallow query tower: its depth, and the model folder it was distilled from
+    distilled_from: str | None = None
 
     @property
     def median_step_seconds(self) -> float:
@@ -105,6 +107,31 @@ class TrainResult:
     def to_json(self) -> str:
         data = asdict(self) | {"model_dir": str(self.model_dir), "median_step_seconds": self.median_step_seconds}
         return json.dumps(data, indent=2)
+
+    def write(self, folder: Path) -> Path:
+        """``folder/train_result.json``: the record beside the ``model`` folder it describes."""
+        path = Path(folder) / RESULT_FILE
+        path.write_text(self.to_json())
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> TrainResult:
+        """A record :meth:`to_json` wrote; one written before a field existed takes that field's default."""
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = {name: value for name, value in data.items() if name in {item.name for item in fields(cls)}}
+        for name in ("loss_history", "dev_curve", "interpolation_curve"):
+            data[name] = [tuple(point) for point in data.get(name, [])]
+        return cls(**data | {"model_dir": Path(data["model_dir"])})
+
+
+RESULT_FILE = "train_result.json"
+
+
+def training_record(model_dir: str | Path) -> TrainResult | None:
+    """The record of a model folder trained in a workspace (``<training folder>/model``, the record beside it);
+    None for a folder that was not trained here (a base model)."""
+    path = Path(model_dir).parent / RESULT_FILE
+    return TrainResult.read(path) if path.is_file() else None
 
 
 def to_hf_dataset(

@@ -15,9 +15,8 @@ from denseflow.model.data.assemble import (
     read_skip_above,
 )
 from denseflow.model.data.beir import DataError, RejectLog, load_beir
-from denseflow.model.data.ingest import ingest
+from denseflow.model.data.ingest import ingest, load_run_source
 from denseflow.model.data.io import EVAL_LEAK, LINE_TOO_LONG, MALFORMED
-from denseflow.tasks.ingest import load_source as task_load_source
 from tests.click_logs import page, write_jsonl
 
 
@@ -61,15 +60,15 @@ def test_beir_ingest_counts_rows_and_holds_them_to_min_usable_share(tmp_path, ti
 
 
 def test_retrain_preflight_applies_the_same_beir_limits(tiny_beir_dir):
-    """retrain reads BEIR folders through tasks/ingest.load_source: the same line limit and usable-share floor."""
+    """retrain reads BEIR folders through model/data/ingest.load_run_source: the same line limit and usable-share floor."""
     with (tiny_beir_dir / "queries.jsonl").open("a") as out:
         out.write(json.dumps({"_id": "long", "text": "y" * 2000}) + "\n")
     rejects = RejectLog()
-    loaded = task_load_source(DataConfig(path=tiny_beir_dir, max_line_bytes=1024), rejects)
+    loaded = load_run_source(DataConfig(path=tiny_beir_dir, max_line_bytes=1024), rejects)
     assert "long" not in loaded.dataset.queries
     assert rejects.counts() == {LINE_TOO_LONG: 1}
     with pytest.raises(DataError, match="below data.min_usable_share 100%"):
-        task_load_source(DataConfig(path=tiny_beir_dir, max_line_bytes=1024, min_usable_share=1.0), RejectLog())
+        load_run_source(DataConfig(path=tiny_beir_dir, max_line_bytes=1024, min_usable_share=1.0), RejectLog())
 
 
 def test_cli_ingest_removes_evaluation_leaks_like_retrain(tmp_path, tiny_beir_dir, capsys):

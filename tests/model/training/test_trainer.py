@@ -9,7 +9,12 @@ from denseflow.model.config import TrainConfig
 from denseflow.model.data.beir import Dataset, RejectLog, load_beir
 from denseflow.model.data.dev import carve_dev_split
 from denseflow.model.mining.negatives import Negative, TrainExample
-from denseflow.model.training.trainer import last_complete_checkpoint, train_bi_encoder
+from denseflow.model.training.trainer import (
+    TrainResult,
+    last_complete_checkpoint,
+    train_bi_encoder,
+    training_record,
+)
 
 
 def make_checkpoint(folder: Path, step: int, complete: bool) -> Path:
@@ -75,6 +80,21 @@ def test_training_with_dev_records_the_curve_and_chooses_checkpoint_and_alpha_un
     # A handful of dev queries cannot overrule a prior (or it is dev's best anyway).
     assert alpha["used"] == "0.5" or alpha["p_value"] < 0.05
     assert [point[0] for point in result.interpolation_curve] == [0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0]
+    result.write(tmp_path / "out")
+    assert training_record(result.model_dir) == result  # the record beside the model folder, read back typed
+
+
+def test_a_record_written_before_a_field_existed_reads_with_its_default(tmp_path):
+    """Trainings cached in a workspace by an older denseflow are reused: their records must still read."""
+    (tmp_path / "model").mkdir()
+    record = {"model_dir": str(tmp_path / "model"), "steps": 52, "seconds": 300.0, "resumed_from": None}
+    record |= {"precision": "bf16", "dev_curve": [[0, 0.6], [13, 0.65]], "median_step_seconds": 5.0}
+    (tmp_path / "train_result.json").write_text(json.dumps(record))
+    result = training_record(tmp_path / "model")
+    assert result is not None and result.used_step is None and result.selection == "none (no dev split)"
+    assert result.dev_curve == [(0, 0.6), (13, 0.65)]
+    assert training_record(tmp_path / "elsewhere" / "model") is None  # a base model has no record
+    assert isinstance(result, TrainResult)
 
 
 def test_when_dev_cannot_tell_the_candidates_apart_the_priors_stand(tmp_path, tiny_beir_dir, tiny_model_dir):
