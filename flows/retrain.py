@@ -38,7 +38,7 @@ from denseflow.tasks.evaluate import (
 )
 from denseflow.tasks.ingest import ingest
 from denseflow.tasks.mine import mine
-from denseflow.tasks.promotion import PerQuery, promotion_gate, record_comparisons, ship_base_model
+from denseflow.tasks.promotion import BaseRelease, PerQuery, promotion_gate, record_comparisons
 from denseflow.tasks.registry import describe_version, register
 from denseflow.tasks.tracking import (
     configure_tracking,
@@ -162,6 +162,14 @@ def retrain(config: RetrainConfig | None = None) -> dict:
             data.fingerprint,
             registration_tags(served, trained, fused, mode, mode_reason) | {SERVED_SYSTEM_TAG: record.to_json()},
         )
+        # Registered only if the gate ships it: the base model's own system, as it is served.
+        base_release = BaseRelease(
+            base_model,
+            base_served.metrics,
+            data.fingerprint,
+            registration_tags(base_served, zero_shot, base_fused, base_mode, base_reason)
+            | {BASE_MODEL_TAG: "true", SERVED_SYSTEM_TAG: base_record.to_json()},
+        )
         promotion = GateOutcome.skipped("promotion.enabled is false")
         if config.promotion.enabled:
             promotion = promotion_gate(
@@ -175,21 +183,9 @@ def retrain(config: RetrainConfig | None = None) -> dict:
                 base_served.metrics,
                 PerQuery(served.test.per_query, base_served.test.per_query, served.test.unseen),
                 config.choices,
+                base_release,
             )
             record_comparisons(served, base_served, dataset_dir, split, context, config.choices.permutations)
-            if promotion.ship_base:
-                base_version = register(
-                    base_model,
-                    run_id,
-                    registered_model,
-                    base_served.metrics,
-                    data.fingerprint,
-                    registration_tags(base_served, zero_shot, base_fused, base_mode, base_reason)
-                    | {BASE_MODEL_TAG: "true", SERVED_SYSTEM_TAG: base_record.to_json()},
-                    artifact_name="base_model",
-                    alias=None,
-                )
-                promotion = ship_base_model(promotion, base_version, registered_model, context)
         summary = retrain_summary(
             run_id=run_id,
             run_url=run_url(run_id),

@@ -37,6 +37,7 @@ from denseflow.registry.aliases import ProductionChanged, move_production, now, 
 from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.registry.tags import served_fusion, served_record
+from denseflow.tasks.registry import register
 from denseflow.tasks.tracking import log_artifact, log_metrics, set_version_tags
 
 EVAL_SPLIT_TAG = "eval_split"
@@ -221,6 +222,17 @@ def _write_outcome(outcome: GateOutcome, context: RunContext) -> None:
     log_artifact(context.run_id, path)
 
 
+@dataclass(frozen=True)
+class BaseRelease:
+    """The base model's own system as it ships when the gate says ``base model shipped``: registered only then, so
+    a candidate that wins leaves no extra version. ``tags``: its registration tags (served-system record, figures)."""
+
+    model_dir: str
+    metrics: dict[str, float]
+    dataset_fingerprint: str
+    tags: dict[str, str]
+
+
 @task(name="promotion-gate")
 def promotion_gate(
     version: str,
@@ -233,8 +245,11 @@ def promotion_gate(
     base_metrics: dict[str, float] | None = None,
     per_query: PerQuery | None = None,
     choices: ChoicesConfig | None = None,
+    base_release: BaseRelease | None = None,
 ) -> GateOutcome:
-    return run_gate(
+    """The whole gate: decide and move ``production`` (:func:`run_gate`); when the base model's system won, register
+    ``base_release`` and make it production (:func:`ship_base_model`). One outcome, whatever happened."""
+    outcome = run_gate(
         version,
         candidate_metrics,
         data,
@@ -246,9 +261,21 @@ def promotion_gate(
         per_query,
         choices,
     )
+    if outcome.ship_base and base_release is not None:
+        base_version = register(
+            base_release.model_dir,
+            context.run_id,
+            registered_model,
+            base_release.metrics,
+            base_release.dataset_fingerprint,
+            base_release.tags,
+            artifact_name="base_model",
+            alias=None,
+        )
+        outcome = ship_base_model(outcome, base_version, registered_model, context)
+    return outcome
 
 
-@task(name="ship-base-model")
 def ship_base_model(gate: GateOutcome, base_version: str, registered_model: str, context: RunContext) -> GateOutcome:
     """Make the registered base model production after a gate said ``ship_base``; compare-and-set on the
     production that gate read, so a move made meanwhile wins and this one stands down (``conflict``)."""
