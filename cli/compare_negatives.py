@@ -36,11 +36,15 @@ def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflo
     """
     from denseflow.model.data.beir import RejectLog
     from denseflow.model.data.ingest import load_run_source
+    from denseflow.model.encoder import document_length, resolve_base_model
     from denseflow.model.evaluation.compare_negatives.plan import cpu_rates, estimate_study, measure_rates, plan_study
 
     dataset = load_run_source(config.data, RejectLog()).dataset
     specs = plan_study(config)
     rates = measure_rates(config, dataset) if measure else cpu_rates(config)
+    texts = [document.full_text for document in dataset.corpus.values()]
+    base_model = resolve_base_model(config.train.base_model)
+    length, _ = document_length(base_model, texts, config.eval.document_max_seq_length)
     estimate = estimate_study(
         config,
         len(dataset.corpus),
@@ -48,6 +52,7 @@ def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflo
         len(dataset.qrels.get(config.data.eval_split, {})),
         specs,
         rates,
+        length,
     )
     budget = config.estimate.budget_minutes
     verdict = "within" if estimate.total_seconds <= budget * 60 else "OVER"
@@ -62,6 +67,7 @@ def print_plan(config, measure: bool = False) -> int:  # noqa: ANN001 - denseflo
                 len(dataset.qrels.get(config.data.eval_split, {})),
                 plan_study(reduced),
                 rates,
+                length,
             ).total_seconds
             / 60
         )

@@ -56,10 +56,15 @@ def compare_negatives(config: CompareNegativesConfig | None = None) -> dict:
         data = ingest(config.data, run_dir, parent_id)
         # Documents are read at their own length, as retrain reads them (tasks/evaluate.py:choose_parts).
         document_max_seq_length = study_document_length(config, data, parent_id)
-        estimate = estimate_study(config, data.documents, data.train_queries, data.eval_queries, specs)
-        logger.info(
-            "study plan (%d runs), estimated on this machine's measured rates:\n%s", len(specs), estimate.describe()
+        estimate = estimate_study(
+            config,
+            data.documents,
+            data.train_queries,
+            data.eval_queries,
+            specs,
+            document_length=document_max_seq_length,
         )
+        logger.info("study plan (%d runs):\n%s", len(specs), estimate.describe())
         if estimate.total_seconds > config.estimate.budget_minutes * 60:
             logger.warning(
                 "estimate %.0f min exceeds the %.0f min budget",

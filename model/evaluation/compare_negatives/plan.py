@@ -292,11 +292,15 @@ def estimate_study(
     test_queries: int,
     specs: list[ArmSpec] | None = None,
     rates: Rates | None = None,
+    document_length: int | None = None,
 ) -> StudyEstimate:
+    """Seconds per run from the data's size and this CPU's rates. ``document_length``: the tokens documents are
+    read at for evaluation and mining (the study's, from the corpus); training's length when not given."""
     rates = rates or cpu_rates(config)
     fixed = config.estimate
     length = config.train.max_seq_length
-    docs_per_second = rates.docs_per_second_at_128 * 128 / length
+    # Encoding cost grows about linearly with the tokens read (MiniLM-sized models, a few hundred tokens).
+    docs_per_second = rates.docs_per_second_at_128 * 128 / (document_length or length)
     corpus = documents / docs_per_second
 
     def queries(count: float) -> float:

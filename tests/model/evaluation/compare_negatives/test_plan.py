@@ -118,7 +118,17 @@ def test_estimate_counts_encodings_steps_and_rounds():
     assert estimate.remaining_seconds(1, elapsed=1.0) == pytest.approx(remined_run)  # cached runs: no speed-up
 
 
-def test_shipped_study_config_is_the_default():
+def test_the_corpus_is_estimated_at_the_length_documents_are_read_at():
+    """The study reads documents at their own length (256 for SciFact's model), not training's 128: a plan priced
+    at 128 promised half the encoding time it took."""
+    config = CompareNegativesConfig.model_validate({"arms": ["zero-shot"], "seeds": [0]})
+    rates = Rates(docs_per_second_at_128=20.0, step_seconds_at_128=14.0, source="test")
+    at_training_length = estimate_study(config, 5183, 809, 300, rates=rates)
+    at_256 = estimate_study(config, 5183, 809, 300, rates=rates, document_length=256)
+    assert at_256.details["corpus_encoding_seconds"] == pytest.approx(5183 / 10)
+    assert at_256.total_seconds > at_training_length.total_seconds
 
+
+def test_shipped_study_config_is_the_default():
     path = REPO / "deploy" / "configs" / "compare_negatives.yaml"
     assert CompareNegativesConfig.from_yaml(path) == CompareNegativesConfig()
