@@ -15,6 +15,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from denseflow.model.encoder import (
     tower_type,
 )
 from denseflow.model.index.bm25 import BM25Settings
-from denseflow.model.index.build import check_recall, embedding_agreement, timed_build
+from denseflow.model.index.build import check_recall, timed_build
 from denseflow.model.index.documents import DOCS_FILE
 from denseflow.model.index.manifest import CorpusRecord, EncodeRecord, ManifestDraft, ModelRef, SearchSection
 from denseflow.model.index.publication import (
@@ -50,14 +51,10 @@ from denseflow.model.index.publication import (
     PrecisionChoice,
     PublishPlan,
     Shard,
-    agreement_key,
     assemble_embeddings,
-    neighbour_recall,
+    decide_precision,
     plan_shards,
-    precision_verdict,
     read_shard,
-    record_agreement,
-    recorded_agreement,
     snapshot_bm25,
     stage_corpus,
 )
@@ -207,50 +204,25 @@ def stage_corpus_task(config: PublishConfig, work_root: str) -> CorpusSnapshot:
 def choose_precision(
     model_dir: str, snapshot: CorpusSnapshot, encode_config: EncodeConfig, cache_dir: str
 ) -> PrecisionChoice:
-    """bf16 or int8 only where it keeps quality: compared with fp32 on a sample, else fall back to fp32.
+    """The precision to encode in (model/index/publication.decide_precision), checked on the snapshot's sample."""
 
-    The comparison's figures are recorded beside the embedding cache: the same document encoder, length,
-    precision and sample give the same figures, so a re-publication over the same sample skips both encodes.
-    """
-    wanted = resolve_precision(encode_config.precision)
-    if wanted == "fp32":
-        return PrecisionChoice("fp32", encode_config.precision)
-    texts = snapshot.sample_texts(encode_config.check_sample_docs)
-    key = agreement_key(document_encoder_fingerprint(model_dir), encode_config.max_seq_length, wanted, texts)
-    agreement = recorded_agreement(Path(cache_dir), key)
-    if agreement is None:
+    def encode_documents(texts: Sequence[str], precision: str) -> np.ndarray:
         model = _cached_encoder(model_dir, encode_config.max_seq_length)
-        reference = encode(model, texts, "document", encode_config.batch_size, "fp32")
-        try:
-            candidate = encode(model, texts, "document", encode_config.batch_size, wanted)
-        except Exception as err:  # int8 needs an ONNX export; a model that will not export is encoded in fp32
-            reason = f"{wanted} encoding failed: {err}"
-            run_logger().warning("%s: encoding in fp32", reason)
-            return PrecisionChoice("fp32", encode_config.precision, len(texts), fallback=reason)
-        agreement = embedding_agreement(reference, candidate)
-        record_agreement(Path(cache_dir), key, agreement)
-    reason = precision_verdict(
-        agreement,
-        wanted,
-        encode_config.bf16_min_cosine,
-        encode_config.int8_min_mean_cosine,
-        encode_config.int8_min_neighbour_recall,
+        return encode(model, texts, "document", encode_config.batch_size, precision)
+
+    texts = snapshot.sample_texts(encode_config.check_sample_docs)
+    wanted = resolve_precision(encode_config.precision)
+    fingerprint = document_encoder_fingerprint(model_dir) if wanted != "fp32" else ""
+    choice = decide_precision(
+        encode_config.precision, wanted, texts, fingerprint, encode_config, Path(cache_dir), encode_documents
     )
-    if reason:
-        run_logger().warning(
-            "%s embeddings drift from fp32 on %d docs (%s): encoding in fp32", wanted, len(texts), reason
+    if choice.fallback:
+        run_logger().warning("%s on %d docs (%s): encoding in fp32", wanted, len(texts), choice.fallback)
+    elif wanted != "fp32":
+        run_logger().info(
+            "%s kept on %d docs: mean cosine %.4f, min %.4f", wanted, len(texts), choice.mean_cosine, choice.min_cosine
         )
-    else:
-        run_logger().info("%s kept: %s on %d docs", wanted, agreement, len(texts))
-    return PrecisionChoice(
-        "fp32" if reason else wanted,
-        encode_config.precision,
-        len(texts),
-        agreement["mean_cosine"],
-        agreement["min_cosine"],
-        neighbour_recall(agreement),
-        reason,
-    )
+    return choice
 
 
 @task(name="plan-shards")

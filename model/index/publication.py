@@ -15,12 +15,13 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from denseflow.model.config import EncodeConfig
 from denseflow.model.data.beir import Document
 from denseflow.model.embedding_cache import CacheKey, EmbeddingCache, content_hash
 from denseflow.model.index.bm25 import (
@@ -32,6 +33,7 @@ from denseflow.model.index.bm25 import (
     reuse_counts,
     save_counts,
 )
+from denseflow.model.index.build import embedding_agreement
 from denseflow.model.index.documents import DOCS_FILE, read_full_texts, write_documents
 from denseflow.model.index.store import BM25_FOLDER
 
@@ -273,6 +275,48 @@ def precision_verdict(
         if recall < int8_min_neighbour_recall:
             return f"neighbour recall@10 {recall:.4f} < int8_min_neighbour_recall {int8_min_neighbour_recall}"
     return None
+
+
+def decide_precision(
+    requested: str,
+    wanted: str,
+    texts: Sequence[str],
+    document_encoder: str,
+    settings: EncodeConfig,
+    cache_dir: Path,
+    encode_documents: Callable[[Sequence[str], str], np.ndarray],
+) -> PrecisionChoice:
+    """bf16 or int8 only where it keeps quality: compared with fp32 on the sample ``texts``, else fp32.
+
+    ``wanted`` is ``requested`` resolved for this CPU; ``encode_documents(texts, precision)`` encodes with the
+    document tower (called only when the check must run). The figures are recorded in ``cache_dir`` under the
+    document encoder's fingerprint, length, precision and sample, so a re-publication over the same sample skips
+    both encodes. A precision that fails to encode (int8 needs an ONNX export) falls back to fp32 with the reason.
+    """
+    if wanted == "fp32":
+        return PrecisionChoice("fp32", requested)
+    key = agreement_key(document_encoder, settings.max_seq_length, wanted, texts)
+    agreement = recorded_agreement(Path(cache_dir), key)
+    if agreement is None:
+        reference = encode_documents(texts, "fp32")
+        try:
+            candidate = encode_documents(texts, wanted)
+        except Exception as err:  # noqa: BLE001 - any export or runtime failure means: encode in fp32
+            return PrecisionChoice("fp32", requested, len(texts), fallback=f"{wanted} encoding failed: {err}")
+        agreement = embedding_agreement(reference, candidate)
+        record_agreement(Path(cache_dir), key, agreement)
+    reason = precision_verdict(
+        agreement, wanted, settings.bf16_min_cosine, settings.int8_min_mean_cosine, settings.int8_min_neighbour_recall
+    )
+    return PrecisionChoice(
+        "fp32" if reason else wanted,
+        requested,
+        len(texts),
+        agreement["mean_cosine"],
+        agreement["min_cosine"],
+        neighbour_recall(agreement),
+        reason,
+    )
 
 
 AGREEMENT_FILE = "precision_checks.json"
