@@ -21,7 +21,7 @@ from denseflow.model.evaluation.evaluate import BM25, EvaluationResult
 from denseflow.model.evaluation.served import ServedMode, served_system
 from denseflow.model.evaluation.summary import gains, retrain_summary, summary_markdown
 from denseflow.model.index.store import published_model_label
-from denseflow.model.promotion import GateOutcome
+from denseflow.model.promotion import GateOutcome, publish_target
 from denseflow.model.served_system import ServedSystem
 from denseflow.model.training.shallow import check_query_layers, folder_query_depth
 from denseflow.model.workspace import workspace_dir
@@ -204,9 +204,17 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         )
         describe_version(version, model_dir, summary, context, mined.examples_path, config)
         if config.promotion.publish_on_promotion:
-            target = publish_target(config, promotion, workspace)
+            published = published_model_label(workspace / "indexes", IndexConfig().name)  # what retrain publishes
+            target = publish_target(promotion, published, registered_model)
+            if target is not None and target.repair:
+                get_run_logger().warning(
+                    "production is %s@%s but the published index serves %s: publishing production again",
+                    registered_model,
+                    target.version,
+                    published or "nothing",
+                )
             if target is not None:
-                summary = replace(summary, published=publish_version_of(config, target, dataset_dir, workspace))
+                summary = replace(summary, published=publish_version_of(config, target.version, dataset_dir, workspace))
     result = summary.as_dict()
     create_markdown_artifact(markdown=summary_markdown(result, split), key="retrain-summary", description="retrain")
     get_run_logger().info(
@@ -228,32 +236,6 @@ def served_record(
         query_max_seq_length=context.max_seq_length,
         document_max_seq_length=context.document_length,
     )
-
-
-def publish_target(
-    config: RetrainConfig, promotion: GateOutcome, workspace: Path, index_name: str = IndexConfig().name
-) -> str | None:
-    """The version to publish now: the one this run promoted, else production when its index is missing.
-
-    A crash between the gate's move and the publication (or a publication that failed) leaves production
-    without an index; the next run repairs that instead of waiting for another promotion. ``index_name`` is the
-    index retrain publishes (``publish_config_for``'s, the default index).
-    """
-    if promotion.promote:
-        return str(promotion.version)
-    production = promotion.production
-    if production is not None and str(production) == str(promotion.base_version):
-        return str(production)  # the base model's system won the gate
-    if production is None:
-        return None
-    label = published_model_label(workspace / "indexes", index_name)
-    expected = f"{config.tracking.registered_model}@{production}"
-    if label == expected:
-        return None
-    get_run_logger().warning(
-        "production is %s but the published index serves %s: publishing production again", expected, label or "nothing"
-    )
-    return str(production)
 
 
 def publish_version_of(config: RetrainConfig, version: str, dataset_dir: str, workspace: Path) -> dict:

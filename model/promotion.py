@@ -206,6 +206,33 @@ class GateOutcome:
         return data
 
 
+@dataclass(frozen=True)
+class PublishTarget:
+    """The version a retrain publishes after its gate; ``repair``: production's own index is missing (a crash between
+    the gate's move and the publication, or a publication that failed), so production is published again."""
+
+    version: str
+    repair: bool = False
+
+
+def publish_target(promotion: GateOutcome, published_label: str | None, registered_model: str) -> PublishTarget | None:
+    """What to publish now: the version the gate promoted, the base model it shipped, else production when the
+    published index (``published_label``, ``name@version``) serves something else; None when nothing is due.
+
+    The repair case means a run never waits for another promotion to give production its index back.
+    """
+    if promotion.promote:
+        return PublishTarget(str(promotion.version))
+    production = promotion.production
+    if production is None:
+        return None
+    if str(production) == str(promotion.base_version):
+        return PublishTarget(str(production))  # the base model's system won the gate
+    if published_label == f"{registered_model}@{production}":
+        return None
+    return PublishTarget(str(production), repair=True)
+
+
 def _shown(delta: float) -> str:
     return f"{delta:+.4f}" if delta == 0 or abs(delta) >= 5e-5 else f"{delta:+.6f}"  # never "-0.0000"
 
