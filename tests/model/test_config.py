@@ -61,3 +61,13 @@ def test_the_committed_configuration_reference_is_what_the_code_generates() -> N
 
     committed = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert committed == configuration_reference(), "regenerate: denseflow config --markdown > docs/configuration.md"
+
+
+def test_a_qa_sized_dev_split_tries_the_freer_recipe_and_a_scifact_sized_one_does_not() -> None:
+    """~870 train queries (QA over short passages) carve ~87 dev queries: enough to try the alternative recipes,
+    whose paired test on dev decides; SciFact's 72 keep the prior without the extra training run."""
+    choices = RetrainConfig().choices
+    assert choices.recipes_to_try(87) == (["siamese-free"], "")
+    tried, why = choices.recipes_to_try(72)
+    assert tried == [] and "72 dev queries < choices.min_recipe_dev_queries 80" in why
+    assert choices.recipes_to_try(500, can_choose=False)[0] == []
