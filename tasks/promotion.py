@@ -38,7 +38,7 @@ from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.registry.tags import served_fusion, served_record
 from denseflow.tasks.registry import register
-from denseflow.tasks.tracking import log_artifact, log_metrics, set_version_tags
+from denseflow.tasks.tracking import log_artifact, log_metrics, set_tags, set_version_tags
 
 EVAL_SPLIT_TAG = "eval_split"
 
@@ -49,7 +49,6 @@ def reevaluation_tag(fingerprint: str, split: str, mode: str = "dense") -> str:
 
 
 def _production_figure(
-    client: MlflowClient,
     production: ModelVersion,
     metric: str,
     fingerprint: str,
@@ -68,8 +67,8 @@ def _production_figure(
     metrics = json.loads(cached) if cached else None
     if metrics is None or metric not in metrics:
         metrics = reevaluate(str(production.version))
-        client.set_model_version_tag(
-            production.name, str(production.version), reevaluation_tag(fingerprint, split, mode), json.dumps(metrics)
+        set_version_tags(
+            production.name, str(production.version), {reevaluation_tag(fingerprint, split, mode): json.dumps(metrics)}
         )
     return Scored(str(production.version), float(metrics[metric]), fingerprint, reevaluated=True)
 
@@ -147,7 +146,6 @@ def run_gate(
             reevaluate(str(current.version))  # per-query figures for the paired test
         production = (
             _production_figure(
-                client,
                 current,
                 metric,
                 dataset_fingerprint,
@@ -177,10 +175,8 @@ def run_gate(
                 tags |= {"promotion.decision": "conflict", "promotion.reason": conflict}
     at = now()
     tags |= {"promotion.at": at, "promotion.run_id": run_id}
-    for key, value in tags.items():
-        client.set_model_version_tag(registered_model, version, key, value)
-    for key in ("promotion.decision", "promotion.reason"):
-        client.set_tag(run_id, key, tags[key])
+    set_version_tags(registered_model, version, tags)
+    set_tags(run_id, {key: tags[key] for key in ("promotion.decision", "promotion.reason")})
     if decision.delta is not None:
         log_metrics(run_id, {"promotion.delta": decision.delta})
     previous = production.version if production else None

@@ -20,7 +20,13 @@ from denseflow.model.mining.negatives import mining_summary, read_examples
 from denseflow.model.training.model_card import full_card, pipeline_section
 from denseflow.model.training.trainer import training_record
 from denseflow.registry.keys import CANDIDATE, SERVED_SYSTEM_TAG, metric_key
-from denseflow.tasks.tracking import log_artifact, run_logger, set_tags, set_version_tags
+from denseflow.tasks.tracking import (
+    log_artifact,
+    run_logger,
+    set_tags,
+    set_version_description,
+    set_version_tags,
+)
 
 
 @task(name="register", retries=2, retry_delay_seconds=5)
@@ -96,9 +102,8 @@ def describe_version(
         mining = dict(mining_summary(read_examples(Path(examples_path))))
         facts = summary.as_dict() | {"run_dir": str(context.run_dir)}
         card = full_card(folder, pipeline_section(facts, training, mining, config.model_dump(mode="json")))
-        client = MlflowClient()
         # The registry keeps descriptions up to 5000 characters in SQL stores: the whole card is the artifact.
-        client.update_model_version(registered_model, version, description=registry_description(card))
+        set_version_description(registered_model, version, registry_description(card))
         path = context.run_dir / MODEL_CARD_FILE
         path.write_text(card, encoding="utf-8")
         log_artifact(context.run_id, path)

@@ -218,6 +218,12 @@ def set_version_tags(registered_model: str, version: str, tags: Mapping[str, str
 
 
 @names_the_server
+def set_version_description(registered_model: str, version: str, description: str) -> None:
+    """The version's description in the registry (its model card's head)."""
+    MlflowClient().update_model_version(registered_model, str(version), description=description)
+
+
+@names_the_server
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     """A file, or a folder's files, under ``artifact_path`` of the run's artifacts."""
     client = MlflowClient()
