@@ -26,10 +26,10 @@ def registration_tags(
         prefix = f"{role}." if role else ""
         if role:
             tags |= {metric_key(name, prefix): f"{value:.6f}" for name, value in item.metrics.items()}
-        for part, entry in item.partitions.items():
-            if entry["metrics"] is not None:
-                tags[metric_key("ndcg@10", f"{prefix}{part}.")] = f"{entry['metrics']['ndcg@10']:.6f}"
-            tags[f"{prefix}{part}.queries"] = str(entry["queries"])
+        for name, part in item.partitions.items():
+            if part.metrics is not None:
+                tags[metric_key("ndcg@10", f"{prefix}{name}.")] = f"{part.metrics['ndcg@10']:.6f}"
+            tags[f"{prefix}{name}.queries"] = str(part.queries)
     return tags
 
 

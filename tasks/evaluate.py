@@ -76,7 +76,7 @@ def _record(
         "queries": figures.queries,
         "metrics": evaluation.metrics,
         "ndcg@10_interval": interval,
-        "partitions": partitions,
+        "partitions": {name: part.as_dict() for name, part in partitions.items()},
     }
     metrics_file.write_text(json.dumps(payload, indent=2))
     per_query_file = out_dir / f"per_query_{stem}.json"
@@ -85,12 +85,11 @@ def _record(
     log_metrics(run_id, {"ndcg_at_10_ci_low": interval[0], "ndcg_at_10_ci_high": interval[1]}, prefix=prefix)
     # Partition keys name the system even for the trained model (logged unprefixed): trained.unseen_docs.ndcg_at_10.
     system_prefix = prefix if prefix.removeprefix("dev.") else f"{prefix}trained."
-    for part, entry in partitions.items():
-        if entry["metrics"] is not None:
-            log_metrics(run_id, entry["metrics"], prefix=f"{system_prefix}{part}.")
-            log_metrics(
-                run_id, {"training_positives_in_top10": entry["training_positives_in_top10"]}, f"{system_prefix}{part}."
-            )
+    for name, part in partitions.items():
+        if part.metrics is not None:
+            log_metrics(run_id, part.metrics, prefix=f"{system_prefix}{name}.")
+            attractors = {"training_positives_in_top10": part.training_positives_in_top10}
+            log_metrics(run_id, attractors, f"{system_prefix}{name}.")
     for path in (run_file, metrics_file):
         log_artifact(run_id, path, "evaluation")
     # Per-query figures go to MLflow once, as a table; the plain file stays in the run folder for the study's report.

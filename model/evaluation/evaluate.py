@@ -21,6 +21,7 @@ from denseflow.model.evaluation.choice import Choice, choose_on_evidence, prior_
 from denseflow.model.evaluation.metrics import per_query_metrics
 from denseflow.model.evaluation.partition import (
     UNSEEN,
+    PartitionFigures,
     bootstrap_interval,
     judged_documents,
     report_partitions,
@@ -98,7 +99,7 @@ class SplitFigures:
     bootstrap interval and the number of queries."""
 
     metrics: dict[str, float]
-    partitions: dict[str, dict]
+    partitions: dict[str, PartitionFigures]
     interval: tuple[float, float]
     queries: int
     # nDCG@10 per query: what paired tests (choices on dev, the gate) compare.
@@ -151,7 +152,7 @@ class EvaluationResult:
         return self.test.metrics
 
     @property
-    def partitions(self) -> dict[str, dict]:
+    def partitions(self) -> dict[str, PartitionFigures]:
         return self.test.partitions
 
     @property

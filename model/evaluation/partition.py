@@ -13,6 +13,8 @@ dozen queries moves by several points when one query changes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -97,20 +99,46 @@ def seen_document_split(eval_qrels: Qrels, trained_or_selected_on: Iterable[Qrel
     return partition_queries(eval_qrels, judged_documents(trained_or_selected_on))
 
 
+@dataclass(frozen=True)
+class PartitionFigures:
+    """One seen-/unseen-document partition of a split's queries: its size, its mean metrics (None, with a ``note``,
+    when it is too small for a figure), the training positives in its top 10 and nDCG@10's bootstrap interval."""
+
+    queries: int
+    metrics: dict[str, float] | None
+    note: str | None = None
+    training_positives_in_top10: float | None = None
+    ndcg_interval: tuple[float, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of ``metrics_<system>.json`` and the retrain summary."""
+        data: dict[str, Any] = {"queries": self.queries, "metrics": self.metrics}
+        if self.note is not None:
+            data["note"] = self.note
+        if self.metrics is not None:
+            data["training_positives_in_top10"] = self.training_positives_in_top10
+            data["ndcg@10_interval"] = self.ndcg_interval
+        return data
+
+
 def report_partitions(
     per_query: Mapping[str, Mapping[str, float]],
     run: Mapping[str, Mapping[str, float]],
     parts: Mapping[str, Sequence[str]],
     training_positives: set[str],
-) -> dict[str, dict]:
+) -> dict[str, PartitionFigures]:
     """:func:`partition_metrics` plus, per partition, the training positives in the top 10 (attractors) and the
     bootstrap 95 % interval of nDCG@10."""
-    report = partition_metrics(per_query, parts)
     ndcg = per_query.get("ndcg@10", {})
-    for name, queries in parts.items():
-        entry = report[name]
-        if entry["metrics"] is None:
-            continue
-        entry["training_positives_in_top10"] = attractor_count(run, queries, training_positives)
-        entry["ndcg@10_interval"] = bootstrap_interval([ndcg[q] for q in queries if q in ndcg])
+    report: dict[str, PartitionFigures] = {}
+    for name, entry in partition_metrics(per_query, parts).items():
+        figures = PartitionFigures(entry["queries"], entry["metrics"], entry.get("note"))
+        if figures.metrics is not None:
+            queries = parts[name]
+            figures = replace(
+                figures,
+                training_positives_in_top10=attractor_count(run, queries, training_positives),
+                ndcg_interval=bootstrap_interval([ndcg[q] for q in queries if q in ndcg]),
+            )
+        report[name] = figures
     return report

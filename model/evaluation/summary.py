@@ -80,7 +80,9 @@ class RetrainSummary:
             "served_mode_chosen_by": self.mode_reason,
             "base_served_mode": self.base_mode,
             "metrics": {item.label: item.metrics for item in evaluations},
-            "partitions": {item.label: item.partitions for item in evaluations},
+            "partitions": {
+                item.label: {name: part.as_dict() for name, part in item.partitions.items()} for item in evaluations
+            },
             "dev_metrics": {item.label: item.dev.metrics for item in evaluations if item.dev},
             "dev_intervals": {item.label: item.dev.interval for item in evaluations if item.dev},
             "promotion": self.promotion.as_dict(),

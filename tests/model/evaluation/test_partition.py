@@ -11,6 +11,7 @@ from denseflow.model.evaluation.partition import (
     attractor_count,
     bootstrap_interval,
     partition_metrics,
+    report_partitions,
     seen_document_split,
 )
 
@@ -36,6 +37,17 @@ def test_a_tiny_partition_gets_its_count_and_no_figure():
     assert report[UNSEEN]["metrics"] is None
     assert report[UNSEEN]["queries"] == 5
     assert str(MIN_PARTITION_QUERIES) in report[UNSEEN]["note"]
+
+
+def test_reported_partitions_keep_the_json_shape_of_metrics_files_and_the_summary():
+    per_query = {"ndcg@10": {f"q{i}": 1.0 if i < 25 else 0.0 for i in range(30)}}
+    parts = {SEEN: [f"q{i}" for i in range(25)], UNSEEN: [f"q{i}" for i in range(25, 30)]}
+    run = {f"q{i}": {"p1": 0.9, "x": 0.5} for i in range(30)}
+    report = report_partitions(per_query, run, parts, {"p1"})
+    seen, unseen = report[SEEN], report[UNSEEN]
+    assert (seen.metrics["ndcg@10"], seen.training_positives_in_top10, seen.ndcg_interval) == (1.0, 1.0, (1.0, 1.0))
+    assert list(seen.as_dict()) == ["queries", "metrics", "training_positives_in_top10", "ndcg@10_interval"]
+    assert unseen.as_dict() == {"queries": 5, "metrics": None, "note": unseen.note}
 
 
 def test_attractors_count_training_positives_in_the_top_ten():
