@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlflow.entities.model_registry import ModelVersion
@@ -93,25 +93,50 @@ def run_gate(
     re-evaluated on this run's data for its per-query figures.
     """
     choices = choices or ChoicesConfig()
-    production_per_query: dict[str, float] = {}
     metric = settings.metric
     if metric not in candidate_metrics:
         raise ValueError(f"promotion.metric {metric!r} was not evaluated; available: {sorted(candidate_metrics)}")
     client = MlflowClient()
     version = str(version)
-    dataset_fingerprint, dataset_dir, split = data.fingerprint, data.dataset_dir, data.split
-    run_id, workspace = context.run_id, context.workspace
-    set_version_tags(registered_model, version, {EVAL_SPLIT_TAG: split})
-    out_dir = context.run_dir / "evaluation"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    set_version_tags(registered_model, version, {EVAL_SPLIT_TAG: data.split})
+    (context.run_dir / "evaluation").mkdir(parents=True, exist_ok=True)
+    reevaluate = ProductionOnThisRun(registered_model, data, eval_settings, context)
+    candidate = Scored(version, float(candidate_metrics[metric]), data.fingerprint)
+    base = Scored("base", float(base_metrics[metric]), data.fingerprint) if base_metrics else None
+    with production_lock(registered_model, context.workspace):
+        current = production_version(client, registered_model)
+        production = None
+        if current is not None:
+            if per_query is not None:
+                reevaluate(str(current.version))  # per-query figures for the paired test
+            mode = current.tags.get(SERVED_MODE_TAG, "dense")
+            production = _production_figure(current, metric, data.fingerprint, data.split, reevaluate, mode)
+        evidence = gate_evidence(per_query, reevaluate.per_query, choices.permutations) if per_query else None
+        decision = decide(candidate, production, metric, settings.margin, base, evidence, choices.alpha)
+        moved, conflict = _move_if_promoted(client, registered_model, version, decision, current)
+    return _record_outcome(client, registered_model, version, decision, production, moved, conflict, context)
 
-    measured: dict[str, dict[str, float]] = {}
 
-    def reevaluate(production: str) -> dict[str, float]:
-        if production in measured:  # once per gate: the paired test and the figure share it
-            return measured[production]
-        resolved = resolve_model(f"{registered_model}/{production}", workspace, default_name=registered_model)
-        tags = client.get_model_version(registered_model, production).tags
+@dataclass
+class ProductionOnThisRun:
+    """Production re-measured as it is served, on this run's data, once per gate: its metrics (its figure when the
+    registered one came from other data) and its per-query nDCG@10 (the paired tests). Called with a version."""
+
+    registered_model: str
+    data: EvaluationData
+    eval_settings: EvalConfig
+    context: RunContext
+    measured: dict[str, dict[str, float]] = field(default_factory=dict)
+    per_query: dict[str, float] = field(default_factory=dict)
+
+    def __call__(self, production: str) -> dict[str, float]:
+        if production in self.measured:  # once per gate: the paired test and the figure share it
+            return self.measured[production]
+        context, split = self.context, self.data.split
+        resolved = resolve_model(
+            f"{self.registered_model}/{production}", context.workspace, default_name=self.registered_model
+        )
+        tags = MlflowClient().get_model_version(self.registered_model, production).tags
         record = served_record(tags)
         as_served = replace(
             context,
@@ -122,63 +147,57 @@ def run_gate(
         evaluation = evaluate_system(
             "production",
             str(resolved.local_dir),
-            load_beir(Path(dataset_dir), [split], RejectLog()),
+            load_beir(Path(self.data.dataset_dir), [split], RejectLog()),
             split,
             as_served,
-            eval_settings,
-            served_fusion(tags, eval_settings),
+            self.eval_settings,
+            served_fusion(tags, self.eval_settings),
         )
-        production_per_query.update(evaluation.per_query.get("ndcg@10", {}))
+        self.per_query.update(evaluation.per_query.get("ndcg@10", {}))
+        out_dir = context.run_dir / "evaluation"
         write_trec_run(evaluation.run, out_dir / "run_production.trec", tag="production")
         path = out_dir / "metrics_production.json"
         payload = {"label": "production", "version": production, "split": split, "metrics": evaluation.metrics}
         path.write_text(json.dumps(payload, indent=2))
-        log_artifact(run_id, path, "evaluation")
-        log_metrics(run_id, evaluation.metrics, prefix="production.")
-        measured[production] = evaluation.metrics
+        log_artifact(context.run_id, path, "evaluation")
+        log_metrics(context.run_id, evaluation.metrics, prefix="production.")
+        self.measured[production] = evaluation.metrics
         return evaluation.metrics
 
-    candidate = Scored(version, float(candidate_metrics[metric]), dataset_fingerprint)
-    base = Scored("base", float(base_metrics[metric]), dataset_fingerprint) if base_metrics else None
-    with production_lock(registered_model, workspace):
-        current = production_version(client, registered_model)
-        if current is not None and per_query is not None:
-            reevaluate(str(current.version))  # per-query figures for the paired test
-        production = (
-            _production_figure(
-                current,
-                metric,
-                dataset_fingerprint,
-                split,
-                reevaluate,
-                current.tags.get(SERVED_MODE_TAG, "dense"),
-            )
-            if current
-            else None
-        )
-        evidence = gate_evidence(per_query, production_per_query, choices.permutations) if per_query else None
-        decision: Decision = decide(candidate, production, metric, settings.margin, base, evidence, choices.alpha)
-        tags = decision.as_tags()
-        moved, conflict = None, None
-        if decision.promote:
-            try:
-                moved = move_production(
-                    client,
-                    registered_model,
-                    version,
-                    "gate",
-                    decision.reason,
-                    expected=str(current.version) if current else None,
-                )
-            except ProductionChanged as err:
-                conflict = f"conflict: {err}"
-                tags |= {"promotion.decision": "conflict", "promotion.reason": conflict}
+
+def _move_if_promoted(
+    client: MlflowClient, registered_model: str, version: str, decision: Decision, current: ModelVersion | None
+) -> tuple[dict | None, str | None]:
+    """The alias move of a promotion, compare-and-set on the production the gate read; or why it stood down."""
+    if not decision.promote:
+        return None, None
+    expected = str(current.version) if current else None
+    try:
+        return move_production(client, registered_model, version, "gate", decision.reason, expected=expected), None
+    except ProductionChanged as err:
+        return None, f"conflict: {err}"
+
+
+def _record_outcome(
+    client: MlflowClient,
+    registered_model: str,
+    version: str,
+    decision: Decision,
+    production: Scored | None,
+    moved: dict | None,
+    conflict: str | None,
+    context: RunContext,
+) -> GateOutcome:
+    """The decision as tags on the candidate version and the run, ``promotion.json``, and the outcome."""
+    tags = decision.as_tags()
+    if conflict:
+        tags |= {"promotion.decision": "conflict", "promotion.reason": conflict}
     at = now()
-    tags |= {"promotion.at": at, "promotion.run_id": run_id}
+    tags |= {"promotion.at": at, "promotion.run_id": context.run_id}
     set_version_tags(registered_model, version, tags)
-    set_tags(run_id, {key: tags[key] for key in ("promotion.decision", "promotion.reason")})
+    set_tags(context.run_id, {key: tags[key] for key in ("promotion.decision", "promotion.reason")})
     if decision.delta is not None:
-        log_metrics(run_id, {"promotion.delta": decision.delta})
+        log_metrics(context.run_id, {"promotion.delta": decision.delta})
     previous = production.version if production else None
     if moved:
         now_production = moved["production"]

@@ -61,24 +61,28 @@ def gate(store, version: str, value: float, workspace: Path) -> GateOutcome:
     )
 
 
-def slowed(monkeypatch, delays: list[float]) -> None:
-    """Each gate dawdles between reading production and moving it (the n-th call sleeps delays[n])."""
-    calls = iter(delays)
+def slowed(monkeypatch, delays: list[float]) -> list[threading.Event]:
+    """Each gate dawdles between reading production and moving it (the n-th call sleeps delays[n]). The n-th event
+    is set once the n-th gate is deciding: it has read production and holds its workspace's lock."""
+    calls = iter(range(len(delays)))
+    deciding = [threading.Event() for _ in delays]
     guard = threading.Lock()
 
     def slowly(*args, **kwargs):
         with guard:
-            delay = next(calls, delays[-1])
-        time.sleep(delay)
+            call = next(calls, len(delays) - 1)
+        deciding[call].set()
+        time.sleep(delays[call])
         return decide(*args, **kwargs)
 
     monkeypatch.setattr(gate_module, "decide", slowly)
+    return deciding
 
 
 @pytest.fixture()
 def slow_decide(monkeypatch):
     # The first call is the setup gate; 3 s apart so a loaded machine still orders the two moves.
-    slowed(monkeypatch, [0.0, 0.4, 3.4])
+    return slowed(monkeypatch, [0.0, 0.4, 3.4])
 
 
 def at_once(*calls) -> list:
@@ -176,7 +180,7 @@ def test_promote_racing_a_gate_is_not_overwritten_by_a_stale_decision(store, slo
     v2, v3 = add_version(store, 0.60), add_version(store, 0.10)
 
     def person() -> dict:
-        time.sleep(0.1)  # the gate has read production (v1) and is deciding
+        assert slow_decide[1].wait(30)  # the gate has read production (v1) and is deciding
         return promote(NAME, v3, "hotfix", workspace=store.tmp / "laptop")
 
     result, promoted = at_once(lambda: gate(store, v2, 0.60, store.tmp / "ws-a"), person)
@@ -191,7 +195,7 @@ def test_promote_on_the_same_workspace_waits_for_the_gate(store, slow_decide):
     v2, v3 = add_version(store, 0.60), add_version(store, 0.10)
 
     def person() -> dict:
-        time.sleep(0.1)
+        assert slow_decide[1].wait(30)  # the gate holds the workspace's lock
         return promote(NAME, v3, "hotfix", workspace=store.workspace)
 
     result, promoted = at_once(lambda: gate(store, v2, 0.60, store.workspace), person)
