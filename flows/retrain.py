@@ -206,14 +206,14 @@ def retrain(config: RetrainConfig | None = None) -> dict:
         if config.promotion.publish_on_promotion:
             published = published_model_label(workspace / "indexes", IndexConfig().name)  # what retrain publishes
             target = publish_target(promotion, published, registered_model)
-            if target is not None and target.repair:
-                get_run_logger().warning(
-                    "production is %s@%s but the published index serves %s: publishing production again",
-                    registered_model,
-                    target.version,
-                    published or "nothing",
-                )
             if target is not None:
+                if target.repair:
+                    get_run_logger().warning(
+                        "production is %s@%s but the published index serves %s: publishing production again",
+                        registered_model,
+                        target.version,
+                        published or "nothing",
+                    )
                 summary = replace(summary, published=publish_version_of(config, target.version, dataset_dir, workspace))
     result = summary.as_dict()
     create_markdown_artifact(markdown=summary_markdown(result, split), key="retrain-summary", description="retrain")

@@ -133,12 +133,15 @@ class IngestResult:
 
     folder: Path
     fingerprint: str
-    report: SourceReport
     rejects_path: Path
     source: SourceResult
     rejects: RejectLog
     leaked_queries_removed: int
     dev: DevSplit | None = None
+
+    @property
+    def report(self) -> SourceReport:
+        return self.source.report
 
     def handover(self, config: DataConfig) -> IngestedData:
         """What the run's later stages read: paths, the dev split to select on, and the counts."""
@@ -189,4 +192,4 @@ def ingest(config: DataConfig, out: Path, *, for_run: bool = False, rejects_path
     digest = result.fingerprint
     payload = {"fingerprint": digest, **asdict(result.report), "usable_share": result.report.usable_share}
     (out / REPORT_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    return IngestResult(out, digest, result.report, rejects_path, result, rejects, leaks, dev)
+    return IngestResult(out, digest, rejects_path, result, rejects, leaks, dev)

@@ -75,6 +75,9 @@ SIGNIFICANCE = ChoicesConfig().alpha
 PERMUTATIONS = ChoicesConfig().permutations
 
 
+RESULT_FILE = "train_result.json"  # beside the model folder it describes
+
+
 @dataclass
 class TrainResult:
     model_dir: Path
@@ -117,14 +120,13 @@ class TrainResult:
     @classmethod
     def read(cls, path: Path) -> TrainResult:
         """A record :meth:`to_json` wrote; one written before a field existed takes that field's default."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        data = {name: value for name, value in data.items() if name in {item.name for item in fields(cls)}}
+        known = {item.name for item in fields(cls)}
+        data = {
+            name: value for name, value in json.loads(Path(path).read_text(encoding="utf-8")).items() if name in known
+        }
         for name in ("loss_history", "dev_curve", "interpolation_curve"):
             data[name] = [tuple(point) for point in data.get(name, [])]
         return cls(**data | {"model_dir": Path(data["model_dir"])})
-
-
-RESULT_FILE = "train_result.json"
 
 
 def training_record(model_dir: str | Path) -> TrainResult | None:
