@@ -42,13 +42,12 @@ def resolve_system(system: str, registered_model: str, workspace: Path, texts: l
         length, _ = document_length(model_dir, texts)
         prior = ServedSystem("hybrid", "convex", 0.5, BM25Config().settings(), TrainConfig().max_seq_length, length)
         return model_dir, prior
-    from mlflow.tracking import MlflowClient
-
     from denseflow.registry.resolve import resolve_model
     from denseflow.registry.tags import served_record
+    from denseflow.tasks.tracking import version_tags
 
     resolved = resolve_model(registry_reference(system, registered_model), workspace, default_name=registered_model)
-    tags = MlflowClient().get_model_version(resolved.name, resolved.version).tags or {}
+    tags = version_tags(resolved.name, resolved.version)
     return str(resolved.local_dir), served_record(tags)
 
 

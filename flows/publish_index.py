@@ -21,10 +21,10 @@ from tqdm.auto import tqdm
 
 from denseflow.model.compiled import worth_compiling
 from denseflow.model.config import DataConfig, EncodeConfig, PublishConfig, RunnerConfig, TrackingConfig
+from denseflow.model.index.built import ModelToPublish
 from denseflow.model.workspace import workspace_dir
 from denseflow.tasks.publish import (
     PublishedVersion,
-    ResolvedModel,
     build_and_verify,
     build_bm25,
     choose_precision,
@@ -42,7 +42,7 @@ class PublishResult:
     """What one publication did: the version it published, with what, and how much it encoded."""
 
     published: PublishedVersion
-    model: ResolvedModel
+    model: ModelToPublish
     documents: int
     documents_encoded: int
     documents_reused: int

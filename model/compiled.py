@@ -15,17 +15,21 @@ as they are at the first call, so this is for published models, never a model st
 The compiled encoder is checked before it is used: probe documents must encode to the eager vectors (cosine
 ``min_cosine``); any failure (no C++ compiler, an inductor gap, a mismatch) leaves eager bf16 in place and
 the reason is returned for the caller to record. Publication compiles its own copy of the model, once per
-worker process (:func:`denseflow.tasks.publish.encode_shard`).
+worker process (:func:`compiled_encoder`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from typing import Literal
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
+
+from denseflow.model.encoder import load_encoder
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +89,19 @@ def compile_document_encoder(model: SentenceTransformer, min_cosine: float = 0.9
         for transformer, module in zip(transformers, eager, strict=True):
             transformer.model = module
     return reason
+
+
+_compile_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2)
+def _compiled_encoder_unlocked(model_dir: str, max_seq_length: int | None) -> tuple[SentenceTransformer, str | None]:
+    model = load_encoder(model_dir, max_seq_length)
+    return model, compile_document_encoder(model)
+
+
+def compiled_encoder(model_dir: str, max_seq_length: int | None) -> tuple[SentenceTransformer, str | None]:
+    """A copy of the model, its document tower compiled (or why not), once per process: shards in threads wait
+    for the first to compile instead of compiling side by side."""
+    with _compile_lock:
+        return _compiled_encoder_unlocked(model_dir, max_seq_length)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -59,6 +60,13 @@ def load_encoder(name_or_path: str | Path, max_seq_length: int | None = None) ->
     if max_seq_length:
         model.max_seq_length = max_seq_length
     return model
+
+
+@functools.lru_cache(maxsize=2)
+def cached_encoder(model_dir: str, max_seq_length: int | None) -> SentenceTransformer:
+    """One model per process, folder and length, for code that only encodes with it: publication's shards after
+    the first skip the load. Never train or modify the returned model."""
+    return load_encoder(model_dir, max_seq_length)
 
 
 def native_bf16() -> bool:

@@ -1,7 +1,7 @@
 """Publish tasks: resolve the model, stage the corpus, judge the precision, encode what the cache lacks in shards,
 build and verify the index, publish, log.
 
-The work is in :mod:`denseflow.model.index.publication`; these tasks wrap it with Prefect (retries, names,
+The work is in :mod:`denseflow.model.index.publication` and :mod:`denseflow.model.index.built`; these tasks wrap it with Prefect (retries, names,
 mapping) and logging. They hand each other paths and frozen dataclasses, never models or indexes, so Prefect can
 hash inputs and a Dask worker on another machine can run any shard given a shared filesystem. Vectors live in the
 per-document embedding cache: a retried or re-run publication encodes only documents it has no vector for.
@@ -9,22 +9,16 @@ per-document embedding cache: a retried or re-run publication encodes only docum
 
 from __future__ import annotations
 
-import functools
-import json
-import shutil
-import threading
 import time
-import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import task
-from sentence_transformers import SentenceTransformer
 
-from denseflow.model.compiled import compile_document_encoder
+from denseflow.model.compiled import compiled_encoder
 from denseflow.model.config import EncodeConfig, IndexConfig, PublishConfig
 from denseflow.model.data.beir import (
     RejectLog,
@@ -35,23 +29,27 @@ from denseflow.model.data.beir import (
     read_queries,
 )
 from denseflow.model.encoder import (
+    cached_encoder,
     corpus_cache,
     document_encoder_fingerprint,
     encode,
-    load_encoder,
     resolve_precision,
-    tower_type,
 )
 from denseflow.model.index.bm25 import BM25Settings
-from denseflow.model.index.build import check_recall, timed_build
+from denseflow.model.index.built import (
+    ModelToPublish,
+    build_verified_index,
+    built_query_tower,
+    export_build_query_tower,
+    read_build,
+    write_build,
+)
 from denseflow.model.index.documents import DOCS_FILE
-from denseflow.model.index.manifest import CorpusRecord, EncodeRecord, ManifestDraft, ModelRef, SearchSection
 from denseflow.model.index.publication import (
     CorpusSnapshot,
     PrecisionChoice,
     PublishPlan,
     Shard,
-    assemble_embeddings,
     decide_precision,
     plan_shards,
     read_shard,
@@ -64,55 +62,19 @@ from denseflow.model.index.store import (
     INDEX_FILE,
     MANIFEST,
     QUERY_TOWER_FOLDER,
-    build_manifest,
     publish,
     search_settings,
 )
-from denseflow.model.onnx_runtime import export_query_tower
-from denseflow.model.served_system import ServedSystem
 from denseflow.registry.keys import HYBRID_METHOD_TAG, HYBRID_WEIGHT_TAG, SERVED_MODE_TAG
 from denseflow.registry.tags import served_record
-from denseflow.tasks.tracking import run_logger
-
-
-@functools.lru_cache(maxsize=2)
-def _cached_encoder(model_dir: str, max_seq_length: int | None) -> SentenceTransformer:
-    """One model per worker process and folder: shards after the first skip the load."""
-    return load_encoder(model_dir, max_seq_length)
-
-
-_compile_lock = threading.Lock()
-
-
-@functools.lru_cache(maxsize=2)
-def _compiled_encoder_unlocked(model_dir: str, max_seq_length: int | None) -> tuple[SentenceTransformer, str | None]:
-    model = load_encoder(model_dir, max_seq_length)
-    return model, compile_document_encoder(model)
-
-
-def _compiled_encoder(model_dir: str, max_seq_length: int | None) -> tuple[SentenceTransformer, str | None]:
-    """A second copy, its document tower compiled (or why not), once per worker process: shards in threads wait."""
-    with _compile_lock:
-        return _compiled_encoder_unlocked(model_dir, max_seq_length)
-
-
-PARTIAL_MANIFEST = "manifest.partial.json"  # the caller's part, from build to publish
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """The model a publication encodes with: its registry identity (None for a bare folder) and search settings."""
-
-    name: str
-    version: str | None
-    run_id: str | None
-    model_dir: str
-    search: dict[str, Any] = field(default_factory=dict)
-    served: ServedSystem | None = None  # the version's served-system record (None for a bare folder)
-
-    def bm25(self, configured: BM25Settings) -> BM25Settings:
-        """BM25 as the version was evaluated with it; ``configured`` for a bare model folder."""
-        return self.served.bm25 if self.served is not None else configured
+from denseflow.tasks.tracking import (
+    configure_tracking,
+    log_artifact,
+    log_metrics,
+    run_logger,
+    set_version_tags,
+    version_tags,
+)
 
 
 @dataclass(frozen=True)
@@ -138,7 +100,7 @@ class PublishedVersion:
 
 
 @task(name="resolve-model", retries=2, retry_delay_seconds=5)
-def resolve_model_version(config: PublishConfig) -> ResolvedModel:
+def resolve_model_version(config: PublishConfig) -> ModelToPublish:
     """The model ``config.model`` names *now*.
 
     A registry reference (``retriever@production``, ``retriever/3``) is looked up in MLflow and
@@ -146,18 +108,15 @@ def resolve_model_version(config: PublishConfig) -> ResolvedModel:
     """
     folder = Path(config.model).expanduser()
     if folder.is_dir():
-        return ResolvedModel(folder.name, None, None, str(folder.resolve()), published_search(config.index, {}))
+        return ModelToPublish(folder.name, None, None, str(folder.resolve()), published_search(config.index, {}))
     from denseflow.registry.resolve import resolve_model
-    from denseflow.tasks.tracking import configure_tracking
 
     configure_tracking(config.tracking, config.workspace)
     resolved = resolve_model(config.model, config.workspace, default_name=config.tracking.registered_model)
     run_logger().info("model %s resolved to %s (run %s)", config.model, resolved.uri, resolved.run_id)
-    from mlflow.tracking import MlflowClient
-
-    tags = MlflowClient().get_model_version(resolved.name, resolved.version).tags or {}
+    tags = version_tags(resolved.name, resolved.version)
     search = published_search(config.index, tags)
-    return ResolvedModel(
+    return ModelToPublish(
         resolved.name, resolved.version, resolved.run_id, str(resolved.local_dir), search, served_record(tags)
     )
 
@@ -207,7 +166,7 @@ def choose_precision(
     """The precision to encode in (model/index/publication.decide_precision), checked on the snapshot's sample."""
 
     def encode_documents(texts: Sequence[str], precision: str) -> np.ndarray:
-        model = _cached_encoder(model_dir, encode_config.max_seq_length)
+        model = cached_encoder(model_dir, encode_config.max_seq_length)
         return encode(model, texts, "document", encode_config.batch_size, precision)
 
     texts = snapshot.sample_texts(encode_config.check_sample_docs)
@@ -290,11 +249,11 @@ def encode_shard(
         torch.set_num_threads(threads)
     hashes, texts = read_shard(shard)
     if compiled:
-        model, eager_reason = _compiled_encoder(model_dir, max_seq_length)
+        model, eager_reason = compiled_encoder(model_dir, max_seq_length)
         if eager_reason:
             run_logger().warning("shard %d: encoded eager, not compiled: %s", shard.number, eager_reason)
     else:
-        model = _cached_encoder(model_dir, max_seq_length)
+        model = cached_encoder(model_dir, max_seq_length)
     start = time.perf_counter()
     embeddings = encode(model, texts, "document", batch_size, precision)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
@@ -311,83 +270,35 @@ def encode_shard(
 @task(name="build-index")
 def build_and_verify(
     plan: PublishPlan,
-    model: ResolvedModel,
+    model: ModelToPublish,
     index_config: IndexConfig,
     choice: PrecisionChoice,
     encode_config: EncodeConfig,
     bm25_dir: str,
 ) -> BuiltIndex:
     """Build the configured index from the cached vectors and hold it to recall@10 against exact search before
-    anything is published."""
-    snapshot = plan.snapshot
-    doc_ids, embeddings = assemble_embeddings(plan)
-    spec = index_config.spec()
-    index, build_seconds = timed_build(embeddings, spec)
-    queries = snapshot.verify_queries()
-    encoder_model = _cached_encoder(model.model_dir, encode_config.max_seq_length)
-    query_embeddings = None
-    if queries:
-        query_embeddings = encode(encoder_model, queries, "query", 64, choice.precision)  # type: ignore[arg-type]
-    recall = check_recall(
-        index, embeddings, spec, index_config.recall_floor, query_embeddings, index_config.verify_queries
+    anything is published (model/index/built.py); written to a private build folder with the query tower."""
+    encoder = cached_encoder(model.model_dir, encode_config.max_seq_length)
+    built = build_verified_index(plan, model, encoder, index_config, choice, encode_config)
+    run_logger().info(
+        "index %s built in %.2fs; recall@10 vs exact %.4f", built.index_type, built.build_seconds, built.recall_at_10
     )
-    run_logger().info("index %s built in %.2fs; recall@10 vs exact %.4f", spec.type, build_seconds, recall)
-
-    build_dir = Path(snapshot.folder) / f"build-{uuid.uuid4().hex[:8]}"
-    build_dir.mkdir()
-    import faiss
-
-    faiss.write_index(index, str(build_dir / INDEX_FILE))
-    (build_dir / DOC_IDS_FILE).write_text(json.dumps(doc_ids), encoding="utf-8")
-    identity = ModelRef(
-        name=model.name,
-        version=model.version,
-        run_id=model.run_id,
-        tower_type=tower_type(encoder_model),
-        max_seq_length=encode_config.max_seq_length or encoder_model.max_seq_length,
-        query_max_seq_length=model.served.query_max_seq_length if model.served else None,
-    )
-    verified = len(queries) if queries else min(index_config.verify_queries, len(doc_ids))
-    manifest = replace(
-        build_manifest(
-            spec, len(doc_ids), embeddings.shape[1], identity, snapshot.fingerprint, build_seconds, recall, verified
-        ),
-        encode=EncodeRecord(
-            **asdict(choice),
-            batch_size=encode_config.batch_size,
-            documents_encoded=plan.to_encode,
-            documents_reused=plan.reused,
-        ),
-        corpus=CorpusRecord(snapshot.corpus_dir, snapshot.rejected_rows),
-        search=SearchSection.from_dict(model.search) if model.search else None,
-        served_system=model.served,
-    )
-    (build_dir / PARTIAL_MANIFEST).write_text(json.dumps(manifest.to_dict()), encoding="utf-8")
-    query_length = identity.query_length
-    try:  # the query tower at its own length: the export is checked against it
-        why_not = export_query_tower(
-            load_encoder(model.model_dir, query_length), build_dir / QUERY_TOWER_FOLDER, query_length
-        )
-    except Exception as err:  # noqa: BLE001 - an optional speed-up: publication goes on without it
-        shutil.rmtree(build_dir / QUERY_TOWER_FOLDER, ignore_errors=True)
-        why_not = f"export failed: {type(err).__name__}: {err}"
+    build_dir = write_build(built, Path(plan.snapshot.folder))
+    why_not = export_build_query_tower(model.model_dir, build_dir, built.manifest.model.query_length)
     if why_not:
         run_logger().warning("query tower not exported for torch-free search (%s): search loads the model", why_not)
-    return BuiltIndex(str(build_dir), recall, build_seconds, str(snapshot.documents_file), bm25_dir)
+    return BuiltIndex(
+        str(build_dir), built.recall_at_10, built.build_seconds, str(plan.snapshot.documents_file), bm25_dir
+    )
 
 
 @task(name="publish-index")
 def publish_version(
-    built: BuiltIndex, model: ResolvedModel, index_root: str, index_config: IndexConfig
+    built: BuiltIndex, model: ModelToPublish, index_root: str, index_config: IndexConfig
 ) -> PublishedVersion:
     """Stage, verify and atomically publish the built index with its model; prune old versions."""
-    import faiss
-
     build_dir = Path(built.build_dir)
-    index = faiss.read_index(str(build_dir / INDEX_FILE))
-    doc_ids = json.loads((build_dir / DOC_IDS_FILE).read_text(encoding="utf-8"))
-    partial = build_dir / PARTIAL_MANIFEST
-    manifest = ManifestDraft.from_dict(json.loads(partial.read_text(encoding="utf-8")), partial)
+    index, doc_ids, manifest = read_build(build_dir)
     info = publish(
         Path(index_root),
         index_config.name,
@@ -398,7 +309,7 @@ def publish_version(
         index_config.keep_versions,
         bm25_dir=Path(built.bm25_dir),
         documents_file=Path(built.documents_file),
-        query_tower_dir=build_dir / QUERY_TOWER_FOLDER if (build_dir / QUERY_TOWER_FOLDER).is_dir() else None,
+        query_tower_dir=built_query_tower(build_dir),
     )
     run_logger().info("published %s/%s (%d documents)", index_config.name, info.version, len(doc_ids))
     return PublishedVersion(index_config.name, info.version, str(info.path), len(doc_ids))
@@ -406,15 +317,13 @@ def publish_version(
 
 @task(name="log-index-artifact", retries=2, retry_delay_seconds=5)
 def log_index_artifact(
-    published: PublishedVersion, model: ResolvedModel, plan: PublishPlan, config: PublishConfig
+    published: PublishedVersion, model: ModelToPublish, plan: PublishPlan, config: PublishConfig
 ) -> str | None:
     """Attach index, ids and manifest to the model version's MLflow run (the model itself is already there),
     with how many documents this publication encoded and how many it took from the cache."""
     if not model.run_id:
         run_logger().info("model %s has no MLflow run: index not logged", model.name)
         return None
-
-    from denseflow.tasks.tracking import configure_tracking, log_artifact, log_metrics, set_version_tags
 
     configure_tracking(config.tracking, config.workspace)
     folder = Path(published.path)

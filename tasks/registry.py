@@ -9,7 +9,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
-from mlflow.tracking import MlflowClient
 from prefect import task
 
 from denseflow.model.config import RetrainConfig
@@ -24,6 +23,7 @@ from denseflow.tasks.tracking import (
     log_artifact,
     run_logger,
     set_tags,
+    set_version_alias,
     set_version_description,
     set_version_tags,
 )
@@ -63,7 +63,6 @@ def register(
     )
     set_tags(run_id, {"towers": towers})
     version = str(info.registered_model_version)
-    client = MlflowClient()
     tags = {"towers": towers, "dataset_fingerprint": dataset_fingerprint, "run_id": run_id}
     tags |= {metric_key(name): f"{value:.6f}" for name, value in metrics.items()}
     tags |= extra_tags or {}
@@ -74,7 +73,7 @@ def register(
             path.write_text(json.dumps(json.loads(tags[SERVED_SYSTEM_TAG]), indent=2), encoding="utf-8")
             log_artifact(run_id, path)
     if alias:
-        client.set_registered_model_alias(registered_model, alias, version)
+        set_version_alias(registered_model, alias, version)
     return version
 
 

@@ -224,6 +224,25 @@ def set_version_description(registered_model: str, version: str, description: st
 
 
 @names_the_server
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of every metric a run logged."""
+    return dict(MlflowClient().get_run(run_id).data.metrics)
+
+
+@names_the_server
+def version_tags(registered_model: str, version: str) -> dict[str, str]:
+    """A model version's tags."""
+    return dict(MlflowClient().get_model_version(registered_model, version).tags or {})
+
+
+@names_the_server
+def set_version_alias(registered_model: str, alias: str, version: str) -> None:
+    """Point ``alias`` at the version (``candidate``; production moves only through registry/aliases.py, which
+    records the move and guards against a race)."""
+    MlflowClient().set_registered_model_alias(registered_model, alias, str(version))
+
+
+@names_the_server
 def log_artifact(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     """A file, or a folder's files, under ``artifact_path`` of the run's artifacts."""
     client = MlflowClient()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from denseflow.model.evaluation.choice import Choice, choose_on_evidence, prior_only
@@ -51,3 +52,26 @@ def served_system(
     )
     mode: ServedMode = "hybrid" if choice.used == "hybrid" else "dense"
     return (fused if mode == "hybrid" else dense), mode, choice
+
+
+@dataclass(frozen=True)
+class EvaluatedSystems:
+    """What the evaluation stage of a retrain hands on: the five systems evaluated, and for the trained model and
+    the base model the system that ships, its mode and the reason dev gave."""
+
+    trained: EvaluationResult
+    fused: EvaluationResult
+    zero_shot: EvaluationResult
+    base_fused: EvaluationResult
+    bm25: EvaluationResult
+    served: EvaluationResult
+    mode: ServedMode
+    mode_reason: str
+    base_served: EvaluationResult
+    base_mode: ServedMode
+    base_reason: str
+
+    @property
+    def evaluations(self) -> list[EvaluationResult]:
+        """Every system, in the summary's and the recall plot's order."""
+        return [self.fused, self.trained, self.base_fused, self.zero_shot, self.bm25]

@@ -46,7 +46,8 @@ def register(sqlite_registry: SimpleNamespace, model_dir: Path, folder: Path | N
     """A model version of ``retriever`` (its files: ``model_dir``), with ``folder`` logged as publication logs it;
     ``folder``'s manifest must name the version this registers."""
     from denseflow.model.config import PublishConfig, TrackingConfig
-    from denseflow.tasks.publish import PublishedVersion, ResolvedModel, log_index_artifact
+    from denseflow.model.index.built import ModelToPublish
+    from denseflow.tasks.publish import PublishedVersion, log_index_artifact
 
     client = sqlite_registry.client
     run_id = client.create_run(sqlite_registry.experiment).info.run_id
@@ -60,7 +61,7 @@ def register(sqlite_registry: SimpleNamespace, model_dir: Path, folder: Path | N
         )
         log_index_artifact.fn(
             PublishedVersion(INDEX, folder.name, str(folder), 0),
-            ResolvedModel(NAME, version, run_id, str(model_dir)),
+            ModelToPublish(NAME, version, run_id, str(model_dir)),
             SimpleNamespace(to_encode=0, reused=0),
             config,
         )
