@@ -13,7 +13,7 @@ from denseflow.model.config import PRIOR_RECIPE, BM25Config, ChoicesConfig, Eval
 from denseflow.model.context import RunContext
 from denseflow.model.data.beir import Dataset, RejectLog, load_beir
 from denseflow.model.encoder import document_length
-from denseflow.model.evaluation.choice import Choice, choose_on_evidence
+from denseflow.model.evaluation.choice import choose_on_evidence
 from denseflow.model.evaluation.evaluate import (
     NO_DEV_SPLIT,
     EvaluationResult,
@@ -26,12 +26,12 @@ from denseflow.model.evaluation.evaluate import (
     split_figures,
 )
 from denseflow.model.evaluation.metrics import read_trec_run, write_trec_run
-from denseflow.model.evaluation.partition import UNSEEN, seen_document_split
 from denseflow.model.evaluation.plots import plot_recall_curves
+from denseflow.model.evaluation.query_depth import measure_query_depths, query_depth_choice, query_depth_table
 from denseflow.model.evaluation.runs import Evaluation, score_run
 from denseflow.model.fusion import NEUTRAL_WEIGHT
 from denseflow.model.index.bm25 import BM25Settings
-from denseflow.model.training.shallow import choose_depth, folder_query_depth
+from denseflow.model.training.shallow import folder_query_depth
 from denseflow.tasks.tracking import (
     log_artifact,
     log_choice,
@@ -285,17 +285,6 @@ def choose_recipe(
     return recipes[choice.used]
 
 
-@dataclass(frozen=True)
-class QueryDepthRow:
-    """One query-tower depth's served figures (hybrid at the prior fusion) and its one-query encode time."""
-
-    layers: int
-    dev_ndcg: float | None
-    test_ndcg: float
-    test_unseen_ndcg: float | None
-    encode_p50_ms: float | None
-
-
 @task(name="choose-query-layers")
 def choose_query_layers(
     full_model: str,
@@ -309,110 +298,31 @@ def choose_query_layers(
     context: RunContext,
     train_split: str = TRAIN_SPLIT,
 ) -> str:
-    """The model whose query tower ships: the smallest depth within ``train.query_layers_tolerance`` of the full
-    tower's served dev nDCG@10 (the full tower when dev is too small to tell). Test, all and unseen, and the
-    one-query encode time are reported for every depth; they choose nothing."""
+    """The model whose query tower ships (model/evaluation/query_depth.py): the smallest depth within
+    ``train.query_layers_tolerance`` of the full tower's served dev nDCG@10 (the full tower when dev is too small to
+    tell). Test, all and unseen, and the one-query encode time are reported for every depth; they choose nothing."""
     if not towers:
         return full_model
     full_depth = folder_query_depth(full_model)
     candidates = {full_depth: full_model} | towers
     dataset = load_beir(Path(dataset_dir), [split, train_split] + ([dev_split] if dev_split else []), RejectLog())
-    used = [dataset.qrels[train_split]] + ([dataset.qrels[dev_split]] if dev_split else [])
-    unseen = seen_document_split(dataset.qrels[split], used)[UNSEEN]
-    fusion = Fusion.of(NEUTRAL_WEIGHT, settings.fusion, settings)
-    timing_queries = [dataset.queries[query_id] for query_id in sorted(dataset.qrels[dev_split or split])][:100]
-    rows = []
-    for layers, model_dir in sorted(candidates.items()):
-        test = evaluate_system(f"query_layers_{layers}", model_dir, dataset, split, context, settings, fusion)
-        test_per_query = test.per_query["ndcg@10"]
-        dev = (
-            evaluate_system(f"query_layers_{layers}", model_dir, dataset, dev_split, context, settings, fusion)
-            if dev_split
-            else None
-        )
-        rows.append(
-            QueryDepthRow(
-                layers,
-                dev.metrics["ndcg@10"] if dev else None,
-                test.metrics["ndcg@10"],
-                _mean_of(test_per_query, unseen),
-                _encode_p50_ms(model_dir, timing_queries, context),
-            )
-        )
-    dev_ndcg = {row.layers: row.dev_ndcg for row in rows if row.dev_ndcg is not None}
-    why_not = "no dev split" if not dev_split else "too few dev queries to choose on"
-    choice = choose_depth(dev_ndcg, full_depth, train.query_layers_tolerance, can_choose and bool(dev_ndcg), why_not)
-    log_choice(
-        context,
-        Choice(
-            name="query_layers",
-            prior=str(full_depth),
-            dev_winner=str(max(dev_ndcg, key=dev_ndcg.get)) if dev_ndcg else str(full_depth),
-            used=str(choice.used),
-            prior_dev=dev_ndcg.get(full_depth),
-            winner_dev=dev_ndcg.get(choice.used),
-            p_value=None,
-            alpha=train.query_layers_tolerance,
-            queries=len(dataset.qrels[dev_split]) if dev_split else 0,
-            reason=choice.reason,
-        ),
-    )
+    rows = measure_query_depths(candidates, dataset, split, dev_split, train_split, settings, context)
+    dev_queries = len(dataset.qrels[dev_split]) if dev_split else 0
+    choice = query_depth_choice(rows, full_depth, train.query_layers_tolerance, can_choose, dev_split, dev_queries)
+    log_choice(context, choice)
     for row in rows:
-        figures = {"test_served_ndcg_at_10": row.test_ndcg}
-        figures |= {"dev_served_ndcg_at_10": row.dev_ndcg} if row.dev_ndcg is not None else {}
-        figures |= {"test_unseen_served_ndcg_at_10": row.test_unseen_ndcg} if row.test_unseen_ndcg is not None else {}
-        figures |= {"encode_p50_ms": row.encode_p50_ms} if row.encode_p50_ms is not None else {}
-        log_metrics(context.run_id, figures, prefix=f"query_layers.{row.layers}.")
+        log_metrics(context.run_id, row.metrics(), prefix=f"query_layers.{row.layers}.")
+    used = int(choice.used)
     report = context.run_dir / "query_layers.md"
-    report.write_text(query_depth_table(rows, choice.used, choice.reason), encoding="utf-8")
+    report.write_text(query_depth_table(rows, used, choice.reason), encoding="utf-8")
     log_artifact(context.run_id, report)
-    run_logger().info("query tower: %d layers (%s)", choice.used, choice.reason)
-    return candidates[choice.used]
-
-
-def _mean_of(per_query: dict[str, float], query_ids: list[str]) -> float | None:
-    values = [per_query.get(query_id, 0.0) for query_id in query_ids]
-    return sum(values) / len(values) if values else None
-
-
-def _encode_p50_ms(model_dir: str, queries: list[str], context: RunContext) -> float | None:
-    """One query's encode time on the served path: the tower exported to ONNX (as publication does), timed alone."""
-    import tempfile
-
-    from denseflow.model.encoder import load_encoder
-    from denseflow.model.onnx_runtime import export_query_tower
-    from denseflow.model.serving.query_tower import OnnxQueryTower, single_query_p50_ms
-
-    with tempfile.TemporaryDirectory(dir=context.workspace) as scratch:
-        folder = Path(scratch) / "query_tower"
-        if export_query_tower(load_encoder(model_dir), folder, context.max_seq_length) is not None:
-            return None
-        return single_query_p50_ms(OnnxQueryTower(folder), queries)
-
-
-def query_depth_table(rows: list[QueryDepthRow], used: int, reason: str) -> str:
-    """The per-depth report (markdown): served nDCG@10 on dev and test, all and unseen, and encode p50."""
-
-    def cell(value: float | None, digits: int = 4) -> str:
-        return "–" if value is None else f"{value:.{digits}f}"
-
-    lines = [
-        "| query layers | dev served nDCG@10 | test served | test unseen-document | encode p50 ms (ONNX) |",
-        "|---|---|---|---|---|",
-    ]
-    for row in rows:
-        mark = " (ships)" if row.layers == used else ""
-        lines.append(
-            f"| {row.layers}{mark} | {cell(row.dev_ndcg)} | {cell(row.test_ndcg)} | {cell(row.test_unseen_ndcg)} "
-            f"| {cell(row.encode_p50_ms, 2)} |"
-        )
-    return "\n".join(lines) + f"\n\nChosen on dev: {reason}. Test is reported, never chosen on.\n"
+    run_logger().info("query tower: %d layers (%s)", used, choice.reason)
+    return candidates[used]
 
 
 __all__ = [
     "EvaluationResult",
     "Parts",
-    "QueryDepthRow",
     "choose_parts",
     "choose_query_layers",
     "choose_recipe",
