@@ -1,9 +1,9 @@
 """The wheel installs one ``denseflow`` namespace with the bundled data, and runs without the repository.
 
-The wheel is built from a copy of the sources (an in-tree build would leave ``build/`` in the repository),
-installed with ``pip --target`` into a temporary folder, and imported by a Python started with ``-S``: no
-site-packages ``.pth`` files, so the editable install's import hook cannot answer for the repository. The
-main environment's site-packages is appended after the wheel's folder for the dependencies only.
+The wheel is built from a copy of the sources (an in-tree build would leave ``build/`` in the repository) and
+installed into a fresh virtual environment. The dependencies (torch's pinned CPU build among them) come from the
+main environment through one ``.pth`` line: Python adds that folder to the path but does not process the ``.pth``
+files in it, so the editable install's import hook cannot answer for the repository.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -41,20 +42,58 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return built
 
 
+@dataclass(frozen=True)
+class Installed:
+    venv: Path
+    site: Path  # the fresh environment's site-packages
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def denseflow(self) -> Path:
+        return self.venv / "bin" / "denseflow"
+
+
 @pytest.fixture(scope="module")
-def installed(wheel: Path) -> Path:
-    target = wheel.parent.parent / "site"
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q", "--target", str(target)]
+def installed(wheel: Path) -> Installed:
+    venv = wheel.parent.parent / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([python, "-c", purelib], check=True, capture_output=True, text=True).stdout.strip())
+    (site / "main_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n", encoding="utf-8")
+    command = [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q"]
     subprocess.run([*command, str(wheel)], check=True)
-    return target
+    return Installed(venv, site)
 
 
-def run_installed(target: Path, code: str) -> subprocess.CompletedProcess[str]:
-    """``code`` in a fresh interpreter that sees the installed wheel and the dependencies, not the repository."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["PYTHONPATH"] = os.pathsep.join([str(target), sysconfig.get_paths()["purelib"]])
+def clean_env() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def run_installed(installed: Installed, code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in the fresh environment's Python, started outside the repository."""
     return subprocess.run(
-        [sys.executable, "-S", "-c", code], cwd=target.parent, env=env, capture_output=True, text=True, timeout=120
+        [installed.python, "-c", code],
+        cwd=installed.venv.parent,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def run_command(installed: Installed, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed ``denseflow`` console script, as a user runs it."""
+    return subprocess.run(
+        [installed.denseflow, *args],
+        cwd=installed.venv.parent,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -76,8 +115,8 @@ def test_wheel_declares_the_denseflow_command(wheel: Path) -> None:
     assert "denseflow = denseflow.cli.main:main" in archive.read(entry_points).decode()
 
 
-def test_no_bare_top_level_package_is_installed(installed: Path) -> None:
-    assert not [name for name in BARE_NAMES if (installed / name).exists()]
+def test_no_bare_top_level_package_is_installed(installed: Installed) -> None:
+    assert not [name for name in BARE_NAMES if (installed.site / name).exists()]
     code = (
         f"import importlib.util, json; print(json.dumps([importlib.util.find_spec(n) is None for n in {BARE_NAMES!r}]))"
     )
@@ -86,7 +125,7 @@ def test_no_bare_top_level_package_is_installed(installed: Path) -> None:
     assert json.loads(result.stdout) == [True] * len(BARE_NAMES)
 
 
-def test_imports_resolve_to_the_installed_files(installed: Path) -> None:
+def test_imports_resolve_to_the_installed_files(installed: Installed) -> None:
     code = (
         "import json, denseflow.model.data.beir as beir; "
         "print(json.dumps([beir.__file__, str(beir.bundled_scifact_dir())]))"
@@ -94,17 +133,23 @@ def test_imports_resolve_to_the_installed_files(installed: Path) -> None:
     result = run_installed(installed, code)
     assert result.returncode == 0, result.stderr
     module_file, scifact = json.loads(result.stdout)
-    assert Path(module_file).is_relative_to(installed)
-    assert Path(scifact).is_relative_to(installed)
+    assert Path(module_file).is_relative_to(installed.site)
+    assert Path(scifact).is_relative_to(installed.site)
     assert (Path(scifact) / "corpus.jsonl.gz").is_file()
 
 
-def test_denseflow_help_runs_from_the_installed_wheel(installed: Path) -> None:
-    code = "import sys, denseflow.cli.main as m; print(m.__file__, file=sys.stderr); sys.exit(m.main(['--help']))"
+@pytest.mark.parametrize("command", [(), ("compare-negatives",), ("index", "list")])
+def test_the_installed_command_prints_its_help(installed: Installed, command: tuple[str, ...]) -> None:
+    result = run_command(installed, *command, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: denseflow")
+
+
+def test_the_installed_command_runs_the_installed_files(installed: Installed) -> None:
+    code = "import denseflow.cli.main as m; print(m.__file__)"
     result = run_installed(installed, code)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage: denseflow")
-    assert Path(result.stderr.strip().splitlines()[-1]).is_relative_to(installed)
+    assert Path(result.stdout.strip()).is_relative_to(installed.site)
 
 
 def test_wheel_holds_every_module_of_the_mapped_folders(wheel: Path) -> None:
@@ -120,7 +165,7 @@ def test_wheel_holds_every_module_of_the_mapped_folders(wheel: Path) -> None:
     assert sorted(expected - names) == []
 
 
-def test_the_installed_wheel_runs_the_commands_that_import_subpackages(installed: Path) -> None:
+def test_the_installed_wheel_runs_the_commands_that_import_subpackages(installed: Installed) -> None:
     done = run_installed(
         installed,
         "import sys; from denseflow.cli.main import main; sys.argv = ['denseflow']; "
