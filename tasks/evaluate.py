@@ -4,6 +4,7 @@ recall@k plot."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -46,15 +47,15 @@ BASE_HYBRID = "zero-shot+bm25"
 TRAIN_SPLIT = "train"
 
 
-def _splits_and_folder(
+def _dataset_and_folder(
     dataset_dir: Path, split: str, dev_split: str | None, context: RunContext, train_split: str = TRAIN_SPLIT
-) -> tuple[list[str], Dataset, Path]:
-    """The evaluated split (then dev, when there is one), the dataset judged on them and on train (the partition
-    reads it), and the output folder."""
-    splits = [split] + ([dev_split] if dev_split else [])
+) -> tuple[Dataset, Path]:
+    """The dataset judged on the evaluated split, dev (when there is one) and train (the partition reads it), and
+    the output folder."""
     out_dir = context.run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
-    return splits, load_beir(Path(dataset_dir), [*splits, train_split], RejectLog()), out_dir
+    splits = [split] + ([dev_split] if dev_split else []) + [train_split]
+    return load_beir(Path(dataset_dir), splits, RejectLog()), out_dir
 
 
 def _record(
@@ -111,6 +112,30 @@ def _result(label: str, recorded: dict[str, tuple[Evaluation, SplitFigures, Path
     )
 
 
+def _evaluated(
+    label: str,
+    evaluate_on: Callable[[str], Evaluation],
+    dataset: Dataset,
+    split: str,
+    dev_split: str | None,
+    train_split: str,
+    out_dir: Path,
+    run_id: str,
+    prefix: str,
+) -> EvaluationResult:
+    """``evaluate_on`` each split (the evaluated one, then dev when there is one), each recorded: metrics as
+    ``<prefix><metric>`` (dev's as ``dev.<prefix><metric>``), run file, partitions and per-query figures."""
+    recorded = {}
+    for name in [split] + ([dev_split] if dev_split else []):
+        evaluation = evaluate_on(name)
+        figures = split_figures(evaluation, dataset, name, split, dev_split, train_split)
+        on_dev = name != split
+        stem = f"{label}.{name}" if on_dev else label
+        run_file = _record(evaluation, name, out_dir, run_id, f"dev.{prefix}" if on_dev else prefix, stem, figures)
+        recorded[name] = (evaluation, figures, run_file)
+    return _result(label, recorded, split)
+
+
 @task(name="evaluate")
 def evaluate(
     target: str,
@@ -129,20 +154,14 @@ def evaluate(
     as ``<prefix><partition>.<metric>`` (``trained.unseen_docs.ndcg_at_10``). The result carries the metrics (all
     queries and per partition), the recall curve and the run files (the hybrid reads them).
     """
-    splits, dataset, out_dir = _splits_and_folder(dataset_dir, split, dev_split, context, train_split)
-    recorded = {}
-    for name in splits:
-        evaluation = evaluate_system(label, target, dataset, name, context, settings)
-        figures = split_figures(evaluation, dataset, name, split, dev_split, train_split)
-        on_dev = name != split
-        stem = f"{label}.{name}" if on_dev else label
-        prefix = f"dev.{metric_prefix}" if on_dev else metric_prefix
-        recorded[name] = (
-            evaluation,
-            figures,
-            _record(evaluation, name, out_dir, context.run_id, prefix, stem, figures),
-        )
-    return _result(label, recorded, split)
+    dataset, out_dir = _dataset_and_folder(dataset_dir, split, dev_split, context, train_split)
+
+    def evaluate_on(name: str) -> Evaluation:
+        return evaluate_system(label, target, dataset, name, context, settings)
+
+    return _evaluated(
+        label, evaluate_on, dataset, split, dev_split, train_split, out_dir, context.run_id, metric_prefix
+    )
 
 
 @task(name="hybrid")
@@ -162,7 +181,7 @@ def hybrid(
     """BM25 + dense fusion of two evaluations' runs, at the fusion :func:`choose_fusion` picks: the prior (convex,
     the even mix Bruch et al. found robust) unless dev's paired test overrules it, or the configured weight."""
     choices = choices or ChoicesConfig()
-    splits, dataset, out_dir = _splits_and_folder(dataset_dir, split, dev_split, context, train_split)
+    dataset, out_dir = _dataset_and_folder(dataset_dir, split, dev_split, context, train_split)
     dev_runs = (
         (read_trec_run(Path(dense.dev_run_file)), read_trec_run(Path(bm25.dev_run_file)))
         if dev_split and tune_on_dev and dense.dev_run_file and bm25.dev_run_file
@@ -183,24 +202,19 @@ def hybrid(
     if choice.chosen_by == NO_DEV_SPLIT:
         run_logger().warning("no dev split: hybrid uses the even mix, weight %.2f", choice.weight)
     fusion = Fusion.of(choice.weight, choice.method, settings)  # type: ignore[arg-type]
-    recorded = {}
-    for name in splits:
+
+    def fused_on(name: str) -> Evaluation:
         on_dev = name != split
         dense_file, bm25_file = (dense.dev_run_file, bm25.dev_run_file) if on_dev else (dense.run_file, bm25.run_file)
         run = fused_run(read_trec_run(Path(dense_file)), read_trec_run(Path(bm25_file)), fusion)
-        evaluation = score_run(label, run, dataset.qrels[name], settings.ks)
-        figures = split_figures(evaluation, dataset, name, split, dev_split, train_split)
-        stem = f"{label}.{name}" if on_dev else label
-        prefix = f"dev.{metric_label(label)}." if on_dev else f"{metric_label(label)}."
-        recorded[name] = (
-            evaluation,
-            figures,
-            _record(evaluation, name, out_dir, context.run_id, prefix, stem, figures),
-        )
+        return score_run(label, run, dataset.qrels[name], settings.ks)
+
+    prefix = f"{metric_label(label)}."
+    result = _evaluated(label, fused_on, dataset, split, dev_split, train_split, out_dir, context.run_id, prefix)
     tags = {"weight": choice.weight, "method": choice.method, "weight_chosen_by": choice.chosen_by}
     set_tags(context.run_id, {f"{metric_label(label)}.{key}": str(value) for key, value in tags.items()})
     log_metrics(context.run_id, {"weight": choice.weight}, prefix=f"{metric_label(label)}.")
-    return replace(_result(label, recorded, split), fusion=choice)
+    return replace(result, fusion=choice)
 
 
 def metric_label(label: str) -> str:
