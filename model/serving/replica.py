@@ -493,17 +493,36 @@ class Replica:
         return self.watch.served.label if self.watch.served else "nothing"
 
     def _open(self, version: RegistryVersion) -> None:
-        """Fetch ``version`` (unless cached) and serve it; a cached copy that no longer verifies is fetched again."""
+        """Fetch ``version`` (unless cached) and serve it; a cached copy that no longer verifies is fetched again.
+        A copy downloaded now that cannot be served is dropped (:meth:`_drop_unserved`)."""
         folder, fresh = self._fetch(version)
         try:
             self._serve(folder, version)
+            return
         except ChecksumError as err:
             if fresh:
+                self._drop_unserved(folder)
                 raise
             log.warning("cached %s fails its checks (%s): downloading it again", version.label, err)
             self.cache.drop(folder.relative_to(self.cache.home).as_posix())
-            folder, _ = self._fetch(version)
+        except Exception:
+            if fresh:
+                self._drop_unserved(folder)
+            raise
+        folder, _ = self._fetch(version)
+        try:
             self._serve(folder, version)
+        except Exception:
+            self._drop_unserved(folder)
+            raise
+
+    def _drop_unserved(self, folder: Path) -> None:
+        """A version downloaded now that cannot be served leaves the cache at once: never served, it must not count
+        toward the ``keep`` versions a rollback may need."""
+        try:
+            self.cache.drop(folder.relative_to(self.cache.home).as_posix())
+        except OSError as err:
+            log.warning("could not drop %s, which cannot be served: %s", folder, err)
 
     def _serve(self, folder: Path, version: RegistryVersion) -> None:
         if self._searcher is None:

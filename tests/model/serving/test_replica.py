@@ -405,3 +405,25 @@ def test_a_restart_onto_a_version_that_cannot_be_served_serves_the_previous_one(
         assert (health["served_version"], health["alias_version"], health["stale"]) == ("1", "2", False)
         assert restarted.poll_once() is False  # refused: not downloaded again until the alias moves
     assert registry.downloads == ["1", "2"]
+
+
+def test_a_version_that_verifies_but_cannot_be_served_leaves_nothing_in_the_cache(
+    published: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept, it would count toward the last ``keep`` served and push out a version a rollback needs."""
+    from denseflow.model.serving.search import Searcher
+
+    def cannot_serve(self: Searcher, folder: Path) -> None:
+        raise ValueError(f"{folder}: index dimension 8, the model encodes 16")
+
+    registry = FakeRegistry(published.folders)
+    with replica_of(registry, tmp_path / "cache", keep=2) as replica:
+        searcher = replica.start()
+        registry.target = "3"
+        assert replica.poll_once() is True
+        monkeypatch.setattr(Searcher, "serve_folder", cannot_serve)
+        registry.target = "2"
+        assert replica.poll_once() is False
+        assert "index dimension 8" in str(replica.watch.error)
+        assert searcher.search("cancer", 3).index_version == "v0003"
+        assert cached(tmp_path / "cache") == ["1/indexes/tiny/v0001", "3/indexes/tiny/v0003"]
