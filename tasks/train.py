@@ -24,6 +24,7 @@ from denseflow.model.training.shallow import (
     distill_query_tower,
     distillation_texts,
     folder_query_depth,
+    tower_key,
 )
 from denseflow.model.training.trainer import (
     RESULT_FILE,
@@ -190,7 +191,9 @@ def train(
     context: RunContext,
     metric_prefix: str = "train.",
 ) -> str:
-    """Returns the trained model folder (the best checkpoint on ``dev_split`` when there is one)."""
+    """The trained model folder: the last checkpoint merged with the base at α 0.5, unless dev's paired test
+    overrules either (model/training/trainer.py); a training of the same inputs is reused, or resumed after a crash.
+    Logs the record's figures, its dev curves as metric histories, its choices and the dev-selection plot."""
     output_dir = trained_folder(
         dataset_dir, examples_path, settings, train_split, dev_split, dataset_fingerprint, context
     )
@@ -201,25 +204,9 @@ def train(
     run_logger().info("training selection: %s", record.selection)
     for choice in record.choices:
         log_choice(context, Choice(**choice), prefix=metric_prefix)
-    summary = {
-        "steps": record.steps,
-        "seconds": record.seconds,
-        "median_step_seconds": record.median_step_seconds,
-        "interpolation": record.interpolation,
-    }
-    if record.best_step is not None:
-        summary |= {"best_step": record.best_step, "best_dev_ndcg_at_10": record.best_dev_ndcg}
-    log_metrics(context.run_id, summary, prefix=metric_prefix)
-    log_metric_history(context.run_id, f"{metric_prefix}loss", record.loss_history)
-    # The dev curves as metric histories: MLflow draws them as charts on the run page.
-    log_metric_history(context.run_id, f"{metric_prefix}dev_ndcg_at_10", record.dev_curve)
-    curve = record.interpolation_curve
-    log_metric_history(
-        context.run_id, f"{metric_prefix}interpolation_dev_ndcg_at_10", [(i, v) for i, (_, v) in enumerate(curve)]
-    )
-    log_metric_history(
-        context.run_id, f"{metric_prefix}interpolation_alpha", [(i, a) for i, (a, _) in enumerate(curve)]
-    )
+    log_metrics(context.run_id, record.summary_metrics(), prefix=metric_prefix)
+    for name, points in record.metric_histories().items():
+        log_metric_history(context.run_id, f"{metric_prefix}{name}", points)
     set_tags(context.run_id, {f"{metric_prefix}selection": record.selection})
     if record.dev_curve or record.interpolation_curve:
         plot = plot_dev_selection(
@@ -257,16 +244,12 @@ def distill_query_towers(
     dataset = load_beir(Path(dataset_dir), [train_split], RejectLog())
     texts = distillation_texts(dataset, train_split, settings.query_distill_texts, settings.seed)
     pairs = to_hf_dataset(read_examples(Path(examples_path)), dataset)
-    # Everything the distillation reads: the teacher's weights, the settings it trains with (not the choice's
-    # tolerance, nor the other depths), the texts, and the judged pairs (ids, so the dataset's fingerprint too).
-    distill_settings = settings.model_dump_json(exclude={"query_layers", "query_layers_tolerance", "base_model"})
     teacher = training_record(model_dir)
+    examples = Path(examples_path).read_bytes()
     towers: dict[int, str] = {}
     for layers in depths:
-        digest = hashlib.sha256(f"{model_fingerprint(model_dir)}|{layers}|{distill_settings}".encode())
-        digest.update(f"{dataset_fingerprint}|".encode() + Path(examples_path).read_bytes())
-        digest.update("\n".join(texts).encode())
-        output_dir = context.workspace / "training" / f"query-{layers}-layers-{digest.hexdigest()[:16]}"
+        key = tower_key(model_dir, layers, settings, texts, dataset_fingerprint, examples)
+        output_dir = context.workspace / "training" / f"query-{layers}-layers-{key}"
         with FileLock(str(output_dir) + ".lock"):
             if not (output_dir / "model").is_dir():
                 run_logger().info("distilling a %d-layer query tower onto %s's %d", layers, model_dir, depth)

@@ -20,6 +20,7 @@ tolerance of the full tower's.
 from __future__ import annotations
 
 import copy
+import hashlib
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,13 @@ from sentence_transformers.sentence_transformer.training_args import BatchSample
 
 from denseflow.model.config import TrainConfig
 from denseflow.model.data.beir import Dataset
-from denseflow.model.encoder import load_encoder, make_asymmetric, resolve_precision, role_transformers
+from denseflow.model.encoder import (
+    load_encoder,
+    make_asymmetric,
+    model_fingerprint,
+    resolve_precision,
+    role_transformers,
+)
 from denseflow.model.training.pseudo import pseudo_pairs
 
 DISTILL_BATCH_SIZE = 64
@@ -195,6 +202,24 @@ class DepthChoice:
     full_depth: int
     dev_ndcg: dict[int, float]
     reason: str
+
+
+def tower_key(
+    teacher_dir: str | Path,
+    layers: int,
+    settings: TrainConfig,
+    texts: Sequence[str],
+    dataset_fingerprint: str,
+    examples: bytes,
+) -> str:
+    """The folder key of a student: everything its distillation reads. The teacher's weights, the settings it
+    trains with (not the choice's tolerance, nor the other depths), the texts, and the judged pairs (``examples``,
+    the examples file: ids, so the dataset's fingerprint too)."""
+    distill_settings = settings.model_dump_json(exclude={"query_layers", "query_layers_tolerance", "base_model"})
+    digest = hashlib.sha256(f"{model_fingerprint(teacher_dir)}|{layers}|{distill_settings}".encode())
+    digest.update(f"{dataset_fingerprint}|".encode() + examples)
+    digest.update("\n".join(texts).encode())
+    return digest.hexdigest()[:16]
 
 
 def choose_depth(

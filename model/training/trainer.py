@@ -107,6 +107,29 @@ class TrainResult:
         times = sorted(self.step_seconds)
         return times[len(times) // 2] if times else 0.0
 
+    def summary_metrics(self) -> dict[str, float]:
+        """The figures a run logs for this training (prefixed by the caller): steps, time, α, and dev's best step."""
+        summary = {
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "median_step_seconds": self.median_step_seconds,
+            "interpolation": self.interpolation,
+        }
+        if self.best_step is not None:
+            summary |= {"best_step": self.best_step, "best_dev_ndcg_at_10": self.best_dev_ndcg}
+        return summary
+
+    def metric_histories(self) -> dict[str, list[tuple[int, float]]]:
+        """Loss and the dev curves as metric histories (MLflow draws them as charts on the run page); the α curve
+        is indexed by its position, its α values a history of their own."""
+        curve = self.interpolation_curve
+        return {
+            "loss": self.loss_history,
+            "dev_ndcg_at_10": self.dev_curve,
+            "interpolation_dev_ndcg_at_10": [(i, value) for i, (_, value) in enumerate(curve)],
+            "interpolation_alpha": [(i, alpha) for i, (alpha, _) in enumerate(curve)],
+        }
+
     def to_json(self) -> str:
         data = asdict(self) | {"model_dir": str(self.model_dir), "median_step_seconds": self.median_step_seconds}
         return json.dumps(data, indent=2)

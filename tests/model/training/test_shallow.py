@@ -22,6 +22,7 @@ from denseflow.model.training.shallow import (
     distillation_texts,
     folder_query_depth,
     query_tower_depth,
+    tower_key,
     truncated_query_tower,
 )
 
@@ -90,3 +91,13 @@ def test_the_smallest_depth_within_the_tolerance_ships_and_small_dev_keeps_the_f
     assert choose_depth({2: 0.6, 6: 0.72}, 6, 0.005, can_choose=True).used == 6
     prior = choose_depth(dev, 6, 0.03, can_choose=False, why_not="72 dev queries")
     assert prior.used == 6 and "72 dev queries" in prior.reason
+
+
+def test_a_student_s_key_changes_with_what_its_distillation_reads_and_only_that(tiny_model_dir) -> None:
+    settings = TrainConfig()
+    key = tower_key(tiny_model_dir, 2, settings, ["q1", "q2"], "fp", b"examples")
+    assert key == tower_key(tiny_model_dir, 2, settings.model_copy(update={"query_layers_tolerance": 0.5}),
+                            ["q1", "q2"], "fp", b"examples")  # fmt: skip
+    assert key != tower_key(tiny_model_dir, 3, settings, ["q1", "q2"], "fp", b"examples")
+    assert key != tower_key(tiny_model_dir, 2, settings, ["q1"], "fp", b"examples")
+    assert key != tower_key(tiny_model_dir, 2, settings, ["q1", "q2"], "fp", b"other examples")

@@ -97,6 +97,20 @@ def test_a_record_written_before_a_field_existed_reads_with_its_default(tmp_path
     assert isinstance(result, TrainResult)
 
 
+def test_the_logged_figures_name_dev_s_best_step_only_when_dev_was_read(tmp_path):
+    plain = TrainResult(tmp_path / "model", 10, 20.0, None, "fp32", step_seconds=[2.0, 1.0, 3.0])
+    assert plain.summary_metrics() == {"steps": 10, "seconds": 20.0, "median_step_seconds": 2.0, "interpolation": 1.0}
+    with_dev = TrainResult(tmp_path / "model", 10, 20.0, None, "fp32", best_step=5, best_dev_ndcg=0.7)
+    assert with_dev.summary_metrics()["best_step"] == 5
+
+
+def test_the_alpha_curve_becomes_two_histories_indexed_by_position(tmp_path):
+    record = TrainResult(tmp_path / "model", 10, 20.0, None, "fp32", interpolation_curve=[(0.0, 0.6), (0.5, 0.7)])
+    histories = record.metric_histories()
+    assert histories["interpolation_alpha"] == [(0, 0.0), (1, 0.5)]
+    assert histories["interpolation_dev_ndcg_at_10"] == [(0, 0.6), (1, 0.7)]
+
+
 def test_when_dev_cannot_tell_the_candidates_apart_the_priors_stand(tmp_path, tiny_beir_dir, tiny_model_dir):
     dataset, examples = tiny_training_data(tiny_beir_dir)
     # A learning rate below fp32's resolution: the weights never move, so every candidate scores the same on dev.
