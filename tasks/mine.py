@@ -65,8 +65,9 @@ def mine(
     """Write ``train_examples.jsonl`` to ``out_dir`` (default: the run's folder) and its negatives plot.
 
     ``model_dir`` ranks dense candidates (the base model, or the model of the round before when re-mining);
-    ``base_model`` is what ``teacher: base`` means (default ``model_dir``). The teacher's corpus embeddings
-    use the context's precision and sequence length so the evaluation of the same model reads them from the cache.
+    ``base_model`` is what ``teacher: base`` means (default ``model_dir``). The teacher and the dense candidates
+    read documents at the training length (``context.max_seq_length``), the length the pairs are trained at, not
+    at the length evaluation reads them (``context.document_length``): their corpus embeddings are cached apart.
     """
     out_dir = Path(out_dir) if out_dir is not None else context.run_dir
     max_seq_length, precision, cache_dir = context.max_seq_length, context.precision, context.cache_dir

@@ -414,7 +414,7 @@ class Replica:
     def _not_served(self, target: RegistryVersion, err: Exception) -> str:
         """Why ``target`` is not served, in one line; a version whose files or contents are wrong is remembered, so
         it is not downloaded again until the reference moves (a failed download is retried at the next poll)."""
-        if isinstance(err, RegistryUnavailable | OSError):  # the server went away mid-download, or a full disk
+        if _transient(err):
             return _one_line(f"could not fetch {target.label}: {err}")
         why = str(err) if str(err).startswith(target.label) else f"{target.label}: {err}"
         self._refused, self._refused_why = target.key, _one_line(f"refused {why}")
@@ -505,20 +505,22 @@ class Replica:
                 raise
             log.warning("cached %s fails its checks (%s): downloading it again", version.label, err)
             self.cache.drop(folder.relative_to(self.cache.home).as_posix())
-        except Exception:
-            if fresh:
+        except Exception as err:
+            if fresh and not _transient(err):
                 self._drop_unserved(folder)
             raise
         folder, _ = self._fetch(version)
         try:
             self._serve(folder, version)
-        except Exception:
-            self._drop_unserved(folder)
+        except Exception as err:
+            if not _transient(err):
+                self._drop_unserved(folder)
             raise
 
     def _drop_unserved(self, folder: Path) -> None:
-        """A version downloaded now that cannot be served leaves the cache at once: never served, it must not count
-        toward the ``keep`` versions a rollback may need."""
+        """A version downloaded now and refused leaves the cache at once: never served, it must not count toward the
+        ``keep`` versions a rollback may need. (A transient failure keeps it: the next poll serves it from the
+        cache instead of downloading it again.)"""
         try:
             self.cache.drop(folder.relative_to(self.cache.home).as_posix())
         except OSError as err:
@@ -570,6 +572,12 @@ class Replica:
                 log.info("dropped cached version %s (keeping the last %d served)", relative, self.keep)
             except OSError as err:
                 log.warning("could not drop cached version %s: %s", relative, err)
+
+
+def _transient(err: BaseException) -> bool:
+    """A failure the next poll may not meet (the server went away mid-download, a full disk, too many open files):
+    retried at the next poll. Anything else refuses the version until the reference moves."""
+    return isinstance(err, RegistryUnavailable | OSError)
 
 
 def _one_line(text: object) -> str:

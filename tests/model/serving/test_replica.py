@@ -427,3 +427,28 @@ def test_a_version_that_verifies_but_cannot_be_served_leaves_nothing_in_the_cach
         assert "index dimension 8" in str(replica.watch.error)
         assert searcher.search("cancer", 3).index_version == "v0003"
         assert cached(tmp_path / "cache") == ["1/indexes/tiny/v0001", "3/indexes/tiny/v0003"]
+
+
+def test_a_transient_failure_to_serve_keeps_the_download_for_the_next_poll(
+    published: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from denseflow.model.serving.search import Searcher
+
+    real = Searcher.serve_folder
+    failures = [OSError(24, "Too many open files")]
+
+    def fails_once(self: Searcher, folder: Path) -> None:
+        if failures:
+            raise failures.pop()
+        real(self, folder)
+
+    registry = FakeRegistry(published.folders)
+    with replica_of(registry, tmp_path / "cache") as replica:
+        searcher = replica.start()
+        monkeypatch.setattr(Searcher, "serve_folder", fails_once)
+        registry.target = "2"
+        assert replica.poll_once() is False
+        assert "Too many open files" in str(replica.watch.error)
+        assert replica.poll_once() is True
+        assert searcher.search("cancer", 3).index_version == "v0002"
+        assert registry.downloads == ["1", "2"]
