@@ -54,9 +54,16 @@ class RunContext:
 
     @property
     def encoding(self) -> EncodingSettings:
+        """How evaluation, the gate and hybrid distillation encode: documents at their own length."""
         return EncodingSettings(
             self.cache_dir, self.max_seq_length, self.document_length, self.eval_batch_size, self.precision
         )
+
+    @property
+    def mining_encoding(self) -> EncodingSettings:
+        """How mining encodes (the dense candidates and the teacher): documents at the training length, the length
+        the mined pairs are trained at, in batches of the encoder's default size."""
+        return EncodingSettings(self.cache_dir, self.max_seq_length, self.max_seq_length, precision=self.precision)
 
 
 def build_context(workspace: Path, run_id: str, config: FlowSettings) -> RunContext:

@@ -70,29 +70,16 @@ def mine(
     at the length evaluation reads them (``context.document_length``): their corpus embeddings are cached apart.
     """
     out_dir = Path(out_dir) if out_dir is not None else context.run_dir
-    max_seq_length, precision, cache_dir = context.max_seq_length, context.precision, context.cache_dir
     dataset = load_beir(Path(dataset_dir), [train_split, eval_split], RejectLog())
     assert_no_leak(dataset.qrels[train_split], dataset, eval_split)
     base = base_model or model_dir or resolve_base_model(None)
     teacher_dir = resolve_teacher(mining.teacher, base, context.workspace)
+    encoding = context.mining_encoding
     try:
-        teacher = (
-            load_teacher(teacher_dir, dataset, train_split, cache_dir, max_seq_length, precision)
-            if teacher_dir is not None
-            else None
-        )
+        teacher = load_teacher(teacher_dir, dataset, train_split, encoding) if teacher_dir is not None else None
     except (OSError, ValueError) as error:
         raise ValueError(f"mining.teacher: cannot load {teacher_dir!r}: {error}") from error
-    scorer = make_scorer(
-        mining.candidates,
-        dataset,
-        train_split,
-        model_dir or base,
-        cache_dir,
-        max_seq_length,
-        precision,
-        bm25=context.bm25,
-    )
+    scorer = make_scorer(mining.candidates, dataset, train_split, model_dir or base, encoding, bm25=context.bm25)
     extras = read_skip_above(Path(dataset_dir)) if mining.skip_above_per_example else None
     examples, report = mine_negatives(dataset, train_split, mining, scorer, teacher, extras)
     path = write_examples(examples, out_dir / "train_examples.jsonl")

@@ -12,7 +12,7 @@ The results are frozen dataclasses of paths, labels and figures, so they cross P
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from denseflow.model.config import BM25Config, EvalConfig
 from denseflow.model.context import RunContext
@@ -65,16 +65,7 @@ def system_run(
     """The ranking ``target`` returns for every query of ``split``: BM25's, the dense model's, or their fusion."""
     if target == BM25:
         return bm25_run(dataset, split, settings=context.bm25)
-    run = dense_run(
-        target,
-        dataset,
-        split,
-        context.cache_dir,
-        context.max_seq_length,
-        settings.batch_size,
-        context.precision,
-        document_max_seq_length=context.document_length,
-    )
+    run = dense_run(target, dataset, split, replace(context.encoding, batch_size=settings.batch_size))
     return run if fusion is None else fused_run(run, bm25_run(dataset, split, settings=context.bm25), fusion)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from denseflow.model.data.beir import Dataset
-from denseflow.model.encoder import Precision, cached_corpus_embeddings, encode, load_encoder
+from denseflow.model.encoder import EncodingSettings, cached_corpus_embeddings, encode, load_encoder
 from denseflow.model.evaluation.metrics import (
     mean_metrics,
     per_query_metrics,
@@ -38,22 +38,24 @@ def dense_run(
     model_dir: str | Path,
     dataset: Dataset,
     split: str,
-    cache_dir: Path,
-    max_seq_length: int | None = None,
-    batch_size: int = 64,
-    precision: Precision = "fp32",
+    encoding: EncodingSettings,
     depth: int = CURVE_DEPTH,
     progress: bool = True,
-    document_max_seq_length: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-``depth`` documents per query by exact inner product over the whole corpus; documents encoded at
-    ``document_max_seq_length`` (default ``max_seq_length``), queries at ``max_seq_length``."""
+    ``encoding.document_length`` (through the embedding cache), queries at ``encoding.query_length``."""
     doc_ids, doc_embeddings = cached_corpus_embeddings(
-        model_dir, dataset.corpus, cache_dir, document_max_seq_length or max_seq_length, batch_size, precision, progress
+        model_dir,
+        dataset.corpus,
+        encoding.cache_dir,
+        encoding.document_length,
+        encoding.batch_size,
+        encoding.precision,
+        progress,
     )
     queries = dataset.split_queries(split)
-    model = load_encoder(model_dir, max_seq_length)
-    query_embeddings = encode(model, list(queries.values()), "query", batch_size, precision)
+    model = load_encoder(model_dir, encoding.query_length)
+    query_embeddings = encode(model, list(queries.values()), "query", encoding.batch_size, encoding.precision)
     indices, scores = exact_search(query_embeddings, doc_embeddings, depth)
     return run_from_search(list(queries), doc_ids, indices, scores)
 

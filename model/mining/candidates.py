@@ -23,6 +23,7 @@ import numpy as np
 from denseflow.model.data.beir import Dataset
 
 if TYPE_CHECKING:
+    from denseflow.model.encoder import EncodingSettings
     from denseflow.model.index.bm25 import BM25Settings
 
 Scorer = Callable[[str], np.ndarray]
@@ -113,16 +114,13 @@ def make_scorer(
     dataset: Dataset,
     split: str,
     model_dir: str | Path | None = None,
-    cache_dir: Path | None = None,
-    max_seq_length: int | None = None,
-    precision: str = "fp32",
-    batch_size: int = 64,
+    encoding: EncodingSettings | None = None,
     bm25: BM25Settings | None = None,
 ) -> Scorer | None:
     """The scorer of a candidate source: None for ``random``, BM25 over title + text, or a dense model's cosine.
 
-    Dense corpus embeddings go through the embedding cache (``cache_dir``): evaluating the same model at the
-    same length and precision later reuses them.
+    Dense corpus embeddings go through the embedding cache (``encoding.cache_dir``): the teacher reading the same
+    model at the same length and precision reuses them.
     """
     if candidates == "random":
         return None
@@ -131,14 +129,21 @@ def make_scorer(
     if candidates == "dense":
         from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
 
-        if model_dir is None or cache_dir is None:
-            raise ValueError("dense candidates need a model folder and a cache folder")
+        if model_dir is None or encoding is None:
+            raise ValueError("dense candidates need a model folder and encoding settings (the cache folder among them)")
         _, doc_embeddings = cached_corpus_embeddings(
-            model_dir, dataset.corpus, cache_dir, max_seq_length, batch_size, precision, progress=False
+            model_dir,
+            dataset.corpus,
+            encoding.cache_dir,
+            encoding.document_length,
+            encoding.batch_size,
+            encoding.precision,
+            progress=False,
         )
         query_ids = list(dataset.qrels[split])
-        model = load_encoder(model_dir, max_seq_length)
-        query_embeddings = encode(model, [dataset.queries[q] for q in query_ids], "query", batch_size, precision)
+        model = load_encoder(model_dir, encoding.query_length)
+        queries = [dataset.queries[q] for q in query_ids]
+        query_embeddings = encode(model, queries, "query", encoding.batch_size, encoding.precision)
         return dense_scorer(query_ids, query_embeddings, doc_embeddings)
     raise ValueError(f"unknown candidate source {candidates!r} (one of {', '.join(CANDIDATE_SOURCES)})")
 

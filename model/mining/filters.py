@@ -23,11 +23,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from denseflow.model.data.beir import Dataset
 from denseflow.model.mining.candidates import Candidate
+
+if TYPE_CHECKING:
+    from denseflow.model.encoder import EncodingSettings
 
 
 @dataclass
@@ -47,28 +51,24 @@ class Teacher:
         return float(self.scores(query_id, [doc_id])[0])
 
 
-def load_teacher(
-    model_dir: str | Path,
-    dataset: Dataset,
-    split: str,
-    cache_dir: Path,
-    max_seq_length: int | None = None,
-    precision: str = "fp32",
-    batch_size: int = 64,
-) -> Teacher:
-    """The teacher's embeddings of ``split``'s queries and of the corpus.
-
-    The corpus goes through the embedding cache: with the base model as teacher and the evaluation's length
-    and precision, the zero-shot evaluation later reads these same embeddings instead of encoding again.
-    """
+def load_teacher(model_dir: str | Path, dataset: Dataset, split: str, encoding: EncodingSettings) -> Teacher:
+    """The teacher's embeddings of ``split``'s queries (at ``encoding.query_length``) and of the corpus (at
+    ``encoding.document_length``, through the embedding cache)."""
     from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
 
     doc_ids, doc_embeddings = cached_corpus_embeddings(
-        model_dir, dataset.corpus, cache_dir, max_seq_length, batch_size, precision, progress=False
+        model_dir,
+        dataset.corpus,
+        encoding.cache_dir,
+        encoding.document_length,
+        encoding.batch_size,
+        encoding.precision,
+        progress=False,
     )
     query_ids = list(dataset.qrels[split])
-    model = load_encoder(model_dir, max_seq_length)
-    query_embeddings = encode(model, [dataset.queries[q] for q in query_ids], "query", batch_size, precision)
+    model = load_encoder(model_dir, encoding.query_length)
+    queries = [dataset.queries[q] for q in query_ids]
+    query_embeddings = encode(model, queries, "query", encoding.batch_size, encoding.precision)
     return Teacher(
         {q: i for i, q in enumerate(query_ids)}, query_embeddings, {d: i for i, d in enumerate(doc_ids)}, doc_embeddings
     )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from denseflow.model.config import RetrainConfig
@@ -20,3 +21,11 @@ def test_the_run_context_takes_its_encoding_settings_from_the_config_whole(tmp_p
     assert (context.max_seq_length, context.eval_batch_size) == (96, 8)
     assert (context.bm25.k1, context.bm25.b) == (1.2, 0.75)
     assert context.run_dir == tmp_path / "runs" / "run-1"
+
+
+def test_mining_reads_documents_at_the_training_length_and_evaluation_at_their_own(tmp_path: Path) -> None:
+    config = RetrainConfig.model_validate({"train": {"max_seq_length": 96}, "eval": {"precision": "fp32"}})
+    context = replace(build_context(tmp_path, "run-1", config), document_max_seq_length=256)
+    assert (context.encoding.query_length, context.encoding.document_length) == (96, 256)
+    assert (context.mining_encoding.query_length, context.mining_encoding.document_length) == (96, 96)
+    assert context.mining_encoding.cache_dir == context.encoding.cache_dir

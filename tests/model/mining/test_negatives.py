@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from denseflow.model.config import CompareNegativesConfig, MiningConfig, RetrainConfig
 from denseflow.model.data.beir import Dataset, Document, RejectLog, load_beir
+from denseflow.model.encoder import EncodingSettings
 from denseflow.model.mining.candidates import random_documents, ranked_candidates
 from denseflow.model.mining.filters import Teacher, load_teacher
 from denseflow.model.mining.negatives import (
@@ -222,8 +223,9 @@ def test_examples_round_trip_with_teacher_scores_and_read_old_files(tmp_path):
 
 def test_dense_candidates_and_base_teacher_share_the_embedding_cache(tiny, tiny_model_dir, tmp_path):
     cache = tmp_path / "cache"
-    scorer = make_scorer("dense", tiny, "train", tiny_model_dir, cache, max_seq_length=32)
-    teacher = load_teacher(tiny_model_dir, tiny, "train", cache, max_seq_length=32)
+    encoding = EncodingSettings(cache, query_length=32, document_length=32)
+    scorer = make_scorer("dense", tiny, "train", tiny_model_dir, encoding)
+    teacher = load_teacher(tiny_model_dir, tiny, "train", encoding)
     assert len(list(cache.rglob("seg-*.npz"))) == 1  # the teacher read the miner's corpus embeddings
     mining = settings(candidates="dense", rank_end=10, margin=0.95)
     examples, report = mine_negatives(tiny, "train", mining, scorer, teacher)
