@@ -268,6 +268,28 @@ DOCUMENT_LENGTH_QUANTILE = 0.95
 DOCUMENT_LENGTH_SAMPLE = 2000
 
 
+def search_embeddings(
+    model_dir: str | Path,
+    corpus: Mapping[str, Document],
+    queries: Sequence[str],
+    encoding: EncodingSettings,
+    progress: bool = False,
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """What exact search over a corpus needs: the document ids, their embeddings (at ``encoding.document_length``,
+    through the embedding cache) and the queries' embeddings (at ``encoding.query_length``)."""
+    doc_ids, doc_embeddings = cached_corpus_embeddings(
+        model_dir,
+        corpus,
+        encoding.cache_dir,
+        encoding.document_length,
+        encoding.batch_size,
+        encoding.precision,
+        progress,
+    )
+    model = load_encoder(model_dir, encoding.query_length)
+    return doc_ids, doc_embeddings, encode(model, list(queries), "query", encoding.batch_size, encoding.precision)
+
+
 def document_length(model_dir: str | Path, texts: Sequence[str], configured: int | None = None) -> tuple[int, str]:
     """The tokens a corpus document is read at, and why.
 

@@ -38,7 +38,7 @@ from denseflow.registry.keys import SERVED_MODE_TAG, metric_key
 from denseflow.registry.resolve import resolve_model
 from denseflow.registry.tags import served_fusion, served_record
 from denseflow.tasks.registry import register
-from denseflow.tasks.tracking import log_artifact, log_metrics, set_tags, set_version_tags
+from denseflow.tasks.tracking import log_artifact, log_metrics, set_tags, set_version_tags, version_tags
 
 EVAL_SPLIT_TAG = "eval_split"
 
@@ -136,7 +136,7 @@ class ProductionOnThisRun:
         resolved = resolve_model(
             f"{self.registered_model}/{production}", context.workspace, default_name=self.registered_model
         )
-        tags = MlflowClient().get_model_version(self.registered_model, production).tags
+        tags = version_tags(self.registered_model, production)
         record = served_record(tags)
         as_served = replace(
             context,

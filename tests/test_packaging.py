@@ -69,32 +69,20 @@ def installed(wheel: Path) -> Installed:
     return Installed(venv, site)
 
 
-def clean_env() -> dict[str, str]:
-    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+def run_in(installed: Installed, *argv: str | Path) -> subprocess.CompletedProcess[str]:
+    """``argv`` run from outside the repository, without the caller's PYTHONPATH."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return subprocess.run(argv, cwd=installed.venv.parent, env=env, capture_output=True, text=True, timeout=120)
 
 
 def run_installed(installed: Installed, code: str) -> subprocess.CompletedProcess[str]:
-    """``code`` in the fresh environment's Python, started outside the repository."""
-    return subprocess.run(
-        [installed.python, "-c", code],
-        cwd=installed.venv.parent,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """``code`` in the fresh environment's Python."""
+    return run_in(installed, installed.python, "-c", code)
 
 
 def run_command(installed: Installed, *args: str) -> subprocess.CompletedProcess[str]:
     """The installed ``denseflow`` console script, as a user runs it."""
-    return subprocess.run(
-        [installed.denseflow, *args],
-        cwd=installed.venv.parent,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_in(installed, installed.denseflow, *args)
 
 
 def test_wheel_holds_one_top_level_package(wheel: Path) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from denseflow.model.data.beir import Dataset
-from denseflow.model.encoder import EncodingSettings, cached_corpus_embeddings, encode, load_encoder
+from denseflow.model.encoder import EncodingSettings, search_embeddings
 from denseflow.model.evaluation.metrics import (
     mean_metrics,
     per_query_metrics,
@@ -44,18 +44,10 @@ def dense_run(
 ) -> dict[str, dict[str, float]]:
     """Top-``depth`` documents per query by exact inner product over the whole corpus; documents encoded at
     ``encoding.document_length`` (through the embedding cache), queries at ``encoding.query_length``."""
-    doc_ids, doc_embeddings = cached_corpus_embeddings(
-        model_dir,
-        dataset.corpus,
-        encoding.cache_dir,
-        encoding.document_length,
-        encoding.batch_size,
-        encoding.precision,
-        progress,
-    )
     queries = dataset.split_queries(split)
-    model = load_encoder(model_dir, encoding.query_length)
-    query_embeddings = encode(model, list(queries.values()), "query", encoding.batch_size, encoding.precision)
+    doc_ids, doc_embeddings, query_embeddings = search_embeddings(
+        model_dir, dataset.corpus, list(queries.values()), encoding, progress
+    )
     indices, scores = exact_search(query_embeddings, doc_embeddings, depth)
     return run_from_search(list(queries), doc_ids, indices, scores)
 

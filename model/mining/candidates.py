@@ -127,23 +127,13 @@ def make_scorer(
     if candidates == "bm25":
         return bm25_scorer(dataset, bm25)
     if candidates == "dense":
-        from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
+        from denseflow.model.encoder import search_embeddings
 
         if model_dir is None or encoding is None:
             raise ValueError("dense candidates need a model folder and encoding settings (the cache folder among them)")
-        _, doc_embeddings = cached_corpus_embeddings(
-            model_dir,
-            dataset.corpus,
-            encoding.cache_dir,
-            encoding.document_length,
-            encoding.batch_size,
-            encoding.precision,
-            progress=False,
-        )
         query_ids = list(dataset.qrels[split])
-        model = load_encoder(model_dir, encoding.query_length)
         queries = [dataset.queries[q] for q in query_ids]
-        query_embeddings = encode(model, queries, "query", encoding.batch_size, encoding.precision)
+        _, doc_embeddings, query_embeddings = search_embeddings(model_dir, dataset.corpus, queries, encoding)
         return dense_scorer(query_ids, query_embeddings, doc_embeddings)
     raise ValueError(f"unknown candidate source {candidates!r} (one of {', '.join(CANDIDATE_SOURCES)})")
 

@@ -54,21 +54,11 @@ class Teacher:
 def load_teacher(model_dir: str | Path, dataset: Dataset, split: str, encoding: EncodingSettings) -> Teacher:
     """The teacher's embeddings of ``split``'s queries (at ``encoding.query_length``) and of the corpus (at
     ``encoding.document_length``, through the embedding cache)."""
-    from denseflow.model.encoder import cached_corpus_embeddings, encode, load_encoder
+    from denseflow.model.encoder import search_embeddings
 
-    doc_ids, doc_embeddings = cached_corpus_embeddings(
-        model_dir,
-        dataset.corpus,
-        encoding.cache_dir,
-        encoding.document_length,
-        encoding.batch_size,
-        encoding.precision,
-        progress=False,
-    )
     query_ids = list(dataset.qrels[split])
-    model = load_encoder(model_dir, encoding.query_length)
     queries = [dataset.queries[q] for q in query_ids]
-    query_embeddings = encode(model, queries, "query", encoding.batch_size, encoding.precision)
+    doc_ids, doc_embeddings, query_embeddings = search_embeddings(model_dir, dataset.corpus, queries, encoding)
     return Teacher(
         {q: i for i, q in enumerate(query_ids)}, query_embeddings, {d: i for i, d in enumerate(doc_ids)}, doc_embeddings
     )
